@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs everything Berth's build and tests need on a fresh Debian machine that has the Rust
+# toolchain, then builds the release binaries. Idempotent: run it as often as you like.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(
+  # build
+  libseccomp-dev pkg-config gcc
+  # tests: the busybox rootfs, peers and tools
+  busybox-static runc crun containerd docker-registry skopeo umoci jq iproute2 util-linux
+  # benchmarks
+  hyperfine
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+cargo build --release --workspace --bins
+echo "setup: binaries in $(pwd)/target/release"

@@ -1,0 +1,1 @@
+//! berth-layer (work in progress).

@@ -1,0 +1,1 @@
+//! berth-manager (work in progress).

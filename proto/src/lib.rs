@@ -1,0 +1,1 @@
+//! berth-proto (work in progress).
