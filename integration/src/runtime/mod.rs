@@ -1,0 +1,1 @@
+//! Fixtures for the runtime's end-to-end tests: busybox bundles and cleanup guards.

@@ -1,0 +1,1 @@
+//! berth-store (work in progress).
