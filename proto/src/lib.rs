@@ -1,1 +1,66 @@
-//! berth-proto (work in progress).
+//! Berth's gRPC API.
+//!
+//! The `containerd` modules are wire-compatible with containerd 1.6's v1 services (same package,
+//! service, method, message and field names and numbers), so containerd's clients such as `ctr`
+//! talk to `berthd` unchanged. The `berth` module holds Berth's own extensions.
+
+#![allow(
+    missing_docs,
+    clippy::large_enum_variant,
+    clippy::doc_lazy_continuation
+)]
+
+/// containerd's v1 API.
+pub mod containerd {
+    /// Types shared by the services: descriptors, mounts, platforms.
+    pub mod types {
+        tonic::include_proto!("containerd.types");
+    }
+    /// The services, one module each.
+    pub mod services {
+        macro_rules! service {
+            ($name:ident, $pkg:literal) => {
+                #[doc = concat!("`", $pkg, "`")]
+                pub mod $name {
+                    /// Version 1.
+                    pub mod v1 {
+                        tonic::include_proto!($pkg);
+                    }
+                }
+            };
+        }
+        service!(version, "containerd.services.version.v1");
+        service!(namespaces, "containerd.services.namespaces.v1");
+        service!(content, "containerd.services.content.v1");
+        service!(images, "containerd.services.images.v1");
+        service!(leases, "containerd.services.leases.v1");
+        service!(snapshots, "containerd.services.snapshots.v1");
+        service!(diff, "containerd.services.diff.v1");
+        service!(introspection, "containerd.services.introspection.v1");
+    }
+}
+
+/// `google.rpc` messages.
+pub mod google {
+    /// gRPC status.
+    pub mod rpc {
+        tonic::include_proto!("google.rpc");
+    }
+}
+
+/// Berth's own services.
+pub mod berth {
+    /// Services.
+    pub mod services {
+        /// Images.
+        pub mod images {
+            /// Version 1: archive import/export and unpack done by the daemon.
+            pub mod v1 {
+                tonic::include_proto!("berth.services.images.v1");
+            }
+        }
+    }
+}
+
+pub use prost_types;
+pub use tonic;
