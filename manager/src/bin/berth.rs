@@ -1,0 +1,2 @@
+//! berth: the ctr-style CLI for berthd.
+fn main() {}

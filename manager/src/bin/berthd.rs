@@ -1,0 +1,50 @@
+//! berthd: the Berth manager daemon. See `berthd --help`.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use berth_manager::daemon::config::{Config, FileConfig};
+use clap::Parser;
+
+/// Serves containerd's v1 gRPC API (version, namespaces, content, images, leases, snapshots,
+/// diff, introspection) and Berth's archive API on a unix socket.
+#[derive(Parser, Debug)]
+#[command(name = "berthd", version)]
+struct Args {
+    /// Persistent root: content, metadata, snapshots [default: /var/lib/berth].
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// State dir: sockets, temporary mounts [default: /run/berth].
+    #[arg(long)]
+    state: Option<PathBuf>,
+    /// Socket path [default: /run/berth/berthd.sock].
+    #[arg(long, short = 'a')]
+    address: Option<PathBuf>,
+    /// TOML config file (keys: root, state, address, log_level, max_blocking_threads).
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// Log filter: error, warn, info, debug, trace, or a tracing directive [default: info].
+    #[arg(long, short = 'l')]
+    log_level: Option<String>,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let file = match &args.config {
+        Some(p) => FileConfig::load(p)?,
+        None => FileConfig::default(),
+    };
+    let config = Config::resolve(file, args.root, args.state, args.address, args.log_level);
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
+        .map_err(|e| anyhow::anyhow!("invalid --log-level {:?}: {e}", config.log_level))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    let res = berth_manager::daemon::run(config);
+    if let Err(e) = &res {
+        tracing::error!(error = format!("{e:#}"), "berthd failed");
+    }
+    res
+}

@@ -1,0 +1,97 @@
+//! berthd's settings: command-line flags over an optional TOML file over defaults.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+
+/// Default socket path.
+pub const DEFAULT_ADDRESS: &str = "/run/berth/berthd.sock";
+/// Default persistent root (content, metadata, snapshots).
+pub const DEFAULT_ROOT: &str = "/var/lib/berth";
+/// Default state dir (mounts in progress, runtime state).
+pub const DEFAULT_STATE: &str = "/run/berth";
+
+/// The TOML file's shape; every key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Persistent root.
+    pub root: Option<PathBuf>,
+    /// State dir.
+    pub state: Option<PathBuf>,
+    /// Socket path.
+    pub address: Option<PathBuf>,
+    /// `tracing` filter, e.g. "info" or "berth_manager=debug".
+    pub log_level: Option<String>,
+    /// Threads for blocking store work (default 8).
+    pub max_blocking_threads: Option<usize>,
+}
+
+impl FileConfig {
+    /// Reads and parses the file.
+    pub fn load(path: &Path) -> Result<FileConfig> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))
+    }
+}
+
+/// The settings berthd runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Persistent root.
+    pub root: PathBuf,
+    /// State dir.
+    pub state: PathBuf,
+    /// Socket path.
+    pub address: PathBuf,
+    /// `tracing` filter.
+    pub log_level: String,
+    /// Threads for blocking store work.
+    pub max_blocking_threads: usize,
+}
+
+impl Config {
+    /// Flags win over the file, the file over defaults.
+    pub fn resolve(
+        file: FileConfig,
+        root: Option<PathBuf>,
+        state: Option<PathBuf>,
+        address: Option<PathBuf>,
+        log_level: Option<String>,
+    ) -> Config {
+        Config {
+            root: root.or(file.root).unwrap_or_else(|| DEFAULT_ROOT.into()),
+            state: state.or(file.state).unwrap_or_else(|| DEFAULT_STATE.into()),
+            address: address
+                .or(file.address)
+                .unwrap_or_else(|| DEFAULT_ADDRESS.into()),
+            log_level: log_level
+                .or(file.log_level)
+                .unwrap_or_else(|| "info".into()),
+            max_blocking_threads: file.max_blocking_threads.unwrap_or(8).max(1),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file_and_defaults_fill_the_rest() {
+        let file: FileConfig = toml::from_str("root = \"/srv/b\"\nlog_level = \"debug\"").unwrap();
+        let c = Config::resolve(file, None, Some("/tmp/s".into()), None, Some("warn".into()));
+        assert_eq!(c.root, PathBuf::from("/srv/b"));
+        assert_eq!(c.state, PathBuf::from("/tmp/s"));
+        assert_eq!(c.address, PathBuf::from(DEFAULT_ADDRESS));
+        assert_eq!(c.log_level, "warn");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = toml::from_str::<FileConfig>("rooot = \"/x\"").unwrap_err();
+        assert!(err.to_string().contains("rooot"), "{err}");
+    }
+}

@@ -1,0 +1,66 @@
+//! The daemon: settings, the socket, and the gRPC services wired onto the stores.
+
+pub mod config;
+pub mod errors;
+pub mod meta;
+pub mod services;
+pub mod socket;
+pub mod state;
+
+use anyhow::{Context, Result};
+use tokio_stream::wrappers::UnixListenerStream;
+
+use config::Config;
+
+/// Runs the daemon until SIGTERM or SIGINT: opens the stores, binds the socket, serves, then
+/// stops accepting, lets in-flight requests finish and removes the socket.
+pub fn run(config: Config) -> Result<()> {
+    // One thread for all async work; the store's blocking calls run on a small pool that shrinks
+    // back to nothing when idle. This keeps idle RSS small.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(config.max_blocking_threads)
+        .thread_keep_alive(std::time::Duration::from_secs(10))
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(serve(config))
+}
+
+async fn serve(config: Config) -> Result<()> {
+    for dir in [&config.root, &config.state] {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let state = state::State::open(&config)?;
+    let listener = socket::bind(&config.address)?;
+    tracing::info!(
+        address = %config.address.display(),
+        root = %config.root.display(),
+        state = %config.state.display(),
+        version = services::version::VERSION,
+        "berthd serving"
+    );
+    let router = services::router(state)?;
+    let shutdown = async {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot watch SIGTERM");
+                    return std::future::pending().await;
+                }
+            };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        }
+    };
+    let res = router
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await;
+    if let Err(e) = std::fs::remove_file(&config.address) {
+        tracing::warn!(error = %e, "removing the socket");
+    }
+    res.context("serving gRPC")?;
+    tracing::info!("berthd stopped");
+    Ok(())
+}
