@@ -9,7 +9,13 @@ mod apply;
 mod compression;
 mod diff;
 mod error;
+mod fsutil;
+mod path;
+mod readahead;
+mod resolve;
 
+#[doc(hidden)]
+pub use apply::apply_layer_without_openat2;
 pub use apply::{apply_layer, ApplyOptions, ApplyStats, WhiteoutMode};
 pub use compression::{compressor, decompressed, detect_compression, Compression, Compressor};
 pub use diff::{diff_overlay_upper, diff_trees, DiffStats};
