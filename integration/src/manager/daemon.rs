@@ -1,0 +1,255 @@
+//! berthd started on temp dirs for one test, and the commands that talk to it.
+//!
+//! [`Berthd`] owns a temp dir holding `root/`, `state/` and the socket. Dropping it stops the
+//! daemon (SIGTERM, then SIGKILL after 5 s, by pid), lazily unmounts anything still mounted under
+//! the temp dir (deepest first) and removes the dir.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::bins;
+
+/// A berthd for one test.
+pub struct Berthd {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+/// What a command printed and how it ended.
+#[derive(Debug)]
+pub struct Out {
+    /// Exit code (-1 if killed by a signal).
+    pub code: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl Out {
+    fn from(o: Output) -> Out {
+        Out {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+
+    /// Panics with both streams unless the command exited 0; returns stdout.
+    #[track_caller]
+    pub fn ok(&self) -> &str {
+        assert_eq!(
+            self.code, 0,
+            "command failed ({}):\nstdout:\n{}\nstderr:\n{}",
+            self.code, self.stdout, self.stderr
+        );
+        &self.stdout
+    }
+
+    /// Panics unless the command failed; returns stderr.
+    #[track_caller]
+    pub fn err(&self) -> &str {
+        assert_ne!(
+            self.code, 0,
+            "command unexpectedly succeeded:\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        &self.stderr
+    }
+
+    /// Parses stdout as JSON (panicking with the text if it is not).
+    #[track_caller]
+    pub fn json(&self) -> serde_json::Value {
+        let s = self.ok();
+        serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}):\n{s}"))
+    }
+}
+
+impl Berthd {
+    /// Starts berthd on a fresh temp dir and waits for its socket.
+    pub fn start() -> Result<Berthd> {
+        // Under /var/tmp, not /tmp: overlayfs needs a real file system for upper/work dirs, and a
+        // test machine's /tmp may be tmpfs with limited size.
+        let dir = tempfile::Builder::new()
+            .prefix("berthd-it-")
+            .tempdir_in("/var/tmp")
+            .context("creating berthd's temp dir")?;
+        let mut d = Berthd { dir, child: None };
+        d.spawn()?;
+        Ok(d)
+    }
+
+    /// The temp dir holding everything.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `--root`.
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    /// `--state`.
+    pub fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// `--address`.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("berthd.sock")
+    }
+
+    /// The daemon's log file (stderr).
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("berthd.log")
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// The daemon's pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())?;
+        let child = Command::new(bins::berthd())
+            .arg("--root")
+            .arg(self.root())
+            .arg("--state")
+            .arg(self.state())
+            .arg("--address")
+            .arg(self.socket())
+            .arg("--log-level")
+            .arg("debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", bins::berthd().display()))?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if std::os::unix::net::UnixStream::connect(self.socket()).is_ok() {
+                return Ok(());
+            }
+            if let Some(c) = self.child.as_mut() {
+                if let Some(st) = c.try_wait()? {
+                    self.child = None;
+                    bail!("berthd exited early ({st}):\n{}", self.log());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        bail!("berthd did not listen within 10 s:\n{}", self.log())
+    }
+
+    /// Stops the daemon with `signal` and waits (SIGKILL after 5 s).
+    pub fn stop_with(&mut self, signal: Signal) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = kill(Pid::from_raw(child.id() as i32), signal);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Ok(Some(st)) = child.try_wait() {
+                return Some(st);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return child.wait().ok();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGKILLs the daemon (a crash) and waits for it.
+    pub fn crash(&mut self) {
+        self.stop_with(Signal::SIGKILL);
+    }
+
+    /// Starts the daemon again on the same dirs.
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop_with(Signal::SIGTERM);
+        self.spawn()
+    }
+
+    /// Runs `berth --address <socket> -n <ns> <args>`.
+    pub fn berth(&self, ns: &str, args: &[&str]) -> Out {
+        self.run(
+            Command::new(bins::berth())
+                .arg("--address")
+                .arg(self.socket())
+                .arg("-n")
+                .arg(ns)
+                .args(args),
+        )
+    }
+
+    /// Runs Debian's `ctr -a <socket> -n <ns> <args>`.
+    pub fn ctr(&self, ns: &str, args: &[&str]) -> Out {
+        self.run(
+            Command::new("ctr")
+                .arg("-a")
+                .arg(self.socket())
+                .arg("-n")
+                .arg(ns)
+                .args(args),
+        )
+    }
+
+    fn run(&self, cmd: &mut Command) -> Out {
+        let o = cmd
+            .env_remove("BERTH_ADDRESS")
+            .env_remove("BERTH_NAMESPACE")
+            .stdin(Stdio::null())
+            .output();
+        match o {
+            Ok(o) => Out::from(o),
+            Err(e) => Out {
+                code: -1,
+                stdout: String::new(),
+                stderr: format!("spawning {cmd:?}: {e}"),
+            },
+        }
+    }
+}
+
+/// Mount points at or under `dir`, deepest first.
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut v: Vec<PathBuf> = text
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(unescape)
+        .map(PathBuf::from)
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    v.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    v
+}
+
+fn unescape(s: &str) -> String {
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
+}
+
+impl Drop for Berthd {
+    fn drop(&mut self) {
+        self.stop_with(Signal::SIGTERM);
+        for m in mounts_under(self.dir.path()) {
+            let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
