@@ -5,7 +5,7 @@ use std::fs::{self, OpenOptions};
 use std::io::{self, ErrorKind, Write};
 use std::path::{Path, PathBuf};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 
@@ -196,16 +196,20 @@ pub(crate) enum RemoveMode {
     Intermediate,
 }
 
-/// Removes one cgroup directory. ENOENT is success; EBUSY is retried briefly (the kernel
-/// releases a cgroup a moment after its last process exits), then explained.
-pub(crate) fn rmdir_cgroup(dir: &Path, mode: RemoveMode) -> Result<()> {
+/// How long one destroy may keep retrying busy cgroups in all (the kernel releases a cgroup a
+/// moment after its last process exits; shared by all directories of a destroy).
+pub(crate) const REMOVE_RETRY: Duration = Duration::from_millis(500);
+
+/// Removes one cgroup directory. ENOENT is success; EBUSY is retried until `deadline`, then
+/// explained (processes left, or child cgroups).
+pub(crate) fn rmdir_cgroup(dir: &Path, mode: RemoveMode, deadline: Instant) -> Result<()> {
     if mode == RemoveMode::Intermediate && !child_dirs(dir)?.is_empty() {
         tracing::debug!(dir = %dir.display(), "keeping shared intermediate cgroup");
         return Ok(());
     }
     let mut delay = Duration::from_millis(1);
     let mut last_err = None;
-    for _ in 0..9 {
+    loop {
         match fs::remove_dir(dir) {
             Ok(()) => return Ok(()),
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
@@ -223,8 +227,11 @@ pub(crate) fn rmdir_cgroup(dir: &Path, mode: RemoveMode) -> Result<()> {
                 })
             }
         }
+        if Instant::now() >= deadline {
+            break;
+        }
         thread::sleep(delay);
-        delay *= 2;
+        delay = (delay * 2).min(Duration::from_millis(50));
     }
     let pids = procs(dir).unwrap_or_default();
     if !pids.is_empty() {

@@ -44,6 +44,7 @@ mod v1;
 mod v2;
 
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use oci_spec::runtime::LinuxResources;
 use serde::{Deserialize, Serialize};
@@ -165,8 +166,10 @@ impl Cgroup {
         let mut made = Vec::new();
         let result = self.create_inner(&mut made);
         if let Err(e) = result {
+            let deadline = Instant::now() + fsutil::REMOVE_RETRY;
             for dir in made.iter().rev() {
-                if let Err(cleanup) = fsutil::rmdir_cgroup(dir, fsutil::RemoveMode::Leaf) {
+                if let Err(cleanup) = fsutil::rmdir_cgroup(dir, fsutil::RemoveMode::Leaf, deadline)
+                {
                     tracing::warn!(error = %cleanup, "cleaning up after a failed cgroup create");
                 }
             }
@@ -274,13 +277,14 @@ impl Cgroup {
     /// directory is attempted; the first error is returned.
     pub fn destroy(&self) -> Result<()> {
         let mut first_err = None;
+        let deadline = Instant::now() + fsutil::REMOVE_RETRY;
         for dir in self.created.iter().rev() {
             let mode = if self.dirs.iter().any(|d| &d.path == dir) {
                 fsutil::RemoveMode::Leaf
             } else {
                 fsutil::RemoveMode::Intermediate
             };
-            if let Err(e) = fsutil::rmdir_cgroup(dir, mode) {
+            if let Err(e) = fsutil::rmdir_cgroup(dir, mode, deadline) {
                 tracing::debug!(error = %e, "cgroup removal failed");
                 first_err.get_or_insert(e);
             }
