@@ -197,6 +197,16 @@ struct Meta {
     xattrs: Vec<(String, Vec<u8>)>,
 }
 
+/// What an entry creates.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Op {
+    File,
+    Dir,
+    Symlink,
+    Hardlink,
+    Node,
+}
+
 /// What kind of object metadata is applied to (decides which xattr failures are tolerated).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -265,9 +275,22 @@ impl Applier<'_> {
         if base.starts_with(WHITEOUT_PREFIX.as_bytes()) {
             return self.whiteout(&name, dir, base);
         }
+        let op = match et {
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => Op::File,
+            EntryType::Directory => Op::Dir,
+            EntryType::Symlink => Op::Symlink,
+            EntryType::Link => Op::Hardlink,
+            EntryType::Char | EntryType::Block | EntryType::Fifo => Op::Node,
+            _ => {
+                return Err(LayerError::UnsupportedEntry {
+                    entry: name,
+                    kind: format!("{et:?} (type flag {:?})", et.as_byte() as char),
+                })
+            }
+        };
         let meta = self.meta(&name, entry)?;
         if path.is_empty() {
-            if !et.is_dir() {
+            if op != Op::Dir {
                 return Err(invalid(&name, "only a directory can name the root"));
             }
             return self.root_dir(&name, meta);
@@ -277,20 +300,12 @@ impl Applier<'_> {
             LayerError::entry(&name, "resolve the parent directory inside the root", e)
         })?;
         let pfd = parent.as_fd();
-        let res = match et {
-            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
-                self.file(&name, pfd, base, entry, &meta)
-            }
-            EntryType::Directory => self.dir(&name, pfd, &path, base, &meta),
-            EntryType::Symlink => self.symlink(&name, pfd, base, entry, &meta),
-            EntryType::Link => self.hardlink(&name, pfd, base, entry),
-            EntryType::Char | EntryType::Block | EntryType::Fifo => {
-                self.node(&name, pfd, base, et, entry, &meta)
-            }
-            other => Err(LayerError::UnsupportedEntry {
-                entry: name.clone(),
-                kind: format!("{other:?} ({:?})", other.as_byte() as char),
-            }),
+        let res = match op {
+            Op::File => self.file(&name, pfd, base, entry, &meta),
+            Op::Dir => self.dir(&name, pfd, &path, base, &meta),
+            Op::Symlink => self.symlink(&name, pfd, base, entry, &meta),
+            Op::Hardlink => self.hardlink(&name, pfd, base, entry),
+            Op::Node => self.node(&name, pfd, base, et, entry, &meta),
         };
         self.cache = Some((dir.to_vec(), parent));
         res?;

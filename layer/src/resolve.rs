@@ -71,41 +71,23 @@ impl Root {
                 }
             }
         }
-        self.walk(rel)
+        self.walk(rel, false)
     }
 
     /// Like [`Root::open_dir`], creating missing directories (mode 0755, owned by the caller)
-    /// inside the root. A missing directory is created in the directory its parent resolves to,
-    /// so even `a/b` under a symlink `a -> /x` lands in ROOT/x/b.
+    /// where the path resolves inside the root: `a/b` under a symlink `a -> /x` creates
+    /// ROOT/x/b, also when ROOT/x does not exist yet (a dangling symlink is followed, as docker
+    /// and containerd do). The common case (everything exists) costs one openat2.
     pub(crate) fn open_dir_create(&self, rel: &[u8]) -> io::Result<OwnedFd> {
         match self.open_dir(rel) {
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
-            other => return other,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => self.walk(rel, true),
+            other => other,
         }
-        let mut parent = self.fd.try_clone()?;
-        let mut end = 0;
-        for comp in rel.split(|&b| b == b'/') {
-            end += comp.len();
-            let prefix = &rel[..end];
-            end += 1;
-            parent = match self.open_dir(prefix) {
-                Ok(fd) => fd,
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                    match stat::mkdirat(parent.as_fd(), comp, Mode::from_bits_truncate(0o755)) {
-                        Ok(()) | Err(Errno::EEXIST) => {}
-                        Err(e) => return Err(e.into()),
-                    }
-                    // EEXIST with ENOENT before means a dangling symlink: this open reports it.
-                    self.open_dir(prefix)?
-                }
-                Err(e) => return Err(e),
-            };
-        }
-        Ok(parent)
     }
 
     /// The fallback resolver: component by component, never following a symlink implicitly.
-    fn walk(&self, rel: &[u8]) -> io::Result<OwnedFd> {
+    /// With `create`, a missing component is made a directory where it would be.
+    fn walk(&self, rel: &[u8], create: bool) -> io::Result<OwnedFd> {
         // Directories entered so far, below the root; popping on ".." can never leave the root.
         let mut stack: Vec<OwnedFd> = Vec::new();
         // Components still to resolve, in reverse order.
@@ -125,12 +107,24 @@ impl Root {
                 _ => {}
             }
             let cur = stack.last().map_or(self.fd.as_fd(), |f| f.as_fd());
-            let fd = fcntl::openat(
-                cur,
-                comp.as_slice(),
-                OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                Mode::empty(),
-            )?;
+            let open = || {
+                fcntl::openat(
+                    cur,
+                    comp.as_slice(),
+                    OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )
+            };
+            let fd = match open() {
+                Err(Errno::ENOENT) if create => {
+                    match stat::mkdirat(cur, comp.as_slice(), Mode::from_bits_truncate(0o755)) {
+                        Ok(()) | Err(Errno::EEXIST) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                    open()?
+                }
+                other => other?,
+            };
             let st = stat::fstat(&fd)?;
             match SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT {
                 SFlag::S_IFDIR => stack.push(fd),
@@ -220,9 +214,15 @@ mod tests {
             std::fs::create_dir(root.join("inside")).unwrap();
             let fd = r.open_dir_create(b"abs/new/deeper").unwrap();
             assert_eq!(where_is(&fd), root.join("inside/new/deeper"));
-            symlink("/nowhere", root.join("dangling")).unwrap();
-            let e = r.open_dir_create(b"dangling/x").unwrap_err();
-            assert_eq!(e.raw_os_error(), Some(libc::ENOENT));
+            symlink("/nowhere/../deep", root.join("dangling")).unwrap();
+            let fd = r.open_dir_create(b"dangling/x").unwrap();
+            assert_eq!(where_is(&fd), root.join("deep/x"));
+            std::fs::create_dir_all(root.join("p/q")).unwrap();
+            symlink("p/q", root.join("pq")).unwrap();
+            // Relative to the symlink's physical parent (p), not lexically to "pq/..".
+            symlink("../r", root.join("p/q/dang")).unwrap();
+            let fd = r.open_dir_create(b"pq/dang/s").unwrap();
+            assert_eq!(where_is(&fd), root.join("p/r/s"));
         });
     }
 }

@@ -1,0 +1,317 @@
+//! Helpers shared by the integration tests: building layer tars (including malformed ones),
+//! reading back what landed on disk, overlay mounts with a Drop guard.
+#![allow(dead_code)]
+
+use std::ffi::CString;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use berth_layer::{ApplyOptions, WhiteoutMode};
+use tar::{EntryType, Header};
+
+/// Builds a layer tar in memory.
+pub struct Layer {
+    b: tar::Builder<Vec<u8>>,
+}
+
+/// Metadata for an entry.
+#[derive(Clone)]
+pub struct M {
+    pub mode: u32,
+    pub uid: u64,
+    pub gid: u64,
+    pub mtime: u64,
+    pub xattrs: Vec<(&'static str, &'static [u8])>,
+}
+
+impl Default for M {
+    fn default() -> Self {
+        M {
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: 1_600_000_000,
+            xattrs: Vec::new(),
+        }
+    }
+}
+
+impl M {
+    pub fn mode(mode: u32) -> M {
+        M {
+            mode,
+            ..M::default()
+        }
+    }
+}
+
+impl Default for Layer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Layer {
+    pub fn new() -> Layer {
+        Layer {
+            b: tar::Builder::new(Vec::new()),
+        }
+    }
+
+    fn header(&mut self, et: EntryType, m: &M) -> Header {
+        if !m.xattrs.is_empty() {
+            let keys: Vec<String> = m
+                .xattrs
+                .iter()
+                .map(|(k, _)| format!("SCHILY.xattr.{k}"))
+                .collect();
+            self.b
+                .append_pax_extensions(
+                    keys.iter()
+                        .map(String::as_str)
+                        .zip(m.xattrs.iter().map(|(_, v)| *v)),
+                )
+                .unwrap();
+        }
+        let mut h = Header::new_gnu();
+        h.set_entry_type(et);
+        h.set_mode(m.mode);
+        h.set_uid(m.uid);
+        h.set_gid(m.gid);
+        h.set_mtime(m.mtime);
+        h.set_size(0);
+        h
+    }
+
+    pub fn dir(&mut self, path: &str, m: M) -> &mut Self {
+        let mut h = self.header(EntryType::Directory, &m);
+        self.b.append_data(&mut h, path, std::io::empty()).unwrap();
+        self
+    }
+
+    pub fn file(&mut self, path: &str, content: &[u8], m: M) -> &mut Self {
+        let mut h = self.header(EntryType::Regular, &m);
+        h.set_size(content.len() as u64);
+        self.b.append_data(&mut h, path, content).unwrap();
+        self
+    }
+
+    pub fn symlink(&mut self, path: &str, target: &str) -> &mut Self {
+        let mut h = self.header(EntryType::Symlink, &M::mode(0o777));
+        self.b.append_link(&mut h, path, target).unwrap();
+        self
+    }
+
+    pub fn hardlink(&mut self, path: &str, target: &str) -> &mut Self {
+        let mut h = self.header(EntryType::Link, &M::default());
+        self.b.append_link(&mut h, path, target).unwrap();
+        self
+    }
+
+    pub fn node(&mut self, path: &str, et: EntryType, major: u32, minor: u32, m: M) -> &mut Self {
+        let mut h = self.header(et, &m);
+        h.set_device_major(major).unwrap();
+        h.set_device_minor(minor).unwrap();
+        self.b.append_data(&mut h, path, std::io::empty()).unwrap();
+        self
+    }
+
+    /// An entry whose name and link name are written into the header as raw bytes, bypassing the
+    /// tar crate's checks (which refuse `..`): how a hostile layer is made.
+    pub fn raw(&mut self, name: &str, et: EntryType, link: &str, data: &[u8]) -> &mut Self {
+        let mut h = Header::new_gnu();
+        let old = h.as_old_mut();
+        old.name[..name.len()].copy_from_slice(name.as_bytes());
+        old.linkname[..link.len()].copy_from_slice(link.as_bytes());
+        h.set_entry_type(et);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_600_000_000);
+        h.set_size(data.len() as u64);
+        h.set_cksum();
+        self.b.append(&h, data).unwrap();
+        self
+    }
+
+    pub fn finish(&mut self) -> Vec<u8> {
+        let b = std::mem::replace(&mut self.b, tar::Builder::new(Vec::new()));
+        b.into_inner().unwrap()
+    }
+}
+
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+pub fn zstd(data: &[u8]) -> Vec<u8> {
+    zstd::stream::encode_all(data, 3).unwrap()
+}
+
+pub fn delete_opts() -> ApplyOptions {
+    ApplyOptions {
+        whiteouts: WhiteoutMode::Delete,
+        same_owner: true,
+        xattrs: true,
+    }
+}
+
+pub fn upper_opts() -> ApplyOptions {
+    ApplyOptions {
+        whiteouts: WhiteoutMode::OverlayUpper,
+        same_owner: true,
+        xattrs: true,
+    }
+}
+
+/// Apply with openat2 (false) or the fallback walker (true).
+pub fn apply(
+    tar: Vec<u8>,
+    root: &Path,
+    opts: &ApplyOptions,
+    fallback: bool,
+) -> Result<berth_layer::ApplyStats, berth_layer::LayerError> {
+    let r = std::io::Cursor::new(tar);
+    if fallback {
+        berth_layer::apply_layer_without_openat2(r, root, opts)
+    } else {
+        berth_layer::apply_layer(r, root, opts)
+    }
+}
+
+/// Read an xattr without following symlinks.
+pub fn getxattr(p: &Path, name: &str) -> Option<Vec<u8>> {
+    let cp = CString::new(p.as_os_str().as_bytes()).unwrap();
+    let cn = CString::new(name).unwrap();
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: valid C strings and buffer.
+    let n =
+        unsafe { libc::lgetxattr(cp.as_ptr(), cn.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        return None;
+    }
+    buf.truncate(n as usize);
+    Some(buf)
+}
+
+pub fn setxattr(p: &Path, name: &str, v: &[u8]) {
+    let cp = CString::new(p.as_os_str().as_bytes()).unwrap();
+    let cn = CString::new(name).unwrap();
+    // SAFETY: valid C strings and buffer.
+    let r = unsafe { libc::lsetxattr(cp.as_ptr(), cn.as_ptr(), v.as_ptr().cast(), v.len(), 0) };
+    assert_eq!(
+        r,
+        0,
+        "setxattr {name} on {}: {}",
+        p.display(),
+        std::io::Error::last_os_error()
+    );
+}
+
+/// All xattrs of a path (not following symlinks), sorted.
+pub fn xattrs(p: &Path) -> Vec<(String, Vec<u8>)> {
+    let cp = CString::new(p.as_os_str().as_bytes()).unwrap();
+    let mut names = vec![0u8; 65536];
+    // SAFETY: valid C string and buffer.
+    let n = unsafe { libc::llistxattr(cp.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+    assert!(n >= 0, "llistxattr {}", p.display());
+    let mut out: Vec<(String, Vec<u8>)> = names[..n as usize]
+        .split(|&b| b == 0)
+        .filter(|k| !k.is_empty())
+        .map(|k| {
+            let k = String::from_utf8_lossy(k).into_owned();
+            let v = getxattr(p, &k).unwrap_or_default();
+            (k, v)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+pub fn mknod(p: &Path, kind: libc::mode_t, perm: libc::mode_t, major: u32, minor: u32) {
+    let cp = CString::new(p.as_os_str().as_bytes()).unwrap();
+    // SAFETY: valid C string.
+    let r = unsafe { libc::mknod(cp.as_ptr(), kind | perm, libc::makedev(major, minor)) };
+    assert_eq!(
+        r,
+        0,
+        "mknod {}: {}",
+        p.display(),
+        std::io::Error::last_os_error()
+    );
+}
+
+/// A file outside the root that no layer may touch.
+pub struct Canary {
+    pub path: PathBuf,
+}
+
+pub const CANARY: &[u8] = b"canary: must stay untouched\n";
+
+impl Canary {
+    pub fn new(dir: &Path) -> Canary {
+        let path = dir.join("canary");
+        std::fs::write(&path, CANARY).unwrap();
+        Canary { path }
+    }
+
+    pub fn assert_untouched(&self) {
+        let md = std::fs::symlink_metadata(&self.path).expect("canary must still exist");
+        use std::os::unix::fs::MetadataExt;
+        assert!(md.file_type().is_file(), "canary must stay a regular file");
+        assert_eq!(md.nlink(), 1, "canary must not gain hardlinks");
+        assert_eq!(
+            std::fs::read(&self.path).unwrap(),
+            CANARY,
+            "canary content changed"
+        );
+    }
+}
+
+/// An overlay mount, unmounted (lazily) on drop.
+pub struct OverlayMount {
+    pub target: PathBuf,
+}
+
+impl OverlayMount {
+    pub fn new(lower: &Path, upper: &Path, work: &Path, target: &Path) -> OverlayMount {
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={},redirect_dir=off,metacopy=off,index=off",
+            lower.display(),
+            upper.display(),
+            work.display()
+        );
+        nix::mount::mount(
+            Some("overlay"),
+            target,
+            Some("overlay"),
+            nix::mount::MsFlags::empty(),
+            Some(opts.as_str()),
+        )
+        .unwrap_or_else(|e| panic!("mount overlay {opts}: {e}"));
+        OverlayMount {
+            target: target.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for OverlayMount {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.target, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// Entry names of a tar, in order.
+pub fn tar_names(tar: &[u8]) -> Vec<String> {
+    let mut a = tar::Archive::new(tar);
+    a.entries()
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            String::from_utf8_lossy(&e.path_bytes()).into_owned()
+        })
+        .collect()
+}
