@@ -208,8 +208,7 @@ pub(crate) fn rmdir_cgroup(dir: &Path, mode: RemoveMode, deadline: Instant) -> R
         return Ok(());
     }
     let mut delay = Duration::from_millis(1);
-    let mut last_err = None;
-    loop {
+    let busy = loop {
         match fs::remove_dir(dir) {
             Ok(()) => return Ok(()),
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
@@ -218,7 +217,9 @@ pub(crate) fn rmdir_cgroup(dir: &Path, mode: RemoveMode, deadline: Instant) -> R
                     tracing::debug!(dir = %dir.display(), "keeping shared intermediate cgroup");
                     return Ok(());
                 }
-                last_err = Some(e);
+                if Instant::now() >= deadline {
+                    break e;
+                }
             }
             Err(source) => {
                 return Err(Error::Remove {
@@ -227,12 +228,9 @@ pub(crate) fn rmdir_cgroup(dir: &Path, mode: RemoveMode, deadline: Instant) -> R
                 })
             }
         }
-        if Instant::now() >= deadline {
-            break;
-        }
         thread::sleep(delay);
         delay = (delay * 2).min(Duration::from_millis(50));
-    }
+    };
     let pids = procs(dir).unwrap_or_default();
     if !pids.is_empty() {
         return Err(Error::Busy {
@@ -249,7 +247,7 @@ pub(crate) fn rmdir_cgroup(dir: &Path, mode: RemoveMode, deadline: Instant) -> R
     }
     Err(Error::Remove {
         path: dir.to_path_buf(),
-        source: last_err.unwrap_or_else(|| io::Error::from_raw_os_error(libc::EBUSY)),
+        source: busy,
     })
 }
 

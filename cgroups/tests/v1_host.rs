@@ -619,7 +619,7 @@ fn stats_report_usage_limits_and_pids() {
     assert!(pids.current >= 1, "{pids:?}");
     assert_eq!(pids.current as usize, cg.pids().unwrap().len());
     // Serializable for `events --stats`.
-    let v = serde_json::to_value(&cg.stats().unwrap()).unwrap();
+    let v = serde_json::to_value(cg.stats().unwrap()).unwrap();
     assert_eq!(v["pids"]["limit"], 50);
 }
 
