@@ -169,7 +169,8 @@ impl ContentStore {
     /// Opens a writer for `ref`, resuming the ingest if one exists (its [`Writer::offset`] is
     /// then the bytes already there). `total` and `expected`, when given, are recorded and
     /// checked at commit. Fails with `Unavailable` ("ref ... is locked") while another writer
-    /// holds the same ref, and with `AlreadyExists` if `expected` is already committed.
+    /// holds the same ref. (Whether `expected` exists already is the caller's question: in
+    /// containerd it depends on the namespace.)
     pub fn writer(
         &self,
         r#ref: &str,
@@ -178,11 +179,6 @@ impl ContentStore {
     ) -> Result<Writer> {
         if r#ref.is_empty() {
             return Err(StoreError::InvalidArgument("ingest ref must not be empty".into()));
-        }
-        if let Some(d) = &expected {
-            if self.exists(d) {
-                return Err(StoreError::AlreadyExists(format!("content {d}")));
-            }
         }
         let lock = self.lock(r#ref)?;
         let dir = self.ingest_dir(r#ref);
