@@ -315,3 +315,104 @@ pub fn tar_names(tar: &[u8]) -> Vec<String> {
         })
         .collect()
 }
+
+/// What a tree comparison looks at for one path.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Node {
+    pub kind: u32,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub rdev: u64,
+    pub content: Option<Vec<u8>>,
+    pub target: Option<PathBuf>,
+    pub xattrs: Vec<(String, Vec<u8>)>,
+}
+
+/// A tree as path → Node, plus its hardlink groups (paths sharing an inode, size > 1, sorted).
+pub fn snapshot(root: &Path) -> (std::collections::BTreeMap<String, Node>, Vec<Vec<String>>) {
+    use std::os::unix::fs::MetadataExt;
+    let mut nodes = std::collections::BTreeMap::new();
+    let mut inodes: std::collections::BTreeMap<u64, Vec<String>> = Default::default();
+    fn walk(
+        root: &Path,
+        dir: &Path,
+        nodes: &mut std::collections::BTreeMap<String, Node>,
+        inodes: &mut std::collections::BTreeMap<u64, Vec<String>>,
+    ) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            let md = std::fs::symlink_metadata(&p).unwrap();
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            let kind = md.mode() & libc::S_IFMT;
+            if kind != libc::S_IFDIR {
+                inodes.entry(md.ino()).or_default().push(rel.clone());
+            }
+            nodes.insert(
+                rel,
+                Node {
+                    kind,
+                    mode: md.mode() & 0o7777,
+                    uid: md.uid(),
+                    gid: md.gid(),
+                    rdev: md.rdev(),
+                    content: (kind == libc::S_IFREG).then(|| std::fs::read(&p).unwrap()),
+                    target: (kind == libc::S_IFLNK).then(|| std::fs::read_link(&p).unwrap()),
+                    xattrs: xattrs(&p)
+                        .into_iter()
+                        .filter(|(k, _)| !k.starts_with("trusted.overlay."))
+                        .collect(),
+                },
+            );
+            if kind == libc::S_IFDIR {
+                walk(root, &p, nodes, inodes);
+            }
+        }
+    }
+    walk(root, root, &mut nodes, &mut inodes);
+    let mut groups: Vec<Vec<String>> = inodes
+        .into_values()
+        .filter(|g| g.len() > 1)
+        .map(|mut g| {
+            g.sort();
+            g
+        })
+        .collect();
+    groups.sort();
+    (nodes, groups)
+}
+
+/// Assert two trees are equal (type, mode, owner, content, link targets, xattrs, devices,
+/// hardlink groups), naming the first difference.
+pub fn assert_same_tree(got: &Path, want: &Path) {
+    let (g, gl) = snapshot(got);
+    let (w, wl) = snapshot(want);
+    let gk: Vec<_> = g.keys().collect();
+    let wk: Vec<_> = w.keys().collect();
+    assert_eq!(gk, wk, "paths differ");
+    for (k, wn) in &w {
+        assert_eq!(&g[k], wn, "{k} differs");
+    }
+    assert_eq!(gl, wl, "hardlink groups differ");
+}
+
+/// Set every mtime under `root` (not root itself) to a fixed time, without following symlinks.
+pub fn settle_times(root: &Path) {
+    use nix::sys::stat::{utimensat, UtimensatFlags};
+    use nix::sys::time::TimeSpec;
+    let t = TimeSpec::new(1_500_000_000, 123_456_789);
+    for e in std::fs::read_dir(root).unwrap() {
+        let p = e.unwrap().path();
+        if std::fs::symlink_metadata(&p).unwrap().is_dir() {
+            settle_times(&p);
+        }
+        utimensat(
+            nix::fcntl::AT_FDCWD,
+            &p,
+            &t,
+            &t,
+            UtimensatFlags::NoFollowSymlink,
+        )
+        .unwrap();
+    }
+}
