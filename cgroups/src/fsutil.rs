@@ -11,6 +11,8 @@ use crate::error::{Error, Result};
 
 /// Writes `value` to `dir/file` in a single write(2). The file must exist: cgroup files are
 /// made by the kernel, so a missing one means a missing controller and is reported as such.
+/// O_TRUNC is a no-op on cgroupfs (as with `echo > file`) and gives plain files the same
+/// replace semantics, which the fake trees in tests rely on.
 pub(crate) fn write(dir: &Path, file: &str, value: &str) -> Result<()> {
     let path = dir.join(file);
     write_path(&path, value)
@@ -20,6 +22,7 @@ pub(crate) fn write(dir: &Path, file: &str, value: &str) -> Result<()> {
 pub(crate) fn write_path(path: &Path, value: &str) -> Result<()> {
     let result = OpenOptions::new()
         .write(true)
+        .truncate(true)
         .open(path)
         .and_then(|mut f| f.write_all(value.as_bytes()));
     result.map_err(|source| Error::Write {
