@@ -35,12 +35,21 @@ fn main() -> Result<()> {
         None => FileConfig::default(),
     };
     let config = Config::resolve(file, args.root, args.state, args.address, args.log_level);
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
+    // A bare level applies to Berth's crates; the HTTP/2 stack stays at warn unless asked.
+    let directive = if config.log_level.contains('=') || config.log_level.contains(',') {
+        config.log_level.clone()
+    } else {
+        let l = &config.log_level;
+        format!("warn,berth_manager={l},berth_store={l},berth_layer={l},berthd={l}")
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&directive)
         .map_err(|e| anyhow::anyhow!("invalid --log-level {:?}: {e}", config.log_level))?;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(false)
+        // At debug, every RPC's span is logged when it opens: the calls a client makes.
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::NEW)
         .init();
     let res = berth_manager::daemon::run(config);
     if let Err(e) = &res {

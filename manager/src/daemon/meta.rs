@@ -43,3 +43,31 @@ pub fn system_time(t: Option<&prost_types::Timestamp>) -> std::time::SystemTime 
     t.and_then(|t| std::time::SystemTime::try_from(*t).ok())
         .unwrap_or(std::time::UNIX_EPOCH)
 }
+
+/// The store context of a request: its namespace and lease.
+pub fn ctx<T>(req: &Request<T>) -> Result<berth_store::Ctx, Status> {
+    Ok(berth_store::Ctx {
+        namespace: namespace(req)?,
+        lease: lease(req),
+    })
+}
+
+/// Parses a digest from the wire, naming the field on error.
+pub fn digest(field: &str, s: &str) -> Result<berth_store::Digest, Status> {
+    berth_store::Digest::parse(s).map_err(|e| Status::invalid_argument(format!("{field}: {e}")))
+}
+
+/// Field-mask paths, or none.
+pub fn paths(mask: Option<prost_types::FieldMask>) -> Vec<String> {
+    mask.map(|m| m.paths).unwrap_or_default()
+}
+
+/// Labels from the wire into the store's ordered map.
+pub fn labels(m: std::collections::HashMap<String, String>) -> berth_store::metadata::Labels {
+    m.into_iter().collect()
+}
+
+/// Labels from the store onto the wire.
+pub fn wire_labels(m: &berth_store::metadata::Labels) -> std::collections::HashMap<String, String> {
+    m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}

@@ -3,6 +3,7 @@
 pub mod config;
 pub mod errors;
 pub mod meta;
+pub mod mounts;
 pub mod services;
 pub mod socket;
 pub mod state;

@@ -1,9 +1,10 @@
 //! What every service shares: the stores and the daemon's directories.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
+use berth_store::{Store, StoreConfig};
 
 use super::config::Config;
 
@@ -14,28 +15,43 @@ pub struct State {
 }
 
 struct Inner {
+    store: Store,
     root: PathBuf,
     state_dir: PathBuf,
 }
 
 impl State {
-    /// Opens the stores under the configured root.
+    /// Opens the stores under the configured root (this also recovers from a crash: temporary
+    /// leases of interrupted imports are dropped and what they held is collected).
     pub fn open(config: &Config) -> Result<State> {
+        let store = Store::open(&StoreConfig::new(&config.root))
+            .with_context(|| format!("opening the stores under {}", config.root.display()))?;
         Ok(State {
             inner: Arc::new(Inner {
+                store,
                 root: config.root.clone(),
                 state_dir: config.state.clone(),
             }),
         })
     }
 
+    /// The stores.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
     /// The persistent root.
-    pub fn root(&self) -> &std::path::Path {
+    pub fn root(&self) -> &Path {
         &self.inner.root
     }
 
     /// The state dir (temporary mounts live under it).
-    pub fn state_dir(&self) -> &std::path::Path {
+    pub fn state_dir(&self) -> &Path {
         &self.inner.state_dir
+    }
+
+    /// The snapshotter's name (`overlayfs` or `native`).
+    pub fn snapshotter_name(&self) -> &'static str {
+        self.inner.store.snapshotter().name()
     }
 }

@@ -1,0 +1,145 @@
+//! Mounting a snapshot's mount list on a temp dir under the state dir, and undoing it.
+
+use std::path::{Path, PathBuf};
+
+use berth_store::snapshots::Mount;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+
+/// A temp dir with the mounts on it; unmounted and removed on drop.
+pub struct TempMount {
+    dir: PathBuf,
+    mounted: usize,
+}
+
+impl TempMount {
+    /// Mounts `mounts` in order on a fresh directory under `<state>/tmpmounts/`. An empty list
+    /// gives an empty directory (a tree with nothing in it).
+    pub fn new(state: &Path, mounts: &[Mount]) -> std::io::Result<TempMount> {
+        let base = state.join("tmpmounts");
+        std::fs::create_dir_all(&base)?;
+        let dir = base.join(format!("m-{}-{}", std::process::id(), fastrand::u64(..)));
+        std::fs::create_dir(&dir)?;
+        let mut tm = TempMount { dir, mounted: 0 };
+        for m in mounts {
+            mount_one(m, &tm.dir)?;
+            tm.mounted += 1;
+        }
+        Ok(tm)
+    }
+
+    /// Where the tree is.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+}
+
+fn mount_one(m: &Mount, target: &Path) -> std::io::Result<()> {
+    let mut flags = MsFlags::empty();
+    let mut data = Vec::new();
+    let mut bind = m.kind == "bind";
+    for o in &m.options {
+        match o.as_str() {
+            "ro" => flags |= MsFlags::MS_RDONLY,
+            "rw" => {}
+            "bind" => bind = true,
+            "rbind" => {
+                bind = true;
+                flags |= MsFlags::MS_REC;
+            }
+            "nosuid" => flags |= MsFlags::MS_NOSUID,
+            "nodev" => flags |= MsFlags::MS_NODEV,
+            "noexec" => flags |= MsFlags::MS_NOEXEC,
+            other => data.push(other.to_string()),
+        }
+    }
+    let err = |e: nix::Error| {
+        std::io::Error::other(format!(
+            "mount {} ({}) on {}: {e}",
+            m.source,
+            m.kind,
+            target.display()
+        ))
+    };
+    if bind {
+        mount(
+            Some(m.source.as_str()),
+            target,
+            None::<&str>,
+            (flags & MsFlags::MS_REC) | MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(err)?;
+        if flags.contains(MsFlags::MS_RDONLY) {
+            mount(
+                None::<&str>,
+                target,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                None::<&str>,
+            )
+            .map_err(err)?;
+        }
+    } else {
+        let data = data.join(",");
+        mount(
+            Some(m.source.as_str()),
+            target,
+            Some(m.kind.as_str()),
+            flags,
+            Some(data.as_str()),
+        )
+        .map_err(err)?;
+    }
+    Ok(())
+}
+
+impl Drop for TempMount {
+    fn drop(&mut self) {
+        for _ in 0..self.mounted {
+            if let Err(e) = umount2(&self.dir, MntFlags::empty()) {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "unmount failed; detaching");
+                let _ = umount2(&self.dir, MntFlags::MNT_DETACH);
+            }
+        }
+        if let Err(e) = std::fs::remove_dir(&self.dir) {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "removing temp mount dir");
+        }
+    }
+}
+
+/// Checks that every path a mount list names lies under `root` (berthd's snapshots): the diff
+/// service mounts and writes what clients pass, and must not be pointed at the host's files.
+pub fn check_confined(mounts: &[Mount], root: &Path) -> Result<(), String> {
+    let inside = |p: &str| {
+        let p = Path::new(p);
+        p.is_absolute()
+            && !p
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+            && p.starts_with(root)
+    };
+    for m in mounts {
+        if m.kind == "bind" || m.options.iter().any(|o| o == "bind" || o == "rbind") {
+            if !inside(&m.source) {
+                return Err(format!(
+                    "mount source {:?} is not a berthd snapshot",
+                    m.source
+                ));
+            }
+        }
+        for o in &m.options {
+            for key in ["lowerdir=", "upperdir=", "workdir="] {
+                if let Some(v) = o.strip_prefix(key) {
+                    for p in v.split(':') {
+                        if !inside(p) {
+                            return Err(format!(
+                                "mount option {key}{p:?} is not a berthd snapshot"
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
