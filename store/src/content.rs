@@ -86,7 +86,10 @@ impl ContentStore {
     }
 
     fn ingest_dir(&self, r: &str) -> PathBuf {
-        self.inner.root.join("ingest").join(Digest::of(r.as_bytes()).hex())
+        self.inner
+            .root
+            .join("ingest")
+            .join(Digest::of(r.as_bytes()).hex())
     }
 
     /// Size and commit time of a blob; `NotFound` if it is not committed.
@@ -121,7 +124,11 @@ impl ContentStore {
             Err(e) => return Err(StoreError::io("open", p, e)),
         };
         let size = file.metadata().ctx("stat", &p)?.len();
-        Ok(ReaderAt { file, size, path: p })
+        Ok(ReaderAt {
+            file,
+            size,
+            path: p,
+        })
     }
 
     /// Reads a whole (small) blob into memory, refusing blobs larger than `limit` bytes.
@@ -178,7 +185,9 @@ impl ContentStore {
         expected: Option<Digest>,
     ) -> Result<Writer> {
         if r#ref.is_empty() {
-            return Err(StoreError::InvalidArgument("ingest ref must not be empty".into()));
+            return Err(StoreError::InvalidArgument(
+                "ingest ref must not be empty".into(),
+            ));
         }
         let lock = self.lock(r#ref)?;
         let dir = self.ingest_dir(r#ref);

@@ -25,7 +25,10 @@ impl Digest {
                 "unsupported digest algorithm {alg:?} in {s:?}: only sha256 is supported"
             )));
         }
-        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        if hex.len() != 64
+            || !hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         {
             return Err(StoreError::InvalidArgument(format!(
                 "invalid digest {s:?}: sha256 needs 64 lowercase hex characters"

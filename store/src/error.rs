@@ -79,13 +79,12 @@ impl StoreError {
             StoreError::FailedPrecondition(_) => ErrorKind::FailedPrecondition,
             StoreError::InvalidArgument(_) => ErrorKind::InvalidArgument,
             StoreError::Unavailable(_) => ErrorKind::Unavailable,
-            StoreError::Layer(e) => match e {
+            StoreError::Layer(
                 berth_layer::LayerError::PathEscape { .. }
                 | berth_layer::LayerError::UnsupportedEntry { .. }
                 | berth_layer::LayerError::InvalidEntry { .. }
-                | berth_layer::LayerError::Corrupt { .. } => ErrorKind::InvalidArgument,
-                _ => ErrorKind::Internal,
-            },
+                | berth_layer::LayerError::Corrupt { .. },
+            ) => ErrorKind::InvalidArgument,
             StoreError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
                 ErrorKind::NotFound
             }

@@ -172,7 +172,11 @@ pub(crate) fn label_field(
     path: &[String],
 ) -> Option<String> {
     if path.len() < 2 {
-        return if labels.is_empty() { None } else { Some(String::new()) };
+        return if labels.is_empty() {
+            None
+        } else {
+            Some(String::new())
+        };
     }
     labels.get(&path[1..].join(".")).cloned()
 }

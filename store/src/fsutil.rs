@@ -22,7 +22,10 @@ pub(crate) fn write_file_sync(path: &Path, data: &[u8]) -> Result<()> {
 /// Replaces `path` atomically: temp file beside it, fsync, rename, fsync the directory.
 pub(crate) fn write_file_atomic(path: &Path, data: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", random_suffix()));
     let res = write_file_sync(&tmp, data).and_then(|_| fs::rename(&tmp, path).ctx("rename", path));
     if res.is_err() {
@@ -34,7 +37,9 @@ pub(crate) fn write_file_atomic(path: &Path, data: &[u8]) -> Result<()> {
 
 /// fsyncs a directory so a rename or create in it is durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|f| f.sync_all()).ctx("fsync directory", dir)
+    File::open(dir)
+        .and_then(|f| f.sync_all())
+        .ctx("fsync directory", dir)
 }
 
 /// Renames without replacing an existing target (EEXIST then).

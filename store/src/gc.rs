@@ -78,7 +78,10 @@ fn mark(tx: &WriteTx, ns: &str) -> Result<HashSet<Node>> {
     }
     for c in tx.containers(ns)? {
         if !c.snapshot_key.is_empty() && !c.snapshotter.is_empty() {
-            stack.push(Node::Snapshot(c.snapshotter.clone(), c.snapshot_key.clone()));
+            stack.push(Node::Snapshot(
+                c.snapshotter.clone(),
+                c.snapshot_key.clone(),
+            ));
         }
         label_refs(&c.labels, &mut stack);
     }
@@ -160,15 +163,21 @@ pub fn collect(store: &Store) -> Result<GcReport> {
                 .collect();
             while !doomed.is_empty() {
                 let all = tx.snapshots(&ns, sn_name)?;
-                let parents: HashSet<&str> =
-                    all.iter().filter_map(|(_, r)| r.parent.as_deref()).collect();
+                let parents: HashSet<&str> = all
+                    .iter()
+                    .filter_map(|(_, r)| r.parent.as_deref())
+                    .collect();
                 let leaves: Vec<String> = doomed
                     .iter()
                     .filter(|k| !parents.contains(k.as_str()))
                     .cloned()
                     .collect();
                 if leaves.is_empty() {
-                    warn!(ns, ?doomed, "snapshots held by marked children; keeping them");
+                    warn!(
+                        ns,
+                        ?doomed,
+                        "snapshots held by marked children; keeping them"
+                    );
                     break;
                 }
                 for k in leaves {

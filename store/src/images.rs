@@ -63,7 +63,8 @@ pub struct UnpackReport {
 /// Normalises an image reference as docker/containerd do: `busybox` →
 /// `docker.io/library/busybox:latest`, `example.com/a/b` → `example.com/a/b:latest`.
 pub fn normalize_name(name: &str) -> Result<String> {
-    let bad = |why: &str| StoreError::InvalidArgument(format!("invalid image reference {name:?}: {why}"));
+    let bad =
+        |why: &str| StoreError::InvalidArgument(format!("invalid image reference {name:?}: {why}"));
     if name.is_empty() {
         return Err(bad("empty"));
     }
@@ -85,7 +86,9 @@ pub fn normalize_name(name: &str) -> Result<String> {
         return Err(bad("empty repository or tag"));
     }
     let (domain, path) = match repo.split_once('/') {
-        Some((d, p)) if d.contains('.') || d.contains(':') || d == "localhost" => (d.to_string(), p.to_string()),
+        Some((d, p)) if d.contains('.') || d.contains(':') || d == "localhost" => {
+            (d.to_string(), p.to_string())
+        }
         _ => ("docker.io".to_string(), repo.to_string()),
     };
     if path.chars().any(|c| c.is_ascii_uppercase()) {
@@ -131,7 +134,10 @@ pub fn read_json<T: DeserializeOwned>(store: &Store, ctx: &Ctx, desc: &Descripto
         )));
     }
     serde_json::from_slice(&data).map_err(|e| {
-        StoreError::InvalidArgument(format!("{} ({}): invalid JSON: {e}", desc.digest, desc.media_type))
+        StoreError::InvalidArgument(format!(
+            "{} ({}): invalid JSON: {e}",
+            desc.digest, desc.media_type
+        ))
     })
 }
 
@@ -153,12 +159,18 @@ pub fn children(store: &Store, ctx: &Ctx, desc: &Descriptor) -> Result<Vec<Descr
 
 /// The `containerd.io/gc.ref.content.*` labels a parent gets for its children
 /// (`m.<i>` for an index's manifests, `config` and `l.<i>` for a manifest's blobs).
-pub fn gc_child_labels(parent: &Descriptor, children: &[Descriptor]) -> Vec<(String, Option<String>)> {
+pub fn gc_child_labels(
+    parent: &Descriptor,
+    children: &[Descriptor],
+) -> Vec<(String, Option<String>)> {
     let mut out = Vec::new();
     match media_kind(&parent.media_type) {
         Some(MediaKind::Index) => {
             for (i, c) in children.iter().enumerate() {
-                out.push((format!("containerd.io/gc.ref.content.m.{i}"), Some(c.digest.to_string())));
+                out.push((
+                    format!("containerd.io/gc.ref.content.m.{i}"),
+                    Some(c.digest.to_string()),
+                ));
             }
         }
         Some(MediaKind::Manifest) => {
@@ -177,13 +189,27 @@ pub fn gc_child_labels(parent: &Descriptor, children: &[Descriptor]) -> Vec<(Str
 }
 
 /// Resolves `target` to the manifest for `platform` (descending through indexes).
-pub fn resolve_manifest(store: &Store, ctx: &Ctx, target: &Descriptor, platform: &Platform) -> Result<(Descriptor, Manifest)> {
+pub fn resolve_manifest(
+    store: &Store,
+    ctx: &Ctx,
+    target: &Descriptor,
+    platform: &Platform,
+) -> Result<(Descriptor, Manifest)> {
     resolve_inner(store, ctx, target, platform, 0)
 }
 
-fn resolve_inner(store: &Store, ctx: &Ctx, target: &Descriptor, platform: &Platform, depth: usize) -> Result<(Descriptor, Manifest)> {
+fn resolve_inner(
+    store: &Store,
+    ctx: &Ctx,
+    target: &Descriptor,
+    platform: &Platform,
+    depth: usize,
+) -> Result<(Descriptor, Manifest)> {
     if depth > 8 {
-        return Err(StoreError::InvalidArgument(format!("{}: indexes nested too deep", target.digest)));
+        return Err(StoreError::InvalidArgument(format!(
+            "{}: indexes nested too deep",
+            target.digest
+        )));
     }
     match media_kind(&target.media_type) {
         Some(MediaKind::Manifest) => {
@@ -195,25 +221,32 @@ fn resolve_inner(store: &Store, ctx: &Ctx, target: &Descriptor, platform: &Platf
             for d in &idx.manifests {
                 let ok = match &d.platform {
                     Some(p) => platform.matches(p),
-                    None => media_kind(&d.media_type) == Some(MediaKind::Index) || {
-                        // No platform in the index: ask the config.
-                        match read_json::<Manifest>(store, ctx, d)
-                            .and_then(|m| read_json::<ImageConfig>(store, ctx, &m.config))
-                        {
-                            Ok(c) => platform.matches(&Platform {
-                                architecture: c.architecture,
-                                os: c.os,
-                                variant: c.variant,
-                                ..Platform::default()
-                            }),
-                            Err(_) => false,
+                    None => {
+                        media_kind(&d.media_type) == Some(MediaKind::Index) || {
+                            // No platform in the index: ask the config.
+                            match read_json::<Manifest>(store, ctx, d)
+                                .and_then(|m| read_json::<ImageConfig>(store, ctx, &m.config))
+                            {
+                                Ok(c) => platform.matches(&Platform {
+                                    architecture: c.architecture,
+                                    os: c.os,
+                                    variant: c.variant,
+                                    ..Platform::default()
+                                }),
+                                Err(_) => false,
+                            }
                         }
-                    },
+                    }
                 };
                 if ok {
                     match resolve_inner(store, ctx, d, platform, depth + 1) {
                         Ok(r) => return Ok(r),
-                        Err(e) if e.is_not_found() && media_kind(&d.media_type) == Some(MediaKind::Index) => continue,
+                        Err(e)
+                            if e.is_not_found()
+                                && media_kind(&d.media_type) == Some(MediaKind::Index) =>
+                        {
+                            continue
+                        }
                         Err(e) => return Err(e),
                     }
                 }
@@ -260,8 +293,19 @@ fn corrupt(e: io::Error, what: &str) -> StoreError {
     StoreError::InvalidArgument(format!("corrupt or truncated archive: {what}: {e}"))
 }
 
-fn write_blob(store: &Store, ctx: &Ctx, path: &str, mut src: impl Read, size: u64, expected: Option<Digest>) -> Result<(Digest, u64)> {
-    let r = format!("import-{}-{}", crate::fsutil::random_suffix(), Digest::of(path.as_bytes()).hex());
+fn write_blob(
+    store: &Store,
+    ctx: &Ctx,
+    path: &str,
+    mut src: impl Read,
+    size: u64,
+    expected: Option<Digest>,
+) -> Result<(Digest, u64)> {
+    let r = format!(
+        "import-{}-{}",
+        crate::fsutil::random_suffix(),
+        Digest::of(path.as_bytes()).hex()
+    );
     let mut w = match store.content_writer(ctx, &r, Some(size), expected.clone()) {
         Ok(w) => w,
         Err(e) if e.is_already_exists() => {
@@ -272,7 +316,10 @@ fn write_blob(store: &Store, ctx: &Ctx, path: &str, mut src: impl Read, size: u6
                 store.lease_add_resource(
                     ctx,
                     l,
-                    crate::metadata::LeaseResource { kind: "content".into(), id: d.to_string() },
+                    crate::metadata::LeaseResource {
+                        kind: "content".into(),
+                        id: d.to_string(),
+                    },
                 )?;
             }
             return Ok((d, size));
@@ -291,6 +338,12 @@ fn write_blob(store: &Store, ctx: &Ctx, path: &str, mut src: impl Read, size: u6
             }
             w.write(&buf[..n])?;
         }
+        if w.offset() != size {
+            return Err(StoreError::InvalidArgument(format!(
+                "corrupt or truncated archive: entry {path} has {} of its {size} bytes",
+                w.offset()
+            )));
+        }
         let d = w.digest();
         if let Some(want) = &expected {
             if *want != d {
@@ -304,6 +357,7 @@ fn write_blob(store: &Store, ctx: &Ctx, path: &str, mut src: impl Read, size: u6
     let d = match res {
         Ok(d) => d,
         Err(e) => {
+            drop(w);
             let _ = store.content_abort(ctx, &r);
             return Err(e);
         }
@@ -322,7 +376,9 @@ fn write_blob(store: &Store, ctx: &Ctx, path: &str, mut src: impl Read, size: u6
 fn read_archive(store: &Store, ctx: &Ctx, archive: impl Read) -> Result<Unpacked> {
     let mut out = Unpacked::default();
     let mut ar = tar::Archive::new(archive);
-    let entries = ar.entries().map_err(|e| corrupt(e, "reading the first header"))?;
+    let entries = ar
+        .entries()
+        .map_err(|e| corrupt(e, "reading the first header"))?;
     let mut last = String::from("(start)");
     for entry in entries {
         let mut entry = entry.map_err(|e| corrupt(e, &format!("header after {last:?}")))?;
@@ -353,11 +409,13 @@ fn read_archive(store: &Store, ctx: &Ctx, archive: impl Read) -> Result<Unpacked
             continue;
         }
         let size = entry.size();
-        let is_json = path.ends_with(".json") || path == "oci-layout" || path == "repositories" || path.ends_with("/json");
+        let is_json = path.ends_with(".json")
+            || path == "oci-layout"
+            || path == "repositories"
+            || path.ends_with("/json");
         if let Some(hex) = path.strip_prefix("blobs/sha256/") {
-            let d = Digest::from_hex(hex).map_err(|e| {
-                StoreError::InvalidArgument(format!("archive entry {path:?}: {e}"))
-            })?;
+            let d = Digest::from_hex(hex)
+                .map_err(|e| StoreError::InvalidArgument(format!("archive entry {path:?}: {e}")))?;
             let got = write_blob(store, ctx, &path, &mut entry, size, Some(d))?;
             out.files.insert(path, got);
         } else if is_json && size <= MAX_JSON {
@@ -389,14 +447,26 @@ fn normalize_rel(p: &str) -> String {
 
 /// Verifies that `desc` and everything below it is present with the right sizes and media
 /// types, and sets the GC labels on indexes and manifests.
-fn verify_tree(store: &Store, ctx: &Ctx, desc: &Descriptor, named_by: &str, depth: usize) -> Result<()> {
+fn verify_tree(
+    store: &Store,
+    ctx: &Ctx,
+    desc: &Descriptor,
+    named_by: &str,
+    depth: usize,
+) -> Result<()> {
     if depth > 8 {
-        return Err(StoreError::InvalidArgument(format!("{}: indexes nested too deep", desc.digest)));
+        return Err(StoreError::InvalidArgument(format!(
+            "{}: indexes nested too deep",
+            desc.digest
+        )));
     }
     let kind = media_kind(&desc.media_type).ok_or_else(|| unsupported(desc))?;
     let info = store.content_info(ctx, &desc.digest).map_err(|e| {
         if e.is_not_found() {
-            StoreError::NotFound(format!("blob {} named by {named_by} is missing from the archive", desc.digest))
+            StoreError::NotFound(format!(
+                "blob {} named by {named_by} is missing from the archive",
+                desc.digest
+            ))
         } else {
             e
         }
@@ -441,7 +511,9 @@ fn oci_names(desc: &Descriptor, base: Option<&str>) -> Result<Option<String>> {
         return normalize_name(n).map(Some);
     }
     match desc.annotations.get(ANNOTATION_REF_NAME) {
-        Some(r) if r.contains('/') || r.contains(':') || r.contains('@') => normalize_name(r).map(Some),
+        Some(r) if r.contains('/') || r.contains(':') || r.contains('@') => {
+            normalize_name(r).map(Some)
+        }
         Some(tag) => match base {
             Some(b) => normalize_name(&format!("{b}:{tag}")).map(Some),
             None => Ok(None),
@@ -450,7 +522,12 @@ fn oci_names(desc: &Descriptor, base: Option<&str>) -> Result<Option<String>> {
     }
 }
 
-fn import_oci(store: &Store, ctx: &Ctx, u: &Unpacked, opts: &ImportOptions) -> Result<Vec<(String, Descriptor)>> {
+fn import_oci(
+    store: &Store,
+    ctx: &Ctx,
+    u: &Unpacked,
+    opts: &ImportOptions,
+) -> Result<Vec<(String, Descriptor)>> {
     let idx: Index = json_file(u, "index.json")?
         .ok_or_else(|| StoreError::InvalidArgument("OCI archive without index.json".into()))?;
     let mut out = Vec::new();
@@ -463,7 +540,9 @@ fn import_oci(store: &Store, ctx: &Ctx, u: &Unpacked, opts: &ImportOptions) -> R
                 t.annotations.remove(ANNOTATION_REF_NAME);
                 out.push((n, t));
             }
-            None => warn!(digest = %d.digest, "index.json entry has no image name; skipped (give a base name)"),
+            None => {
+                warn!(digest = %d.digest, "index.json entry has no image name; skipped (give a base name)")
+            }
         }
     }
     Ok(out)
@@ -483,7 +562,9 @@ fn file_blob(u: &Unpacked, path: &str) -> Result<(Digest, u64)> {
             None => break,
         }
     }
-    Err(StoreError::NotFound(format!("manifest.json names {path:?}, which is not in the archive")))
+    Err(StoreError::NotFound(format!(
+        "manifest.json names {path:?}, which is not in the archive"
+    )))
 }
 
 fn put_json_blob(store: &Store, ctx: &Ctx, what: &str, data: &[u8]) -> Result<Digest> {
@@ -531,7 +612,8 @@ fn import_docker(store: &Store, ctx: &Ctx, u: &Unpacked) -> Result<Vec<(String, 
             layers,
             annotations: BTreeMap::new(),
         };
-        let data = serde_json::to_vec(&m).map_err(|err| StoreError::InvalidArgument(err.to_string()))?;
+        let data =
+            serde_json::to_vec(&m).map_err(|err| StoreError::InvalidArgument(err.to_string()))?;
         let md = put_json_blob(store, ctx, "manifest", &data)?;
         let mut desc = Descriptor::new(MEDIA_TYPE_DOCKER_MANIFEST, md, data.len() as u64);
         desc.platform = Some(Platform {
@@ -557,7 +639,12 @@ fn import_docker(store: &Store, ctx: &Ctx, u: &Unpacked) -> Result<Vec<(String, 
 /// blob the manifests name must be present. Image records are created (or retargeted) only
 /// after all content is committed (and, with `opts.unpack`, unpacked). Everything runs within
 /// a temporary lease, so an interrupted import leaves nothing GC will not remove.
-pub fn import(store: &Store, ctx: &Ctx, archive: impl Read, opts: &ImportOptions) -> Result<Vec<Image>> {
+pub fn import(
+    store: &Store,
+    ctx: &Ctx,
+    archive: impl Read,
+    opts: &ImportOptions,
+) -> Result<Vec<Image>> {
     crate::metadata::validate_namespace(&ctx.namespace)?;
     store.with_temp_lease(ctx, |lctx| {
         let u = read_archive(store, lctx, archive)?;
@@ -567,7 +654,8 @@ pub fn import(store: &Store, ctx: &Ctx, archive: impl Read, opts: &ImportOptions
             import_docker(store, lctx, &u)?
         } else {
             return Err(StoreError::InvalidArgument(
-                "archive has neither index.json (OCI layout) nor manifest.json (docker save)".into(),
+                "archive has neither index.json (OCI layout) nor manifest.json (docker save)"
+                    .into(),
             ));
         };
         if targets.is_empty() {
@@ -582,7 +670,10 @@ pub fn import(store: &Store, ctx: &Ctx, archive: impl Read, opts: &ImportOptions
             for (name, t) in &targets {
                 match unpack_target(store, lctx, t, &platform) {
                     Ok(r) => info!(name, chain_id = %r.chain_id, applied = r.applied, "unpacked"),
-                    Err(e) if e.is_not_found() && e.to_string().contains("no manifest for platform") => {
+                    Err(e)
+                        if e.is_not_found()
+                            && e.to_string().contains("no manifest for platform") =>
+                    {
                         warn!(name, %e, "not unpacked")
                     }
                     Err(e) => return Err(e.context(format!("unpacking {name}"))),
@@ -600,7 +691,9 @@ pub fn import(store: &Store, ctx: &Ctx, archive: impl Read, opts: &ImportOptions
             };
             let img = match store.image_create(ctx, &img) {
                 Ok(i) => i,
-                Err(e) if e.is_already_exists() => store.image_update(ctx, &img, &["target".into()])?,
+                Err(e) if e.is_already_exists() => {
+                    store.image_update(ctx, &img, &["target".into()])?
+                }
                 Err(e) => return Err(e),
             };
             info!(name, digest = %img.target.digest, "image imported");
@@ -624,9 +717,19 @@ fn tar_header(size: u64) -> tar::Header {
     h
 }
 
-fn collect_blobs(store: &Store, ctx: &Ctx, desc: &Descriptor, platform: Option<&Platform>, out: &mut Vec<Descriptor>, depth: usize) -> Result<()> {
+fn collect_blobs(
+    store: &Store,
+    ctx: &Ctx,
+    desc: &Descriptor,
+    platform: Option<&Platform>,
+    out: &mut Vec<Descriptor>,
+    depth: usize,
+) -> Result<()> {
     if depth > 8 {
-        return Err(StoreError::InvalidArgument(format!("{}: indexes nested too deep", desc.digest)));
+        return Err(StoreError::InvalidArgument(format!(
+            "{}: indexes nested too deep",
+            desc.digest
+        )));
     }
     if out.iter().any(|d| d.digest == desc.digest) {
         return Ok(());
@@ -646,9 +749,17 @@ fn collect_blobs(store: &Store, ctx: &Ctx, desc: &Descriptor, platform: Option<&
 /// Writes images `names` as an OCI image-layout tar to `out`: `oci-layout`, `blobs/sha256/*`
 /// (the same blobs, hence digests, as stored), and `index.json` whose entries carry the
 /// `io.containerd.image.name` and `org.opencontainers.image.ref.name` annotations.
-pub fn export(store: &Store, ctx: &Ctx, names: &[String], out: impl Write, opts: &ExportOptions) -> Result<()> {
+pub fn export(
+    store: &Store,
+    ctx: &Ctx,
+    names: &[String],
+    out: impl Write,
+    opts: &ExportOptions,
+) -> Result<()> {
     if names.is_empty() {
-        return Err(StoreError::InvalidArgument("export needs at least one image name".into()));
+        return Err(StoreError::InvalidArgument(
+            "export needs at least one image name".into(),
+        ));
     }
     let mut index = Index {
         schema_version: 2,
@@ -659,23 +770,40 @@ pub fn export(store: &Store, ctx: &Ctx, names: &[String], out: impl Write, opts:
     let mut blobs = Vec::new();
     for n in names {
         let img = store.image(ctx, n)?;
-        collect_blobs(store, ctx, &img.target, opts.platform.as_ref(), &mut blobs, 0)
-            .map_err(|e| e.context(format!("exporting {n}")))?;
+        collect_blobs(
+            store,
+            ctx,
+            &img.target,
+            opts.platform.as_ref(),
+            &mut blobs,
+            0,
+        )
+        .map_err(|e| e.context(format!("exporting {n}")))?;
         let mut t = img.target.clone();
-        t.annotations.insert(ANNOTATION_IMAGE_NAME.into(), img.name.clone());
-        t.annotations.insert(ANNOTATION_REF_NAME.into(), oci_ref_name(&img.name));
+        t.annotations
+            .insert(ANNOTATION_IMAGE_NAME.into(), img.name.clone());
+        t.annotations
+            .insert(ANNOTATION_REF_NAME.into(), oci_ref_name(&img.name));
         index.manifests.push(t);
     }
     let io_err = |e: io::Error| StoreError::io("write archive", "(export stream)", e);
     let mut b = tar::Builder::new(out);
     let layout = br#"{"imageLayoutVersion":"1.0.0"}"#;
-    b.append_data(&mut tar_header(layout.len() as u64), "oci-layout", &layout[..])
-        .map_err(io_err)?;
+    b.append_data(
+        &mut tar_header(layout.len() as u64),
+        "oci-layout",
+        &layout[..],
+    )
+    .map_err(io_err)?;
     for d in &blobs {
         let r = store.content_reader(ctx, &d.digest)?;
         let f = r.reader(0)?;
-        b.append_data(&mut tar_header(r.size()), format!("blobs/sha256/{}", d.digest.hex()), f)
-            .map_err(io_err)?;
+        b.append_data(
+            &mut tar_header(r.size()),
+            format!("blobs/sha256/{}", d.digest.hex()),
+            f,
+        )
+        .map_err(io_err)?;
     }
     let idx = serde_json::to_vec(&index).map_err(|e| StoreError::InvalidArgument(e.to_string()))?;
     b.append_data(&mut tar_header(idx.len() as u64), "index.json", &idx[..])
@@ -704,7 +832,10 @@ struct SharedHash<R> {
 
 impl<R: Read> Read for SharedHash<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let mut g = self.inner.lock().map_err(|_| io::Error::other("hash state poisoned"))?;
+        let mut g = self
+            .inner
+            .lock()
+            .map_err(|_| io::Error::other("hash state poisoned"))?;
         let (r, h) = &mut *g;
         let n = r.read(buf)?;
         h.update(&buf[..n]);
@@ -713,7 +844,14 @@ impl<R: Read> Read for SharedHash<R> {
 }
 
 /// Applies layer `layer` onto `dir`, verifying the uncompressed stream's digest is `diff_id`.
-fn apply_one(store: &Store, ctx: &Ctx, layer: &Descriptor, diff_id: &Digest, dir: &std::path::Path, mode: berth_layer::WhiteoutMode) -> Result<()> {
+fn apply_one(
+    store: &Store,
+    ctx: &Ctx,
+    layer: &Descriptor,
+    diff_id: &Digest,
+    dir: &std::path::Path,
+    mode: berth_layer::WhiteoutMode,
+) -> Result<()> {
     let blob = store.content_reader(ctx, &layer.digest)?.into_file();
     let plain = decompressed(blob)?;
     let shared = Arc::new(Mutex::new((plain, Hasher::new())));
@@ -722,16 +860,22 @@ fn apply_one(store: &Store, ctx: &Ctx, layer: &Descriptor, diff_id: &Digest, dir
         same_owner: nix::unistd::geteuid().is_root(),
         xattrs: true,
     };
-    apply_layer(SharedHash { inner: shared.clone() }, dir, &opts)?;
+    apply_layer(
+        SharedHash {
+            inner: shared.clone(),
+        },
+        dir,
+        &opts,
+    )?;
     let mut g = shared
         .lock()
         .map_err(|_| StoreError::Db("hash state poisoned".into()))?;
     let (r, h) = &mut *g;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let n = r
-            .read(&mut buf)
-            .map_err(|e| StoreError::InvalidArgument(format!("layer {}: reading the rest: {e}", layer.digest)))?;
+        let n = r.read(&mut buf).map_err(|e| {
+            StoreError::InvalidArgument(format!("layer {}: reading the rest: {e}", layer.digest))
+        })?;
         if n == 0 {
             break;
         }
@@ -749,7 +893,12 @@ fn apply_one(store: &Store, ctx: &Ctx, layer: &Descriptor, diff_id: &Digest, dir
 
 /// Unpacks image `name` for `platform` (default: the host's) into snapshots named by chain ID,
 /// skipping layers already unpacked. See [`unpack_target`].
-pub fn unpack(store: &Store, ctx: &Ctx, name: &str, platform: Option<&Platform>) -> Result<UnpackReport> {
+pub fn unpack(
+    store: &Store,
+    ctx: &Ctx,
+    name: &str,
+    platform: Option<&Platform>,
+) -> Result<UnpackReport> {
     let img = store.image(ctx, name)?;
     let p = platform.cloned().unwrap_or_else(Platform::host);
     let run = |c: &Ctx| unpack_target(store, c, &img.target, &p);
@@ -766,7 +915,12 @@ pub fn unpack(store: &Store, ctx: &Ctx, name: &str, platform: Option<&Platform>)
 /// With the native snapshotter layers are applied one after another onto a copy of the parent.
 /// Sets `containerd.io/uncompressed` on layer blobs and `containerd.io/gc.ref.snapshot.<sn>`
 /// on the config blob. Run it within a lease (as [`unpack`] does).
-pub fn unpack_target(store: &Store, ctx: &Ctx, target: &Descriptor, platform: &Platform) -> Result<UnpackReport> {
+pub fn unpack_target(
+    store: &Store,
+    ctx: &Ctx,
+    target: &Descriptor,
+    platform: &Platform,
+) -> Result<UnpackReport> {
     let (_, manifest) = resolve_manifest(store, ctx, target, platform)?;
     let cfg: ImageConfig = read_json(store, ctx, &manifest.config)?;
     let diff_ids = cfg.rootfs.diff_ids.clone();
@@ -798,7 +952,13 @@ pub fn unpack_target(store: &Store, ctx: &Ctx, target: &Descriptor, platform: &P
         }
     }
     let n = chain.len();
-    let key_of = |i: usize| format!("extract-{}-{}", crate::fsutil::random_suffix(), chain[i].hex());
+    let key_of = |i: usize| {
+        format!(
+            "extract-{}-{}",
+            crate::fsutil::random_suffix(),
+            chain[i].hex()
+        )
+    };
     let labels_of = |i: usize| {
         let mut l = Labels::new();
         l.insert(LABEL_SNAPSHOT_REF.into(), chain[i].to_string());
@@ -819,7 +979,8 @@ pub fn unpack_target(store: &Store, ctx: &Ctx, target: &Descriptor, platform: &P
                 .map(|i| sn.apply_target(ctx, keys[i].as_deref().unwrap_or_default()))
                 .collect::<Result<Vec<_>>>()?;
             let next = AtomicUsize::new(first);
-            let results: Vec<Mutex<Option<Result<()>>>> = (0..n).map(|_| Mutex::new(None)).collect();
+            let results: Vec<Mutex<Option<Result<()>>>> =
+                (0..n).map(|_| Mutex::new(None)).collect();
             let workers = std::thread::available_parallelism()
                 .map(|p| p.get())
                 .unwrap_or(2)
@@ -832,8 +993,11 @@ pub fn unpack_target(store: &Store, ctx: &Ctx, target: &Descriptor, platform: &P
                             break;
                         }
                         let (dir, mode) = &targets[i - first];
-                        let r = apply_one(store, ctx, &manifest.layers[i], &diff_ids[i], dir, *mode)
-                            .map_err(|e| e.context(format!("layer {i} ({})", manifest.layers[i].digest)));
+                        let r =
+                            apply_one(store, ctx, &manifest.layers[i], &diff_ids[i], dir, *mode)
+                                .map_err(|e| {
+                                    e.context(format!("layer {i} ({})", manifest.layers[i].digest))
+                                });
                         if let Ok(mut slot) = results[i].lock() {
                             *slot = Some(r);
                         }
@@ -849,7 +1013,11 @@ pub fn unpack_target(store: &Store, ctx: &Ctx, target: &Descriptor, platform: &P
             }
             for i in first..n {
                 let key = keys[i].clone().unwrap_or_default();
-                let parent = if i == 0 { None } else { Some(chain[i - 1].as_str()) };
+                let parent = if i == 0 {
+                    None
+                } else {
+                    Some(chain[i - 1].as_str())
+                };
                 match sn.commit_onto(ctx, chain[i].as_str(), &key, parent, Labels::new()) {
                     Ok(()) => keys[i] = None,
                     Err(e) if e.is_already_exists() => {} // unpacked concurrently; ours is removed below
@@ -859,7 +1027,11 @@ pub fn unpack_target(store: &Store, ctx: &Ctx, target: &Descriptor, platform: &P
         } else {
             for i in first..n {
                 let key = key_of(i);
-                let parent = if i == 0 { None } else { Some(chain[i - 1].as_str()) };
+                let parent = if i == 0 {
+                    None
+                } else {
+                    Some(chain[i - 1].as_str())
+                };
                 sn.prepare(ctx, &key, parent, labels_of(i))?;
                 keys[i] = Some(key.clone());
                 let (dir, mode) = sn.apply_target(ctx, &key)?;
@@ -881,13 +1053,20 @@ pub fn unpack_target(store: &Store, ctx: &Ctx, target: &Descriptor, platform: &P
     }
     res?;
     for (l, d) in manifest.layers.iter().zip(&diff_ids) {
-        store.content_set_labels(ctx, &l.digest, &[(LABEL_UNCOMPRESSED.into(), Some(d.to_string()))])?;
+        store.content_set_labels(
+            ctx,
+            &l.digest,
+            &[(LABEL_UNCOMPRESSED.into(), Some(d.to_string()))],
+        )?;
     }
     let top = chain[n - 1].clone();
     store.content_set_labels(
         ctx,
         &manifest.config.digest,
-        &[(format!("containerd.io/gc.ref.snapshot.{}", sn.name()), Some(top.to_string()))],
+        &[(
+            format!("containerd.io/gc.ref.snapshot.{}", sn.name()),
+            Some(top.to_string()),
+        )],
     )?;
     Ok(UnpackReport {
         chain_id: top,
@@ -903,11 +1082,23 @@ mod tests {
 
     #[test]
     fn names_normalise_like_docker() {
-        assert_eq!(normalize_name("busybox").unwrap(), "docker.io/library/busybox:latest");
-        assert_eq!(normalize_name("busybox:1.36").unwrap(), "docker.io/library/busybox:1.36");
+        assert_eq!(
+            normalize_name("busybox").unwrap(),
+            "docker.io/library/busybox:latest"
+        );
+        assert_eq!(
+            normalize_name("busybox:1.36").unwrap(),
+            "docker.io/library/busybox:1.36"
+        );
         assert_eq!(normalize_name("me/app").unwrap(), "docker.io/me/app:latest");
-        assert_eq!(normalize_name("localhost:5000/app").unwrap(), "localhost:5000/app:latest");
-        assert_eq!(normalize_name("example.com/a/b:v1").unwrap(), "example.com/a/b:v1");
+        assert_eq!(
+            normalize_name("localhost:5000/app").unwrap(),
+            "localhost:5000/app:latest"
+        );
+        assert_eq!(
+            normalize_name("example.com/a/b:v1").unwrap(),
+            "example.com/a/b:v1"
+        );
         assert!(normalize_name("Busybox").is_err());
         assert!(normalize_name("").is_err());
         assert!(normalize_name("a b").is_err());

@@ -45,4 +45,7 @@ pub mod gc;
 pub mod images;
 mod store;
 
-pub use store::{CleanupReport, ContentWriter, SnapshotterChoice, Store, StoreConfig, LABEL_GC_EXPIRE, LABEL_TEMPORARY_LEASE};
+pub use store::{
+    CleanupReport, ContentWriter, SnapshotterChoice, Store, StoreConfig, LABEL_GC_EXPIRE,
+    LABEL_TEMPORARY_LEASE,
+};

@@ -35,7 +35,9 @@ const SNAPSHOTS: Tbl = TableDefinition::new("snapshots");
 const LEASES: Tbl = TableDefinition::new("leases");
 const CONTAINERS: Tbl = TableDefinition::new("containers");
 const COUNTERS: Tbl = TableDefinition::new("counters");
-const ALL: [Tbl; 7] = [NAMESPACES, IMAGES, CONTENT, SNAPSHOTS, LEASES, CONTAINERS, COUNTERS];
+const ALL: [Tbl; 7] = [
+    NAMESPACES, IMAGES, CONTENT, SNAPSHOTS, LEASES, CONTAINERS, COUNTERS,
+];
 
 /// Longest namespace name containerd accepts.
 pub const MAX_NAMESPACE_LEN: usize = 76;
@@ -74,7 +76,9 @@ pub fn validate_namespace(name: &str) -> Result<()> {
 
 fn check_name(what: &str, name: &str) -> Result<()> {
     if name.is_empty() {
-        return Err(StoreError::InvalidArgument(format!("{what} name must not be empty")));
+        return Err(StoreError::InvalidArgument(format!(
+            "{what} name must not be empty"
+        )));
     }
     if name.contains('\0') {
         return Err(StoreError::InvalidArgument(format!(
@@ -289,9 +293,8 @@ impl Metadata {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| StoreError::io("create directory", dir, e))?;
         }
-        let db = Database::create(path).map_err(|e| {
-            StoreError::Db(format!("opening {}: {e}", path.display()))
-        })?;
+        let db = Database::create(path)
+            .map_err(|e| StoreError::Db(format!("opening {}: {e}", path.display())))?;
         let txn = db.begin_write()?;
         for t in ALL {
             txn.open_table(t)?;
@@ -369,7 +372,9 @@ pub trait MetaRead {
     /// One image.
     fn image(&self, ns: &str, name: &str) -> Result<Option<Image>> {
         let k = key2(ns, name);
-        self.raw_get(IMAGES, &k)?.map(|b| decode(&k, &b)).transpose()
+        self.raw_get(IMAGES, &k)?
+            .map(|b| decode(&k, &b))
+            .transpose()
     }
     /// Every image of `ns`.
     fn images(&self, ns: &str) -> Result<Vec<Image>> {
@@ -378,7 +383,9 @@ pub trait MetaRead {
     /// One content record.
     fn content(&self, ns: &str, d: &Digest) -> Result<Option<ContentInfo>> {
         let k = key2(ns, d.as_str());
-        self.raw_get(CONTENT, &k)?.map(|b| decode(&k, &b)).transpose()
+        self.raw_get(CONTENT, &k)?
+            .map(|b| decode(&k, &b))
+            .transpose()
     }
     /// Every content record of `ns`.
     fn contents(&self, ns: &str) -> Result<Vec<ContentInfo>> {
@@ -396,7 +403,9 @@ pub trait MetaRead {
     /// One snapshot record.
     fn snapshot(&self, ns: &str, snapshotter: &str, key: &str) -> Result<Option<SnapshotRecord>> {
         let k = key3(ns, snapshotter, key);
-        self.raw_get(SNAPSHOTS, &k)?.map(|b| decode(&k, &b)).transpose()
+        self.raw_get(SNAPSHOTS, &k)?
+            .map(|b| decode(&k, &b))
+            .transpose()
     }
     /// Every snapshot of `ns` in `snapshotter`, as (key, record), sorted by key.
     fn snapshots(&self, ns: &str, snapshotter: &str) -> Result<Vec<(String, SnapshotRecord)>> {
@@ -413,14 +422,21 @@ pub trait MetaRead {
             let (Some(ns), Some(sn), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
                 continue;
             };
-            out.push((ns.to_string(), sn.to_string(), key.to_string(), decode(&k, &v)?));
+            out.push((
+                ns.to_string(),
+                sn.to_string(),
+                key.to_string(),
+                decode(&k, &v)?,
+            ));
         }
         Ok(out)
     }
     /// One lease.
     fn lease(&self, ns: &str, id: &str) -> Result<Option<Lease>> {
         let k = key2(ns, id);
-        self.raw_get(LEASES, &k)?.map(|b| decode(&k, &b)).transpose()
+        self.raw_get(LEASES, &k)?
+            .map(|b| decode(&k, &b))
+            .transpose()
     }
     /// Every lease of `ns`.
     fn leases(&self, ns: &str) -> Result<Vec<Lease>> {
@@ -429,7 +445,9 @@ pub trait MetaRead {
     /// One container.
     fn container(&self, ns: &str, id: &str) -> Result<Option<Container>> {
         let k = key2(ns, id);
-        self.raw_get(CONTAINERS, &k)?.map(|b| decode(&k, &b)).transpose()
+        self.raw_get(CONTAINERS, &k)?
+            .map(|b| decode(&k, &b))
+            .transpose()
     }
     /// Every container of `ns`.
     fn containers(&self, ns: &str) -> Result<Vec<Container>> {
@@ -437,7 +455,11 @@ pub trait MetaRead {
     }
 }
 
-fn scan_decode<T: DeserializeOwned, R: MetaRead + ?Sized>(r: &R, t: Tbl, ns: &str) -> Result<Vec<T>> {
+fn scan_decode<T: DeserializeOwned, R: MetaRead + ?Sized>(
+    r: &R,
+    t: Tbl,
+    ns: &str,
+) -> Result<Vec<T>> {
     r.raw_scan(t, &format!("{ns}\0"))?
         .iter()
         .map(|(k, v)| decode(k, v))
@@ -623,7 +645,13 @@ impl WriteTx {
     }
 
     /// Inserts or replaces a snapshot record (creating the namespace).
-    pub fn put_snapshot(&self, ns: &str, snapshotter: &str, key: &str, r: &SnapshotRecord) -> Result<()> {
+    pub fn put_snapshot(
+        &self,
+        ns: &str,
+        snapshotter: &str,
+        key: &str,
+        r: &SnapshotRecord,
+    ) -> Result<()> {
         self.ensure_namespace(ns)?;
         check_name("snapshot", key)?;
         let k = key3(ns, snapshotter, key);
@@ -736,7 +764,11 @@ mod tests {
                 "ns1",
                 &Image {
                     name: "x".into(),
-                    target: Descriptor::new(crate::oci::MEDIA_TYPE_OCI_MANIFEST, Digest::of(b"x"), 1),
+                    target: Descriptor::new(
+                        crate::oci::MEDIA_TYPE_OCI_MANIFEST,
+                        Digest::of(b"x"),
+                        1,
+                    ),
                     labels: Labels::new(),
                     created_at: now,
                     updated_at: now,
@@ -813,7 +845,9 @@ mod tests {
             ..Container::default()
         };
         m.write(|tx| tx.create_container("default", &c)).unwrap();
-        let e = m.write(|tx| tx.create_container("default", &c)).unwrap_err();
+        let e = m
+            .write(|tx| tx.create_container("default", &c))
+            .unwrap_err();
         assert!(e.is_already_exists());
         let mut c2 = c.clone();
         c2.snapshot_key = "k".into();

@@ -57,9 +57,9 @@ pub fn media_kind(media_type: &str) -> Option<MediaKind> {
         MEDIA_TYPE_OCI_INDEX | MEDIA_TYPE_DOCKER_MANIFEST_LIST => Some(MediaKind::Index),
         MEDIA_TYPE_OCI_MANIFEST | MEDIA_TYPE_DOCKER_MANIFEST => Some(MediaKind::Manifest),
         MEDIA_TYPE_OCI_CONFIG | MEDIA_TYPE_DOCKER_CONFIG => Some(MediaKind::Config),
-        MEDIA_TYPE_DOCKER_LAYER_GZIP | MEDIA_TYPE_DOCKER_LAYER | MEDIA_TYPE_DOCKER_FOREIGN_LAYER => {
-            Some(MediaKind::Layer)
-        }
+        MEDIA_TYPE_DOCKER_LAYER_GZIP
+        | MEDIA_TYPE_DOCKER_LAYER
+        | MEDIA_TYPE_DOCKER_FOREIGN_LAYER => Some(MediaKind::Layer),
         m if m.starts_with("application/vnd.oci.image.layer.") => Some(MediaKind::Layer),
         _ => None,
     }
@@ -111,7 +111,11 @@ pub struct Platform {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub variant: String,
     /// OS version.
-    #[serde(default, rename = "os.version", skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        rename = "os.version",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub os_version: String,
     /// OS features.
     #[serde(default, rename = "os.features", skip_serializing_if = "Vec::is_empty")]
@@ -149,7 +153,10 @@ impl Platform {
         }
         let mut p = Platform {
             os: parts[0].to_string(),
-            architecture: parts.get(1).map(|s| s.to_string()).unwrap_or_else(|| Platform::host().architecture),
+            architecture: parts
+                .get(1)
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| Platform::host().architecture),
             variant: parts.get(2).map(|s| s.to_string()).unwrap_or_default(),
             ..Platform::default()
         };

@@ -17,7 +17,9 @@ use tracing::{debug, info, warn};
 use crate::error::{IoContext, Result, StoreError};
 use crate::filters::{label_field, Adaptor, Filter};
 use crate::fsutil;
-use crate::metadata::{Labels, LeaseResource, MetaRead, Metadata, SnapshotKind, SnapshotRecord, WriteTx};
+use crate::metadata::{
+    Labels, LeaseResource, MetaRead, Metadata, SnapshotKind, SnapshotRecord, WriteTx,
+};
 use crate::Ctx;
 
 /// A mount, as containerd's `types.Mount`.
@@ -77,9 +79,21 @@ pub trait Snapshotter: Send + Sync {
     /// The snapshotter's name (`overlayfs`, `native`): the key of its labels and lease resources.
     fn name(&self) -> &'static str;
     /// Creates an active (writable) snapshot `key` on committed `parent`; returns its mounts.
-    fn prepare(&self, ctx: &Ctx, key: &str, parent: Option<&str>, labels: Labels) -> Result<Vec<Mount>>;
+    fn prepare(
+        &self,
+        ctx: &Ctx,
+        key: &str,
+        parent: Option<&str>,
+        labels: Labels,
+    ) -> Result<Vec<Mount>>;
     /// Creates a read-only view `key` of committed `parent`; returns its mounts.
-    fn view(&self, ctx: &Ctx, key: &str, parent: Option<&str>, labels: Labels) -> Result<Vec<Mount>>;
+    fn view(
+        &self,
+        ctx: &Ctx,
+        key: &str,
+        parent: Option<&str>,
+        labels: Labels,
+    ) -> Result<Vec<Mount>>;
     /// The mounts of an active snapshot or view.
     fn mounts(&self, ctx: &Ctx, key: &str) -> Result<Vec<Mount>>;
     /// Commits active snapshot `key` as `name` (the key disappears).
@@ -89,7 +103,8 @@ pub trait Snapshotter: Send + Sync {
     /// One snapshot's info.
     fn stat(&self, ctx: &Ctx, key: &str) -> Result<SnapshotInfo>;
     /// Updates labels (fieldpaths `labels` or `labels.<key>`; empty = all labels).
-    fn update(&self, ctx: &Ctx, info: &SnapshotInfo, fieldpaths: &[String]) -> Result<SnapshotInfo>;
+    fn update(&self, ctx: &Ctx, info: &SnapshotInfo, fieldpaths: &[String])
+        -> Result<SnapshotInfo>;
     /// Snapshots of the namespace matching any of `filters` (containerd filter syntax).
     fn list(&self, ctx: &Ctx, filters: &[String]) -> Result<Vec<SnapshotInfo>>;
     /// Disk usage of one snapshot.
@@ -104,7 +119,14 @@ pub trait Snapshotter: Send + Sync {
     fn independent_layers(&self) -> bool;
     /// Commits active `key` as `name` with `parent` as its parent (only if
     /// [`independent_layers`](Self::independent_layers)).
-    fn commit_onto(&self, ctx: &Ctx, name: &str, key: &str, parent: Option<&str>, labels: Labels) -> Result<()>;
+    fn commit_onto(
+        &self,
+        ctx: &Ctx,
+        name: &str,
+        key: &str,
+        parent: Option<&str>,
+        labels: Labels,
+    ) -> Result<()>;
     /// For GC: removes the record of `key` in `tx` (children must be gone) and moves its
     /// directory aside; returns the directory to delete once `tx` committed.
     fn remove_in_tx(&self, tx: &WriteTx, ns: &str, key: &str) -> Result<PathBuf>;
@@ -159,7 +181,11 @@ pub fn overlay_supported(dir: &Path) -> bool {
 
 impl FsSnapshotter {
     /// Opens a snapshotter rooted at `root` (e.g. `<root>/io.containerd.snapshotter.v1.overlayfs`).
-    pub fn open(meta: Arc<Metadata>, root: impl Into<PathBuf>, driver: Driver) -> Result<FsSnapshotter> {
+    pub fn open(
+        meta: Arc<Metadata>,
+        root: impl Into<PathBuf>,
+        driver: Driver,
+    ) -> Result<FsSnapshotter> {
         let root = root.into();
         let snaps = root.join("snapshots");
         fs::create_dir_all(&snaps).ctx("create directory", &snaps)?;
@@ -249,7 +275,9 @@ impl FsSnapshotter {
         labels: Labels,
     ) -> Result<Vec<Mount>> {
         if key.is_empty() {
-            return Err(StoreError::InvalidArgument("snapshot key must not be empty".into()));
+            return Err(StoreError::InvalidArgument(
+                "snapshot key must not be empty".into(),
+            ));
         }
         let parent = parent.filter(|p| !p.is_empty());
         // Check before any copying: a clear error without work.
@@ -277,10 +305,16 @@ impl FsSnapshotter {
         let mut renamed: Option<PathBuf> = None;
         let res = (|| {
             let fsdir = tmp.join("fs");
-            fs::DirBuilder::new().mode(0o755).create(&fsdir).ctx("create directory", &fsdir)?;
+            fs::DirBuilder::new()
+                .mode(0o755)
+                .create(&fsdir)
+                .ctx("create directory", &fsdir)?;
             if self.driver == Driver::Overlay {
                 let w = tmp.join("work");
-                fs::DirBuilder::new().mode(0o711).create(&w).ctx("create directory", &w)?;
+                fs::DirBuilder::new()
+                    .mode(0o711)
+                    .create(&w)
+                    .ctx("create directory", &w)?;
             }
             if let (Driver::Native, Some(p)) = (self.driver, parent) {
                 let pid = self.meta.read(|r| self.get(r, &ctx.namespace, p))?.id;
@@ -328,9 +362,18 @@ impl FsSnapshotter {
         res
     }
 
-    fn do_commit(&self, ctx: &Ctx, name: &str, key: &str, parent: Option<Option<&str>>, labels: Labels) -> Result<()> {
+    fn do_commit(
+        &self,
+        ctx: &Ctx,
+        name: &str,
+        key: &str,
+        parent: Option<Option<&str>>,
+        labels: Labels,
+    ) -> Result<()> {
         if name.is_empty() {
-            return Err(StoreError::InvalidArgument("snapshot name must not be empty".into()));
+            return Err(StoreError::InvalidArgument(
+                "snapshot name must not be empty".into(),
+            ));
         }
         let ns = &ctx.namespace;
         self.meta.write(|tx| {
@@ -414,11 +457,23 @@ impl Snapshotter for FsSnapshotter {
         }
     }
 
-    fn prepare(&self, ctx: &Ctx, key: &str, parent: Option<&str>, labels: Labels) -> Result<Vec<Mount>> {
+    fn prepare(
+        &self,
+        ctx: &Ctx,
+        key: &str,
+        parent: Option<&str>,
+        labels: Labels,
+    ) -> Result<Vec<Mount>> {
         self.create(ctx, SnapshotKind::Active, key, parent, labels)
     }
 
-    fn view(&self, ctx: &Ctx, key: &str, parent: Option<&str>, labels: Labels) -> Result<Vec<Mount>> {
+    fn view(
+        &self,
+        ctx: &Ctx,
+        key: &str,
+        parent: Option<&str>,
+        labels: Labels,
+    ) -> Result<Vec<Mount>> {
         self.create(ctx, SnapshotKind::View, key, parent, labels)
     }
 
@@ -439,7 +494,14 @@ impl Snapshotter for FsSnapshotter {
         self.do_commit(ctx, name, key, None, labels)
     }
 
-    fn commit_onto(&self, ctx: &Ctx, name: &str, key: &str, parent: Option<&str>, labels: Labels) -> Result<()> {
+    fn commit_onto(
+        &self,
+        ctx: &Ctx,
+        name: &str,
+        key: &str,
+        parent: Option<&str>,
+        labels: Labels,
+    ) -> Result<()> {
         if !self.independent_layers() {
             return Err(StoreError::FailedPrecondition(format!(
                 "snapshotter {} cannot re-parent a snapshot",
@@ -450,7 +512,9 @@ impl Snapshotter for FsSnapshotter {
     }
 
     fn remove(&self, ctx: &Ctx, key: &str) -> Result<()> {
-        let dir = self.meta.write(|tx| self.remove_in_tx(tx, &ctx.namespace, key))?;
+        let dir = self
+            .meta
+            .write(|tx| self.remove_in_tx(tx, &ctx.namespace, key))?;
         fs::remove_dir_all(&dir).ctx("remove", &dir)
     }
 
@@ -482,7 +546,12 @@ impl Snapshotter for FsSnapshotter {
         Ok(Self::info(key, &rec))
     }
 
-    fn update(&self, ctx: &Ctx, info: &SnapshotInfo, fieldpaths: &[String]) -> Result<SnapshotInfo> {
+    fn update(
+        &self,
+        ctx: &Ctx,
+        info: &SnapshotInfo,
+        fieldpaths: &[String],
+    ) -> Result<SnapshotInfo> {
         let ns = &ctx.namespace;
         self.meta.write(|tx| {
             let mut rec = self.get(tx, ns, &info.name)?;
@@ -495,7 +564,9 @@ impl Snapshotter for FsSnapshotter {
 
     fn list(&self, ctx: &Ctx, filters: &[String]) -> Result<Vec<SnapshotInfo>> {
         let f = Filter::parse(filters)?;
-        let all = self.meta.read(|r| r.snapshots(&ctx.namespace, self.name()))?;
+        let all = self
+            .meta
+            .read(|r| r.snapshots(&ctx.namespace, self.name()))?;
         Ok(all
             .iter()
             .map(|(k, r)| Self::info(k, r))
@@ -524,7 +595,10 @@ impl Snapshotter for FsSnapshotter {
         for e in fs::read_dir(&snaps).ctx("read directory", &snaps)? {
             let e = e.ctx("read directory", &snaps)?;
             let name = e.file_name().to_string_lossy().into_owned();
-            let keep = name.parse::<u64>().map(|id| ids.contains(&id)).unwrap_or(false);
+            let keep = name
+                .parse::<u64>()
+                .map(|id| ids.contains(&id))
+                .unwrap_or(false);
             if !keep {
                 let p = e.path();
                 if let Err(err) = fs::remove_dir_all(&p) {
@@ -559,7 +633,12 @@ impl Snapshotter for FsSnapshotter {
 
 /// Applies a label update as containerd does: `fieldpaths` empty replaces all labels;
 /// `labels` replaces all; `labels.<k>` sets or (if absent in `new`) removes one.
-pub(crate) fn apply_label_update(old: &Labels, new: &Labels, fieldpaths: &[String], what: &str) -> Result<Labels> {
+pub(crate) fn apply_label_update(
+    old: &Labels,
+    new: &Labels,
+    fieldpaths: &[String],
+    what: &str,
+) -> Result<Labels> {
     if fieldpaths.is_empty() {
         return Ok(new.clone());
     }
@@ -618,4 +697,3 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
     }
     Ok(())
 }
-

@@ -60,6 +60,8 @@ impl StoreConfig {
 pub struct CleanupReport {
     /// Temporary leases of interrupted operations that were removed.
     pub leases: Vec<String>,
+    /// `extract-*` snapshots of interrupted unpacks, as `ns/key`.
+    pub snapshots: Vec<String>,
     /// Snapshot directories without a record.
     pub snapshot_dirs: Vec<PathBuf>,
     /// Ingests removed.
@@ -113,7 +115,9 @@ impl Store {
                 if overlay_supported(&root) {
                     Driver::Overlay
                 } else {
-                    warn!("overlay mounts do not work here: using the native (copying) snapshotter");
+                    warn!(
+                        "overlay mounts do not work here: using the native (copying) snapshotter"
+                    );
                     Driver::Native
                 }
             }
@@ -134,7 +138,11 @@ impl Store {
             }),
         };
         let report = store.cleanup()?;
-        info!(snapshotter = store.snapshotter().name(), ?report, "store opened");
+        info!(
+            snapshotter = store.snapshotter().name(),
+            ?report,
+            "store opened"
+        );
         Ok(store)
     }
 
@@ -163,7 +171,10 @@ impl Store {
     }
 
     pub(crate) fn gc_exclusive(&self) -> RwLockWriteGuard<'_, ()> {
-        self.inner.gc_lock.write().unwrap_or_else(|p| p.into_inner())
+        self.inner
+            .gc_lock
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     // ---- namespaces ----
@@ -214,7 +225,12 @@ impl Store {
     }
 
     /// Updates a blob's labels (fieldpaths `labels`, `labels.<k>`; empty = replace all).
-    pub fn content_update(&self, ctx: &Ctx, info: &ContentInfo, fieldpaths: &[String]) -> Result<ContentInfo> {
+    pub fn content_update(
+        &self,
+        ctx: &Ctx,
+        info: &ContentInfo,
+        fieldpaths: &[String],
+    ) -> Result<ContentInfo> {
         let _g = self.gc_shared();
         self.inner.meta.write(|tx| {
             let mut cur = tx
@@ -228,7 +244,12 @@ impl Store {
     }
 
     /// Sets (or with `None` removes) labels on a blob, keeping the others.
-    pub fn content_set_labels(&self, ctx: &Ctx, d: &Digest, labels: &[(String, Option<String>)]) -> Result<ContentInfo> {
+    pub fn content_set_labels(
+        &self,
+        ctx: &Ctx,
+        d: &Digest,
+        labels: &[(String, Option<String>)],
+    ) -> Result<ContentInfo> {
         let _g = self.gc_shared();
         self.inner.meta.write(|tx| {
             let mut cur = tx
@@ -296,10 +317,21 @@ impl Store {
     /// Opens (or resumes) an ingest in the namespace. `AlreadyExists` if `expected` is
     /// already committed in this namespace; `Unavailable` if another writer holds the ref.
     /// Within a lease, the ingest is added to it.
-    pub fn content_writer(&self, ctx: &Ctx, r: &str, total: Option<u64>, expected: Option<Digest>) -> Result<ContentWriter> {
+    pub fn content_writer(
+        &self,
+        ctx: &Ctx,
+        r: &str,
+        total: Option<u64>,
+        expected: Option<Digest>,
+    ) -> Result<ContentWriter> {
         crate::metadata::validate_namespace(&ctx.namespace)?;
         if let Some(d) = &expected {
-            if self.inner.meta.read(|r| r.content(&ctx.namespace, d))?.is_some() {
+            if self
+                .inner
+                .meta
+                .read(|r| r.content(&ctx.namespace, d))?
+                .is_some()
+            {
                 return Err(StoreError::AlreadyExists(format!("content {d}")));
             }
         }
@@ -419,7 +451,8 @@ impl Store {
                     }
                 }
                 if !label_paths.is_empty() {
-                    cur.labels = apply_label_update(&cur.labels, &img.labels, &label_paths, "image")?;
+                    cur.labels =
+                        apply_label_update(&cur.labels, &img.labels, &label_paths, "image")?;
                 }
             }
             cur.updated_at = SystemTime::now();
@@ -430,21 +463,39 @@ impl Store {
 
     /// Deletes an image record (run [`collect`](Self::collect) to free what it held).
     pub fn image_delete(&self, ctx: &Ctx, name: &str) -> Result<()> {
-        self.inner.meta.write(|tx| tx.delete_image(&ctx.namespace, name))
+        self.inner
+            .meta
+            .write(|tx| tx.delete_image(&ctx.namespace, name))
     }
 
     /// Imports an OCI image-layout or `docker save` archive; see [`images::import`].
-    pub fn import(&self, ctx: &Ctx, archive: impl Read, opts: &ImportOptions) -> Result<Vec<Image>> {
+    pub fn import(
+        &self,
+        ctx: &Ctx,
+        archive: impl Read,
+        opts: &ImportOptions,
+    ) -> Result<Vec<Image>> {
         images::import(self, ctx, archive, opts)
     }
 
     /// Exports images as an OCI archive; see [`images::export`].
-    pub fn export(&self, ctx: &Ctx, names: &[String], out: impl Write, opts: &ExportOptions) -> Result<()> {
+    pub fn export(
+        &self,
+        ctx: &Ctx,
+        names: &[String],
+        out: impl Write,
+        opts: &ExportOptions,
+    ) -> Result<()> {
         images::export(self, ctx, names, out, opts)
     }
 
     /// Unpacks an image into snapshots; see [`images::unpack`].
-    pub fn unpack(&self, ctx: &Ctx, name: &str, platform: Option<&Platform>) -> Result<UnpackReport> {
+    pub fn unpack(
+        &self,
+        ctx: &Ctx,
+        name: &str,
+        platform: Option<&Platform>,
+    ) -> Result<UnpackReport> {
         images::unpack(self, ctx, name, platform)
     }
 
@@ -479,7 +530,9 @@ impl Store {
 
     /// Deletes a lease (run [`collect`](Self::collect) to free what it held).
     pub fn lease_delete(&self, ctx: &Ctx, id: &str) -> Result<()> {
-        self.inner.meta.write(|tx| tx.delete_lease(&ctx.namespace, id))
+        self.inner
+            .meta
+            .write(|tx| tx.delete_lease(&ctx.namespace, id))
     }
 
     /// Leases of the namespace matching any filter (`id`, `labels.<k>`).
@@ -496,12 +549,16 @@ impl Store {
 
     /// Adds a resource to a lease.
     pub fn lease_add_resource(&self, ctx: &Ctx, id: &str, r: LeaseResource) -> Result<()> {
-        self.inner.meta.write(|tx| tx.lease_add(&ctx.namespace, id, r))
+        self.inner
+            .meta
+            .write(|tx| tx.lease_add(&ctx.namespace, id, r))
     }
 
     /// Removes a resource from a lease.
     pub fn lease_delete_resource(&self, ctx: &Ctx, id: &str, r: &LeaseResource) -> Result<()> {
-        self.inner.meta.write(|tx| tx.lease_remove(&ctx.namespace, id, r))
+        self.inner
+            .meta
+            .write(|tx| tx.lease_remove(&ctx.namespace, id, r))
     }
 
     /// A lease's resources.
@@ -558,7 +615,9 @@ impl Store {
         let mut c = c.clone();
         c.created_at = now;
         c.updated_at = now;
-        self.inner.meta.write(|tx| tx.create_container(&ctx.namespace, &c))?;
+        self.inner
+            .meta
+            .write(|tx| tx.create_container(&ctx.namespace, &c))?;
         Ok(c)
     }
 
@@ -579,7 +638,9 @@ impl Store {
 
     /// Deletes a container record.
     pub fn container_delete(&self, ctx: &Ctx, id: &str) -> Result<()> {
-        self.inner.meta.write(|tx| tx.delete_container(&ctx.namespace, id))
+        self.inner
+            .meta
+            .write(|tx| tx.delete_container(&ctx.namespace, id))
     }
 
     // ---- GC and recovery ----
@@ -608,13 +669,30 @@ impl Store {
             Ok(out)
         })?;
         for (ns, id) in temp {
+            let lease = self.inner.meta.read(|r| r.lease(&ns, &id))?;
             self.inner.meta.write(|tx| tx.delete_lease(&ns, &id))?;
             report.leases.push(format!("{ns}/{id}"));
+            // Active snapshots of an interrupted unpack (GC keeps active snapshots).
+            let kind = format!("snapshots/{}", self.inner.snapshotter.name());
+            let ctx = Ctx::new(ns.clone());
+            for r in lease.map(|l| l.resources).unwrap_or_default() {
+                if r.kind == kind && r.id.starts_with("extract-") {
+                    match self.inner.snapshotter.remove(&ctx, &r.id) {
+                        Ok(()) => report.snapshots.push(format!("{ns}/{}", r.id)),
+                        Err(e) if e.is_not_found() => {}
+                        Err(e) => warn!(key = r.id, %e, "cannot remove interrupted extraction"),
+                    }
+                }
+            }
         }
         report.ingests = self.inner.content.cleanup_ingests(None)?;
         // Ingests of imports are never resumed (an import restarts from its archive).
         for st in self.inner.content.list_statuses()? {
-            if st.r#ref.split_once('/').is_some_and(|(_, r)| r.starts_with("import-")) {
+            if st
+                .r#ref
+                .split_once('/')
+                .is_some_and(|(_, r)| r.starts_with("import-"))
+            {
                 match self.inner.content.abort(&st.r#ref) {
                     Ok(()) => report.ingests.push(st.r#ref),
                     Err(e) => warn!(r#ref = st.r#ref, %e, "cannot remove stale import ingest"),
@@ -629,7 +707,9 @@ impl Store {
 
 fn validate_image(img: &Image) -> Result<()> {
     if img.name.is_empty() {
-        return Err(StoreError::InvalidArgument("image name must not be empty".into()));
+        return Err(StoreError::InvalidArgument(
+            "image name must not be empty".into(),
+        ));
     }
     if img.target.media_type.is_empty() {
         return Err(StoreError::InvalidArgument(format!(

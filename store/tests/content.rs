@@ -19,16 +19,24 @@ fn write_resume_commit_and_read_back() {
     let blob = data(300_000);
     let d = Digest::of(&blob);
     {
-        let mut w = s.content_writer(&ctx, "ref-1", Some(blob.len() as u64), Some(d.clone())).unwrap();
+        let mut w = s
+            .content_writer(&ctx, "ref-1", Some(blob.len() as u64), Some(d.clone()))
+            .unwrap();
         w.write(&blob[..100_000]).unwrap();
         // No half blob is visible while writing.
         assert!(!s.content_store().blob_path(&d).exists());
         assert!(s.content_info(&ctx, &d).unwrap_err().is_not_found());
     }
     let st = s.content_status(&ctx, "ref-1").unwrap();
-    assert_eq!((st.offset, st.total, st.expected.clone()), (100_000, 300_000, Some(d.clone())));
+    assert_eq!(
+        (st.offset, st.total, st.expected.clone()),
+        (100_000, 300_000, Some(d.clone()))
+    );
     assert_eq!(s.content_statuses(&ctx, &[]).unwrap().len(), 1);
-    assert!(s.content_statuses(&Ctx::new("other"), &[]).unwrap().is_empty());
+    assert!(s
+        .content_statuses(&Ctx::new("other"), &[])
+        .unwrap()
+        .is_empty());
 
     let mut w = s.content_writer(&ctx, "ref-1", None, None).unwrap();
     assert_eq!(w.offset(), 100_000, "resumed at what was written");
@@ -45,9 +53,15 @@ fn write_resume_commit_and_read_back() {
     assert_eq!(r.read_at(&mut buf, 123_456).unwrap(), 10);
     assert_eq!(&buf[..], &blob[123_456..123_466]);
     assert_eq!(s.content_read_all(&ctx, &d, 1 << 20).unwrap(), blob);
-    assert!(s.content_status(&ctx, "ref-1").unwrap_err().is_not_found(), "ingest gone after commit");
+    assert!(
+        s.content_status(&ctx, "ref-1").unwrap_err().is_not_found(),
+        "ingest gone after commit"
+    );
     // Committing the same digest again in the namespace: AlreadyExists at open.
-    let e = s.content_writer(&ctx, "ref-2", None, Some(d.clone())).err().unwrap();
+    let e = s
+        .content_writer(&ctx, "ref-2", None, Some(d.clone()))
+        .err()
+        .unwrap();
     assert_eq!(e.kind(), ErrorKind::AlreadyExists);
 }
 
@@ -60,7 +74,11 @@ fn size_and_digest_mismatch_fail_and_keep_the_ingest() {
     w.write(b"hello").unwrap();
     let e = w.commit(6, None, Labels::new()).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::FailedPrecondition);
-    assert!(e.to_string().contains("unexpected commit size 5, expected 6"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("unexpected commit size 5, expected 6"),
+        "{e}"
+    );
     assert_eq!(s.content_status(&ctx, "bad").unwrap().offset, 5);
 
     let w = s.content_writer(&ctx, "bad", None, None).unwrap();
@@ -85,7 +103,10 @@ fn a_locked_ref_refuses_a_second_writer() {
     let e = s.content_writer(&ctx, "busy", None, None).err().unwrap();
     assert_eq!(e.kind(), ErrorKind::Unavailable);
     assert!(e.to_string().contains("locked"), "{e}");
-    assert_eq!(s.content_abort(&ctx, "busy").unwrap_err().kind(), ErrorKind::Unavailable);
+    assert_eq!(
+        s.content_abort(&ctx, "busy").unwrap_err().kind(),
+        ErrorKind::Unavailable
+    );
     drop(w);
     s.content_writer(&ctx, "busy", None, None).unwrap();
 }
@@ -98,7 +119,11 @@ fn truncate_rehashes() {
     w.write(b"garbage-and-more").unwrap();
     w.truncate(0).unwrap();
     w.write(b"good").unwrap();
-    assert_eq!(w.commit(4, Some(&Digest::of(b"good")), Labels::new()).unwrap(), Digest::of(b"good"));
+    assert_eq!(
+        w.commit(4, Some(&Digest::of(b"good")), Labels::new())
+            .unwrap(),
+        Digest::of(b"good")
+    );
     assert!(w_err_truncate_beyond(&t.store, &ctx));
 }
 
@@ -122,7 +147,10 @@ fn blobs_are_per_namespace_and_the_file_goes_with_the_last_one() {
     assert_eq!(s.content_list(&a, &[]).unwrap().len(), 1);
     s.content_delete(&a, &d).unwrap();
     assert!(s.content_info(&a, &d).unwrap_err().is_not_found());
-    assert!(s.content_store().blob_path(&d).exists(), "ns-b still has it");
+    assert!(
+        s.content_store().blob_path(&d).exists(),
+        "ns-b still has it"
+    );
     assert!(s.content_reader(&a, &d).err().unwrap().is_not_found());
     s.content_delete(&b, &d).unwrap();
     assert!(!s.content_store().blob_path(&d).exists());
@@ -136,7 +164,9 @@ fn labels_update_with_fieldpaths_and_filters() {
     let ctx = Ctx::new("default");
     let mut digests = Vec::new();
     for i in 0..3u8 {
-        let mut w = s.content_writer(&ctx, &format!("r{i}"), None, None).unwrap();
+        let mut w = s
+            .content_writer(&ctx, &format!("r{i}"), None, None)
+            .unwrap();
         w.write(&[i; 10]).unwrap();
         let mut l = Labels::new();
         l.insert("keep".into(), "1".into());
@@ -160,5 +190,8 @@ fn labels_update_with_fieldpaths_and_filters() {
         .content_list(&ctx, &[format!("digest=={}", digests[1])])
         .unwrap();
     assert_eq!(found.len(), 1);
-    assert_eq!(s.content_list(&ctx, &["labels.new".into()]).unwrap().len(), 1);
+    assert_eq!(
+        s.content_list(&ctx, &["labels.new".into()]).unwrap().len(),
+        1
+    );
 }

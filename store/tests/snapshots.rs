@@ -28,8 +28,13 @@ fn contract(sn: &dyn Snapshotter, overlay: bool) {
     assert_eq!(m[0].kind, "bind");
     assert_eq!(m[0].options, ["rw", "rbind"]);
     fs::write(fs_dir(&m).join("base.txt"), b"base").unwrap();
-    assert_eq!(sn.stat(&ctx, "base-key").unwrap().kind, SnapshotKind::Active);
-    let e = sn.prepare(&ctx, "base-key", None, Labels::new()).unwrap_err();
+    assert_eq!(
+        sn.stat(&ctx, "base-key").unwrap().kind,
+        SnapshotKind::Active
+    );
+    let e = sn
+        .prepare(&ctx, "base-key", None, Labels::new())
+        .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::AlreadyExists);
 
     let mut l = Labels::new();
@@ -45,11 +50,17 @@ fn contract(sn: &dyn Snapshotter, overlay: bool) {
     );
 
     // An active child.
-    let m = sn.prepare(&ctx, "child", Some("base"), Labels::new()).unwrap();
+    let m = sn
+        .prepare(&ctx, "child", Some("base"), Labels::new())
+        .unwrap();
     if overlay {
         assert_eq!(m[0].kind, "overlay");
         assert_eq!(m[0].source, "overlay");
-        assert!(m[0].options[0].starts_with("workdir="), "{:?}", m[0].options);
+        assert!(
+            m[0].options[0].starts_with("workdir="),
+            "{:?}",
+            m[0].options
+        );
         assert!(m[0].options[1].starts_with("upperdir="));
         assert!(m[0].options[2].starts_with("lowerdir="));
         let mnt = Mounted::new(&m);
@@ -68,7 +79,9 @@ fn contract(sn: &dyn Snapshotter, overlay: bool) {
     assert_eq!(v[0].kind, "bind");
     assert_eq!(v[0].options, ["ro", "rbind"]);
     assert_eq!(ls(&fs_dir(&v)), ["base.txt"]);
-    let v2 = sn.view(&ctx, "view2", Some("child-c"), Labels::new()).unwrap();
+    let v2 = sn
+        .view(&ctx, "view2", Some("child-c"), Labels::new())
+        .unwrap();
     if overlay {
         assert_eq!(v2[0].kind, "overlay");
         assert_eq!(v2[0].options.len(), 1);
@@ -81,14 +94,24 @@ fn contract(sn: &dyn Snapshotter, overlay: bool) {
         assert_eq!(ls(&fs_dir(&v2)), ["base.txt", "child.txt"]);
     }
     assert_eq!(sn.stat(&ctx, "view2").unwrap().kind, SnapshotKind::View);
-    assert_eq!(sn.stat(&ctx, "view2").unwrap().parent.as_deref(), Some("child-c"));
+    assert_eq!(
+        sn.stat(&ctx, "view2").unwrap().parent.as_deref(),
+        Some("child-c")
+    );
 
     // Errors.
-    assert!(sn.prepare(&ctx, "x", Some("nope"), Labels::new()).unwrap_err().is_not_found());
-    let e = sn.prepare(&ctx, "x", Some("view1"), Labels::new()).unwrap_err();
+    assert!(sn
+        .prepare(&ctx, "x", Some("nope"), Labels::new())
+        .unwrap_err()
+        .is_not_found());
+    let e = sn
+        .prepare(&ctx, "x", Some("view1"), Labels::new())
+        .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
     assert_eq!(
-        sn.commit(&ctx, "y", "view1", Labels::new()).unwrap_err().kind(),
+        sn.commit(&ctx, "y", "view1", Labels::new())
+            .unwrap_err()
+            .kind(),
         ErrorKind::FailedPrecondition
     );
     let e = sn.remove(&ctx, "base").unwrap_err();
@@ -97,12 +120,19 @@ fn contract(sn: &dyn Snapshotter, overlay: bool) {
 
     // Update, list, filters, usage.
     let mut info = sn.stat(&ctx, "child-c").unwrap();
-    info.labels.insert("containerd.io/gc.root".into(), "now".into());
-    let got = sn.update(&ctx, &info, &["labels.containerd.io/gc.root".into()]).unwrap();
+    info.labels
+        .insert("containerd.io/gc.root".into(), "now".into());
+    let got = sn
+        .update(&ctx, &info, &["labels.containerd.io/gc.root".into()])
+        .unwrap();
     assert!(got.labels.contains_key("containerd.io/gc.root"));
     let names = |f: &[&str]| -> Vec<String> {
         let f: Vec<String> = f.iter().map(|s| s.to_string()).collect();
-        sn.list(&ctx, &f).unwrap().into_iter().map(|i| i.name).collect()
+        sn.list(&ctx, &f)
+            .unwrap()
+            .into_iter()
+            .map(|i| i.name)
+            .collect()
     };
     assert_eq!(names(&[]), ["base", "child-c", "view1", "view2"]);
     assert_eq!(names(&["kind==committed"]), ["base", "child-c"]);
@@ -144,7 +174,9 @@ fn cleanup_removes_orphan_directories_only() {
     let sn = t.store.snapshotter();
     let ctx = Ctx::new("default");
     sn.prepare(&ctx, "keep", None, Labels::new()).unwrap();
-    let snaps = t.root().join("io.containerd.snapshotter.v1.native/snapshots");
+    let snaps = t
+        .root()
+        .join("io.containerd.snapshotter.v1.native/snapshots");
     fs::create_dir_all(snaps.join("9999/fs")).unwrap();
     fs::create_dir_all(snaps.join("new-deadbeef/fs")).unwrap();
     let removed = sn.cleanup().unwrap();
@@ -159,15 +191,28 @@ fn snapshots_join_the_lease_of_their_context() {
     let ctx = Ctx::new("default");
     t.store.lease_create(&ctx, "l1", Labels::new()).unwrap();
     let lctx = ctx.with_lease("l1");
-    t.store.snapshotter().prepare(&lctx, "k", None, Labels::new()).unwrap();
+    t.store
+        .snapshotter()
+        .prepare(&lctx, "k", None, Labels::new())
+        .unwrap();
     let res = t.store.lease_resources(&ctx, "l1").unwrap();
     assert_eq!(res.len(), 1);
-    assert_eq!((res[0].kind.as_str(), res[0].id.as_str()), ("snapshots/native", "k"));
+    assert_eq!(
+        (res[0].kind.as_str(), res[0].id.as_str()),
+        ("snapshots/native", "k")
+    );
     let e = t
         .store
         .snapshotter()
         .prepare(&ctx.with_lease("missing"), "k2", None, Labels::new())
         .unwrap_err();
     assert!(e.is_not_found(), "{e}");
-    assert!(t.store.snapshotter().stat(&ctx, "k2").unwrap_err().is_not_found(), "rolled back");
+    assert!(
+        t.store
+            .snapshotter()
+            .stat(&ctx, "k2")
+            .unwrap_err()
+            .is_not_found(),
+        "rolled back"
+    );
 }

@@ -23,7 +23,10 @@ impl TestStore {
 }
 
 pub fn open_store(choice: SnapshotterChoice) -> TestStore {
-    let dir = tempfile::Builder::new().prefix("berth-store-test").tempdir().expect("tempdir");
+    let dir = tempfile::Builder::new()
+        .prefix("berth-store-test")
+        .tempdir()
+        .expect("tempdir");
     let mut cfg = StoreConfig::new(dir.path().join("root"));
     cfg.snapshotter = choice;
     let store = Store::open(&cfg).expect("open store");
@@ -215,7 +218,12 @@ fn tar_add(b: &mut tar::Builder<Vec<u8>>, path: &str, data: &[u8]) {
 
 /// An OCI image-layout archive; `skip` blobs are left out; `media_type` overrides the index
 /// entry's media type.
-pub fn oci_archive(img: &BuiltImage, name: &str, skip: &[&str], media_type: Option<&str>) -> Vec<u8> {
+pub fn oci_archive(
+    img: &BuiltImage,
+    name: &str,
+    skip: &[&str],
+    media_type: Option<&str>,
+) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     tar_add(&mut b, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#);
     for (d, data) in &img.blobs {
@@ -236,7 +244,11 @@ pub fn oci_archive(img: &BuiltImage, name: &str, skip: &[&str], media_type: Opti
             }
         }]
     });
-    tar_add(&mut b, "index.json", &serde_json::to_vec(&index).expect("json"));
+    tar_add(
+        &mut b,
+        "index.json",
+        &serde_json::to_vec(&index).expect("json"),
+    );
     b.into_inner().expect("tar")
 }
 
@@ -255,7 +267,11 @@ pub fn docker_archive(layers: &[Vec<u8>], tag: &str) -> Vec<u8> {
     }
     tar_add(&mut b, &cfg_name, &cfg);
     let m = json!([{"Config": cfg_name, "RepoTags": [tag], "Layers": names}]);
-    tar_add(&mut b, "manifest.json", &serde_json::to_vec(&m).expect("json"));
+    tar_add(
+        &mut b,
+        "manifest.json",
+        &serde_json::to_vec(&m).expect("json"),
+    );
     b.into_inner().expect("tar")
 }
 
@@ -285,7 +301,11 @@ impl Mounted {
             target.path(),
             Some(m.kind.as_str()),
             flags,
-            if data.is_empty() { None } else { Some(data.as_str()) },
+            if data.is_empty() {
+                None
+            } else {
+                Some(data.as_str())
+            },
         )
         .unwrap_or_else(|e| panic!("mount {m:?}: {e}"));
         Mounted { target }
