@@ -216,9 +216,17 @@ pub(crate) fn rmdir_cgroup(dir: &Path, mode: RemoveMode, deadline: Instant) -> R
             Ok(()) => return Ok(()),
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
             Err(e) if is_busy(&e) => {
-                if mode == RemoveMode::Intermediate && !child_dirs(dir)?.is_empty() {
-                    tracing::debug!(dir = %dir.display(), "keeping shared intermediate cgroup");
-                    return Ok(());
+                let children = child_dirs(dir)?;
+                if !children.is_empty() {
+                    // Child cgroups do not go away by themselves: no point in waiting.
+                    if mode == RemoveMode::Intermediate {
+                        tracing::debug!(dir = %dir.display(), "keeping shared intermediate cgroup");
+                        return Ok(());
+                    }
+                    return Err(Error::HasChildren {
+                        path: dir.to_path_buf(),
+                        children,
+                    });
                 }
                 if Instant::now() >= deadline {
                     break e;
@@ -252,6 +260,16 @@ pub(crate) fn rmdir_cgroup(dir: &Path, mode: RemoveMode, deadline: Instant) -> R
         path: dir.to_path_buf(),
         source: busy,
     })
+}
+
+/// Removes every cgroup below `dir`, deepest first (not `dir` itself).
+pub(crate) fn remove_descendants(dir: &Path, deadline: Instant) -> Result<()> {
+    for child in child_dirs(dir)? {
+        let path = dir.join(child);
+        remove_descendants(&path, deadline)?;
+        rmdir_cgroup(&path, RemoveMode::Leaf, deadline)?;
+    }
+    Ok(())
 }
 
 fn is_busy(e: &io::Error) -> bool {

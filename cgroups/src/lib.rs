@@ -273,18 +273,37 @@ impl Cgroup {
     /// Removes the directories create() made, deepest first; never any other. Missing ones are
     /// fine. A cgroup that still has processes is an error naming it and the pids (kill them
     /// first); EBUSY is retried briefly since the kernel frees a cgroup a moment after its last
-    /// process exits. Intermediate directories that now hold other cgroups are kept. Every
-    /// directory is attempted; the first error is returned.
+    /// process exits. Intermediate directories that now hold other cgroups are kept. Child
+    /// cgroups inside the leaf (made by the container, e.g. systemd or a nested runtime) are an
+    /// error naming them; see [`Cgroup::destroy_with_descendants`]. Every directory is
+    /// attempted; the first error is returned.
     pub fn destroy(&self) -> Result<()> {
+        self.remove(false)
+    }
+
+    /// Like [`Cgroup::destroy`], but first removes the (empty) child cgroups found inside each
+    /// leaf this value created: the container made them, inside its own cgroup. Still never
+    /// touches a leaf it did not create, nor anything outside its leaves.
+    pub fn destroy_with_descendants(&self) -> Result<()> {
+        self.remove(true)
+    }
+
+    fn remove(&self, descendants: bool) -> Result<()> {
         let mut first_err = None;
         let deadline = Instant::now() + fsutil::REMOVE_RETRY;
         for dir in self.created.iter().rev() {
-            let mode = if self.dirs.iter().any(|d| &d.path == dir) {
-                fsutil::RemoveMode::Leaf
+            let leaf = self.dirs.iter().any(|d| &d.path == dir);
+            let result = if leaf {
+                let inner = if descendants {
+                    fsutil::remove_descendants(dir, deadline)
+                } else {
+                    Ok(())
+                };
+                inner.and_then(|()| fsutil::rmdir_cgroup(dir, fsutil::RemoveMode::Leaf, deadline))
             } else {
-                fsutil::RemoveMode::Intermediate
+                fsutil::rmdir_cgroup(dir, fsutil::RemoveMode::Intermediate, deadline)
             };
-            if let Err(e) = fsutil::rmdir_cgroup(dir, mode, deadline) {
+            if let Err(e) = result {
                 tracing::debug!(error = %e, "cgroup removal failed");
                 first_err.get_or_insert(e);
             }

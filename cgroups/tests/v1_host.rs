@@ -649,3 +649,19 @@ fn hugepage_limits_without_hugetlb_are_skipped() {
     ))
     .unwrap();
 }
+
+#[test]
+fn child_cgroups_made_inside_the_leaf() {
+    let (_g, cg, _name) = new_cgroup();
+    let inner = cg.path_of("memory").unwrap().join("inner/deeper");
+    fs::create_dir_all(&inner).unwrap();
+    let err = cg.destroy().unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, Error::HasChildren { .. }), "{msg}");
+    assert!(msg.contains("inner"), "{msg}");
+    assert!(inner.is_dir());
+    cg.destroy_with_descendants().unwrap();
+    for p in cg.paths() {
+        assert!(!p.exists(), "{}", p.display());
+    }
+}
