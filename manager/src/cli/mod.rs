@@ -1,1 +1,134 @@
-//! The `berth` command line.
+//! The `berth` command line: ctr-style commands, each a client of berthd's gRPC API only.
+
+pub mod content;
+pub mod images;
+pub mod leases;
+pub mod namespaces;
+pub mod output;
+pub mod snapshots;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use tonic::transport::Channel;
+
+use crate::client::{NamespaceInterceptor, NsChannel};
+use output::Format;
+
+/// The default socket.
+pub const DEFAULT_ADDRESS: &str = crate::daemon::config::DEFAULT_ADDRESS;
+
+/// berth: manage images, content, snapshots and leases of a berthd.
+#[derive(Parser, Debug)]
+#[command(name = "berth", version)]
+pub struct Cli {
+    /// berthd's socket.
+    #[arg(long, short = 'a', env = "BERTH_ADDRESS", default_value = DEFAULT_ADDRESS, global = true)]
+    pub address: PathBuf,
+    /// Namespace to work in.
+    #[arg(
+        long,
+        short = 'n',
+        env = "BERTH_NAMESPACE",
+        default_value = "default",
+        global = true
+    )]
+    pub namespace: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table", global = true)]
+    pub format: Format,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Client and server versions.
+    Version,
+    /// Namespaces.
+    #[command(subcommand, visible_alias = "ns")]
+    Namespaces(namespaces::Cmd),
+    /// Images: import, export, list, remove, check.
+    #[command(subcommand, visible_alias = "i")]
+    Images(images::Cmd),
+    /// Content blobs.
+    #[command(subcommand)]
+    Content(content::Cmd),
+    /// Snapshots.
+    #[command(subcommand, visible_alias = "snapshot")]
+    Snapshots(snapshots::Cmd),
+    /// Leases.
+    #[command(subcommand)]
+    Leases(leases::Cmd),
+}
+
+/// What every command needs: the channel, the namespace and the format.
+pub struct Env {
+    /// Raw channel (namespaces and version are not namespaced).
+    pub channel: Channel,
+    /// Channel that tags each request with the namespace.
+    pub ns: NsChannel,
+    /// The namespace.
+    pub namespace: String,
+    /// Output format.
+    pub format: Format,
+}
+
+/// Runs the parsed command line.
+pub async fn run(cli: Cli) -> Result<()> {
+    crate::identifiers::validate(&cli.namespace)
+        .map_err(|e| anyhow::anyhow!("--namespace: {e}"))?;
+    let channel = crate::client::connect(&cli.address).await?;
+    let ns = tonic::service::interceptor::InterceptedService::new(
+        channel.clone(),
+        NamespaceInterceptor::new(&cli.namespace, None)?,
+    );
+    let env = Env {
+        channel,
+        ns,
+        namespace: cli.namespace,
+        format: cli.format,
+    };
+    match cli.command {
+        Command::Version => version(&env).await,
+        Command::Namespaces(c) => namespaces::run(&env, c).await,
+        Command::Images(c) => images::run(&env, c).await,
+        Command::Content(c) => content::run(&env, c).await,
+        Command::Snapshots(c) => snapshots::run(&env, c).await,
+        Command::Leases(c) => leases::run(&env, c).await,
+    }
+}
+
+async fn version(env: &Env) -> Result<()> {
+    use berth_proto::containerd::services::introspection::v1::introspection_client::IntrospectionClient;
+    use berth_proto::containerd::services::version::v1::version_client::VersionClient;
+    let v = VersionClient::new(env.channel.clone())
+        .version(())
+        .await
+        .map_err(rpc_error("version"))?
+        .into_inner();
+    let uuid = IntrospectionClient::new(env.channel.clone())
+        .server(())
+        .await
+        .map(|r| r.into_inner().uuid)
+        .unwrap_or_default();
+    let client = env!("CARGO_PKG_VERSION");
+    match env.format {
+        Format::Json => output::json(&serde_json::json!({
+            "client": { "version": client },
+            "server": { "version": v.version, "revision": v.revision, "uuid": uuid },
+        }))?,
+        Format::Table => {
+            println!("Client:\n  Version:  {client}\n\nServer:\n  Version:  {}\n  Revision: {}\n  UUID: {uuid}", v.version, v.revision);
+        }
+    }
+    Ok(())
+}
+
+/// Turns a gRPC status into an error naming the operation and the server's message.
+pub fn rpc_error(what: impl std::fmt::Display) -> impl FnOnce(tonic::Status) -> anyhow::Error {
+    move |s| anyhow::anyhow!("{what}: {} ({:?})", s.message(), s.code())
+}
