@@ -28,8 +28,22 @@ pub(crate) fn write_path(path: &Path, value: &str) -> Result<()> {
     result.map_err(|source| Error::Write {
         path: path.to_path_buf(),
         value: value.to_string(),
-        source,
+        source: explain_missing(path, source),
     })
+}
+
+/// A bare ENOENT on a cgroup file says little; say whether the file or the cgroup is missing.
+fn explain_missing(path: &Path, e: io::Error) -> io::Error {
+    if e.kind() != ErrorKind::NotFound {
+        return e;
+    }
+    let why = match path.parent() {
+        Some(dir) if dir.is_dir() => {
+            "no such file: its controller is not available (or not enabled) for this cgroup"
+        }
+        _ => "the cgroup directory does not exist",
+    };
+    io::Error::new(ErrorKind::NotFound, why)
 }
 
 /// Reads `dir/file` as a string.

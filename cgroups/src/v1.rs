@@ -423,6 +423,7 @@ pub(crate) fn stats(dirs: &[Dir]) -> Result<Stats> {
             _ => {
                 if let Some(st) = fsutil::read_opt(d, "cpuacct.stat")? {
                     // USER_HZ ticks.
+                    // SAFETY: sysconf only reads a configuration value.
                     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
                     let ns_per_tick = if hz > 0 {
                         1_000_000_000 / hz as u64

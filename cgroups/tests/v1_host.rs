@@ -262,6 +262,13 @@ fn add_process_of_missing_pid_names_the_file() {
     let (_g, cg, name) = new_cgroup();
     let err = cg.add_process(i32::MAX - 7).unwrap_err().to_string();
     assert!(err.contains(&name) && err.contains("cgroup.procs"), "{err}");
+    // A cgroup removed behind our back: the message says so.
+    let gone = Cgroup::resolve(Some(&format!("/{}", unique_name())), "x").unwrap();
+    let err = gone
+        .add_process(std::process::id() as i32)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cgroup directory does not exist"), "{err}");
     let err = cg.add_process(0).unwrap_err().to_string();
     assert!(err.contains("not a process id"), "{err}");
 }

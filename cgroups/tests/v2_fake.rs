@@ -219,7 +219,12 @@ fn bad_v2_values_are_clear_errors() {
         .set(&resources(json!({"pids": {"limit": 7}})))
         .unwrap_err()
         .to_string();
-    assert!(err.contains("pids.max") && err.contains(" 7"), "{err}");
+    assert!(
+        err.contains("pids.max")
+            && err.contains(" 7")
+            && err.contains("controller is not available"),
+        "{err}"
+    );
     // Nothing was written by the rejected memory settings.
     assert_eq!(get(&dir, "memory.max"), "");
 }
