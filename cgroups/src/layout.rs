@@ -78,7 +78,7 @@ impl Layout {
         Ok(HOST.get_or_init(|| layout))
     }
 
-    /// Builds a layout from the text of a mountinfo and a /proc/<pid>/cgroup file.
+    /// Builds a layout from the text of a mountinfo and a `/proc/<pid>/cgroup` file.
     pub fn parse(version: CgroupVersion, mountinfo: &str, proc_cgroup: &str) -> Result<Layout> {
         let mounts = parse_mountinfo(mountinfo);
         let lines = parse_proc_cgroup(proc_cgroup);

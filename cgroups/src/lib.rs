@@ -88,7 +88,7 @@ pub struct Cgroup {
 impl Cgroup {
     /// Resolves an OCI `linux.cgroupsPath` on this host. Absolute ("/a/b"): under each
     /// hierarchy's root. Relative ("a/b"): below the calling process's own cgroup in each
-    /// hierarchy. `None` or "": relative "<id>", as runc does. ".." components and the systemd
+    /// hierarchy. `None` or "": relative `"<id>"`, as runc does. ".." components and the systemd
     /// "slice:prefix:name" form are rejected. Creates nothing.
     pub fn resolve(cgroups_path: Option<&str>, id: &str) -> Result<Cgroup> {
         Cgroup::resolve_in(Layout::host()?, cgroups_path, id)
