@@ -355,9 +355,9 @@ impl Runtime {
     pub fn last_log_error(&self) -> Option<String> {
         let text = fs::read_to_string(&self.log).ok()?;
         text.lines()
+            .rev()
             .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-            .filter(|entry| entry["level"] == "error")
-            .last()
+            .find(|entry| entry["level"] == "error")
             .and_then(|entry| entry["msg"].as_str().map(str::to_string))
     }
 
