@@ -3,6 +3,7 @@
 mod common;
 
 use std::fs;
+use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 
 use common::*;
@@ -497,6 +498,22 @@ fn unsupported_entry_type_is_named() {
     let err = apply(l.finish(), t.path(), &delete_opts(), false).unwrap_err();
     assert!(
         matches!(err, berth_layer::LayerError::UnsupportedEntry { ref entry, .. } if entry == "label"),
+        "{err}"
+    );
+}
+
+#[test]
+fn failure_returns_without_reading_the_rest_of_the_stream() {
+    // A bad entry followed by an endless stream: apply must fail at once, not hang reading.
+    let mut l = Layer::new();
+    l.raw("../escape", EntryType::Regular, "", b"");
+    let mut head = l.finish();
+    head.truncate(1024); // header + empty content block, no end marker
+    let endless = std::io::Cursor::new(head).chain(std::io::repeat(b'a'));
+    let t = tempfile::tempdir().unwrap();
+    let err = berth_layer::apply_layer(endless, t.path(), &delete_opts()).unwrap_err();
+    assert!(
+        matches!(err, berth_layer::LayerError::PathEscape { .. }),
         "{err}"
     );
 }

@@ -66,6 +66,30 @@ fn dotdot_names_are_refused() {
 }
 
 #[test]
+fn dotdot_in_pax_and_gnu_long_names_is_refused() {
+    for fallback in [false, true] {
+        let long = format!("{}../../../canary", "x/../".repeat(40));
+        for pax in [true, false] {
+            let s = setup();
+            let mut l = Layer::new();
+            if pax {
+                l.pax_path(&long);
+            } else {
+                l.gnu_long_name(&long);
+            }
+            l.raw("benign", EntryType::Regular, "", b"pwned");
+            assert_escape(
+                apply(l.finish(), &s.root, &delete_opts(), fallback),
+                &long,
+                "name",
+            );
+            s.canary.assert_untouched();
+            assert!(!s.root.join("benign").exists());
+        }
+    }
+}
+
+#[test]
 fn absolute_symlink_parent_is_resolved_inside_root() {
     // evil -> /<abs path of the dir holding the canary>; evil/canary must land in
     // ROOT/<abs path>/canary (contained, not refused).

@@ -135,6 +135,31 @@ impl Layer {
         self
     }
 
+    /// A PAX `path` record naming the next entry (overrides its header name), unchecked.
+    pub fn pax_path(&mut self, path: &str) -> &mut Self {
+        self.b
+            .append_pax_extensions([("path", path.as_bytes())])
+            .unwrap();
+        self
+    }
+
+    /// A GNU long-name record naming the next entry, unchecked.
+    pub fn gnu_long_name(&mut self, path: &str) -> &mut Self {
+        let mut h = Header::new_gnu();
+        h.as_gnu_mut().unwrap().name[..13].copy_from_slice(b"././@LongLink");
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_size(path.len() as u64 + 1);
+        h.set_entry_type(EntryType::GNULongName);
+        h.set_cksum();
+        let mut data = path.as_bytes().to_vec();
+        data.push(0);
+        self.b.append(&h, &data[..]).unwrap();
+        self
+    }
+
     pub fn finish(&mut self) -> Vec<u8> {
         let b = std::mem::replace(&mut self.b, tar::Builder::new(Vec::new()));
         b.into_inner().unwrap()
