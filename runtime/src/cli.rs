@@ -1,0 +1,233 @@
+//! The command line: runc's commands and flags, flag for flag where containerd's runc shim calls
+//! them (see shared/runc-contract.md), parsed with clap and dispatched to [`crate::container`].
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::container::{self, CreateOptions, ListFormat};
+
+/// berth-runc: a runc-compatible OCI runtime.
+#[derive(Parser, Debug)]
+#[command(name = "berth-runc", disable_version_flag = true, about)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalOpts,
+    /// Print the version (first line `runc version ...`, as tools parse it).
+    #[arg(short = 'v', long = "version")]
+    pub version: bool,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Flags that every command takes.
+#[derive(Args, Debug, Clone)]
+pub struct GlobalOpts {
+    /// Directory for the containers' state.
+    #[arg(long, global = true, default_value = "/run/berth-runc")]
+    pub root: PathBuf,
+    /// Log file (default: standard error).
+    #[arg(long, global = true)]
+    pub log: Option<PathBuf>,
+    /// Log format.
+    #[arg(long = "log-format", global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Log debug messages too.
+    #[arg(long, global = true)]
+    pub debug: bool,
+    /// Use systemd to manage cgroups (cgroupsPath as slice:prefix:name).
+    #[arg(long = "systemd-cgroup", global = true)]
+    pub systemd_cgroup: bool,
+    /// Rootless mode: true, false or auto.
+    #[arg(long, global = true, default_value = "auto")]
+    pub rootless: String,
+    /// Accepted for compatibility with runc; checkpointing is not supported.
+    #[arg(long, global = true, hide = true)]
+    pub criu: Option<String>,
+}
+
+/// Log line formats of `--log-format`.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The commands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a container: its init waits in all its namespaces and its cgroup until `start`.
+    Create(CreateArgs),
+    /// Start a created container: run the process that config.json names.
+    Start { id: String },
+    /// Create, start and wait for a container; the exit code is the container's.
+    Run(RunArgs),
+    /// Print a container's state as JSON.
+    State { id: String },
+    /// Send a signal (name or number; default SIGTERM) to a container's init.
+    Kill {
+        /// Send the signal to every process of the container.
+        #[arg(short, long)]
+        all: bool,
+        id: String,
+        signal: Option<String>,
+    },
+    /// Delete a container's state and cgroup.
+    Delete {
+        /// Kill the container first if it is still running.
+        #[arg(short, long)]
+        force: bool,
+        id: String,
+    },
+    /// List containers.
+    List {
+        /// Output format: table or json.
+        #[arg(short, long, default_value = "table")]
+        format: String,
+        /// Only print the container ids.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Write a default config.json into the bundle.
+    Spec {
+        /// The bundle directory.
+        #[arg(short, long, default_value = ".")]
+        bundle: PathBuf,
+        /// A config for a container run by an unprivileged user.
+        #[arg(long = "rootless", id = "spec_rootless", num_args = 0..=1, default_missing_value = "true")]
+        rootless: Option<bool>,
+    },
+    /// Print what this runtime supports, as the OCI features JSON.
+    Features,
+}
+
+/// Flags of `create` (shared with `run`).
+#[derive(Args, Debug, Clone)]
+pub struct CreateArgs {
+    /// The bundle: a directory with config.json and the rootfs.
+    #[arg(short, long, default_value = ".")]
+    pub bundle: PathBuf,
+    /// Unix socket to which the pty master of a terminal container is sent.
+    #[arg(long = "console-socket")]
+    pub console_socket: Option<PathBuf>,
+    /// File to write the init's pid to (decimal, no newline).
+    #[arg(long = "pid-file")]
+    pub pid_file: Option<PathBuf>,
+    /// Move the rootfs onto / and chroot instead of pivot_root (for ramdisks).
+    #[arg(long = "no-pivot")]
+    pub no_pivot: bool,
+    /// Do not create a new session keyring.
+    #[arg(long = "no-new-keyring")]
+    pub no_new_keyring: bool,
+    /// Pass this many fds after stdio (3, 4, ...) into the container.
+    #[arg(long = "preserve-fds", default_value_t = 0)]
+    pub preserve_fds: u32,
+    /// Accepted for compatibility with runc; a pidfd is not sent.
+    #[arg(long = "pidfd-socket", hide = true)]
+    pub pidfd_socket: Option<PathBuf>,
+    /// The container's id.
+    pub id: String,
+}
+
+/// Flags of `run`.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub create: CreateArgs,
+    /// Return once the container started, do not wait for it.
+    #[arg(short, long)]
+    pub detach: bool,
+    /// Keep the container's state after it exits.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+/// The first line of `--version` starts with `runc version` because tools (go-runc, Docker)
+/// parse that prefix.
+pub fn version_text() -> String {
+    format!(
+        "runc version {} (berth-runc)\ncommit: berth-runc-{}\nspec: {}\n",
+        crate::VERSION,
+        crate::VERSION,
+        crate::OCI_VERSION
+    )
+}
+
+/// Run the command that `cli` names; returns the process exit code.
+pub fn dispatch(cli: Cli) -> Result<u8> {
+    if cli.version {
+        print!("{}", version_text());
+        return Ok(0);
+    }
+    let Some(command) = cli.command else {
+        bail!("no command given; see --help");
+    };
+    let global = cli.global;
+    if global.systemd_cgroup {
+        bail!(
+            "--systemd-cgroup is not supported: berth-runc manages cgroups through cgroupfs only \
+             (give linux.cgroupsPath as a path)"
+        );
+    }
+    match command {
+        Command::Create(args) => {
+            container::create(&global, &create_options(&args))?;
+            Ok(0)
+        }
+        Command::Start { id } => {
+            container::start(&global, &id)?;
+            Ok(0)
+        }
+        Command::Run(args) => container::run(
+            &global,
+            &create_options(&args.create),
+            args.detach,
+            args.keep,
+        ),
+        Command::State { id } => {
+            let state = container::state(&global, &id)?;
+            println!("{}", serde_json::to_string_pretty(&state)?);
+            Ok(0)
+        }
+        Command::Kill { all, id, signal } => {
+            container::kill(&global, &id, signal.as_deref().unwrap_or("SIGTERM"), all)?;
+            Ok(0)
+        }
+        Command::Delete { force, id } => {
+            container::delete(&global, &id, force)?;
+            Ok(0)
+        }
+        Command::List { format, quiet } => {
+            let format = match format.as_str() {
+                "table" => ListFormat::Table,
+                "json" => ListFormat::Json,
+                other => bail!("invalid format {other:?}: use table or json"),
+            };
+            container::list(&global, format, quiet)?;
+            Ok(0)
+        }
+        Command::Spec { bundle, rootless } => {
+            crate::spec::write_default(&bundle, rootless.unwrap_or(false))?;
+            Ok(0)
+        }
+        Command::Features => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&crate::features::features())?
+            );
+            Ok(0)
+        }
+    }
+}
+
+fn create_options(args: &CreateArgs) -> CreateOptions {
+    CreateOptions {
+        id: args.id.clone(),
+        bundle: args.bundle.clone(),
+        console_socket: args.console_socket.clone(),
+        pid_file: args.pid_file.clone(),
+        no_pivot: args.no_pivot,
+        preserve_fds: args.preserve_fds,
+    }
+}

@@ -1,0 +1,332 @@
+//! `create` (and the first half of `run`): validate, claim the id, make the cgroup, clone the init
+//! into its namespaces, write its id maps, place it in the cgroup, wait for "ready", save state.
+//! Any failure undoes everything: the child is killed, the cgroup and state dir removed.
+
+use std::fs::File;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use berth_cgroups::{Cgroup, CgroupVersion};
+use nix::fcntl::OFlag;
+use nix::sched::{setns, CloneFlags};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::waitpid;
+use nix::unistd::Pid;
+use oci_spec::runtime::LinuxNamespaceType;
+
+use crate::cli::GlobalOpts;
+use crate::config::{self, Config};
+use crate::init::{self, InitArgs, StartGate};
+use crate::mounts::CgroupMountSource;
+use crate::state::{proc_stat, ContainerState, StateDir};
+use crate::sync::{self, Message};
+use crate::{devices, namespaces, tty};
+
+/// What `create` is asked to do.
+#[derive(Debug, Clone)]
+pub struct CreateOptions {
+    pub id: String,
+    pub bundle: PathBuf,
+    pub console_socket: Option<PathBuf>,
+    pub pid_file: Option<PathBuf>,
+    pub no_pivot: bool,
+    pub preserve_fds: u32,
+}
+
+/// How the new init will be started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    /// By a later `start` (the exec fifo).
+    Fifo,
+    /// By this process (run), over the sync socket.
+    Sync,
+}
+
+/// A created container whose init waits to be started.
+pub struct Spawned {
+    pub dir: StateDir,
+    pub state: ContainerState,
+    pub config: Config,
+    /// The sync socket (for a [`Gate::Sync`] start).
+    pub sync: OwnedFd,
+    /// Our end of the console socketpair when `run` holds the terminal itself.
+    pub console_peer: Option<std::os::unix::net::UnixStream>,
+}
+
+/// `create`: the init is left waiting on the exec fifo, in all its namespaces and its cgroup.
+pub fn create(global: &GlobalOpts, opts: &CreateOptions) -> Result<()> {
+    let spawned = spawn(global, opts, Gate::Fifo)?;
+    drop(spawned);
+    Ok(())
+}
+
+/// Undoes a half-made container unless disarmed.
+struct Rollback {
+    dir: Option<StateDir>,
+    cgroup: Option<Cgroup>,
+    child: Option<Pid>,
+}
+
+impl Drop for Rollback {
+    fn drop(&mut self) {
+        if let Some(pid) = self.child.take() {
+            let _ = kill(pid, Signal::SIGKILL);
+            let _ = waitpid(pid, None);
+        }
+        if let Some(cg) = self.cgroup.take() {
+            if let Ok(pids) = cg.pids() {
+                for p in pids {
+                    let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+                }
+            }
+            if let Err(e) = cg.destroy() {
+                tracing::warn!("removing cgroup after a failed create: {e}");
+            }
+        }
+        if let Some(dir) = self.dir.take() {
+            let _ = dir.remove();
+        }
+    }
+}
+
+/// Create the container; `gate` says who will start it.
+pub fn spawn(global: &GlobalOpts, opts: &CreateOptions, gate: Gate) -> Result<Spawned> {
+    let cfg = config::load(&opts.bundle)?;
+    let process = cfg.process();
+    let terminal = process.terminal().unwrap_or(false);
+    if terminal && opts.console_socket.is_none() && gate == Gate::Fifo {
+        bail!("process.terminal is true: --console-socket is required");
+    }
+    if !terminal && opts.console_socket.is_some() {
+        bail!("--console-socket given but process.terminal is false");
+    }
+
+    let dir = StateDir::create(&global.root, &opts.id)?;
+    let mut rb = Rollback {
+        dir: Some(dir),
+        cgroup: None,
+        child: None,
+    };
+    let dir_path = rb.dir.as_ref().map(|d| d.path.clone()).unwrap_or_default();
+
+    // The cgroup, with its limits, before the init exists.
+    let linux = cfg
+        .spec
+        .linux()
+        .as_ref()
+        .ok_or_else(|| anyhow!("linux is required"))?;
+    let cg_path = linux
+        .cgroups_path()
+        .as_ref()
+        .map(|p| p.to_string_lossy().into_owned());
+    let mut cg = Cgroup::resolve(cg_path.as_deref(), &opts.id)
+        .with_context(|| format!("cgroup of container {}", opts.id))?;
+    cg.create().context("creating cgroup")?;
+    rb.cgroup = Some(cg.clone());
+    let mut resources = linux.resources().clone().unwrap_or_default();
+    let rules = devices::cgroup_rules(
+        resources.devices().as_deref().unwrap_or(&[]),
+        linux.devices().as_deref().unwrap_or(&[]),
+    );
+    if cg.version() == CgroupVersion::V1 || resources.devices().is_some() {
+        resources.set_devices(Some(rules));
+    }
+    cg.set(&resources).context("setting cgroup limits")?;
+    let cgroup_mount = cgroup_mount_source(&cfg, &cg);
+
+    // The start fifo: `start` opens it for reading, which lets the init exec.
+    let fifo_fd = if gate == Gate::Fifo {
+        let fifo = dir_path.join(crate::state::FIFO_NAME);
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o622))
+            .with_context(|| format!("creating {}", fifo.display()))?;
+        std::fs::set_permissions(&fifo, std::fs::Permissions::from_mode(0o622))
+            .with_context(|| format!("chmod {}", fifo.display()))?;
+        Some(
+            nix::fcntl::open(
+                &fifo,
+                OFlag::O_PATH | OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+            .with_context(|| format!("opening {}", fifo.display()))?,
+        )
+    } else {
+        None
+    };
+
+    // The console: the given socket, or (run) a socketpair whose other end we keep.
+    let (console, console_peer) = match (&opts.console_socket, terminal) {
+        (Some(path), _) => (Some(tty::connect(path).map_err(|e| anyhow!(e))?), None),
+        (None, true) => {
+            let (a, b) = std::os::unix::net::UnixStream::pair().context("console socketpair")?;
+            (Some(OwnedFd::from(a)), Some(b))
+        }
+        (None, false) => (None, None),
+    };
+
+    let namespaces_list = cfg.namespaces().to_vec();
+    let joins = namespaces::open_joins(&namespaces_list).map_err(|e| anyhow!(e))?;
+    if let Some(path) = namespaces::pid_join_path(&namespaces_list) {
+        // Joining a pid namespace only affects children: join it here, clone the init into it.
+        let f = File::open(path)
+            .with_context(|| format!("opening pid namespace {}", path.display()))?;
+        setns(&f, CloneFlags::CLONE_NEWPID)
+            .with_context(|| format!("joining pid namespace {}", path.display()))?;
+    }
+
+    let (parent_sock, child_sock) = sync::pair().context("creating sync socketpair")?;
+    let init_args = InitArgs {
+        cfg: &cfg,
+        sync: &child_sock,
+        gate: match &fifo_fd {
+            Some(f) => StartGate::Fifo(f),
+            None => StartGate::Sync,
+        },
+        console: console.as_ref(),
+        joins: &joins,
+        cgroup_mount: cgroup_mount.as_ref(),
+        no_pivot: opts.no_pivot,
+        preserve_fds: opts.preserve_fds,
+    };
+    let flags = namespaces::clone_flags(&namespaces_list);
+    // The init's stack: the child runs on it in its own copy of our memory (no CLONE_VM).
+    let mut stack = vec![0u8; 1 << 20];
+    let pid = unsafe {
+        nix::sched::clone(
+            Box::new(|| init::run(&init_args)),
+            &mut stack,
+            flags,
+            Some(libc::SIGCHLD),
+        )
+    }
+    .with_context(|| format!("clone with {flags:?}"))?;
+    rb.child = Some(pid);
+    drop(child_sock);
+    drop(console);
+
+    // From outside: id maps, cgroup, oom score. Then let the init go on.
+    if cfg
+        .namespaces()
+        .iter()
+        .any(|n| n.typ() == LinuxNamespaceType::User && n.path().is_none())
+    {
+        namespaces::write_id_maps(
+            pid.as_raw(),
+            linux.uid_mappings().as_deref().unwrap_or(&[]),
+            linux.gid_mappings().as_deref().unwrap_or(&[]),
+        )
+        .map_err(|e| anyhow!(e))?;
+    }
+    cg.add_process(pid.as_raw())
+        .with_context(|| format!("placing init {pid} in its cgroup"))?;
+    if let Some(adj) = process.oom_score_adj() {
+        std::fs::write(format!("/proc/{pid}/oom_score_adj"), adj.to_string())
+            .with_context(|| format!("setting oom_score_adj to {adj}"))?;
+    }
+    sync::send(&parent_sock, &Message::Go).context("starting init")?;
+    match sync::recv(&parent_sock).context("waiting for init")? {
+        Some(Message::Ready) => {}
+        Some(Message::Error(msg)) => bail!("{msg}"),
+        Some(other) => bail!("unexpected message from init: {other:?}"),
+        None => bail!("container init exited during setup"),
+    }
+
+    let pid_start = proc_stat(pid.as_raw())
+        .map(|(start, _)| start)
+        .ok_or_else(|| anyhow!("container init {pid} vanished"))?;
+    let state = ContainerState {
+        id: opts.id.clone(),
+        pid: pid.as_raw(),
+        pid_start,
+        bundle: cfg.bundle.clone(),
+        rootfs: cfg.rootfs.clone(),
+        created: crate::logging::now_rfc3339(),
+        annotations: cfg.spec.annotations().clone().unwrap_or_default(),
+        owner: String::new(),
+        cgroup: Some(cg),
+    };
+    let dir = rb.dir.take().ok_or_else(|| anyhow!("state dir lost"))?;
+    if let Err(e) = dir.save(&state) {
+        rb.dir = Some(dir);
+        return Err(e.into());
+    }
+    if let Some(pid_file) = &opts.pid_file {
+        if let Err(e) = write_pid_file(pid_file, pid.as_raw()) {
+            rb.dir = Some(dir);
+            return Err(e);
+        }
+    }
+    rb.child = None;
+    rb.cgroup = None;
+    Ok(Spawned {
+        dir,
+        state,
+        config: cfg,
+        sync: parent_sock,
+        console_peer,
+    })
+}
+
+/// The pid file holds the decimal pid and nothing else (no newline), written atomically.
+pub fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
+    let path = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(path)
+    };
+    let parent = path.parent().unwrap_or(Path::new("/"));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = parent.join(format!(".{name}.{}", std::process::id()));
+    std::fs::write(&tmp, pid.to_string())
+        .with_context(|| format!("writing pid file {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("writing pid file {}", path.display()))?;
+    Ok(())
+}
+
+/// Where the container's cgroup dirs are, for `cgroup` mounts in its rootfs.
+fn cgroup_mount_source(cfg: &Config, cg: &Cgroup) -> Option<CgroupMountSource> {
+    let wants = cfg
+        .spec
+        .mounts()
+        .as_deref()
+        .unwrap_or(&[])
+        .iter()
+        .any(|m| matches!(m.typ().as_deref(), Some("cgroup") | Some("cgroup2")));
+    if !wants {
+        return None;
+    }
+    match cg.version() {
+        CgroupVersion::V2 => Some(CgroupMountSource::V2 {
+            dir: cg
+                .paths()
+                .first()
+                .map(|p| p.to_path_buf())
+                .unwrap_or_default(),
+            cgroupns: cfg
+                .namespaces()
+                .iter()
+                .any(|n| n.typ() == LinuxNamespaceType::Cgroup),
+        }),
+        CgroupVersion::V1 => {
+            // One entry per mounted hierarchy; co-mounted ones ("cpu,cpuacct") appear once,
+            // their per-controller symlinks are skipped.
+            let entries = std::fs::read_dir("/sys/fs/cgroup").ok()?;
+            let mut dirs: Vec<(String, PathBuf)> = entries
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let first = name.split(',').next()?.to_string();
+                    let dir = cg.path_of(&first)?;
+                    Some((name, dir))
+                })
+                .collect();
+            dirs.sort();
+            Some(CgroupMountSource::V1(dirs))
+        }
+    }
+}

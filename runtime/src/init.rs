@@ -1,0 +1,278 @@
+//! The container's init: the child that clone() made, from its first instruction to execve().
+//!
+//! It waits for the parent's "go" (id maps written, cgroup joined), joins namespaces given by path,
+//! unshares the cgroup namespace, builds the rootfs and pivots into it, sets hostname, terminal,
+//! rlimits, user and capabilities, then says "ready" and blocks until `start` (on the exec fifo)
+//! or, under `run`, until the parent's second "go". Every failure goes back to the parent as text.
+
+use std::convert::Infallible;
+use std::ffi::CString;
+use std::fs::File;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::OFlag;
+use nix::sched::{unshare, CloneFlags};
+use nix::unistd::{setresgid, setresuid, setsid, Gid, Uid};
+use oci_spec::runtime::LinuxNamespaceType;
+
+use crate::capabilities::{self, CapMasks};
+use crate::config::Config;
+use crate::mounts::CgroupMountSource;
+use crate::sync::{self, Message};
+use crate::{namespaces, rlimits, rootfs, sys, tty};
+
+/// How the init waits between "ready" and exec.
+pub enum StartGate<'a> {
+    /// `create`: block opening the exec fifo (an O_PATH fd of it) for writing until `start`.
+    Fifo(&'a OwnedFd),
+    /// `run`: wait for the parent's second "go" on the sync socket.
+    Sync,
+}
+
+/// What the init needs; it lives in the parent's memory, which clone() copied.
+pub struct InitArgs<'a> {
+    pub cfg: &'a Config,
+    pub sync: &'a OwnedFd,
+    pub gate: StartGate<'a>,
+    pub console: Option<&'a OwnedFd>,
+    pub joins: &'a [(File, CloneFlags)],
+    pub cgroup_mount: Option<&'a CgroupMountSource>,
+    pub no_pivot: bool,
+    pub preserve_fds: u32,
+}
+
+/// The init's entry point: never returns on success (execve), returns the exit code on failure
+/// after telling the parent why.
+pub fn run(args: &InitArgs<'_>) -> isize {
+    match init(args) {
+        Ok(never) => match never {},
+        Err(Failure::Setup(msg)) => {
+            let _ = sync::send(args.sync, &Message::Error(msg));
+            1
+        }
+        Err(Failure::Exec(msg)) => {
+            // After "ready" nobody listens on the sync socket: say it on the container's stderr.
+            let line = format!("berth-runc: {msg}\n");
+            unsafe { libc::write(2, line.as_ptr().cast(), line.len()) };
+            127
+        }
+    }
+}
+
+enum Failure {
+    Setup(String),
+    Exec(String),
+}
+
+impl From<String> for Failure {
+    fn from(s: String) -> Self {
+        Failure::Setup(s)
+    }
+}
+
+fn init(a: &InitArgs<'_>) -> Result<Infallible, Failure> {
+    match sync::recv(a.sync) {
+        Ok(Some(Message::Go)) => {}
+        Ok(_) | Err(_) => return Err("the runtime went away during create".to_string().into()),
+    }
+    let cfg = a.cfg;
+    let namespaces_list = cfg.namespaces();
+    let new_userns = namespaces_list
+        .iter()
+        .any(|n| n.typ() == LinuxNamespaceType::User && n.path().is_none());
+    let in_userns = cfg.has_namespace(LinuxNamespaceType::User);
+
+    namespaces::join(a.joins)?;
+    if new_userns || in_userns {
+        // Become root of the user namespace, which the parent's maps made possible.
+        setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0))
+            .map_err(|e| format!("becoming root in the user namespace (setresgid): {e}"))?;
+        setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0))
+            .map_err(|e| format!("becoming root in the user namespace (setresuid): {e}"))?;
+    }
+    let unshare_flags = namespaces::unshare_flags(namespaces_list);
+    if !unshare_flags.is_empty() {
+        unshare(unshare_flags)
+            .map_err(|e| format!("unsharing namespaces {unshare_flags:?}: {e}"))?;
+    }
+    setsid().map_err(|e| format!("setsid: {e}"))?;
+
+    rootfs::prepare(cfg, in_userns, a.cgroup_mount)?;
+    rootfs::pivot(&cfg.rootfs, a.no_pivot)?;
+
+    if let Some(h) = cfg.spec.hostname().as_deref().filter(|h| !h.is_empty()) {
+        nix::unistd::sethostname(h).map_err(|e| format!("setting hostname {h:?}: {e}"))?;
+    }
+    if let Some(d) = cfg.spec.domainname().as_deref().filter(|d| !d.is_empty()) {
+        let rc = unsafe { libc::setdomainname(d.as_ptr().cast(), d.len()) };
+        if rc != 0 {
+            return Err(format!(
+                "setting domainname {d:?}: {}",
+                std::io::Error::last_os_error()
+            )
+            .into());
+        }
+    }
+
+    let process = cfg.process();
+    if process.terminal().unwrap_or(false) {
+        let socket = a
+            .console
+            .ok_or_else(|| "terminal is true but there is no console socket".to_string())?;
+        let size = process
+            .console_size()
+            .map(|b| (b.height() as u16, b.width() as u16));
+        tty::setup(socket, size)?;
+    }
+
+    // /proc/sys etc. are read-only from here: after tty (which binds /dev/console).
+    rootfs::finalize(cfg)?;
+
+    if let Some(limits) = process.rlimits() {
+        rlimits::apply(limits)?;
+    }
+
+    let env: Vec<String> = process.env().clone().unwrap_or_default();
+    let args: &[String] = process.args().as_deref().unwrap_or(&[]);
+    let cwd = process.cwd();
+
+    let user = process.user();
+    let masks = match process.capabilities() {
+        Some(c) => Some(CapMasks::from_config(c)?),
+        None => None,
+    };
+    if let Some(m) = &masks {
+        capabilities::drop_bounding(m.bounding)?;
+    }
+    set_keepcaps(true)?;
+    let groups: Vec<Gid> = user
+        .additional_gids()
+        .as_deref()
+        .unwrap_or(&[])
+        .iter()
+        .map(|g| Gid::from_raw(*g))
+        .collect();
+    // setgroups is refused in a user namespace whose setgroups is "deny"; only call it when
+    // there is something to set or we may.
+    if !groups.is_empty() || !in_userns {
+        nix::unistd::setgroups(&groups).map_err(|e| format!("setgroups {groups:?}: {e}"))?;
+    }
+    let gid = Gid::from_raw(user.gid());
+    let uid = Uid::from_raw(user.uid());
+    setresgid(gid, gid, gid).map_err(|e| format!("setting gid {gid}: {e}"))?;
+    setresuid(uid, uid, uid).map_err(|e| format!("setting uid {uid}: {e}"))?;
+    set_keepcaps(false)?;
+    if let Some(m) = &masks {
+        capabilities::set_process_caps(m)?;
+        capabilities::set_ambient(m.ambient)?;
+    }
+
+    nix::unistd::chdir(cwd).map_err(|e| format!("chdir to cwd {}: {e}", cwd.display()))?;
+    if let Some(mask) = user.umask() {
+        unsafe { libc::umask(mask as libc::mode_t) };
+    }
+    if process.no_new_privileges().unwrap_or(false) {
+        prctl::set_no_new_privileges(true)
+            .map_err(|e| format!("setting no_new_privs: errno {e}"))?;
+    }
+
+    let program = find_executable(&args[0], &env)?;
+    let argv = to_cstrings(args)?;
+    let envp = to_cstrings(&env)?;
+    let path = CString::new(program.as_os_str().as_bytes())
+        .map_err(|_| format!("{} contains a NUL byte", program.display()))?;
+
+    // Nothing of the runtime's may reach the program but stdio and the preserved fds.
+    sys::cloexec_from(3 + a.preserve_fds as i32)
+        .map_err(|e| format!("marking fds close-on-exec: {e}"))?;
+
+    sync::send(a.sync, &Message::Ready)
+        .map_err(|e| format!("telling the runtime we are ready: {e}"))?;
+    match &a.gate {
+        StartGate::Fifo(fifo) => {
+            // Blocks until `start` opens the fifo for reading.
+            let f = nix::fcntl::open(
+                &sys::fd_path(*fifo),
+                OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+            .map_err(|e| Failure::Exec(format!("opening exec fifo: {e}")))?;
+            nix::unistd::write(&f, b"0")
+                .map_err(|e| Failure::Exec(format!("writing exec fifo: {e}")))?;
+        }
+        StartGate::Sync => match sync::recv(a.sync) {
+            Ok(Some(Message::Go)) => {}
+            _ => return Err(Failure::Exec("the runtime went away before start".into())),
+        },
+    }
+    let err = nix::unistd::execve(&path, &argv, &envp).unwrap_err();
+    Err(Failure::Exec(format!("exec {}: {err}", program.display())))
+}
+
+fn set_keepcaps(on: bool) -> Result<(), String> {
+    let rc = unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, on as libc::c_ulong, 0, 0, 0) };
+    if rc != 0 {
+        return Err(format!(
+            "PR_SET_KEEPCAPS: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
+fn to_cstrings(list: &[String]) -> Result<Vec<CString>, String> {
+    list.iter().map(|s| sys::cstring(s)).collect()
+}
+
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Find the program as execvp would, with PATH from the process's env; the error is the one
+/// users know from runc and Docker.
+pub fn find_executable(name: &str, env: &[String]) -> Result<PathBuf, String> {
+    let is_exec = |p: &Path| {
+        std::fs::metadata(p)
+            .map(|m| m.is_file() && nix::unistd::access(p, nix::unistd::AccessFlags::X_OK).is_ok())
+            .unwrap_or(false)
+    };
+    if name.contains('/') {
+        let p = PathBuf::from(name);
+        if is_exec(&p) {
+            return Ok(p);
+        }
+        return Err(format!(
+            "exec: {name:?}: executable file not found or not executable"
+        ));
+    }
+    let path = env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or(DEFAULT_PATH);
+    for dir in path.split(':') {
+        let dir = if dir.is_empty() { "." } else { dir };
+        let candidate = Path::new(dir).join(name);
+        if is_exec(&candidate) {
+            return Ok(candidate);
+        }
+    }
+    Err(format!(
+        "exec: {name:?}: executable file not found in $PATH"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn executables_are_found_on_path() {
+        assert_eq!(
+            find_executable("sh", &["PATH=/bin".into()]).unwrap(),
+            PathBuf::from("/bin/sh")
+        );
+        let err = find_executable("no-such-program-xyz", &[]).unwrap_err();
+        assert!(err.contains("executable file not found in $PATH"), "{err}");
+        assert!(find_executable("/etc/passwd", &[]).is_err());
+    }
+}

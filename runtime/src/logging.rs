@@ -1,0 +1,162 @@
+//! Logging: `tracing` events go to `--log` (or standard error) as runc writes them, in text
+//! (`time="…" level=error msg="…"`) or JSON (`{"level":"error","msg":"…","time":"…"}`).
+//! containerd's shim shows the last `"level":"error"` line of the JSON log when a command fails,
+//! so every error that ends a command is logged there as one line.
+
+use std::fmt::Write as _;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::sync::{Mutex, OnceLock};
+
+use anyhow::{Context, Result};
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::layer::{Context as LayerContext, Layer};
+use tracing_subscriber::prelude::*;
+
+use crate::cli::{GlobalOpts, LogFormat};
+
+struct Sink {
+    file: Option<Mutex<File>>,
+    format: LogFormat,
+    max_level: Level,
+}
+
+static SINK: OnceLock<Sink> = OnceLock::new();
+
+/// Open the log and install the tracing subscriber. Call once, first thing.
+pub fn init(global: &GlobalOpts) -> Result<()> {
+    let file = match &global.log {
+        Some(path) => Some(Mutex::new(
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("opening log file {}", path.display()))?,
+        )),
+        None => None,
+    };
+    let max_level = if global.debug {
+        Level::DEBUG
+    } else {
+        Level::WARN
+    };
+    let _ = SINK.set(Sink {
+        file,
+        format: global.log_format,
+        max_level,
+    });
+    let _ = tracing_subscriber::registry().with(LogLayer).try_init();
+    Ok(())
+}
+
+/// Print the error that ends a command on standard error. (It has been logged already.)
+pub fn report_error(msg: &str) {
+    eprintln!("berth-runc: {msg}");
+}
+
+struct LogLayer;
+
+#[derive(Default)]
+struct MessageVisitor {
+    message: String,
+    fields: String,
+}
+
+impl Visit for MessageVisitor {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            let _ = write!(self.message, "{value:?}");
+        } else {
+            let _ = write!(self.fields, " {}={value:?}", field.name());
+        }
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.message.push_str(value);
+        } else {
+            let _ = write!(self.fields, " {}={value:?}", field.name());
+        }
+    }
+}
+
+impl<S: Subscriber> Layer<S> for LogLayer {
+    fn on_event(&self, event: &Event<'_>, _ctx: LayerContext<'_, S>) {
+        let Some(sink) = SINK.get() else { return };
+        let level = *event.metadata().level();
+        if level > sink.max_level {
+            return;
+        }
+        // Without --log, errors reach standard error through report_error; log the rest there.
+        if sink.file.is_none() && level == Level::ERROR {
+            return;
+        }
+        let mut visitor = MessageVisitor::default();
+        event.record(&mut visitor);
+        let msg = format!("{}{}", visitor.message, visitor.fields);
+        let line = format_line(sink.format, level, &msg, &now_rfc3339());
+        match &sink.file {
+            Some(file) => {
+                if let Ok(mut f) = file.lock() {
+                    let _ = f.write_all(line.as_bytes());
+                }
+            }
+            None => {
+                let _ = std::io::stderr().write_all(line.as_bytes());
+            }
+        }
+    }
+}
+
+fn level_name(level: Level) -> &'static str {
+    match level {
+        Level::ERROR => "error",
+        Level::WARN => "warning",
+        Level::INFO => "info",
+        Level::DEBUG => "debug",
+        Level::TRACE => "trace",
+    }
+}
+
+/// One log line, newline included, in runc's text or JSON form.
+pub fn format_line(format: LogFormat, level: Level, msg: &str, time: &str) -> String {
+    match format {
+        LogFormat::Json => {
+            let value = serde_json::json!({ "level": level_name(level), "msg": msg, "time": time });
+            format!("{value}\n")
+        }
+        LogFormat::Text => format!("time={time:?} level={} msg={msg:?}\n", level_name(level)),
+    }
+}
+
+/// The current time in RFC 3339 with nanoseconds, as runc logs it.
+pub fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_line_has_the_keys_the_shim_reads() {
+        let line = format_line(
+            LogFormat::Json,
+            Level::ERROR,
+            "container \"a\" does not exist",
+            "t",
+        );
+        let v: serde_json::Value = serde_json::from_str(line.trim_end()).unwrap();
+        assert_eq!(v["level"], "error");
+        assert_eq!(v["msg"], "container \"a\" does not exist");
+        assert_eq!(v["time"], "t");
+        assert!(line.ends_with('\n'));
+    }
+
+    #[test]
+    fn text_line_quotes_the_message() {
+        let line = format_line(LogFormat::Text, Level::WARN, "a \"b\"", "t");
+        assert_eq!(line, "time=\"t\" level=warning msg=\"a \\\"b\\\"\"\n");
+    }
+}
