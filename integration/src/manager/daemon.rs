@@ -253,3 +253,106 @@ impl Drop for Berthd {
         }
     }
 }
+
+/// A unique suffix for names in one test process.
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A directory with mounts on it, unmounted (lazily) and removed on drop.
+pub struct MountGuard {
+    /// The mount point.
+    pub dir: tempfile::TempDir,
+    count: usize,
+}
+
+impl MountGuard {
+    /// Mounts snapshot mounts as `berth --format json snapshots view` prints them
+    /// (`[{type, source, options}]`) on a fresh dir.
+    pub fn mount_json(mounts: &serde_json::Value) -> Result<MountGuard> {
+        let dir = tempfile::Builder::new()
+            .prefix("berth-view-")
+            .tempdir_in("/var/tmp")?;
+        let mut g = MountGuard { dir, count: 0 };
+        for m in mounts.as_array().context("mounts must be a list")? {
+            let ty = m["type"].as_str().unwrap_or_default();
+            let src = m["source"].as_str().unwrap_or_default();
+            let opts: Vec<&str> = m["options"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|o| o.as_str())
+                .collect();
+            let mut cmd = Command::new("mount");
+            if ty == "bind" || opts.iter().any(|o| *o == "rbind" || *o == "bind") {
+                cmd.arg("--bind");
+                let ro = opts.contains(&"ro");
+                cmd.arg(src).arg(g.dir.path());
+                let o = cmd.output()?;
+                if !o.status.success() {
+                    bail!("mount --bind {src}: {}", String::from_utf8_lossy(&o.stderr));
+                }
+                g.count += 1;
+                if ro {
+                    let o = Command::new("mount")
+                        .args(["-o", "remount,bind,ro"])
+                        .arg(g.dir.path())
+                        .output()?;
+                    if !o.status.success() {
+                        bail!("remount ro: {}", String::from_utf8_lossy(&o.stderr));
+                    }
+                }
+            } else {
+                let o = cmd
+                    .args(["-t", ty, src])
+                    .arg(g.dir.path())
+                    .args(["-o", &opts.join(",")])
+                    .output()?;
+                if !o.status.success() {
+                    bail!("mount -t {ty}: {}", String::from_utf8_lossy(&o.stderr));
+                }
+                g.count += 1;
+            }
+        }
+        Ok(g)
+    }
+
+    /// The mount point.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        for _ in 0..self.count {
+            let _ = nix::mount::umount2(self.dir.path(), nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+/// Every regular file under `dir` (recursively), relative paths.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            match e.file_type() {
+                Ok(t) if t.is_dir() => todo.push(p),
+                Ok(t) if t.is_file() => out.push(p.strip_prefix(dir).unwrap_or(&p).to_path_buf()),
+                _ => {}
+            }
+        }
+    }
+    out
+}

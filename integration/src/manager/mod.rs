@@ -3,4 +3,4 @@
 pub mod daemon;
 pub mod image;
 
-pub use daemon::{mounts_under, Berthd, Out};
+pub use daemon::{files_under, mounts_under, unique, Berthd, MountGuard, Out};
