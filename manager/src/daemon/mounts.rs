@@ -119,13 +119,12 @@ pub fn check_confined(mounts: &[Mount], root: &Path) -> Result<(), String> {
             && p.starts_with(root)
     };
     for m in mounts {
-        if m.kind == "bind" || m.options.iter().any(|o| o == "bind" || o == "rbind") {
-            if !inside(&m.source) {
-                return Err(format!(
-                    "mount source {:?} is not a berthd snapshot",
-                    m.source
-                ));
-            }
+        let bind = m.kind == "bind" || m.options.iter().any(|o| o == "bind" || o == "rbind");
+        if bind && !inside(&m.source) {
+            return Err(format!(
+                "mount source {:?} is not a berthd snapshot",
+                m.source
+            ));
         }
         for o in &m.options {
             for key in ["lowerdir=", "upperdir=", "workdir="] {

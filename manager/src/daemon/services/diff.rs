@@ -32,9 +32,12 @@ pub struct DiffService {
     pub state: State,
 }
 
+/// The decompressed layer stream, its running hash and byte count.
+type HashState = (Box<dyn Read + Send>, Sha256, u64);
+
 /// A reader that hashes what passes through; shared so the hash survives the consumer.
 struct Hashing {
-    inner: Arc<Mutex<(Box<dyn Read + Send>, Sha256, u64)>>,
+    inner: Arc<Mutex<HashState>>,
 }
 
 impl Read for Hashing {
