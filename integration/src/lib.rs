@@ -3,5 +3,6 @@
 //! (kill by pid, unmount, rmdir cgroups) even when a test fails.
 
 pub mod bins;
+pub mod containerd;
 pub mod manager;
 pub mod runtime;
