@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
 # Builds an OCI bundle whose rootfs is Debian's busybox-static: hack/mkbundle.sh DIR
-# The config.json is berth-runc's default spec with args set to `sh`.
+# The config.json is the runtime's default spec (berth-runc's, or runc's while berth-runc is not
+# built; BERTH_RUNC picks another) with args set to `sh`.
 set -euo pipefail
 dir=${1:?usage: hack/mkbundle.sh DIR}
 top=$(cd "$(dirname "$0")/.." && pwd)
 runc_bin=${BERTH_RUNC:-$top/target/release/berth-runc}
+if ! "$runc_bin" --version 2>/dev/null | head -n1 | grep -q '^runc version '; then
+  echo "mkbundle: $runc_bin is missing or not runc-compatible; using runc's spec" >&2
+  runc_bin=$(command -v runc) || { echo "mkbundle: no runc either" >&2; exit 1; }
+fi
+[ -x /bin/busybox ] || { echo "mkbundle: /bin/busybox missing (apt-get install busybox-static)" >&2; exit 1; }
 mkdir -p "$dir/rootfs"/{bin,dev,proc,sys,tmp,etc,root}
 cp /bin/busybox "$dir/rootfs/bin/busybox"
 for applet in $("$dir/rootfs/bin/busybox" --list); do

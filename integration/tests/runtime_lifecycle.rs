@@ -160,7 +160,11 @@ fn run_detach_leaves_the_container_running() -> Result<()> {
         "the container's stdout is the runtime's: {:?}",
         out.reread_stdout()
     );
-    assert_eq!(kernel::cmdline(pid)?, "sleep 100");
+    assert!(
+        wait_for(WAIT, || kernel::cmdline(pid)
+            .is_ok_and(|c| c == "sleep 100")),
+        "pid {pid} of state is not the container's command"
+    );
     rt.kill(&id, "KILL")?.ok();
     rt.wait_status(&id, "stopped", WAIT)?;
     rt.delete(&id)?.ok();

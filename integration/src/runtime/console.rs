@@ -26,8 +26,7 @@ pub struct Received {
     pub name: String,
     /// How many fds the message carried in all (the contract says one).
     pub fd_count: usize,
-    /// How many messages (with or without fds) followed the first before end-of-file.
-    pub extra_messages: usize,
+    stream: UnixStream,
 }
 
 impl ConsoleSocket {
@@ -55,7 +54,7 @@ impl ConsoleSocket {
         &self.path
     }
 
-    /// Accepts the runtime's connection and reads its message(s) until it closes.
+    /// Accepts the runtime's connection and reads its first message.
     pub fn receive(&self, timeout: Duration) -> Result<Received> {
         let deadline = Instant::now() + timeout;
         let stream = loop {
@@ -82,20 +81,33 @@ impl ConsoleSocket {
             bail!("the console socket message carried no fd (body {name:?})");
         };
         let fd_count = 1 + fds.len();
-        let mut extra_messages = 0;
-        loop {
-            let (body, more) = receive_one(&stream)?;
-            if body.is_empty() && more.is_empty() {
-                break;
-            }
-            extra_messages += 1;
-        }
         Ok(Received {
             master,
             name,
             fd_count,
-            extra_messages,
+            stream,
         })
+    }
+}
+
+impl Received {
+    /// Reads the connection until the runtime's side closes and counts the messages that
+    /// followed the first (the contract says none). The runtime may keep its end open until
+    /// the container starts (containerd's shim never waits for the close), so call this after
+    /// `start`; an end still open after `timeout` is an error: some process kept it.
+    pub fn extra_messages(&self, timeout: Duration) -> Result<usize> {
+        self.stream
+            .set_read_timeout(Some(timeout))
+            .context("setting a read timeout")?;
+        let mut extra = 0;
+        loop {
+            let (body, more) = receive_one(&self.stream)
+                .with_context(|| format!("the console socket was not closed within {timeout:?}"))?;
+            if body.is_empty() && more.is_empty() {
+                return Ok(extra);
+            }
+            extra += 1;
+        }
     }
 }
 
