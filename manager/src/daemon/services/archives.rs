@@ -248,6 +248,7 @@ impl Archives for ArchivesService {
                 }
             };
             let _ = out_tx.send(msg).await;
+            let _ = tokio::task::spawn_blocking(crate::daemon::trim_heap).await;
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(out_rx))))
     }
@@ -297,6 +298,8 @@ impl Archives for ArchivesService {
             if let Err(e) = res {
                 let _ = tx.blocking_send(Err(status(e)));
             }
+            drop(w);
+            crate::daemon::trim_heap();
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }

@@ -126,7 +126,10 @@ impl Diff for DiffService {
                     .iter()
                     .map(|b| format!("{b:02x}"))
                     .collect();
-            Ok((Digest::from_hex(&hex)?, g.2))
+            let res = (Digest::from_hex(&hex)?, g.2);
+            drop(g);
+            crate::daemon::trim_heap();
+            Ok(res)
         })
         .await?;
         Ok(Response::new(pb::ApplyResponse {

@@ -143,6 +143,7 @@ impl Images for ImagesService {
             if r.sync {
                 let report = store.collect()?;
                 tracing::info!(?report, "gc after image delete");
+                crate::daemon::trim_heap();
             }
             Ok(())
         })

@@ -97,5 +97,6 @@ pub fn collect_in_background(state: State) {
             Ok(report) => tracing::info!(?report, "background gc"),
             Err(e) => tracing::warn!(error = %e, "background gc failed"),
         }
+        crate::daemon::trim_heap();
     });
 }
