@@ -124,7 +124,8 @@ pub fn set_process_caps(m: &CapMasks) -> Result<(), String> {
 }
 
 /// Raise the ambient set. The kernel only allows what is both permitted and inheritable; like
-/// runc, a capability it refuses is skipped with a warning rather than failing the container.
+/// runc, a capability it refuses is skipped (logged at debug level) rather than failing the
+/// container: runc's own default spec lists ambient capabilities that are not inheritable.
 pub fn set_ambient(ambient: u64) -> Result<(), String> {
     unsafe {
         libc::prctl(
@@ -147,7 +148,7 @@ pub fn set_ambient(ambient: u64) -> Result<(), String> {
                 )
             };
             if rc != 0 {
-                tracing::warn!(
+                tracing::debug!(
                     "cannot raise ambient capability {n}: {}",
                     std::io::Error::last_os_error()
                 );
