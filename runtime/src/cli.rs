@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::container::{self, CreateOptions, ListFormat};
+use crate::container::{self, CreateOptions, ExecOptions, ListFormat};
 
 /// berth-runc: a runc-compatible OCI runtime.
 #[derive(Parser, Debug)]
@@ -100,6 +100,132 @@ pub enum Command {
     },
     /// Print what this runtime supports, as the OCI features JSON.
     Features,
+    /// Run another process in a running container.
+    Exec(ExecArgs),
+    /// List a container's processes (`--format json`: host pids).
+    Ps {
+        /// Output format: table or json.
+        #[arg(short, long, default_value = "table")]
+        format: String,
+        id: String,
+        /// Arguments for ps(1) (default -ef).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        ps_args: Vec<String>,
+    },
+    /// Freeze every process of a container.
+    Pause { id: String },
+    /// Thaw a paused container.
+    Resume { id: String },
+    /// Change a container's cgroup limits.
+    Update(UpdateArgs),
+    /// Print a container's statistics (`--stats`) or stream its events.
+    Events {
+        /// Print one stats event and exit.
+        #[arg(long)]
+        stats: bool,
+        /// Time between stats events of the stream.
+        #[arg(long, default_value = "5s")]
+        interval: String,
+        id: String,
+    },
+}
+
+/// Flags of `exec`.
+#[derive(Args, Debug)]
+pub struct ExecArgs {
+    /// A JSON file with the OCI process to run (`-` for standard input).
+    #[arg(short, long)]
+    pub process: Option<PathBuf>,
+    /// Allocate a pseudo-terminal.
+    #[arg(short, long)]
+    pub tty: bool,
+    /// Unix socket to which the pty master is sent.
+    #[arg(long = "console-socket")]
+    pub console_socket: Option<PathBuf>,
+    /// Return once the process started.
+    #[arg(short, long)]
+    pub detach: bool,
+    /// File to write the process's pid to.
+    #[arg(long = "pid-file")]
+    pub pid_file: Option<PathBuf>,
+    /// Extra environment variables (KEY=VALUE).
+    #[arg(short, long)]
+    pub env: Vec<String>,
+    /// Working directory inside the container.
+    #[arg(long)]
+    pub cwd: Option<PathBuf>,
+    /// uid[:gid] to run as.
+    #[arg(short, long)]
+    pub user: Option<String>,
+    /// Additional gids.
+    #[arg(short = 'g', long = "additional-gids")]
+    pub additional_gids: Vec<u32>,
+    /// Add a capability (CAP_...).
+    #[arg(short, long)]
+    pub cap: Vec<String>,
+    /// Set no_new_privs.
+    #[arg(long = "no-new-privs")]
+    pub no_new_privs: bool,
+    /// Pass this many fds after stdio into the process.
+    #[arg(long = "preserve-fds", default_value_t = 0)]
+    pub preserve_fds: u32,
+    /// Accepted for compatibility with runc.
+    #[arg(long = "process-label", hide = true)]
+    pub process_label: Option<String>,
+    /// Accepted for compatibility with runc.
+    #[arg(long, hide = true)]
+    pub apparmor: Option<String>,
+    /// The container's id.
+    pub id: String,
+    /// The command and its arguments (when there is no --process).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+/// Flags of `update`.
+#[derive(Args, Debug)]
+pub struct UpdateArgs {
+    /// A file with an OCI LinuxResources JSON (`-` for standard input).
+    #[arg(short, long)]
+    pub resources: Option<PathBuf>,
+    /// Memory limit (bytes, or with k/m/g).
+    #[arg(short, long)]
+    pub memory: Option<String>,
+    /// Memory soft limit.
+    #[arg(long = "memory-reservation")]
+    pub memory_reservation: Option<String>,
+    /// Memory plus swap limit (-1: unlimited).
+    #[arg(long = "memory-swap")]
+    pub memory_swap: Option<String>,
+    /// CPU shares (relative weight).
+    #[arg(long = "cpu-shares")]
+    pub cpu_shares: Option<u64>,
+    /// CPU CFS quota in microseconds.
+    #[arg(long = "cpu-quota", allow_hyphen_values = true)]
+    pub cpu_quota: Option<i64>,
+    /// CPU CFS period in microseconds.
+    #[arg(long = "cpu-period")]
+    pub cpu_period: Option<u64>,
+    /// CPU realtime period in microseconds.
+    #[arg(long = "cpu-rt-period")]
+    pub cpu_rt_period: Option<u64>,
+    /// CPU realtime runtime in microseconds.
+    #[arg(long = "cpu-rt-runtime")]
+    pub cpu_rt_runtime: Option<i64>,
+    /// CPUs the container may use (0-3, 0,1).
+    #[arg(long = "cpuset-cpus")]
+    pub cpuset_cpus: Option<String>,
+    /// Memory nodes the container may use.
+    #[arg(long = "cpuset-mems")]
+    pub cpuset_mems: Option<String>,
+    /// Maximum number of processes (-1: unlimited).
+    #[arg(long = "pids-limit", allow_hyphen_values = true)]
+    pub pids_limit: Option<i64>,
+    /// Block IO weight (10-1000).
+    #[arg(long = "blkio-weight")]
+    pub blkio_weight: Option<u16>,
+    /// The container's id.
+    pub id: String,
 }
 
 /// Flags of `create` (shared with `run`).
@@ -211,6 +337,68 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
             crate::spec::write_default(&bundle, rootless.unwrap_or(false))?;
             Ok(0)
         }
+        Command::Exec(args) => container::exec(&global, &exec_options(args)),
+        Command::Ps {
+            format,
+            id,
+            ps_args,
+        } => {
+            let json = match format.as_str() {
+                "table" => false,
+                "json" => true,
+                other => bail!("invalid format {other:?}: use table or json"),
+            };
+            container::ps(&global, &id, json, &ps_args)?;
+            Ok(0)
+        }
+        Command::Pause { id } => {
+            container::pause(&global, &id)?;
+            Ok(0)
+        }
+        Command::Resume { id } => {
+            container::resume(&global, &id)?;
+            Ok(0)
+        }
+        Command::Update(args) => {
+            let json = match &args.resources {
+                Some(p) if p.as_os_str() == "-" => {
+                    let mut v = Vec::new();
+                    std::io::Read::read_to_end(&mut std::io::stdin(), &mut v)?;
+                    Some(v)
+                }
+                Some(p) => Some(
+                    std::fs::read(p)
+                        .map_err(|e| anyhow::anyhow!("reading {}: {e}", p.display()))?,
+                ),
+                None => None,
+            };
+            let flags = container::UpdateFlags {
+                memory: args.memory,
+                memory_reservation: args.memory_reservation,
+                memory_swap: args.memory_swap,
+                cpu_shares: args.cpu_shares,
+                cpu_quota: args.cpu_quota,
+                cpu_period: args.cpu_period,
+                cpu_rt_period: args.cpu_rt_period,
+                cpu_rt_runtime: args.cpu_rt_runtime,
+                cpuset_cpus: args.cpuset_cpus,
+                cpuset_mems: args.cpuset_mems,
+                pids_limit: args.pids_limit,
+                blkio_weight: args.blkio_weight,
+            };
+            let resources = container::update_resources(json.as_deref(), &flags)?;
+            container::update(&global, &args.id, &resources)?;
+            Ok(0)
+        }
+        Command::Events {
+            stats,
+            interval,
+            id,
+        } => {
+            let interval = container::parse_duration(&interval)?;
+            container::events(&global, &id, stats, interval)?;
+            Ok(0)
+        }
         Command::Features => {
             println!(
                 "{}",
@@ -218,6 +406,25 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
             );
             Ok(0)
         }
+    }
+}
+
+fn exec_options(args: ExecArgs) -> ExecOptions {
+    ExecOptions {
+        id: args.id,
+        process_file: args.process,
+        args: args.command,
+        tty: args.tty,
+        console_socket: args.console_socket,
+        detach: args.detach,
+        pid_file: args.pid_file,
+        env: args.env,
+        cwd: args.cwd,
+        user: args.user,
+        additional_gids: args.additional_gids,
+        caps: args.cap,
+        no_new_privs: args.no_new_privs,
+        preserve_fds: args.preserve_fds,
     }
 }
 

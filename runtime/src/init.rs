@@ -124,7 +124,7 @@ fn init(a: &InitArgs<'_>) -> Result<Infallible, Failure> {
         let size = process
             .console_size()
             .map(|b| (b.height() as u16, b.width() as u16));
-        tty::setup(socket, size)?;
+        tty::setup(socket, size, true)?;
     }
 
     // /proc/sys etc. are read-only from here: after tty (which binds /dev/console).
@@ -211,7 +211,8 @@ fn init(a: &InitArgs<'_>) -> Result<Infallible, Failure> {
     Err(Failure::Exec(format!("exec {}: {err}", program.display())))
 }
 
-fn set_keepcaps(on: bool) -> Result<(), String> {
+/// Keep (or stop keeping) capabilities across the uid change.
+pub fn set_keepcaps(on: bool) -> Result<(), String> {
     let rc = unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, on as libc::c_ulong, 0, 0, 0) };
     if rc != 0 {
         return Err(format!(

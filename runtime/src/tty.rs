@@ -18,9 +18,10 @@ pub fn connect(path: &Path) -> Result<OwnedFd, String> {
     Ok(OwnedFd::from(stream))
 }
 
-/// Make the pty, send its master, and make its slave our terminal and stdio.
-/// Runs in the child after pivot_root, so /dev/ptmx is the container's.
-pub fn setup(socket: &OwnedFd, size: Option<(u16, u16)>) -> Result<(), String> {
+/// Make the pty, send its master, and make its slave our terminal and stdio. Runs inside the
+/// container's mount namespace (after pivot_root, or after joining it for exec), so /dev/ptmx
+/// is the container's. The init also binds the pty onto /dev/console (`bind_console`).
+pub fn setup(socket: &OwnedFd, size: Option<(u16, u16)>, bind_console: bool) -> Result<(), String> {
     let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
         .map_err(|e| format!("opening /dev/ptmx: {e}"))?;
     grantpt(&master).map_err(|e| format!("grantpt: {e}"))?;
@@ -41,18 +42,20 @@ pub fn setup(socket: &OwnedFd, size: Option<(u16, u16)>) -> Result<(), String> {
         };
         unsafe { libc::ioctl(slave_fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
     }
-    // /dev/console is the container's terminal too.
-    let console = Path::new("/dev/console");
-    if console.symlink_metadata().is_err() {
-        let _ = std::fs::File::create(console);
+    if bind_console {
+        // /dev/console is the container's terminal too.
+        let console = Path::new("/dev/console");
+        if console.symlink_metadata().is_err() {
+            let _ = std::fs::File::create(console);
+        }
+        let _ = nix::mount::mount(
+            Some(name.as_str()),
+            console,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        );
     }
-    let _ = nix::mount::mount(
-        Some(name.as_str()),
-        console,
-        None::<&str>,
-        nix::mount::MsFlags::MS_BIND,
-        None::<&str>,
-    );
 
     let master_raw: RawFd = master.as_raw_fd();
     let fds = [master_raw];

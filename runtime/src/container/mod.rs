@@ -1,6 +1,8 @@
 //! Container operations, one per command: create, start, run, state, kill, delete, list.
 
 mod create;
+mod exec;
+mod ops;
 mod run;
 
 use std::io::Write;
@@ -15,6 +17,11 @@ use nix::sys::signal::{kill as send_signal, Signal};
 use nix::unistd::Pid;
 
 pub use create::{create, spawn, CreateOptions, Gate, Spawned};
+pub use exec::{build_process, exec, ExecOptions};
+pub use ops::{
+    events, parse_duration, parse_size, pause, ps, resume, stats_json, update, update_resources,
+    UpdateFlags,
+};
 pub use run::run;
 
 use crate::cli::GlobalOpts;

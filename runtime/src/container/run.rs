@@ -50,7 +50,7 @@ pub fn run(global: &GlobalOpts, opts: &CreateOptions, detach: bool, keep: bool) 
 }
 
 /// Wait for `pid`, forwarding every signal we receive to it.
-fn wait_forwarding(pid: Pid, mask: &SigSet) -> Result<u8> {
+pub(super) fn wait_forwarding(pid: Pid, mask: &SigSet) -> Result<u8> {
     let sfd = SignalFd::with_flags(mask, SfdFlags::SFD_CLOEXEC).context("signalfd")?;
     loop {
         // Reap first: the child may have exited before we looked.

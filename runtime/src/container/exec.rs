@@ -1,0 +1,347 @@
+//! `exec`: run another process in a running container. The runtime joins the container's pid
+//! namespace (so its child is born there), forks, places the child in the container's cgroup,
+//! and the child joins every other namespace of the init (user first, mount last but cgroup),
+//! then applies the process's rlimits, user, capabilities, no_new_privs and seccomp and execs.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+
+use anyhow::{anyhow, bail, Context, Result};
+use nix::sched::{setns, CloneFlags};
+use nix::sys::signal::{SigSet, Signal};
+use nix::unistd::{fork, ForkResult, Gid, Pid, Uid};
+use oci_spec::runtime::{LinuxCapabilities, Process};
+
+use super::create::write_pid_file;
+use crate::capabilities::{self, CapMasks};
+use crate::cli::GlobalOpts;
+use crate::config;
+use crate::state::{self, ContainerState, Status};
+use crate::sync::{self, Message};
+use crate::{init, rlimits, sys, tty};
+
+/// What `exec` is asked to do.
+#[derive(Debug, Clone, Default)]
+pub struct ExecOptions {
+    pub id: String,
+    /// A file holding an OCI `process` object (`-` for standard input).
+    pub process_file: Option<PathBuf>,
+    /// The command, when there is no process file.
+    pub args: Vec<String>,
+    pub tty: bool,
+    pub console_socket: Option<PathBuf>,
+    pub detach: bool,
+    pub pid_file: Option<PathBuf>,
+    pub env: Vec<String>,
+    pub cwd: Option<PathBuf>,
+    /// `uid[:gid]`.
+    pub user: Option<String>,
+    pub additional_gids: Vec<u32>,
+    pub caps: Vec<String>,
+    pub no_new_privs: bool,
+    pub preserve_fds: u32,
+}
+
+/// The process to run: the process file, or the container's own process with the flags applied.
+pub fn build_process(opts: &ExecOptions, base: &Process) -> Result<Process> {
+    if let Some(path) = &opts.process_file {
+        let text = if path.as_os_str() == "-" {
+            let mut s = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut s)?;
+            s
+        } else {
+            std::fs::read(path)
+                .with_context(|| format!("reading process file {}", path.display()))?
+        };
+        let de = &mut serde_json::Deserializer::from_slice(&text);
+        let p: Process = serde_path_to_error::deserialize(de).map_err(|e| {
+            anyhow!(
+                "invalid process file {}: field {}: {}",
+                path.display(),
+                e.path(),
+                e.inner()
+            )
+        })?;
+        match p.args() {
+            Some(a) if !a.is_empty() => {}
+            _ => bail!(
+                "invalid process file {}: args must name the program to run",
+                path.display()
+            ),
+        }
+        return Ok(p);
+    }
+    if opts.args.is_empty() {
+        bail!("exec needs a command or --process");
+    }
+    let mut p = base.clone();
+    p.set_args(Some(opts.args.clone()));
+    p.set_terminal(Some(opts.tty));
+    let mut env = base.env().clone().unwrap_or_default();
+    for e in &opts.env {
+        if !e.contains('=') {
+            bail!("--env {e:?} is not KEY=VALUE");
+        }
+        let key = e.split('=').next().unwrap_or_default();
+        env.retain(|x| x.split('=').next() != Some(key));
+        env.push(e.clone());
+    }
+    p.set_env(Some(env));
+    if let Some(cwd) = &opts.cwd {
+        p.set_cwd(cwd.clone());
+    }
+    if let Some(user) = &opts.user {
+        let (u, g) = user.split_once(':').unwrap_or((user, ""));
+        let uid: u32 = u
+            .parse()
+            .map_err(|_| anyhow!("--user {user:?}: uid must be a number"))?;
+        p.user_mut().set_uid(uid);
+        if !g.is_empty() {
+            let gid: u32 = g
+                .parse()
+                .map_err(|_| anyhow!("--user {user:?}: gid must be a number"))?;
+            p.user_mut().set_gid(gid);
+        }
+    }
+    if !opts.additional_gids.is_empty() {
+        p.user_mut()
+            .set_additional_gids(Some(opts.additional_gids.clone()));
+    }
+    if !opts.caps.is_empty() {
+        let mut caps = base.capabilities().clone().unwrap_or_default();
+        let extra: Vec<oci_spec::runtime::Capability> = opts
+            .caps
+            .iter()
+            .map(|c| {
+                serde_json::from_value(serde_json::Value::String(c.clone()))
+                    .map_err(|_| anyhow!("unknown capability {c:?}"))
+            })
+            .collect::<Result<_>>()?;
+        add_caps(&mut caps, &extra);
+        p.set_capabilities(Some(caps));
+    }
+    if opts.no_new_privs {
+        p.set_no_new_privileges(Some(true));
+    }
+    Ok(p)
+}
+
+fn add_caps(caps: &mut LinuxCapabilities, extra: &[oci_spec::runtime::Capability]) {
+    let add = |set: Option<&oci_spec::runtime::Capabilities>| {
+        let mut s = set.cloned().unwrap_or_default();
+        s.extend(extra.iter().copied());
+        Some(s)
+    };
+    let b = add(caps.bounding().as_ref());
+    let e = add(caps.effective().as_ref());
+    let p = add(caps.permitted().as_ref());
+    caps.set_bounding(b);
+    caps.set_effective(e);
+    caps.set_permitted(p);
+}
+
+/// Namespace files to join, each with its clone flag.
+type Joins = Vec<(File, CloneFlags)>;
+
+/// The init's pid namespace (joined by the parent) and the others to join in the child, user
+/// first, mount after the rest.
+fn namespaces_of(st: &ContainerState) -> Result<(Option<File>, Joins)> {
+    let order = [
+        ("user", CloneFlags::CLONE_NEWUSER),
+        ("ipc", CloneFlags::CLONE_NEWIPC),
+        ("uts", CloneFlags::CLONE_NEWUTS),
+        ("net", CloneFlags::CLONE_NEWNET),
+        ("cgroup", CloneFlags::CLONE_NEWCGROUP),
+        ("mnt", CloneFlags::CLONE_NEWNS),
+    ];
+    let same = |name: &str| {
+        let ours = std::fs::read_link(format!("/proc/self/ns/{name}")).ok();
+        let theirs = std::fs::read_link(format!("/proc/{}/ns/{name}", st.pid)).ok();
+        ours.is_some() && ours == theirs
+    };
+    let mut joins = Vec::new();
+    for (name, flag) in order {
+        if same(name) {
+            continue;
+        }
+        let path = format!("/proc/{}/ns/{name}", st.pid);
+        let f = File::open(&path).with_context(|| format!("opening {path}"))?;
+        joins.push((f, flag));
+    }
+    let pid = if same("pid") {
+        None
+    } else {
+        let path = format!("/proc/{}/ns/pid", st.pid);
+        Some(File::open(&path).with_context(|| format!("opening {path}"))?)
+    };
+    Ok((pid, joins))
+}
+
+/// `exec`: returns the exit code (0 with --detach).
+pub fn exec(global: &GlobalOpts, opts: &ExecOptions) -> Result<u8> {
+    let st = state::read(&global.root, &opts.id)?;
+    match st.status(&global.root.join(&opts.id)) {
+        Status::Running | Status::Created => {}
+        Status::Paused => bail!("cannot exec in a paused container"),
+        Status::Stopped => bail!("cannot exec in a stopped container: container not running"),
+        other => bail!("cannot exec in a container in the {other} state"),
+    }
+    let cfg = config::load(&st.bundle).context("reading the container's config.json")?;
+    let process = build_process(opts, cfg.process())?;
+    let terminal = process.terminal().unwrap_or(false);
+    if terminal && opts.console_socket.is_none() {
+        bail!("exec with a terminal needs --console-socket");
+    }
+    let console: Option<OwnedFd> = match &opts.console_socket {
+        Some(p) if terminal => Some(tty::connect(p).map_err(|e| anyhow!(e))?),
+        _ => None,
+    };
+    let (pidns, joins) = namespaces_of(&st)?;
+    if let Some(f) = &pidns {
+        setns(f, CloneFlags::CLONE_NEWPID).context("joining the container's pid namespace")?;
+    }
+    let (parent_sock, child_sock) = sync::pair().context("creating sync socketpair")?;
+
+    let mut mask = SigSet::all();
+    mask.remove(Signal::SIGKILL);
+    mask.remove(Signal::SIGSTOP);
+    let old = mask
+        .thread_swap_mask(nix::sys::signal::SigmaskHow::SIG_BLOCK)
+        .ok();
+
+    match unsafe { fork() }.context("fork")? {
+        ForkResult::Child => {
+            if let Some(old) = old {
+                let _ = old.thread_set_mask();
+            }
+            drop(parent_sock);
+            let code = match exec_child(
+                &child_sock,
+                &process,
+                &joins,
+                console.as_ref(),
+                opts.preserve_fds,
+            ) {
+                Ok(never) => match never {},
+                Err(msg) => {
+                    let _ = sync::send(&child_sock, &Message::Error(msg));
+                    1
+                }
+            };
+            unsafe { libc::_exit(code) }
+        }
+        ForkResult::Parent { child } => {
+            drop(child_sock);
+            drop(console);
+            let res = exec_parent(&st, child, &parent_sock, opts);
+            if res.is_err() {
+                let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
+                let _ = nix::sys::wait::waitpid(child, None);
+                return res;
+            }
+            if opts.detach {
+                return Ok(0);
+            }
+            super::run::wait_forwarding(child, &mask)
+        }
+    }
+}
+
+fn exec_parent(st: &ContainerState, child: Pid, sock: &OwnedFd, opts: &ExecOptions) -> Result<u8> {
+    if let Some(cg) = &st.cgroup {
+        cg.add_process(child.as_raw())
+            .with_context(|| format!("placing process {child} in the container's cgroup"))?;
+    }
+    sync::send(sock, &Message::Go).context("starting exec process")?;
+    match sync::recv(sock).context("waiting for exec process")? {
+        // The socket closes on exec (close-on-exec): no message means it is running.
+        None => {}
+        Some(Message::Error(msg)) => bail!("{msg}"),
+        Some(other) => bail!("unexpected message from exec process: {other:?}"),
+    }
+    if let Some(pid_file) = &opts.pid_file {
+        write_pid_file(pid_file, child.as_raw())?;
+    }
+    Ok(0)
+}
+
+fn exec_child(
+    sock: &OwnedFd,
+    process: &Process,
+    joins: &[(File, CloneFlags)],
+    console: Option<&OwnedFd>,
+    preserve_fds: u32,
+) -> Result<std::convert::Infallible, String> {
+    match sync::recv(sock) {
+        Ok(Some(Message::Go)) => {}
+        _ => return Err("the runtime went away during exec".into()),
+    }
+    for (f, flag) in joins {
+        setns(f, *flag).map_err(|e| format!("joining the container's namespace {flag:?}: {e}"))?;
+    }
+    nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
+    if let Some(socket) = console {
+        let size = process
+            .console_size()
+            .map(|b| (b.height() as u16, b.width() as u16));
+        tty::setup(socket, size, false)?;
+    }
+    if let Some(limits) = process.rlimits() {
+        rlimits::apply(limits)?;
+    }
+    let env: Vec<String> = process.env().clone().unwrap_or_default();
+    let args: &[String] = process.args().as_deref().unwrap_or(&[]);
+    let user = process.user();
+    let masks = match process.capabilities() {
+        Some(c) => Some(CapMasks::from_config(c)?),
+        None => None,
+    };
+    if let Some(m) = &masks {
+        capabilities::drop_bounding(m.bounding)?;
+    }
+    init::set_keepcaps(true)?;
+    let groups: Vec<Gid> = user
+        .additional_gids()
+        .as_deref()
+        .unwrap_or(&[])
+        .iter()
+        .map(|g| Gid::from_raw(*g))
+        .collect();
+    let _ = nix::unistd::setgroups(&groups);
+    let gid = Gid::from_raw(user.gid());
+    let uid = Uid::from_raw(user.uid());
+    nix::unistd::setresgid(gid, gid, gid).map_err(|e| format!("setting gid {gid}: {e}"))?;
+    nix::unistd::setresuid(uid, uid, uid).map_err(|e| format!("setting uid {uid}: {e}"))?;
+    init::set_keepcaps(false)?;
+    if let Some(m) = &masks {
+        capabilities::set_process_caps(m)?;
+        capabilities::set_ambient(m.ambient)?;
+    }
+    let cwd = process.cwd();
+    nix::unistd::chdir(cwd).map_err(|e| format!("chdir to cwd {}: {e}", cwd.display()))?;
+    if let Some(mask) = user.umask() {
+        unsafe { libc::umask(mask as libc::mode_t) };
+    }
+    if process.no_new_privileges().unwrap_or(false) {
+        prctl::set_no_new_privileges(true)
+            .map_err(|e| format!("setting no_new_privs: errno {e}"))?;
+    }
+    let program = init::find_executable(&args[0], &env)?;
+    let argv: Vec<CString> = args
+        .iter()
+        .map(|s| sys::cstring(s))
+        .collect::<Result<_, _>>()?;
+    let envp: Vec<CString> = env
+        .iter()
+        .map(|s| sys::cstring(s))
+        .collect::<Result<_, _>>()?;
+    let path = CString::new(program.as_os_str().as_bytes())
+        .map_err(|_| format!("{} contains a NUL byte", program.display()))?;
+    sys::cloexec_from(3 + preserve_fds as i32)
+        .map_err(|e| format!("marking fds close-on-exec: {e}"))?;
+    let err = nix::unistd::execve(&path, &argv, &envp).unwrap_err();
+    Err(format!("exec {}: {err}", program.display()))
+}
