@@ -293,16 +293,11 @@ fn client_disconnecting_mid_write_resumes_cleanly() {
         );
         // Resume: STAT says where to continue; write the rest and commit.
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let mut resp = loop {
-            // The old stream's lock may take a moment to go.
-            match c
-                .write(tokio_stream::wrappers::ReceiverStream::new(rx))
-                .await
-            {
-                Ok(r) => break r.into_inner(),
-                Err(e) => panic!("write: {e}"),
-            }
-        };
+        let mut resp = c
+            .write(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
         tx.send(pb::WriteContentRequest {
             action: pb::WriteAction::Stat as i32,
             r#ref: r#ref.clone(),
