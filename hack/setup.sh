@@ -9,8 +9,8 @@ packages=(
   libseccomp-dev pkg-config gcc
   # tests: the busybox rootfs, peers and tools
   busybox-static runc crun containerd docker-registry skopeo umoci jq iproute2 util-linux
-  # benchmarks
-  hyperfine
+  # benchmarks (GNU time reports peak RSS)
+  hyperfine time
 )
 missing=()
 for p in "${packages[@]}"; do

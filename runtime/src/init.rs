@@ -170,6 +170,7 @@ fn init(a: &InitArgs<'_>) -> Result<Infallible, Failure> {
     }
 
     nix::unistd::chdir(cwd).map_err(|e| format!("chdir to cwd {}: {e}", cwd.display()))?;
+    sys::check_cwd_inside_root().map_err(|e| format!("process.cwd {}: {e}", cwd.display()))?;
     if let Some(mask) = user.umask() {
         unsafe { libc::umask(mask as libc::mode_t) };
     }

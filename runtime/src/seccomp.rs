@@ -235,7 +235,8 @@ pub fn compile(seccomp: &LinuxSeccomp) -> Result<Filter, String> {
         })?;
     }
     let rules = seccomp.syscalls().as_deref().unwrap_or(&[]);
-    if rules.len() > OPTIMIZE_ABOVE_RULES {
+    let rule_count: usize = rules.iter().map(|r| r.names().len()).sum();
+    if rule_count > OPTIMIZE_ABOVE_RULES && std::env::var_os("NOOPT").is_none() {
         if let Err(e) = ctx.set_ctl_optimize(2) {
             tracing::debug!("seccomp binary tree optimisation unavailable: {e}");
         }

@@ -169,6 +169,39 @@ pub fn cloexec_from(first: RawFd) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Make this process non-dumpable: other processes, root in a container included, can then no
+/// longer open /proc/<pid>/exe (the runtime's binary on the host, CVE-2019-5736), fd/ or mem
+/// without CAP_SYS_PTRACE. The flag is inherited by clone/fork and reset by execve, so the
+/// container's own program is not affected.
+pub fn set_non_dumpable() -> std::io::Result<()> {
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Fail unless the working directory is reachable from our root. A cwd given as a path through
+/// a leaked fd (`/proc/self/fd/N`, CVE-2024-21626) lands outside the container's root, which
+/// the kernel reports as "(unreachable)".
+pub fn check_cwd_inside_root() -> Result<(), String> {
+    let mut buf = vec![0u8; libc::PATH_MAX as usize];
+    let rc = unsafe { libc::syscall(libc::SYS_getcwd, buf.as_mut_ptr(), buf.len()) };
+    if rc < 0 {
+        return Err(format!(
+            "the working directory is outside the container: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let cwd = String::from_utf8_lossy(&buf[..end]);
+    if !cwd.starts_with('/') {
+        return Err(format!(
+            "the working directory {cwd} is outside the container"
+        ));
+    }
+    Ok(())
+}
+
 /// A C string from a Rust string, with a clear error for interior NULs.
 pub fn cstring(s: &str) -> Result<CString, String> {
     CString::new(s).map_err(|_| format!("{s:?} contains a NUL byte"))

@@ -189,6 +189,8 @@ pub fn spawn(global: &GlobalOpts, opts: &CreateOptions, gate: Gate) -> Result<Sp
         no_pivot: opts.no_pivot,
         preserve_fds: opts.preserve_fds,
     };
+    // Inherited by the init, which lives inside the container until it execs.
+    crate::sys::set_non_dumpable().context("making the runtime non-dumpable")?;
     let flags = namespaces::clone_flags(&namespaces_list);
     // The init's stack: the child runs on it in its own copy of our memory (no CLONE_VM).
     let mut stack = vec![0u8; 1 << 20];

@@ -204,6 +204,8 @@ pub fn exec(global: &GlobalOpts, opts: &ExecOptions) -> Result<u8> {
         setns(f, CloneFlags::CLONE_NEWPID).context("joining the container's pid namespace")?;
     }
     let (parent_sock, child_sock) = sync::pair().context("creating sync socketpair")?;
+    // Inherited by the child, which becomes visible inside the container.
+    sys::set_non_dumpable().context("making the runtime non-dumpable")?;
 
     let mut mask = SigSet::all();
     mask.remove(Signal::SIGKILL);
@@ -322,6 +324,7 @@ fn exec_child(
     }
     let cwd = process.cwd();
     nix::unistd::chdir(cwd).map_err(|e| format!("chdir to cwd {}: {e}", cwd.display()))?;
+    sys::check_cwd_inside_root().map_err(|e| format!("process.cwd {}: {e}", cwd.display()))?;
     if let Some(mask) = user.umask() {
         unsafe { libc::umask(mask as libc::mode_t) };
     }
