@@ -53,8 +53,16 @@ fn the_runtime_binary_cannot_be_read_or_overwritten_through_proc_exe() -> Result
                   echo done";
     let out = rt.exec(&["exec", &id, "sh", "-c", attack])?;
     assert!(out.stdout.contains("done"), "{}", out.describe());
-    assert!(!out.stdout.contains("READ-OK"), "the container read the runtime's binary: {}", out.describe());
-    assert!(!out.stdout.contains("WRITE-OK"), "the container wrote the runtime's binary: {}", out.describe());
+    assert!(
+        !out.stdout.contains("READ-OK"),
+        "the container read the runtime's binary: {}",
+        out.describe()
+    );
+    assert!(
+        !out.stdout.contains("WRITE-OK"),
+        "the container wrote the runtime's binary: {}",
+        out.describe()
+    );
     assert!(
         out.stdout.contains("Permission denied"),
         "/proc/1/exe should be off limits: {}",
@@ -119,13 +127,35 @@ fn a_symlinked_mount_destination_lands_inside_the_rootfs() -> Result<()> {
         "a mount landed on the host at {}",
         outside_sub.display()
     );
-    assert!(!outside_sub.exists(), "the runtime created {} on the host", outside_sub.display());
-    assert!(!Path::new("/tmp/escape").exists(), "the runtime created /tmp/escape on the host");
+    assert!(
+        !outside_sub.exists(),
+        "the runtime created {} on the host",
+        outside_sub.display()
+    );
+    assert!(
+        !Path::new("/tmp/escape").exists(),
+        "the runtime created /tmp/escape on the host"
+    );
     // Inside, the mounts are where the symlinks lead when the rootfs is /.
-    let out = rt.exec(&["exec", &id, "sh", "-c", "grep -c tmpfs /proc/self/mountinfo; stat -f -c %T /evil/sub /up/tmp/escape"])?.ok();
+    let out = rt
+        .exec(&[
+            "exec",
+            &id,
+            "sh",
+            "-c",
+            "grep -c tmpfs /proc/self/mountinfo; stat -f -c %T /evil/sub /up/tmp/escape",
+        ])?
+        .ok();
     assert!(out.stdout.contains("tmpfs\ntmpfs"), "{}", out.describe());
-    let inside = bundle.rootfs().join(outside.path().strip_prefix("/")?).join("sub");
-    assert!(inside.is_dir(), "{} was not created inside the rootfs", inside.display());
+    let inside = bundle
+        .rootfs()
+        .join(outside.path().strip_prefix("/")?)
+        .join("sub");
+    assert!(
+        inside.is_dir(),
+        "{} was not created inside the rootfs",
+        inside.display()
+    );
     rt.exec(&["delete", "--force", &id])?.ok();
     guard.assert_no_leftovers();
     Ok(())
@@ -149,8 +179,15 @@ fn no_runtime_fd_reaches_the_container() -> Result<()> {
             .and_then(|n| n.parse().ok())
             .unwrap_or(99);
         // 0-2 are stdio; 3 is the shell's own glob/readlink work at most.
-        assert!(n <= 3, "fd leaked into the container: {line}\n{}", out.describe());
-        assert!(!line.contains(&rt.root().display().to_string()), "state dir leaked: {line}");
+        assert!(
+            n <= 3,
+            "fd leaked into the container: {line}\n{}",
+            out.describe()
+        );
+        assert!(
+            !line.contains(&rt.root().display().to_string()),
+            "state dir leaked: {line}"
+        );
     }
     guard.assert_no_leftovers();
     Ok(())
