@@ -6,6 +6,9 @@ const FILES: &[&str] = &[
     "containerd/types/descriptor.proto",
     "containerd/types/mount.proto",
     "containerd/types/platform.proto",
+    "containerd/types/metrics.proto",
+    "containerd/types/task/task.proto",
+    "containerd/events/events.proto",
     "google/rpc/status.proto",
     "containerd/services/version/v1/version.proto",
     "containerd/services/namespaces/v1/namespace.proto",
@@ -15,6 +18,9 @@ const FILES: &[&str] = &[
     "containerd/services/snapshots/v1/snapshots.proto",
     "containerd/services/diff/v1/diff.proto",
     "containerd/services/introspection/v1/introspection.proto",
+    "containerd/services/containers/v1/containers.proto",
+    "containerd/services/tasks/v1/tasks.proto",
+    "containerd/services/events/v1/events.proto",
     "berth/services/images/v1/archive.proto",
 ];
 

@@ -16,6 +16,17 @@ pub mod containerd {
     pub mod types {
         tonic::include_proto!("containerd.types");
     }
+    /// `containerd.v1.types`: task process states.
+    pub mod v1 {
+        /// Process status and info.
+        pub mod types {
+            tonic::include_proto!("containerd.v1.types");
+        }
+    }
+    /// `containerd.events`: the payloads of the daemon's events.
+    pub mod events {
+        tonic::include_proto!("containerd.events");
+    }
     /// The services, one module each.
     pub mod services {
         macro_rules! service {
@@ -37,6 +48,9 @@ pub mod containerd {
         service!(snapshots, "containerd.services.snapshots.v1");
         service!(diff, "containerd.services.diff.v1");
         service!(introspection, "containerd.services.introspection.v1");
+        service!(containers, "containerd.services.containers.v1");
+        service!(tasks, "containerd.services.tasks.v1");
+        service!(events, "containerd.services.events.v1");
     }
 }
 
