@@ -16,7 +16,8 @@
 //! - `SCMP_ACT_KILL` is `SCMP_ACT_KILL_THREAD`; ERRNO and TRACE without `errnoRet` use EPERM;
 //! - `SCMP_ACT_NOTIFY` cannot be the default action nor apply to `write` (nor, here, to
 //!   `sendmsg`, which the init uses to hand the listener fd to the runtime);
-//! - with more than 32 rules libseccomp's binary-tree optimisation is enabled.
+//! - with more than 32 syscall names libseccomp's binary-tree optimisation is enabled (a larger
+//!   program, log-time lookup for every syscall the container makes).
 //!
 //! Stricter than runc (runc silently truncates or ignores these): `errnoRet` on an action other
 //! than ERRNO/TRACE, an errno above 4095 (the kernel's MAX_ERRNO) or a TRACE value above 65535,
@@ -51,7 +52,7 @@ const BPF_MAXINSNS: usize = 4096;
 const MAX_ERRNO: u32 = 4095;
 /// Syscalls take at most six arguments.
 const MAX_ARGS: usize = 6;
-/// Above this many rules libseccomp's binary-tree optimisation pays off (and libseccomp <= 2.5.4
+/// Above this many syscall names libseccomp's binary-tree optimisation pays off (and libseccomp <= 2.5.4
 /// misbehaves with it on an empty rule set).
 const OPTIMIZE_ABOVE_RULES: usize = 32;
 /// Syscalls that may not be answered by a notify agent: the init needs them to hand the listener
@@ -236,7 +237,7 @@ pub fn compile(seccomp: &LinuxSeccomp) -> Result<Filter, String> {
     }
     let rules = seccomp.syscalls().as_deref().unwrap_or(&[]);
     let rule_count: usize = rules.iter().map(|r| r.names().len()).sum();
-    if rule_count > OPTIMIZE_ABOVE_RULES && std::env::var_os("NOOPT").is_none() {
+    if rule_count > OPTIMIZE_ABOVE_RULES {
         if let Err(e) = ctx.set_ctl_optimize(2) {
             tracing::debug!("seccomp binary tree optimisation unavailable: {e}");
         }
