@@ -22,6 +22,7 @@ const FILES: &[&str] = &[
     "containerd/services/tasks/v1/tasks.proto",
     "containerd/services/events/v1/events.proto",
     "berth/services/images/v1/archive.proto",
+    "berth/services/distribution/v1/distribution.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -73,6 +73,13 @@ pub mod berth {
                 tonic::include_proto!("berth.services.images.v1");
             }
         }
+        /// Distribution.
+        pub mod distribution {
+            /// Version 1: pull from and push to registries, done by the daemon.
+            pub mod v1 {
+                tonic::include_proto!("berth.services.distribution.v1");
+            }
+        }
     }
 }
 
