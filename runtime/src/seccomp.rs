@@ -52,8 +52,8 @@ const BPF_MAXINSNS: usize = 4096;
 const MAX_ERRNO: u32 = 4095;
 /// Syscalls take at most six arguments.
 const MAX_ARGS: usize = 6;
-/// Above this many syscall names libseccomp's binary-tree optimisation pays off (and libseccomp <= 2.5.4
-/// misbehaves with it on an empty rule set).
+/// Above this many syscall names libseccomp's binary-tree optimisation pays off (and libseccomp
+/// <= 2.5.4 misbehaves with it on an empty rule set).
 const OPTIMIZE_ABOVE_RULES: usize = 32;
 /// Syscalls that may not be answered by a notify agent: the init needs them to hand the listener
 /// fd to the runtime (sendmsg) and to report errors (write) before any agent has the fd.
