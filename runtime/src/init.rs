@@ -41,6 +41,8 @@ pub struct InitArgs<'a> {
     pub cgroup_mount: Option<&'a CgroupMountSource>,
     pub no_pivot: bool,
     pub preserve_fds: u32,
+    /// The compiled seccomp filter, loaded as late as the process's privileges allow.
+    pub seccomp: Option<&'a crate::seccomp::Filter>,
 }
 
 /// The init's entry point: never returns on success (execve), returns the exit code on failure
@@ -143,6 +145,12 @@ fn init(a: &InitArgs<'_>) -> Result<Infallible, Failure> {
         Some(c) => Some(CapMasks::from_config(c)?),
         None => None,
     };
+    let no_new_privs = process.no_new_privileges().unwrap_or(false);
+    if let (Some(filter), false) = (a.seccomp, no_new_privs) {
+        // Without no_new_privs the kernel wants CAP_SYS_ADMIN to load a filter: load it while
+        // we still have it; the syscalls left before execve must then pass the filter.
+        load_seccomp(filter)?;
+    }
     if let Some(m) = &masks {
         capabilities::drop_bounding(m.bounding)?;
     }
@@ -174,7 +182,7 @@ fn init(a: &InitArgs<'_>) -> Result<Infallible, Failure> {
     if let Some(mask) = user.umask() {
         unsafe { libc::umask(mask as libc::mode_t) };
     }
-    if process.no_new_privileges().unwrap_or(false) {
+    if no_new_privs {
         prctl::set_no_new_privileges(true)
             .map_err(|e| format!("setting no_new_privs: errno {e}"))?;
     }
@@ -208,8 +216,18 @@ fn init(a: &InitArgs<'_>) -> Result<Infallible, Failure> {
             _ => return Err(Failure::Exec("the runtime went away before start".into())),
         },
     }
+    if let (Some(filter), true) = (a.seccomp, no_new_privs) {
+        // As late as possible: only execve runs under the filter from here.
+        load_seccomp(filter).map_err(Failure::Exec)?;
+    }
     let err = nix::unistd::execve(&path, &argv, &envp).unwrap_err();
     Err(Failure::Exec(format!("exec {}: {err}", program.display())))
+}
+
+/// Load a compiled filter. A notify listener fd (SCMP_ACT_NOTIFY) is not handed to an agent
+/// yet: such profiles are refused before the container is created.
+pub fn load_seccomp(filter: &crate::seccomp::Filter) -> Result<(), String> {
+    filter.load().map(drop)
 }
 
 /// Keep (or stop keeping) capabilities across the uid change.

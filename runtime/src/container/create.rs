@@ -175,6 +175,7 @@ pub fn spawn(global: &GlobalOpts, opts: &CreateOptions, gate: Gate) -> Result<Sp
             .with_context(|| format!("joining pid namespace {}", path.display()))?;
     }
 
+    let filter = compile_seccomp(global, &cfg)?;
     let (parent_sock, child_sock) = sync::pair().context("creating sync socketpair")?;
     let init_args = InitArgs {
         cfg: &cfg,
@@ -188,6 +189,7 @@ pub fn spawn(global: &GlobalOpts, opts: &CreateOptions, gate: Gate) -> Result<Sp
         cgroup_mount: cgroup_mount.as_ref(),
         no_pivot: opts.no_pivot,
         preserve_fds: opts.preserve_fds,
+        seccomp: filter.as_ref(),
     };
     // Inherited by the init, which lives inside the container until it execs.
     crate::sys::set_non_dumpable().context("making the runtime non-dumpable")?;
@@ -268,6 +270,23 @@ pub fn spawn(global: &GlobalOpts, opts: &CreateOptions, gate: Gate) -> Result<Sp
         sync: parent_sock,
         console_peer,
     })
+}
+
+/// Compile the config's seccomp profile (from the cache under `<root>/seccomp-cache` when the
+/// same profile was compiled before), before anything is created inside the container.
+pub fn compile_seccomp(
+    global: &GlobalOpts,
+    cfg: &Config,
+) -> Result<Option<crate::seccomp::Filter>> {
+    let Some(profile) = cfg.spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) else {
+        return Ok(None);
+    };
+    let filter = crate::seccomp::compile_cached(profile, &global.root.join("seccomp-cache"))
+        .map_err(|e| anyhow!("linux.seccomp: {e}"))?;
+    if filter.uses_notify() {
+        bail!("linux.seccomp: SCMP_ACT_NOTIFY is not supported yet by berth-runc");
+    }
+    Ok(Some(filter))
 }
 
 /// The pid file holds the decimal pid and nothing else (no newline), written atomically.

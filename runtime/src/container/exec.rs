@@ -203,6 +203,7 @@ pub fn exec(global: &GlobalOpts, opts: &ExecOptions) -> Result<u8> {
     if let Some(f) = &pidns {
         setns(f, CloneFlags::CLONE_NEWPID).context("joining the container's pid namespace")?;
     }
+    let filter = super::create::compile_seccomp(global, &cfg)?;
     let (parent_sock, child_sock) = sync::pair().context("creating sync socketpair")?;
     // Inherited by the child, which becomes visible inside the container.
     sys::set_non_dumpable().context("making the runtime non-dumpable")?;
@@ -226,6 +227,7 @@ pub fn exec(global: &GlobalOpts, opts: &ExecOptions) -> Result<u8> {
                 &joins,
                 console.as_ref(),
                 opts.preserve_fds,
+                filter.as_ref(),
             ) {
                 Ok(never) => match never {},
                 Err(msg) => {
@@ -276,6 +278,7 @@ fn exec_child(
     joins: &[(File, CloneFlags)],
     console: Option<&OwnedFd>,
     preserve_fds: u32,
+    filter: Option<&crate::seccomp::Filter>,
 ) -> Result<std::convert::Infallible, String> {
     match sync::recv(sock) {
         Ok(Some(Message::Go)) => {}
@@ -301,6 +304,10 @@ fn exec_child(
         Some(c) => Some(CapMasks::from_config(c)?),
         None => None,
     };
+    let no_new_privs = process.no_new_privileges().unwrap_or(false);
+    if let (Some(f), false) = (filter, no_new_privs) {
+        init::load_seccomp(f)?;
+    }
     if let Some(m) = &masks {
         capabilities::drop_bounding(m.bounding)?;
     }
@@ -328,7 +335,7 @@ fn exec_child(
     if let Some(mask) = user.umask() {
         unsafe { libc::umask(mask as libc::mode_t) };
     }
-    if process.no_new_privileges().unwrap_or(false) {
+    if no_new_privs {
         prctl::set_no_new_privileges(true)
             .map_err(|e| format!("setting no_new_privs: errno {e}"))?;
     }
@@ -345,6 +352,9 @@ fn exec_child(
         .map_err(|_| format!("{} contains a NUL byte", program.display()))?;
     sys::cloexec_from(3 + preserve_fds as i32)
         .map_err(|e| format!("marking fds close-on-exec: {e}"))?;
+    if let (Some(f), true) = (filter, no_new_privs) {
+        init::load_seccomp(f)?;
+    }
     let err = nix::unistd::execve(&path, &argv, &envp).unwrap_err();
     Err(format!("exec {}: {err}", program.display()))
 }

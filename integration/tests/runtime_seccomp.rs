@@ -1,0 +1,97 @@
+//! seccomp as config.json asks for it, seen from inside the container: a denied syscall fails
+//! with the configured errno for the init and for exec'd processes, with and without
+//! no_new_privs; a broken profile is refused before anything is created.
+
+use anyhow::Result;
+use berth_integration::runtime::{assert_error, unique_name, Bundle, Runtime};
+use serde_json::json;
+
+fn deny_mkdir(errno: u32) -> serde_json::Value {
+    json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64"],
+        "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": errno}]
+    })
+}
+
+#[test]
+fn a_denied_syscall_fails_with_the_configured_errno() -> Result<()> {
+    let rt = Runtime::new()?;
+    for nnp in [true, false] {
+        let mut bundle = Bundle::new()?;
+        bundle
+            .no_new_privileges(nnp)
+            .sh("mkdir /dev/shm/x; echo rc=$?; touch /dev/shm/y && echo touched");
+        bundle.config_mut()["linux"]["seccomp"] = deny_mkdir(13);
+        let id = unique_name("seccomp");
+        let guard = rt.guard(&id, &bundle);
+        let out = rt.run(&id, &bundle)?.ok();
+        assert!(out.stdout.contains("rc=1"), "nnp={nnp}: {}", out.describe());
+        assert!(
+            out.stderr.contains("Permission denied"),
+            "errno 13 is EACCES: {}",
+            out.describe()
+        );
+        assert!(
+            out.stdout.contains("touched"),
+            "other syscalls pass: {}",
+            out.describe()
+        );
+        guard.assert_no_leftovers();
+    }
+    Ok(())
+}
+
+#[test]
+fn exec_runs_under_the_containers_filter() -> Result<()> {
+    let rt = Runtime::new()?;
+    let mut bundle = Bundle::new()?;
+    bundle.args(&["sleep", "30"]);
+    bundle.config_mut()["linux"]["seccomp"] = deny_mkdir(1);
+    let id = unique_name("seccomp-exec");
+    let guard = rt.guard(&id, &bundle);
+    rt.create(&id, &bundle)?.ok();
+    rt.start(&id)?.ok();
+    let out = rt
+        .exec(&["exec", &id, "sh", "-c", "mkdir /tmp/x; echo rc=$?"])?
+        .ok();
+    assert!(out.stdout.contains("rc=1"), "{}", out.describe());
+    assert!(
+        out.stderr.contains("Operation not permitted"),
+        "{}",
+        out.describe()
+    );
+    rt.exec(&["delete", "--force", &id])?.ok();
+    guard.assert_no_leftovers();
+    Ok(())
+}
+
+#[test]
+fn a_broken_profile_is_refused_and_leaves_nothing() -> Result<()> {
+    let rt = Runtime::new()?;
+    for (profile, needle) in [
+        (
+            json!({"defaultAction": "SCMP_ACT_SOMETIMES"}),
+            "SCMP_ACT_SOMETIMES",
+        ),
+        (
+            json!({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_KILL", "args": [{"index": 9, "value": 1, "op": "SCMP_CMP_EQ"}]}]}),
+            "index",
+        ),
+    ] {
+        let mut bundle = Bundle::new()?;
+        bundle.args(&["true"]);
+        bundle.config_mut()["linux"]["seccomp"] = profile;
+        let id = unique_name("seccomp-bad");
+        let guard = rt.guard(&id, &bundle);
+        let out = rt.create(&id, &bundle)?.failed();
+        assert_error(&rt, &out, &[needle]);
+        assert!(
+            out.stderr.contains("seccomp"),
+            "the error names the profile: {}",
+            out.describe()
+        );
+        guard.assert_no_leftovers();
+    }
+    Ok(())
+}
