@@ -1,4 +1,4 @@
-//! `berth images import|export|ls|rm|check|unpack`.
+//! `berth images import|export|ls|rm|check|unpack|pull|push|tag`.
 //!
 //! Import and export go through Berth's `Archives` service: the CLI streams the archive file to
 //! the daemon (or the daemon's export to a file) in 1 MiB chunks. `ls` and `check` walk each
@@ -8,6 +8,8 @@ use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
+use berth_proto::berth::services::distribution::v1 as dpb;
+use berth_proto::berth::services::distribution::v1::distribution_client::DistributionClient;
 use berth_proto::berth::services::images::v1 as apb;
 use berth_proto::berth::services::images::v1::archives_client::ArchivesClient;
 use berth_proto::containerd::services::content::v1 as cpb;
@@ -87,6 +89,84 @@ pub enum Cmd {
         #[arg(long)]
         platform: Option<String>,
     },
+    /// Pull an image from a registry (berthd downloads, verifies and unpacks it).
+    Pull {
+        /// `registry/repository[:tag][@digest]`.
+        reference: String,
+        /// Platform, `os/arch[/variant]` (default: the daemon's).
+        #[arg(long)]
+        platform: Option<String>,
+        /// Only store the content; do not unpack into snapshots.
+        #[arg(long)]
+        no_unpack: bool,
+        /// Parallel layer downloads (default 3).
+        #[arg(long, default_value_t = 0)]
+        concurrency: u32,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
+    /// Push a local image to a registry.
+    Push {
+        /// The local image.
+        name: String,
+        /// Where to push (default: the image's own name).
+        remote: Option<String>,
+        /// Push only this platform's manifest, `os/arch[/variant]`.
+        #[arg(long)]
+        platform: Option<String>,
+        /// Bytes per upload chunk (default 8 MiB).
+        #[arg(long, default_value_t = 0)]
+        chunk_size: u64,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
+    /// Give an image more names (same target).
+    Tag {
+        /// The existing image.
+        source: String,
+        /// The new names.
+        #[arg(required = true)]
+        targets: Vec<String>,
+        /// Replace a name that exists already.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// How to reach a registry.
+#[derive(clap::Args, Debug)]
+pub struct RegistryArgs {
+    /// Speak plain HTTP to the registry.
+    #[arg(long)]
+    plain_http: bool,
+    /// Credentials, `user:password` (default: Docker's config.json).
+    #[arg(long, short = 'u')]
+    user: Option<String>,
+    /// Docker config.json holding `auths` (default: $DOCKER_CONFIG/config.json or
+    /// ~/.docker/config.json).
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+impl RegistryArgs {
+    /// The options for the registry of `reference`.
+    fn options(&self, reference: &str) -> Result<dpb::RegistryOptions> {
+        use berth_store::distribution::{Credentials, DockerConfig, Reference};
+        let r = Reference::parse(reference)?;
+        let creds = match &self.user {
+            Some(u) => Some(Credentials::parse(u).context("--user")?),
+            None => match self.config.clone().or_else(DockerConfig::default_path) {
+                Some(p) => DockerConfig::load(&p)?.credentials(&r.registry)?,
+                None => None,
+            },
+        };
+        let (username, password) = creds.map(|c| (c.username, c.password)).unwrap_or_default();
+        Ok(dpb::RegistryOptions {
+            plain_http: self.plain_http,
+            username,
+            password,
+        })
+    }
 }
 
 fn parse_platform(s: &Option<String>) -> Result<Option<Platform>> {
@@ -312,6 +392,43 @@ pub async fn run(env: &Env, cmd: Cmd) -> Result<()> {
             Ok(())
         }
         Cmd::Check { filters } => check(env, filters).await,
+        Cmd::Pull {
+            reference,
+            platform,
+            no_unpack,
+            concurrency,
+            registry,
+        } => {
+            let req = dpb::PullRequest {
+                registry: Some(registry.options(&reference)?),
+                reference,
+                platform: parse_platform(&platform)?,
+                unpack: !no_unpack,
+                concurrency,
+            };
+            pull(env, req).await
+        }
+        Cmd::Push {
+            name,
+            remote,
+            platform,
+            chunk_size,
+            registry,
+        } => {
+            let req = dpb::PushRequest {
+                registry: Some(registry.options(remote.as_deref().unwrap_or(&name))?),
+                name,
+                remote: remote.unwrap_or_default(),
+                platform: parse_platform(&platform)?,
+                chunk_size,
+            };
+            push(env, req).await
+        }
+        Cmd::Tag {
+            source,
+            targets,
+            force,
+        } => tag(env, source, targets, force).await,
         Cmd::Unpack { name, platform } => {
             let r = ArchivesClient::new(env.ns.clone())
                 .unpack(apb::UnpackRequest {
@@ -557,4 +674,219 @@ async fn export(
             Err(e)
         }
     }
+}
+
+/// Renders progress events: one bar per blob on a terminal, else a line per finished blob.
+struct ProgressView {
+    multi: Option<indicatif::MultiProgress>,
+    bars: std::collections::HashMap<String, indicatif::ProgressBar>,
+    verb: &'static str,
+    plain: bool,
+}
+
+impl ProgressView {
+    fn new(env: &Env, verb: &'static str) -> ProgressView {
+        let tty = std::io::stderr().is_terminal() && env.format == Format::Table;
+        ProgressView {
+            multi: tty.then(indicatif::MultiProgress::new),
+            bars: Default::default(),
+            verb,
+            plain: env.format == Format::Table,
+        }
+    }
+
+    fn show(&mut self, p: &dpb::Progress) {
+        let short =
+            p.id.split_once(':')
+                .map(|(_, h)| &h[..h.len().min(12)])
+                .unwrap_or(&p.id);
+        let label = format!("{} {short}", p.kind);
+        let Some(multi) = &self.multi else {
+            if self.plain && matches!(p.status.as_str(), "done" | "exists" | "mounted") {
+                eprintln!("{label}: {} ({})", p.status, output::human_size(p.total));
+            } else if self.plain && p.status == "unpacking" {
+                eprintln!("unpacking");
+            }
+            return;
+        };
+        let bar = self.bars.entry(p.id.clone()).or_insert_with(|| {
+            let b = multi.add(indicatif::ProgressBar::new(p.total.max(0) as u64));
+            b.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{prefix:22} {msg:11} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            b.set_prefix(label);
+            b
+        });
+        if p.total > 0 {
+            bar.set_length(p.total as u64);
+        }
+        bar.set_position(p.offset.max(0) as u64);
+        let msg = if p.status == "downloading" || p.status == "uploading" {
+            self.verb
+        } else {
+            p.status.as_str()
+        };
+        bar.set_message(msg.to_string());
+        if matches!(p.status.as_str(), "done" | "exists" | "mounted") {
+            bar.finish();
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(m) = &self.multi {
+            let _ = m.clear();
+        }
+    }
+}
+
+async fn pull(env: &Env, req: dpb::PullRequest) -> Result<()> {
+    let what = format!("pulling {}", req.reference);
+    let mut replies = DistributionClient::new(env.ns.clone())
+        .pull(req)
+        .await
+        .map_err(rpc_error(&what))?
+        .into_inner();
+    let mut view = ProgressView::new(env, "downloading");
+    let mut result = None;
+    while let Some(m) = replies.next().await {
+        let m = m.map_err(|e| {
+            view.finish();
+            rpc_error(&what)(e)
+        })?;
+        match m.event {
+            Some(dpb::pull_response::Event::Progress(p)) => view.show(&p),
+            Some(dpb::pull_response::Event::Result(r)) => result = Some(r),
+            None => {}
+        }
+    }
+    view.finish();
+    let r = result.context("berthd ended the pull without a result")?;
+    let digest = r
+        .target
+        .as_ref()
+        .map(|t| t.digest.clone())
+        .unwrap_or_default();
+    match env.format {
+        Format::Json => output::json(&serde_json::json!({
+            "name": r.name,
+            "digest": digest,
+            "manifest": r.manifest.as_ref().map(|m| m.digest.clone()).unwrap_or_default(),
+            "layers_fetched": r.layers_fetched,
+            "layers_present": r.layers_present,
+            "bytes_fetched": r.bytes_fetched,
+            "chain_id": r.chain_id,
+        }))?,
+        Format::Table => {
+            println!(
+                "pulled {} ({digest}): {} layers fetched ({}), {} already present",
+                r.name,
+                r.layers_fetched,
+                output::human_size(r.bytes_fetched as i64),
+                r.layers_present
+            );
+            if !r.chain_id.is_empty() {
+                println!("unpacked as {}", r.chain_id);
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn push(env: &Env, req: dpb::PushRequest) -> Result<()> {
+    let dest = if req.remote.is_empty() {
+        req.name.clone()
+    } else {
+        req.remote.clone()
+    };
+    let what = format!("pushing {} to {dest}", req.name);
+    let mut replies = DistributionClient::new(env.ns.clone())
+        .push(req)
+        .await
+        .map_err(rpc_error(&what))?
+        .into_inner();
+    let mut view = ProgressView::new(env, "uploading");
+    let mut result = None;
+    while let Some(m) = replies.next().await {
+        let m = m.map_err(|e| {
+            view.finish();
+            rpc_error(&what)(e)
+        })?;
+        match m.event {
+            Some(dpb::push_response::Event::Progress(p)) => view.show(&p),
+            Some(dpb::push_response::Event::Result(r)) => result = Some(r),
+            None => {}
+        }
+    }
+    view.finish();
+    let r = result.context("berthd ended the push without a result")?;
+    let digest = r
+        .target
+        .as_ref()
+        .map(|t| t.digest.clone())
+        .unwrap_or_default();
+    match env.format {
+        Format::Json => output::json(&serde_json::json!({
+            "remote": dest,
+            "digest": digest,
+            "uploaded": r.uploaded,
+            "present": r.present,
+            "mounted": r.mounted,
+            "manifests": r.manifests,
+        }))?,
+        Format::Table => println!(
+            "pushed {dest} ({digest}): {} blobs uploaded, {} already there, {} mounted",
+            r.uploaded, r.present, r.mounted
+        ),
+    }
+    Ok(())
+}
+
+async fn tag(env: &Env, source: String, targets: Vec<String>, force: bool) -> Result<()> {
+    let mut c = ImagesClient::new(env.ns.clone());
+    let src = c
+        .get(pb::GetImageRequest {
+            name: source.clone(),
+        })
+        .await
+        .map_err(rpc_error(format!("image {source}")))?
+        .into_inner()
+        .image
+        .with_context(|| format!("image {source}: berthd returned no image"))?;
+    for t in targets {
+        let img = pb::Image {
+            name: t.clone(),
+            labels: src.labels.clone(),
+            target: src.target.clone(),
+            created_at: None,
+            updated_at: None,
+        };
+        match c
+            .create(pb::CreateImageRequest {
+                image: Some(img.clone()),
+            })
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if e.code() == tonic::Code::AlreadyExists && force => {
+                c.update(pb::UpdateImageRequest {
+                    image: Some(img),
+                    update_mask: Some(prost_types::FieldMask {
+                        paths: vec!["target".into(), "labels".into()],
+                    }),
+                })
+                .await
+                .map_err(rpc_error(format!("retagging {t}")))?;
+            }
+            Err(e) if e.code() == tonic::Code::AlreadyExists => {
+                bail!("image {t} exists already (use --force to replace it)")
+            }
+            Err(e) => return Err(rpc_error(format!("tagging {t}"))(e)),
+        }
+        println!("{t}");
+    }
+    Ok(())
 }

@@ -4,6 +4,7 @@
 pub mod archives;
 pub mod content;
 pub mod diff;
+pub mod distribution;
 pub mod images;
 pub mod introspection;
 pub mod leases;
@@ -14,6 +15,7 @@ pub mod version;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Result;
+use berth_proto::berth::services::distribution::v1::distribution_server::DistributionServer;
 use berth_proto::berth::services::images::v1::archives_server::ArchivesServer;
 use berth_proto::containerd::services::content::v1::content_server::ContentServer;
 use berth_proto::containerd::services::diff::v1::diff_server::DiffServer;
@@ -78,6 +80,12 @@ pub fn router(state: State) -> Result<Router> {
         .add_service(svc!(
             DiffServer,
             diff::DiffService {
+                state: state.clone()
+            }
+        ))
+        .add_service(svc!(
+            DistributionServer,
+            distribution::DistributionService {
                 state: state.clone()
             }
         ))
