@@ -19,6 +19,7 @@ use oci_spec::runtime::LinuxNamespaceType;
 
 use crate::capabilities::{self, CapMasks};
 use crate::config::Config;
+use crate::hooks::{self, HookKind};
 use crate::mounts::CgroupMountSource;
 use crate::sync::{self, Message};
 use crate::{namespaces, rlimits, rootfs, sys, tty};
@@ -102,6 +103,21 @@ fn init(a: &InitArgs<'_>) -> Result<Infallible, Failure> {
     setsid().map_err(|e| format!("setsid: {e}"))?;
 
     rootfs::prepare(cfg, in_userns, a.cgroup_mount)?;
+    // The state for this process's own hooks; the parent sends it with its go-ahead.
+    let mut state_json = String::new();
+    if let Some(hooks) = cfg.spec.hooks().as_ref().filter(|h| wants_round_trip(h)) {
+        sync::send(a.sync, &Message::Hooks).map_err(|e| format!("asking for hooks: {e}"))?;
+        match sync::recv(a.sync) {
+            Ok(Some(Message::State(s))) => state_json = s,
+            Ok(Some(Message::Error(e))) => return Err(e.into()),
+            _ => {
+                return Err("the runtime went away during the createRuntime hooks"
+                    .to_string()
+                    .into())
+            }
+        }
+        hooks::run(hooks, HookKind::CreateContainer, state_json.as_bytes())?;
+    }
     rootfs::pivot(&cfg.rootfs, a.no_pivot)?;
 
     if let Some(h) = cfg.spec.hostname().as_deref().filter(|h| !h.is_empty()) {
@@ -216,12 +232,31 @@ fn init(a: &InitArgs<'_>) -> Result<Infallible, Failure> {
             _ => return Err(Failure::Exec("the runtime went away before start".into())),
         },
     }
+    if let Some(hooks) = cfg.spec.hooks().as_ref() {
+        if !HookKind::StartContainer.of(hooks).is_empty() {
+            hooks::run(hooks, HookKind::StartContainer, state_json.as_bytes())
+                .map_err(Failure::Exec)?;
+        }
+    }
     if let (Some(filter), true) = (a.seccomp, no_new_privs) {
         // As late as possible: only execve runs under the filter from here.
         load_seccomp(filter).map_err(Failure::Exec)?;
     }
     let err = nix::unistd::execve(&path, &argv, &envp).unwrap_err();
     Err(Failure::Exec(format!("exec {}: {err}", program.display())))
+}
+
+/// Whether the init must stop before pivot_root for hooks: createRuntime/prestart run by the
+/// parent then, createContainer by the init, and startContainer needs the state the parent sends.
+pub fn wants_round_trip(hooks: &oci_spec::runtime::Hooks) -> bool {
+    [
+        HookKind::Prestart,
+        HookKind::CreateRuntime,
+        HookKind::CreateContainer,
+        HookKind::StartContainer,
+    ]
+    .iter()
+    .any(|k| !k.of(hooks).is_empty())
 }
 
 /// Load a compiled filter. A notify listener fd (SCMP_ACT_NOTIFY) is not handed to an agent

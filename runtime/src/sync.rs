@@ -15,6 +15,10 @@ pub enum Message {
     Ready,
     /// Child → parent: setting up failed.
     Error(String),
+    /// Child → parent: namespaces and mounts are ready; run the createRuntime hooks.
+    Hooks,
+    /// Parent → child: the hooks ran; here is the container's state for its own hooks.
+    State(String),
 }
 
 /// Create the socketpair (both ends close-on-exec).
@@ -38,6 +42,11 @@ pub fn send(fd: &OwnedFd, msg: &Message) -> std::io::Result<()> {
             buf.push(b'E');
             buf.extend_from_slice(text.as_bytes());
         }
+        Message::Hooks => buf.push(b'H'),
+        Message::State(text) => {
+            buf.push(b'S');
+            buf.extend_from_slice(text.as_bytes());
+        }
     }
     let n = unsafe { libc::send(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len(), 0) };
     if n < 0 {
@@ -48,7 +57,7 @@ pub fn send(fd: &OwnedFd, msg: &Message) -> std::io::Result<()> {
 
 /// Receive a message; `None` when the other end closed without a word.
 pub fn recv(fd: &OwnedFd) -> std::io::Result<Option<Message>> {
-    let mut buf = vec![0u8; 16 * 1024];
+    let mut buf = vec![0u8; 256 * 1024];
     loop {
         let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
         if n < 0 {
@@ -66,6 +75,8 @@ pub fn recv(fd: &OwnedFd) -> std::io::Result<Option<Message>> {
             b'G' => Message::Go,
             b'R' => Message::Ready,
             b'E' => Message::Error(String::from_utf8_lossy(&buf[1..n]).into_owned()),
+            b'H' => Message::Hooks,
+            b'S' => Message::State(String::from_utf8_lossy(&buf[1..n]).into_owned()),
             other => Message::Error(format!("unexpected sync message {other:#x}")),
         }));
     }

@@ -18,6 +18,7 @@ use oci_spec::runtime::LinuxNamespaceType;
 
 use crate::cli::GlobalOpts;
 use crate::config::{self, Config};
+use crate::hooks::{self, HookKind};
 use crate::init::{self, InitArgs, StartGate};
 use crate::mounts::CgroupMountSource;
 use crate::state::{proc_stat, ContainerState, StateDir};
@@ -229,7 +230,25 @@ pub fn spawn(global: &GlobalOpts, opts: &CreateOptions, gate: Gate) -> Result<Sp
             .with_context(|| format!("setting oom_score_adj to {adj}"))?;
     }
     sync::send(&parent_sock, &Message::Go).context("starting init")?;
-    match sync::recv(&parent_sock).context("waiting for init")? {
+    let mut reply = sync::recv(&parent_sock).context("waiting for init")?;
+    if reply == Some(Message::Hooks) {
+        // Namespaces and mounts exist, pivot_root has not happened: the runtime's hooks.
+        let state = hook_state(&opts.id, pid.as_raw(), &cfg, "creating");
+        let hooks = cfg.spec.hooks().clone().unwrap_or_default();
+        let res = hooks::run(&hooks, HookKind::Prestart, state.as_bytes())
+            .and_then(|()| hooks::run(&hooks, HookKind::CreateRuntime, state.as_bytes()));
+        if let Err(e) = res {
+            let _ = sync::send(&parent_sock, &Message::Error(e.clone()));
+            bail!("{e}");
+        }
+        sync::send(
+            &parent_sock,
+            &Message::State(hook_state(&opts.id, pid.as_raw(), &cfg, "created")),
+        )
+        .context("resuming init after hooks")?;
+        reply = sync::recv(&parent_sock).context("waiting for init")?;
+    }
+    match reply {
         Some(Message::Ready) => {}
         Some(Message::Error(msg)) => bail!("{msg}"),
         Some(other) => bail!("unexpected message from init: {other:?}"),
@@ -270,6 +289,19 @@ pub fn spawn(global: &GlobalOpts, opts: &CreateOptions, gate: Gate) -> Result<Sp
         sync: parent_sock,
         console_peer,
     })
+}
+
+/// The OCI state JSON that hooks read on stdin.
+pub fn hook_state(id: &str, pid: i32, cfg: &Config, status: &str) -> String {
+    serde_json::json!({
+        "ociVersion": crate::OCI_VERSION,
+        "id": id,
+        "status": status,
+        "pid": pid,
+        "bundle": cfg.bundle,
+        "annotations": cfg.spec.annotations().clone().unwrap_or_default(),
+    })
+    .to_string()
 }
 
 /// Compile the config's seccomp profile (from the cache under `<root>/seccomp-cache` when the

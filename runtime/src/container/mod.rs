@@ -25,6 +25,7 @@ pub use ops::{
 pub use run::run;
 
 use crate::cli::GlobalOpts;
+use crate::hooks::HookKind;
 use crate::signals;
 use crate::state::{self, ContainerState, OciState, StateDir, StateError, Status};
 
@@ -65,7 +66,37 @@ pub fn start(global: &GlobalOpts, id: &str) -> Result<()> {
     }
     std::fs::remove_file(&fifo_path)
         .with_context(|| format!("removing {}", fifo_path.display()))?;
+    if let Err(e) = run_hooks(&st, HookKind::Poststart, "running") {
+        // A failed poststart hook fails start and stops the container.
+        let _ = send_signal(Pid::from_raw(st.pid), Signal::SIGKILL);
+        return Err(e);
+    }
     Ok(())
+}
+
+/// Run the config's hooks of `kind` with the container's state (`status`) on their stdin. The
+/// config is read again from the bundle.
+pub fn run_hooks(st: &ContainerState, kind: HookKind, status: &str) -> Result<()> {
+    let text = match std::fs::read(st.bundle.join("config.json")) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(
+                "{kind} hooks: reading {}/config.json: {e}",
+                st.bundle.display()
+            );
+            return Ok(());
+        }
+    };
+    let spec = crate::config::parse(&text)?;
+    let Some(hooks) = spec.hooks().as_ref() else {
+        return Ok(());
+    };
+    if kind.of(hooks).is_empty() {
+        return Ok(());
+    }
+    let mut v = serde_json::to_value(st.to_oci(Status::Running))?;
+    v["status"] = serde_json::Value::String(status.to_string());
+    crate::hooks::run(hooks, kind, v.to_string().as_bytes()).map_err(|e| anyhow!(e))
 }
 
 /// `state`: the OCI state of a container.
@@ -135,6 +166,10 @@ pub fn delete(global: &GlobalOpts, id: &str, force: bool) -> Result<()> {
         _ => {}
     }
     destroy(&st)?;
+    // Poststop hook failures are only warnings (runtime-spec).
+    if let Err(e) = run_hooks(&st, HookKind::Poststop, "stopped") {
+        tracing::warn!("{e:#}");
+    }
     dir.remove()?;
     Ok(())
 }

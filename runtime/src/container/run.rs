@@ -12,8 +12,9 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-use super::{create::spawn, destroy, CreateOptions, Gate};
+use super::{create::spawn, destroy, run_hooks, CreateOptions, Gate};
 use crate::cli::GlobalOpts;
+use crate::hooks::HookKind;
 use crate::sync::{self, Message};
 
 /// Create, start and (unless `detach`) wait for the container; returns its exit code.
@@ -35,6 +36,12 @@ pub fn run(global: &GlobalOpts, opts: &CreateOptions, detach: bool, keep: bool) 
         mask.thread_block().context("blocking signals")?;
     }
     sync::send(&spawned.sync, &Message::Go).context("starting the container")?;
+    if let Err(e) = run_hooks(&spawned.state, HookKind::Poststart, "running") {
+        let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+        let _ = destroy(&spawned.state);
+        let _ = spawned.dir.remove();
+        return Err(e);
+    }
     if detach {
         return Ok(0);
     }
@@ -44,6 +51,9 @@ pub fn run(global: &GlobalOpts, opts: &CreateOptions, detach: bool, keep: bool) 
 
     if !keep {
         destroy(&spawned.state)?;
+        if let Err(e) = run_hooks(&spawned.state, HookKind::Poststop, "stopped") {
+            tracing::warn!("{e:#}");
+        }
         spawned.dir.remove()?;
     }
     Ok(code)
