@@ -22,7 +22,7 @@ use crate::config::Config;
 use crate::hooks::{self, HookKind};
 use crate::mounts::CgroupMountSource;
 use crate::sync::{self, Message};
-use crate::{namespaces, rlimits, rootfs, sys, tty};
+use crate::{namespaces, rlimits, rootfs, sched, sys, tty};
 
 /// How the init waits between "ready" and exec.
 pub enum StartGate<'a> {
@@ -100,6 +100,14 @@ fn init(a: &InitArgs<'_>) -> Result<Infallible, Failure> {
         unshare(unshare_flags)
             .map_err(|e| format!("unsharing namespaces {unshare_flags:?}: {e}"))?;
     }
+    if let Some(offsets) = cfg
+        .spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.time_offsets().as_ref())
+    {
+        sched::write_time_offsets(offsets)?;
+    }
     setsid().map_err(|e| format!("setsid: {e}"))?;
 
     rootfs::prepare(cfg, in_userns, a.cgroup_mount)?;
@@ -151,6 +159,15 @@ fn init(a: &InitArgs<'_>) -> Result<Infallible, Failure> {
     if let Some(limits) = process.rlimits() {
         rlimits::apply(limits)?;
     }
+    if let Some(linux) = cfg.spec.linux().as_ref() {
+        if let Some(p) = linux.personality() {
+            sched::set_personality(p)?;
+        }
+        if let Some(m) = linux.memory_policy() {
+            sched::set_memory_policy(m)?;
+        }
+    }
+    sched::apply_process(process)?;
 
     let env: Vec<String> = process.env().clone().unwrap_or_default();
     let args: &[String] = process.args().as_deref().unwrap_or(&[]);

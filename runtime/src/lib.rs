@@ -18,6 +18,7 @@ pub mod mounts;
 pub mod namespaces;
 pub mod rlimits;
 pub mod rootfs;
+pub mod sched;
 pub mod seccomp;
 pub mod signals;
 pub mod spec;

@@ -1,7 +1,7 @@
 //! config.json's mounts: option strings to mount(2) flags, and mounting each entry onto a target
 //! opened inside the rootfs (so a symlinked destination can never lead out of it).
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, MsFlags};
@@ -21,6 +21,8 @@ pub struct MountOptions {
     pub propagation: Vec<MsFlags>,
     /// Options passed to the filesystem as data (`mode=755`, `size=64k`).
     pub data: Vec<String>,
+    /// Recursive attributes (`rro`, `rnosuid`...): (set, clear) for mount_setattr(AT_RECURSIVE).
+    pub recursive: (u64, u64),
 }
 
 impl Default for MountOptions {
@@ -30,6 +32,7 @@ impl Default for MountOptions {
             cleared: MsFlags::empty(),
             propagation: Vec::new(),
             data: Vec::new(),
+            recursive: (0, 0),
         }
     }
 }
@@ -91,6 +94,13 @@ pub fn parse_options(options: &[String]) -> MountOptions {
             }
             // Handled elsewhere or not meaningful for mount(2).
             "tmpcopyup" => continue,
+            r if recursive_attr(r).is_some() => {
+                if let Some((set, clear)) = recursive_attr(r) {
+                    o.recursive.0 = (o.recursive.0 & !clear) | set;
+                    o.recursive.1 = (o.recursive.1 & !set) | clear;
+                }
+                continue;
+            }
             _ => {
                 o.data.push(opt.clone());
                 continue;
@@ -100,6 +110,75 @@ pub fn parse_options(options: &[String]) -> MountOptions {
         o.cleared = (o.cleared - set) | clear;
     }
     o
+}
+
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NOSUID: u64 = 0x2;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
+const MOUNT_ATTR_NOEXEC: u64 = 0x8;
+const MOUNT_ATTR_ATIME: u64 = 0x70;
+const MOUNT_ATTR_NOATIME: u64 = 0x10;
+const MOUNT_ATTR_STRICTATIME: u64 = 0x20;
+const MOUNT_ATTR_NODIRATIME: u64 = 0x80;
+const MOUNT_ATTR_NOSYMFOLLOW: u64 = 0x200000;
+
+/// The (set, clear) mount attributes of a recursive option (`rro`, `rnoexec`, `ratime`...).
+pub fn recursive_attr(name: &str) -> Option<(u64, u64)> {
+    Some(match name {
+        "rro" => (MOUNT_ATTR_RDONLY, 0),
+        "rrw" => (0, MOUNT_ATTR_RDONLY),
+        "rnosuid" => (MOUNT_ATTR_NOSUID, 0),
+        "rsuid" => (0, MOUNT_ATTR_NOSUID),
+        "rnodev" => (MOUNT_ATTR_NODEV, 0),
+        "rdev" => (0, MOUNT_ATTR_NODEV),
+        "rnoexec" => (MOUNT_ATTR_NOEXEC, 0),
+        "rexec" => (0, MOUNT_ATTR_NOEXEC),
+        "rnodiratime" => (MOUNT_ATTR_NODIRATIME, 0),
+        "rdiratime" => (0, MOUNT_ATTR_NODIRATIME),
+        // The atime modes share one field: clearing it with a value selects that mode.
+        "rrelatime" | "rnostrictatime" => (0, MOUNT_ATTR_ATIME),
+        "rnoatime" => (MOUNT_ATTR_NOATIME, MOUNT_ATTR_ATIME),
+        "rstrictatime" => (MOUNT_ATTR_STRICTATIME, MOUNT_ATTR_ATIME),
+        "ratime" | "rnorelatime" => (MOUNT_ATTR_STRICTATIME, MOUNT_ATTR_ATIME),
+        "rnosymfollow" => (MOUNT_ATTR_NOSYMFOLLOW, 0),
+        "rsymfollow" => (0, MOUNT_ATTR_NOSYMFOLLOW),
+        _ => return None,
+    })
+}
+
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// mount_setattr(fd, "", AT_EMPTY_PATH | AT_RECURSIVE) with the recursive attributes.
+fn set_recursive_attrs(fd: &impl AsRawFd, (set, clear): (u64, u64)) -> nix::Result<()> {
+    let attr = MountAttr {
+        attr_set: set,
+        // Setting an atime mode requires clearing the whole atime field.
+        attr_clr: clear
+            | if set & MOUNT_ATTR_ATIME != 0 {
+                MOUNT_ATTR_ATIME
+            } else {
+                0
+            },
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            (libc::AT_EMPTY_PATH | libc::AT_RECURSIVE) as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    nix::errno::Errno::result(rc).map(drop)
 }
 
 /// The mount(2) flag of a propagation name (`rslave`, `private`...).
@@ -272,10 +351,13 @@ fn reopen(root: &impl AsFd, dest: &Path) -> nix::Result<OwnedFd> {
 }
 
 fn apply_propagation(root: &impl AsFd, dest: &Path, opts: &MountOptions) -> nix::Result<()> {
-    if opts.propagation.is_empty() {
+    if opts.propagation.is_empty() && opts.recursive == (0, 0) {
         return Ok(());
     }
     let target = reopen(root, dest)?;
+    if opts.recursive != (0, 0) {
+        set_recursive_attrs(&target, opts.recursive)?;
+    }
     for flag in &opts.propagation {
         mount(
             None::<&str>,
@@ -399,6 +481,16 @@ mod tests {
         assert!(o.is_bind());
         assert_eq!(o.remount_flags(), MsFlags::MS_RDONLY);
         assert_eq!(o.propagation, vec![MsFlags::MS_PRIVATE | MsFlags::MS_REC]);
+    }
+
+    #[test]
+    fn recursive_attributes_are_not_data() {
+        let o = opts(&["rbind", "rro", "rnosuid", "rnoatime"]);
+        assert!(o.data.is_empty());
+        assert_eq!(
+            o.recursive.0,
+            MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOATIME
+        );
     }
 
     #[test]

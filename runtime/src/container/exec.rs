@@ -297,6 +297,7 @@ fn exec_child(
     if let Some(limits) = process.rlimits() {
         rlimits::apply(limits)?;
     }
+    crate::sched::apply_process(process)?;
     let env: Vec<String> = process.env().clone().unwrap_or_default();
     let args: &[String] = process.args().as_deref().unwrap_or(&[]);
     let user = process.user();
