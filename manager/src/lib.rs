@@ -5,3 +5,4 @@ pub mod cli;
 pub mod client;
 pub mod daemon;
 pub mod identifiers;
+pub mod tasks;

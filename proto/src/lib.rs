@@ -83,5 +83,6 @@ pub mod berth {
     }
 }
 
+pub use prost;
 pub use prost_types;
 pub use tonic;

@@ -2,14 +2,17 @@
 //! map errors.
 
 pub mod archives;
+pub mod containers;
 pub mod content;
 pub mod diff;
 pub mod distribution;
+pub mod events;
 pub mod images;
 pub mod introspection;
 pub mod leases;
 pub mod namespaces;
 pub mod snapshots;
+pub mod tasks;
 pub mod version;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,13 +20,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Result;
 use berth_proto::berth::services::distribution::v1::distribution_server::DistributionServer;
 use berth_proto::berth::services::images::v1::archives_server::ArchivesServer;
+use berth_proto::containerd::services::containers::v1::containers_server::ContainersServer;
 use berth_proto::containerd::services::content::v1::content_server::ContentServer;
 use berth_proto::containerd::services::diff::v1::diff_server::DiffServer;
+use berth_proto::containerd::services::events::v1::events_server::EventsServer;
 use berth_proto::containerd::services::images::v1::images_server::ImagesServer;
 use berth_proto::containerd::services::introspection::v1::introspection_server::IntrospectionServer;
 use berth_proto::containerd::services::leases::v1::leases_server::LeasesServer;
 use berth_proto::containerd::services::namespaces::v1::namespaces_server::NamespacesServer;
 use berth_proto::containerd::services::snapshots::v1::snapshots_server::SnapshotsServer;
+use berth_proto::containerd::services::tasks::v1::tasks_server::TasksServer;
 use berth_proto::containerd::services::version::v1::version_server::VersionServer;
 use tonic::transport::server::Router;
 use tonic::transport::Server;
@@ -83,6 +89,14 @@ pub fn router(state: State) -> Result<Router> {
                 state: state.clone()
             }
         ))
+        .add_service(svc!(
+            ContainersServer,
+            containers::ContainersService {
+                state: state.clone()
+            }
+        ))
+        .add_service(svc!(TasksServer, tasks::TasksService::new(state.clone())))
+        .add_service(svc!(EventsServer, events::EventsService))
         .add_service(svc!(
             DistributionServer,
             distribution::DistributionService {

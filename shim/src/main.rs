@@ -1,0 +1,171 @@
+//! berth-shim: one per container, started by berthd's task manager.
+//!
+//! `berth-shim BUNDLE ID RUNTIME RUNTIME_ROOT STDIN STDOUT STDERR` (an empty stdio path means
+//! /dev/null). It forks; the child becomes a session leader and a child subreaper, runs
+//! `RUNTIME create` with the stdio files as the container's fds 0/1/2, binds `BUNDLE/shim.sock`
+//! and tells the parent, which prints the init pid and exits 0 (or prints the runtime's error
+//! and exits 1). The child then stays as the container's parent: it reaps every process, writes
+//! each exit status to a file in the bundle (`exit` for the init process, `exec-<id>.exit` for
+//! execs: `CODE SECS NANOS`) and answers one-line requests on the socket:
+//!
+//! - `wait <exec-id>` — replies `CODE SECS NANOS` when that process has exited;
+//! - `exec <exec-id>` — runs `RUNTIME exec --process BUNDLE/exec-<id>.json --detach` with stdio from
+//!   `BUNDLE/exec-<id>.io` (three lines), replies `ok PID` or `err MESSAGE`;
+//! - `shutdown` — replies `ok` and exits (berthd sends it when the task is deleted).
+//!
+//! The exit files and the runtime's own state are the source of truth, so berthd can die and
+//! come back at any time. Single-threaded, no async runtime, only libc: a few hundred KB of RSS.
+
+mod proc;
+mod server;
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// What the shim was started with.
+#[derive(Debug, Clone)]
+pub struct Args {
+    /// The bundle dir (config.json, rootfs, the shim's files).
+    pub bundle: PathBuf,
+    /// The container id.
+    pub id: String,
+    /// The runtime binary.
+    pub runtime: PathBuf,
+    /// The runtime's `--root`.
+    pub runtime_root: PathBuf,
+    /// The init process's stdio paths.
+    pub stdio: [String; 3],
+}
+
+fn parse_args() -> Result<Args, String> {
+    let a: Vec<String> = std::env::args().skip(1).collect();
+    if a.len() != 7 {
+        return Err(
+            "usage: berth-shim BUNDLE ID RUNTIME RUNTIME_ROOT STDIN STDOUT STDERR".to_string(),
+        );
+    }
+    Ok(Args {
+        bundle: PathBuf::from(&a[0]),
+        id: a[1].clone(),
+        runtime: PathBuf::from(&a[2]),
+        runtime_root: PathBuf::from(&a[3]),
+        stdio: [a[4].clone(), a[5].clone(), a[6].clone()],
+    })
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("berth-shim: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills the two-element array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        eprintln!("berth-shim: pipe: {}", std::io::Error::last_os_error());
+        return ExitCode::from(1);
+    }
+    // SAFETY: the fds were just created and are owned here only.
+    let (rd, wr) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+    // SAFETY: single-threaded at this point; the child only continues this program.
+    match unsafe { libc::fork() } {
+        -1 => {
+            eprintln!("berth-shim: fork: {}", std::io::Error::last_os_error());
+            ExitCode::from(1)
+        }
+        0 => {
+            drop(rd);
+            supervise(args, wr)
+        }
+        _ => {
+            drop(wr);
+            report(rd)
+        }
+    }
+}
+
+/// The parent: relays the child's verdict and exits.
+fn report(mut rd: File) -> ExitCode {
+    let mut msg = String::new();
+    if let Err(e) = rd.read_to_string(&mut msg) {
+        eprintln!("berth-shim: reading the supervisor's report: {e}");
+        return ExitCode::from(1);
+    }
+    match msg.strip_prefix("ok ") {
+        Some(pid) => {
+            println!("{}", pid.trim());
+            ExitCode::SUCCESS
+        }
+        None => {
+            let m = msg.strip_prefix("err ").unwrap_or(&msg).trim();
+            if m.is_empty() {
+                eprintln!("supervisor died before the container was created");
+            } else {
+                eprintln!("{m}");
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// The child: creates the container, then serves until `shutdown`.
+fn supervise(args: Args, mut wr: File) -> ExitCode {
+    let setup = || -> Result<(u32, server::Server), String> {
+        // SAFETY: plain syscalls on this process.
+        unsafe {
+            libc::setsid();
+            if libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0 {
+                return Err(format!(
+                    "PR_SET_CHILD_SUBREAPER: {}",
+                    std::io::Error::last_os_error()
+                ));
+            }
+        }
+        detach_stdio(&args.bundle);
+        let sigfd = proc::block_sigchld().map_err(|e| format!("signalfd: {e}"))?;
+        let pid = proc::create(&args)?;
+        let srv = server::Server::bind(args.clone(), sigfd, pid)?;
+        Ok((pid, srv))
+    };
+    match setup() {
+        Ok((pid, mut srv)) => {
+            let _ = write!(wr, "ok {pid}");
+            drop(wr);
+            srv.run();
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let _ = write!(wr, "err {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Points the shim's own fds 0/1/2 away from berthd (stderr to `BUNDLE/shim.log`), so it does
+/// not hold berthd's pipes or terminal.
+fn detach_stdio(bundle: &std::path::Path) {
+    let null = File::options().read(true).write(true).open("/dev/null");
+    let log = File::options()
+        .create(true)
+        .append(true)
+        .open(bundle.join("shim.log"));
+    if let Ok(null) = null {
+        let null: OwnedFd = null.into();
+        // SAFETY: dup2 onto the standard fds.
+        unsafe {
+            libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 0);
+            libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 1);
+        }
+    }
+    if let Ok(log) = log {
+        // SAFETY: dup2 onto stderr.
+        unsafe {
+            libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&log), 2);
+        }
+    }
+}

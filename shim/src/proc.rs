@@ -1,0 +1,210 @@
+//! Running the runtime, the container's stdio files, SIGCHLD as a file descriptor, and exit
+//! statuses.
+
+use std::fs::File;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use crate::Args;
+
+/// Blocks SIGCHLD and returns a signalfd that becomes readable when a child changes state.
+pub fn block_sigchld() -> std::io::Result<OwnedFd> {
+    // SAFETY: sigset manipulation on a local, then plain syscalls.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGCHLD);
+        if libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(OwnedFd::from_raw_fd(fd))
+    }
+}
+
+/// Opens one stdio path for the container: empty is /dev/null; a FIFO is opened without blocking
+/// (read side for stdin; read-write for output so the open never waits for a reader); a regular
+/// file is read (stdin) or appended to (output, created if missing).
+pub fn open_stdio(path: &str, input: bool) -> Result<File, String> {
+    let path = if path.is_empty() { "/dev/null" } else { path };
+    let fifo = std::fs::metadata(path)
+        .map(|m| m.file_type().is_fifo())
+        .unwrap_or(false);
+    let mut o = File::options();
+    if fifo {
+        if input {
+            o.read(true).custom_flags(libc::O_NONBLOCK);
+        } else {
+            o.read(true).write(true);
+        }
+    } else if input {
+        o.read(true);
+    } else {
+        o.append(true).create(true);
+    }
+    let f = o
+        .open(path)
+        .map_err(|e| format!("opening stdio {path}: {e}"))?;
+    if fifo && input {
+        // The container reads blocking.
+        // SAFETY: fcntl on an fd owned by `f`.
+        unsafe {
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
+            let fl = libc::fcntl(fd, libc::F_GETFL);
+            libc::fcntl(fd, libc::F_SETFL, fl & !libc::O_NONBLOCK);
+        }
+    }
+    Ok(f)
+}
+
+fn runtime(args: &Args) -> Command {
+    let mut c = Command::new(&args.runtime);
+    c.arg("--root")
+        .arg(&args.runtime_root)
+        .arg("--log")
+        .arg(args.bundle.join("log.json"))
+        .arg("--log-format")
+        .arg("json");
+    c
+}
+
+/// The last error the runtime logged to `BUNDLE/log.json`, if any.
+pub fn runtime_error(bundle: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(bundle.join("log.json")).ok()?;
+    text.lines().rev().find_map(|l| {
+        if !l.contains("\"level\":\"error\"") {
+            return None;
+        }
+        json_string_field(l, "msg")
+    })
+}
+
+/// The value of `"key":"..."` in a one-line JSON object (enough for runc-style log lines;
+/// handles the common escapes).
+fn json_string_field(line: &str, key: &str) -> Option<String> {
+    let pat = format!("\"{key}\":\"");
+    let start = line.find(&pat)? + pat.len();
+    let mut out = String::new();
+    let mut chars = line[start..].chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => return Some(out),
+            '\\' => match chars.next()? {
+                'n' => out.push('\n'),
+                't' => out.push('\t'),
+                other => out.push(other),
+            },
+            c => out.push(c),
+        }
+    }
+    None
+}
+
+/// Runs the runtime with the given stdio and waits for it; on failure, the runtime's logged
+/// error (or its exit status).
+fn run(mut cmd: Command, stdio: [File; 3], what: &str, bundle: &Path) -> Result<(), String> {
+    let [i, o, e] = stdio;
+    cmd.stdin(Stdio::from(i))
+        .stdout(Stdio::from(o))
+        .stderr(Stdio::from(e));
+    let status = cmd
+        .status()
+        .map_err(|e| format!("running the runtime for {what}: {e}"))?;
+    if status.success() {
+        return Ok(());
+    }
+    Err(runtime_error(bundle).unwrap_or_else(|| format!("runtime {what} failed: {status}")))
+}
+
+fn read_pid(path: &Path) -> Result<u32, String> {
+    let s = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    s.trim()
+        .parse()
+        .map_err(|e| format!("{}: bad pid {s:?}: {e}", path.display()))
+}
+
+fn open_all(paths: &[String; 3]) -> Result<[File; 3], String> {
+    Ok([
+        open_stdio(&paths[0], true)?,
+        open_stdio(&paths[1], false)?,
+        open_stdio(&paths[2], false)?,
+    ])
+}
+
+/// `RUNTIME create`: the init process exists, blocked until `start`; returns its pid.
+pub fn create(args: &Args) -> Result<u32, String> {
+    let stdio = open_all(&args.stdio)?;
+    let pid_file = args.bundle.join("init.pid");
+    let mut cmd = runtime(args);
+    cmd.arg("create")
+        .arg("--bundle")
+        .arg(&args.bundle)
+        .arg("--pid-file")
+        .arg(&pid_file)
+        .arg(&args.id);
+    run(cmd, stdio, "create", &args.bundle)?;
+    read_pid(&pid_file)
+}
+
+/// `RUNTIME exec --detach` of `BUNDLE/exec-<id>.json` with the stdio named in
+/// `BUNDLE/exec-<id>.io`; returns the new process's pid.
+pub fn exec(args: &Args, exec_id: &str) -> Result<u32, String> {
+    let io_path = args.bundle.join(format!("exec-{exec_id}.io"));
+    let io = std::fs::read_to_string(&io_path)
+        .map_err(|e| format!("exec {exec_id:?} is not registered: {e}"))?;
+    let mut lines = io.lines().map(str::to_string);
+    let paths = [
+        lines.next().unwrap_or_default(),
+        lines.next().unwrap_or_default(),
+        lines.next().unwrap_or_default(),
+    ];
+    let stdio = open_all(&paths)?;
+    let pid_file = args.bundle.join(format!("exec-{exec_id}.pid"));
+    let mut cmd = runtime(args);
+    cmd.arg("exec")
+        .arg("--process")
+        .arg(args.bundle.join(format!("exec-{exec_id}.json")))
+        .arg("--detach")
+        .arg("--pid-file")
+        .arg(&pid_file)
+        .arg(&args.id);
+    run(cmd, stdio, "exec", &args.bundle)?;
+    read_pid(&pid_file)
+}
+
+/// A wait status as a shell-style exit code (128+signal when killed).
+pub fn exit_code(status: libc::c_int) -> u32 {
+    if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status) as u32
+    } else if libc::WIFSIGNALED(status) {
+        128 + libc::WTERMSIG(status) as u32
+    } else {
+        255
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_error_is_read_from_the_last_error_line() {
+        let line =
+            r#"{"level":"error","msg":"exec: \"nope\": executable file not found","time":"x"}"#;
+        assert_eq!(
+            json_string_field(line, "msg").as_deref(),
+            Some("exec: \"nope\": executable file not found")
+        );
+    }
+
+    #[test]
+    fn signals_map_to_128_plus() {
+        assert_eq!(exit_code(9), 137);
+        assert_eq!(exit_code(3 << 8), 3);
+    }
+}
