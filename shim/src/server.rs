@@ -195,6 +195,19 @@ impl Server {
         self.waiters = keep;
     }
 
+    /// Tells those waiting for an exec that failed to start.
+    fn fail_waiters(&mut self, id: &str, msg: &str) {
+        let mut keep = Vec::new();
+        for (wid, mut s) in self.waiters.drain(..) {
+            if wid == id {
+                let _ = writeln!(s, "err {msg}");
+            } else {
+                keep.push((wid, s));
+            }
+        }
+        self.waiters = keep;
+    }
+
     /// Answers one request; true on `shutdown`.
     fn handle(&mut self, s: UnixStream) -> bool {
         let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
@@ -214,6 +227,12 @@ impl Server {
                     let _ = writeln!(s, "{}", exit.line());
                 }
                 Some(_) => self.waiters.push((arg.to_string(), s)),
+                // A registered exec not started yet: clients wait before they start.
+                None if !arg.is_empty()
+                    && self.args.bundle.join(format!("exec-{arg}.json")).exists() =>
+                {
+                    self.waiters.push((arg.to_string(), s))
+                }
                 None => {
                     let _ = writeln!(s, "err no process {arg:?}");
                 }
@@ -230,7 +249,11 @@ impl Server {
                             }
                             format!("ok {pid}")
                         }
-                        Err(e) => format!("err {}", e.replace('\n', " ")),
+                        Err(e) => {
+                            let e = e.replace('\n', " ");
+                            self.fail_waiters(arg, &e);
+                            format!("err {e}")
+                        }
                     }
                 };
                 let _ = writeln!(s, "{reply}");
