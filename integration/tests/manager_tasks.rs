@@ -1,0 +1,405 @@
+//! Containers run by berthd, driven by Debian's unmodified `ctr` 1.6: run --rm with output and
+//! exit code, detached tasks with exec/ps/pause/resume/kill/rm, limits read back from the kernel,
+//! events, berthd crashing while containers run, and bad input leaving nothing behind.
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use berth_integration::manager::{mounts_under, unique, Berthd};
+use fixture::{bundles, import, run_image, supervisors_under, Cleanup};
+
+const IMAGE: &str = "docker.io/berth/run:v1";
+
+fn daemon(ns: &str) -> Berthd {
+    let d = Berthd::start().unwrap();
+    import(&d, ns, &run_image(IMAGE).unwrap()).unwrap();
+    d
+}
+
+/// Nothing of namespace `ns` is left: no bundle, no mount under the state dir, no supervisor,
+/// no container record.
+#[track_caller]
+fn assert_nothing_left(d: &Berthd, ns: &str) {
+    assert_eq!(
+        bundles(d, ns),
+        Vec::<std::path::PathBuf>::new(),
+        "bundles left"
+    );
+    let tasks = d.state().join("tasks");
+    assert_eq!(
+        mounts_under(&tasks),
+        Vec::<std::path::PathBuf>::new(),
+        "mounts left"
+    );
+    assert_eq!(
+        supervisors_under(&tasks.join(ns)),
+        Vec::<i32>::new(),
+        "supervisors left"
+    );
+}
+
+fn status_of(d: &Berthd, ns: &str, id: &str) -> String {
+    let out = d.ctr(ns, &["tasks", "ls"]);
+    out.ok()
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(id))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .unwrap_or("")
+        .to_string()
+}
+
+fn wait_status(d: &Berthd, ns: &str, id: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if status_of(d, ns, id) == want {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("task {id} never became {want}: {}", status_of(d, ns, id));
+}
+
+#[test]
+fn ctr_run_rm_prints_output_and_passes_the_exit_code() {
+    let ns = unique("run");
+    let d = daemon(&ns);
+    let _g = Cleanup::new(&d, &ns);
+    let out = d.ctr(&ns, &["run", "--rm", IMAGE, &unique("c"), "echo", "hi"]);
+    assert_eq!(out.ok(), "hi\n");
+    let out = d.ctr(
+        &ns,
+        &["run", "--rm", IMAGE, &unique("c"), "sh", "-c", "exit 3"],
+    );
+    assert_eq!(out.code, 3, "{out:?}");
+    assert_nothing_left(&d, &ns);
+    assert_eq!(d.ctr(&ns, &["containers", "ls", "-q"]).ok(), "");
+}
+
+#[test]
+fn ctr_detached_task_exec_ps_pause_resume_kill_rm() {
+    let ns = unique("det");
+    let d = daemon(&ns);
+    let _g = Cleanup::new(&d, &ns);
+    let id = unique("c");
+    d.ctr(
+        &ns,
+        &[
+            "run",
+            "-d",
+            "--memory-limit",
+            "67108864",
+            IMAGE,
+            &id,
+            "sleep",
+            "1000",
+        ],
+    )
+    .ok();
+    assert_eq!(status_of(&d, &ns, &id), "RUNNING");
+    // The limit is what the kernel enforces for the container's cgroup.
+    let ps = d.ctr(&ns, &["task", "ps", &id]).ok().to_string();
+    let pid: u32 = ps
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {ps}"));
+    let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let mem = cg
+        .lines()
+        .find_map(|l| l.split_once(":memory:").map(|(_, p)| p.to_string()))
+        .unwrap_or_else(|| panic!("no memory cgroup in {cg}"));
+    let limit =
+        std::fs::read_to_string(format!("/sys/fs/cgroup/memory{mem}/memory.limit_in_bytes"))
+            .unwrap();
+    assert_eq!(limit.trim(), "67108864");
+
+    let out = d.ctr(
+        &ns,
+        &["task", "exec", "--exec-id", "e1", &id, "echo", "from-exec"],
+    );
+    assert_eq!(out.ok(), "from-exec\n");
+    let out = d.ctr(
+        &ns,
+        &["task", "exec", "--exec-id", "e2", &id, "sh", "-c", "exit 5"],
+    );
+    assert_eq!(out.code, 5, "{out:?}");
+
+    d.ctr(&ns, &["task", "pause", &id]).ok();
+    assert_eq!(status_of(&d, &ns, &id), "PAUSED");
+    let frz = cg
+        .lines()
+        .find_map(|l| l.split_once(":freezer:").map(|(_, p)| p.to_string()))
+        .unwrap();
+    let state =
+        std::fs::read_to_string(format!("/sys/fs/cgroup/freezer{frz}/freezer.state")).unwrap();
+    assert_eq!(state.trim(), "FROZEN");
+    d.ctr(&ns, &["task", "resume", &id]).ok();
+    assert_eq!(status_of(&d, &ns, &id), "RUNNING");
+
+    // Deleting a running task is refused.
+    let err = d.ctr(&ns, &["task", "rm", &id]).err().to_string();
+    assert!(err.contains("must be stopped"), "{err}");
+    d.ctr(&ns, &["task", "kill", "-s", "9", &id]).ok();
+    wait_status(&d, &ns, &id, "STOPPED");
+    let out = d.ctr(&ns, &["task", "rm", &id]);
+    assert!(out.stderr.contains("137"), "{out:?}");
+    d.ctr(&ns, &["containers", "rm", &id]).ok();
+    assert_nothing_left(&d, &ns);
+    assert!(
+        !std::path::Path::new(&format!("/sys/fs/cgroup/memory{mem}")).exists(),
+        "cgroup {mem} left"
+    );
+}
+
+#[test]
+fn containers_survive_a_berthd_crash_and_are_found_again() {
+    let ns = unique("crash");
+    let mut d = daemon(&ns);
+    let ids: Vec<String> = (0..3).map(|_| unique("c")).collect();
+    let ended = unique("end");
+    for id in &ids {
+        d.ctr(&ns, &["run", "-d", IMAGE, id, "sleep", "1000"]).ok();
+    }
+    d.ctr(
+        &ns,
+        &["run", "-d", IMAGE, &ended, "sh", "-c", "sleep 1; exit 7"],
+    )
+    .ok();
+    d.crash();
+    std::thread::sleep(Duration::from_millis(1500));
+    d.restart().unwrap();
+    let _g = Cleanup::new(&d, &ns);
+    for id in &ids {
+        assert_eq!(status_of(&d, &ns, id), "RUNNING", "{id}");
+    }
+    wait_status(&d, &ns, &ended, "STOPPED");
+    let out = d.ctr(
+        &ns,
+        &[
+            "task",
+            "exec",
+            "--exec-id",
+            "x",
+            &ids[0],
+            "echo",
+            "still-here",
+        ],
+    );
+    assert_eq!(out.ok(), "still-here\n");
+    let out = d.ctr(&ns, &["task", "rm", &ended]);
+    assert!(out.stderr.contains("exit code 7"), "{out:?}");
+}
+
+#[test]
+fn ctr_events_shows_task_and_container_events() {
+    let ns = unique("ev");
+    let d = daemon(&ns);
+    let _g = Cleanup::new(&d, &ns);
+    let mut ev = Command::new("ctr")
+        .arg("-a")
+        .arg(d.socket())
+        .args(["events"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let id = unique("c");
+    d.ctr(&ns, &["run", "--rm", IMAGE, &id, "true"]).ok();
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = ev.kill();
+    let mut text = String::new();
+    ev.stdout.take().unwrap().read_to_string(&mut text).unwrap();
+    let _ = ev.wait();
+    for topic in [
+        "/containers/create",
+        "/tasks/create",
+        "/tasks/start",
+        "/tasks/exit",
+        "/tasks/delete",
+        "/containers/delete",
+    ] {
+        assert!(
+            text.lines()
+                .any(|l| l.contains(&ns) && l.contains(topic) && l.contains(&id)),
+            "{topic} missing:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn bad_input_gives_clear_errors_and_leaves_nothing() {
+    let ns = unique("bad");
+    let d = daemon(&ns);
+    let _g = Cleanup::new(&d, &ns);
+
+    // A command that is not in the image.
+    let out = d.ctr(&ns, &["run", "--rm", IMAGE, &unique("c"), "no-such-cmd"]);
+    assert!(out.err().contains("executable file not found"), "{out:?}");
+    assert_nothing_left(&d, &ns);
+
+    // An image that is not in the store.
+    let out = d.ctr(
+        &ns,
+        &[
+            "run",
+            "--rm",
+            "docker.io/berth/absent:v1",
+            &unique("c"),
+            "true",
+        ],
+    );
+    assert!(out.err().contains("not found"), "{out:?}");
+
+    // A duplicate container id.
+    let id = unique("dup");
+    d.ctr(&ns, &["run", "-d", IMAGE, &id, "sleep", "1000"]).ok();
+    let out = d.ctr(&ns, &["run", "-d", IMAGE, &id, "true"]);
+    assert!(out.err().contains("already exists"), "{out:?}");
+    d.ctr(&ns, &["task", "kill", "-s", "9", &id]).ok();
+    wait_status(&d, &ns, &id, "STOPPED");
+    d.ctr(&ns, &["task", "rm", &id]).ok();
+
+    // A task operation on a container that has none.
+    let out = d.ctr(&ns, &["task", "kill", &id]);
+    assert!(out.err().contains("not found"), "{out:?}");
+    d.ctr(&ns, &["containers", "rm", &id]).ok();
+
+    // A runtime binary that fails.
+    let out = d.ctr(
+        &ns,
+        &[
+            "run",
+            "--rm",
+            "--runc-binary",
+            "/bin/false",
+            IMAGE,
+            &unique("c"),
+            "true",
+        ],
+    );
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(out.stderr.contains("create"), "{out:?}");
+    assert_nothing_left(&d, &ns);
+}
+
+/// Fixtures for running containers on berthd: an image with the busybox applets the tests call,
+/// its import, and a guard that removes every task, container and supervisor a test made, even
+/// when the test fails.
+mod fixture {
+
+    use std::path::{Path, PathBuf};
+
+    use anyhow::{Context, Result};
+
+    use berth_integration::manager::image::{self, Entry, Image, Layer};
+    use berth_integration::manager::Berthd;
+
+    /// A busybox image whose `/bin` has `echo`, `sleep`, `true`, `false`, `id` and `cat` too.
+    pub fn run_image(name: &str) -> Result<Image> {
+        let mut entries = vec![Entry::Dir("bin", 0o755)];
+        for a in [
+            "bin/echo",
+            "bin/sleep",
+            "bin/true",
+            "bin/false",
+            "bin/id",
+            "bin/pwd",
+            "bin/env",
+        ] {
+            entries.push(Entry::Symlink(a, "busybox"));
+        }
+        Image::new(name, vec![image::base_layer()?, Layer::build(&entries)?])
+    }
+
+    /// Imports (and unpacks) `img` into namespace `ns` with ctr.
+    pub fn import(d: &Berthd, ns: &str, img: &Image) -> Result<()> {
+        let dir = tempfile::tempdir().context("temp dir")?;
+        let tar = dir.path().join("image.tar");
+        img.write_oci_archive(&tar)?;
+        let tar = tar.to_str().context("temp path is not UTF-8")?;
+        let out = d.ctr(ns, &["images", "import", tar]);
+        anyhow::ensure!(out.code == 0, "ctr images import failed: {}", out.stderr);
+        Ok(())
+    }
+
+    /// Removes the tasks and containers of one namespace on drop: through berthd when it answers,
+    /// then directly (the runtime's delete, the supervisors killed by pid) for anything left.
+    pub struct Cleanup<'a> {
+        d: &'a Berthd,
+        ns: String,
+    }
+
+    impl<'a> Cleanup<'a> {
+        /// Guards namespace `ns` of `d`.
+        pub fn new(d: &'a Berthd, ns: &str) -> Cleanup<'a> {
+            Cleanup {
+                d,
+                ns: ns.to_string(),
+            }
+        }
+    }
+
+    /// Pids of the berth-shim processes whose bundle lies under `state`.
+    pub fn supervisors_under(state: &Path) -> Vec<i32> {
+        let mut v = Vec::new();
+        let Ok(rd) = std::fs::read_dir("/proc") else {
+            return v;
+        };
+        let needle = state.to_string_lossy().into_owned();
+        for e in rd.flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+                continue;
+            };
+            let cmd = String::from_utf8_lossy(&cmd);
+            let mut parts = cmd.split('\0');
+            let exe = parts.next().unwrap_or("");
+            if exe.ends_with("berth-shim") && parts.next().is_some_and(|b| b.starts_with(&needle)) {
+                v.push(pid);
+            }
+        }
+        v
+    }
+
+    /// Task bundle dirs left under berthd's state dir for namespace `ns`.
+    pub fn bundles(d: &Berthd, ns: &str) -> Vec<PathBuf> {
+        std::fs::read_dir(d.state().join("tasks").join(ns))
+            .map(|rd| rd.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    }
+
+    impl Drop for Cleanup<'_> {
+        fn drop(&mut self) {
+            let ns = self.ns.as_str();
+            for b in bundles(self.d, ns) {
+                let id = b
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let _ = self.d.ctr(ns, &["task", "kill", "-s", "9", &id]);
+                let _ = self.d.ctr(ns, &["task", "rm", "-f", &id]);
+                // berthd may be down: the runtime's own delete, then the supervisor by pid.
+                let _ = std::process::Command::new(berth_integration::bins::berth_runc())
+                    .arg("--root")
+                    .arg(self.d.state().join("runtime").join(ns))
+                    .args(["delete", "--force", &id])
+                    .output();
+            }
+            for pid in supervisors_under(&self.d.state().join("tasks").join(ns)) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            let out = self.d.ctr(ns, &["containers", "ls", "-q"]);
+            for id in out.stdout.lines().filter(|l| !l.is_empty()) {
+                let _ = self.d.ctr(ns, &["containers", "rm", id]);
+            }
+        }
+    }
+}
