@@ -17,12 +17,11 @@ use nix::sched::{unshare, CloneFlags};
 use nix::unistd::{setresgid, setresuid, setsid, Gid, Uid};
 use oci_spec::runtime::LinuxNamespaceType;
 
-use crate::capabilities::{self, CapMasks};
 use crate::config::Config;
 use crate::hooks::{self, HookKind};
 use crate::mounts::CgroupMountSource;
 use crate::sync::{self, Message};
-use crate::{namespaces, rlimits, rootfs, sched, sys, tty};
+use crate::{identity, namespaces, rootfs, sched, sys, tty};
 
 /// How the init waits between "ready" and exec.
 pub enum StartGate<'a> {
@@ -156,69 +155,12 @@ fn init(a: &InitArgs<'_>) -> Result<Infallible, Failure> {
     // /proc/sys etc. are read-only from here: after tty (which binds /dev/console).
     rootfs::finalize(cfg)?;
 
-    if let Some(limits) = process.rlimits() {
-        rlimits::apply(limits)?;
-    }
     if let Some(linux) = cfg.spec.linux().as_ref() {
-        if let Some(p) = linux.personality() {
-            sched::set_personality(p)?;
-        }
-        if let Some(m) = linux.memory_policy() {
-            sched::set_memory_policy(m)?;
-        }
+        sched::apply_linux(linux)?;
     }
-    sched::apply_process(process)?;
-
     let env: Vec<String> = process.env().clone().unwrap_or_default();
     let args: &[String] = process.args().as_deref().unwrap_or(&[]);
-    let cwd = process.cwd();
-
-    let user = process.user();
-    let masks = match process.capabilities() {
-        Some(c) => Some(CapMasks::from_config(c)?),
-        None => None,
-    };
-    let no_new_privs = process.no_new_privileges().unwrap_or(false);
-    if let (Some(filter), false) = (a.seccomp, no_new_privs) {
-        // Without no_new_privs the kernel wants CAP_SYS_ADMIN to load a filter: load it while
-        // we still have it; the syscalls left before execve must then pass the filter.
-        load_seccomp(filter)?;
-    }
-    if let Some(m) = &masks {
-        capabilities::drop_bounding(m.bounding)?;
-    }
-    set_keepcaps(true)?;
-    let groups: Vec<Gid> = user
-        .additional_gids()
-        .as_deref()
-        .unwrap_or(&[])
-        .iter()
-        .map(|g| Gid::from_raw(*g))
-        .collect();
-    // setgroups is refused in a user namespace whose setgroups is "deny"; only call it when
-    // there is something to set or we may.
-    if !groups.is_empty() || !in_userns {
-        nix::unistd::setgroups(&groups).map_err(|e| format!("setgroups {groups:?}: {e}"))?;
-    }
-    let gid = Gid::from_raw(user.gid());
-    let uid = Uid::from_raw(user.uid());
-    setresgid(gid, gid, gid).map_err(|e| format!("setting gid {gid}: {e}"))?;
-    setresuid(uid, uid, uid).map_err(|e| format!("setting uid {uid}: {e}"))?;
-    set_keepcaps(false)?;
-    if let Some(m) = &masks {
-        capabilities::set_process_caps(m)?;
-        capabilities::set_ambient(m.ambient)?;
-    }
-
-    nix::unistd::chdir(cwd).map_err(|e| format!("chdir to cwd {}: {e}", cwd.display()))?;
-    sys::check_cwd_inside_root().map_err(|e| format!("process.cwd {}: {e}", cwd.display()))?;
-    if let Some(mask) = user.umask() {
-        unsafe { libc::umask(mask as libc::mode_t) };
-    }
-    if no_new_privs {
-        prctl::set_no_new_privileges(true)
-            .map_err(|e| format!("setting no_new_privs: errno {e}"))?;
-    }
+    let no_new_privs = identity::become_process(process, in_userns, a.seccomp)?;
 
     let program = find_executable(&args[0], &env)?;
     let argv = to_cstrings(args)?;
@@ -257,7 +199,7 @@ fn init(a: &InitArgs<'_>) -> Result<Infallible, Failure> {
     }
     if let (Some(filter), true) = (a.seccomp, no_new_privs) {
         // As late as possible: only execve runs under the filter from here.
-        load_seccomp(filter).map_err(Failure::Exec)?;
+        identity::load_seccomp(filter).map_err(Failure::Exec)?;
     }
     let err = nix::unistd::execve(&path, &argv, &envp).unwrap_err();
     Err(Failure::Exec(format!("exec {}: {err}", program.display())))
@@ -274,24 +216,6 @@ pub fn wants_round_trip(hooks: &oci_spec::runtime::Hooks) -> bool {
     ]
     .iter()
     .any(|k| !k.of(hooks).is_empty())
-}
-
-/// Load a compiled filter. A notify listener fd (SCMP_ACT_NOTIFY) is not handed to an agent
-/// yet: such profiles are refused before the container is created.
-pub fn load_seccomp(filter: &crate::seccomp::Filter) -> Result<(), String> {
-    filter.load().map(drop)
-}
-
-/// Keep (or stop keeping) capabilities across the uid change.
-pub fn set_keepcaps(on: bool) -> Result<(), String> {
-    let rc = unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, on as libc::c_ulong, 0, 0, 0) };
-    if rc != 0 {
-        return Err(format!(
-            "PR_SET_KEEPCAPS: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    Ok(())
 }
 
 fn to_cstrings(list: &[String]) -> Result<Vec<CString>, String> {

@@ -12,6 +12,7 @@ pub mod container;
 pub mod devices;
 pub mod features;
 pub mod hooks;
+pub mod identity;
 pub mod init;
 pub mod logging;
 pub mod mounts;

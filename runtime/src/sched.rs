@@ -217,6 +217,17 @@ pub fn set_memory_policy(m: &LinuxMemoryPolicy) -> Result<(), String> {
     Ok(())
 }
 
+/// Apply linux.personality and linux.memoryPolicy.
+pub fn apply_linux(linux: &oci_spec::runtime::Linux) -> Result<(), String> {
+    if let Some(p) = linux.personality() {
+        set_personality(p)?;
+    }
+    if let Some(m) = linux.memory_policy() {
+        set_memory_policy(m)?;
+    }
+    Ok(())
+}
+
 /// Apply the process's I/O priority, scheduler and exec CPU affinity.
 pub fn apply_process(p: &Process) -> Result<(), String> {
     if let Some(io) = p.io_priority() {

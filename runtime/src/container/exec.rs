@@ -12,16 +12,15 @@ use std::path::PathBuf;
 use anyhow::{anyhow, bail, Context, Result};
 use nix::sched::{setns, CloneFlags};
 use nix::sys::signal::{SigSet, Signal};
-use nix::unistd::{fork, ForkResult, Gid, Pid, Uid};
+use nix::unistd::{fork, ForkResult, Pid};
 use oci_spec::runtime::{LinuxCapabilities, Process};
 
 use super::create::write_pid_file;
-use crate::capabilities::{self, CapMasks};
 use crate::cli::GlobalOpts;
 use crate::config;
 use crate::state::{self, ContainerState, Status};
 use crate::sync::{self, Message};
-use crate::{init, rlimits, sys, tty};
+use crate::{identity, init, sys, tty};
 
 /// What `exec` is asked to do.
 #[derive(Debug, Clone, Default)]
@@ -228,6 +227,7 @@ pub fn exec(global: &GlobalOpts, opts: &ExecOptions) -> Result<u8> {
                 console.as_ref(),
                 opts.preserve_fds,
                 filter.as_ref(),
+                cfg.spec.linux().as_ref(),
             ) {
                 Ok(never) => match never {},
                 Err(msg) => {
@@ -279,6 +279,7 @@ fn exec_child(
     console: Option<&OwnedFd>,
     preserve_fds: u32,
     filter: Option<&crate::seccomp::Filter>,
+    linux: Option<&oci_spec::runtime::Linux>,
 ) -> Result<std::convert::Infallible, String> {
     match sync::recv(sock) {
         Ok(Some(Message::Go)) => {}
@@ -294,52 +295,15 @@ fn exec_child(
             .map(|b| (b.height() as u16, b.width() as u16));
         tty::setup(socket, size, false)?;
     }
-    if let Some(limits) = process.rlimits() {
-        rlimits::apply(limits)?;
+    if let Some(linux) = linux {
+        crate::sched::apply_linux(linux)?;
     }
-    crate::sched::apply_process(process)?;
     let env: Vec<String> = process.env().clone().unwrap_or_default();
     let args: &[String] = process.args().as_deref().unwrap_or(&[]);
-    let user = process.user();
-    let masks = match process.capabilities() {
-        Some(c) => Some(CapMasks::from_config(c)?),
-        None => None,
-    };
-    let no_new_privs = process.no_new_privileges().unwrap_or(false);
-    if let (Some(f), false) = (filter, no_new_privs) {
-        init::load_seccomp(f)?;
-    }
-    if let Some(m) = &masks {
-        capabilities::drop_bounding(m.bounding)?;
-    }
-    init::set_keepcaps(true)?;
-    let groups: Vec<Gid> = user
-        .additional_gids()
-        .as_deref()
-        .unwrap_or(&[])
+    let in_userns = joins
         .iter()
-        .map(|g| Gid::from_raw(*g))
-        .collect();
-    let _ = nix::unistd::setgroups(&groups);
-    let gid = Gid::from_raw(user.gid());
-    let uid = Uid::from_raw(user.uid());
-    nix::unistd::setresgid(gid, gid, gid).map_err(|e| format!("setting gid {gid}: {e}"))?;
-    nix::unistd::setresuid(uid, uid, uid).map_err(|e| format!("setting uid {uid}: {e}"))?;
-    init::set_keepcaps(false)?;
-    if let Some(m) = &masks {
-        capabilities::set_process_caps(m)?;
-        capabilities::set_ambient(m.ambient)?;
-    }
-    let cwd = process.cwd();
-    nix::unistd::chdir(cwd).map_err(|e| format!("chdir to cwd {}: {e}", cwd.display()))?;
-    sys::check_cwd_inside_root().map_err(|e| format!("process.cwd {}: {e}", cwd.display()))?;
-    if let Some(mask) = user.umask() {
-        unsafe { libc::umask(mask as libc::mode_t) };
-    }
-    if no_new_privs {
-        prctl::set_no_new_privileges(true)
-            .map_err(|e| format!("setting no_new_privs: errno {e}"))?;
-    }
+        .any(|(_, flag)| *flag == CloneFlags::CLONE_NEWUSER);
+    let no_new_privs = identity::become_process(process, in_userns, filter)?;
     let program = init::find_executable(&args[0], &env)?;
     let argv: Vec<CString> = args
         .iter()
@@ -354,7 +318,7 @@ fn exec_child(
     sys::cloexec_from(3 + preserve_fds as i32)
         .map_err(|e| format!("marking fds close-on-exec: {e}"))?;
     if let (Some(f), true) = (filter, no_new_privs) {
-        init::load_seccomp(f)?;
+        identity::load_seccomp(f)?;
     }
     let err = nix::unistd::execve(&path, &argv, &envp).unwrap_err();
     Err(format!("exec {}: {err}", program.display()))

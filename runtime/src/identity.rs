@@ -1,0 +1,90 @@
+//! Becoming the configured process, the same way for the init and for `exec`: rlimits and the
+//! newer scheduling fields, seccomp (early when no_new_privs is off), the bounding set, groups,
+//! gid and uid with keep-caps, the other capability sets, cwd (checked to be inside the root),
+//! umask and no_new_privs. What is left after [`become_process`] is the late seccomp load and
+//! execve.
+
+use nix::unistd::{setresgid, setresuid, Gid, Uid};
+use oci_spec::runtime::Process;
+
+use crate::capabilities::{self, CapMasks};
+use crate::seccomp::Filter;
+use crate::{rlimits, sched, sys};
+
+/// Keep (or stop keeping) capabilities across the uid change.
+pub fn set_keepcaps(on: bool) -> Result<(), String> {
+    let rc = unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, on as libc::c_ulong, 0, 0, 0) };
+    if rc != 0 {
+        return Err(format!(
+            "PR_SET_KEEPCAPS: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
+/// Load a compiled filter. (A NOTIFY listener is refused before the container is created.)
+pub fn load_seccomp(filter: &Filter) -> Result<(), String> {
+    filter.load().map(drop)
+}
+
+/// Apply everything of `process` but the last seccomp load and execve. `in_userns`: the process
+/// is in a user namespace (setgroups may be denied there). Returns whether no_new_privs is set,
+/// in which case the caller loads `filter` right before execve.
+pub fn become_process(
+    process: &Process,
+    in_userns: bool,
+    filter: Option<&Filter>,
+) -> Result<bool, String> {
+    if let Some(limits) = process.rlimits() {
+        rlimits::apply(limits)?;
+    }
+    sched::apply_process(process)?;
+    let user = process.user();
+    let masks = match process.capabilities() {
+        Some(c) => Some(CapMasks::from_config(c)?),
+        None => None,
+    };
+    let no_new_privs = process.no_new_privileges().unwrap_or(false);
+    if let (Some(filter), false) = (filter, no_new_privs) {
+        // Without no_new_privs the kernel wants CAP_SYS_ADMIN to load a filter: load it while
+        // we still have it; the syscalls left before execve must then pass the filter.
+        load_seccomp(filter)?;
+    }
+    if let Some(m) = &masks {
+        capabilities::drop_bounding(m.bounding)?;
+    }
+    set_keepcaps(true)?;
+    let groups: Vec<Gid> = user
+        .additional_gids()
+        .as_deref()
+        .unwrap_or(&[])
+        .iter()
+        .map(|g| Gid::from_raw(*g))
+        .collect();
+    // setgroups is refused in a user namespace whose setgroups is "deny"; only call it there
+    // when there is something to set.
+    if !groups.is_empty() || !in_userns {
+        nix::unistd::setgroups(&groups).map_err(|e| format!("setgroups {groups:?}: {e}"))?;
+    }
+    let gid = Gid::from_raw(user.gid());
+    let uid = Uid::from_raw(user.uid());
+    setresgid(gid, gid, gid).map_err(|e| format!("setting gid {gid}: {e}"))?;
+    setresuid(uid, uid, uid).map_err(|e| format!("setting uid {uid}: {e}"))?;
+    set_keepcaps(false)?;
+    if let Some(m) = &masks {
+        capabilities::set_process_caps(m)?;
+        capabilities::set_ambient(m.ambient)?;
+    }
+    let cwd = process.cwd();
+    nix::unistd::chdir(cwd).map_err(|e| format!("chdir to cwd {}: {e}", cwd.display()))?;
+    sys::check_cwd_inside_root().map_err(|e| format!("process.cwd {}: {e}", cwd.display()))?;
+    if let Some(mask) = user.umask() {
+        unsafe { libc::umask(mask as libc::mode_t) };
+    }
+    if no_new_privs {
+        prctl::set_no_new_privileges(true)
+            .map_err(|e| format!("setting no_new_privs: errno {e}"))?;
+    }
+    Ok(no_new_privs)
+}
