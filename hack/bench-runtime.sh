@@ -148,6 +148,70 @@ echo "runc / crun (corrected)       = $(ratio "${ms[runc]}" "${ms[crun]}")"
 echo "runc / floor                  = $(ratio "${ms[runc]}" "${ms[floor]}")"
 echo "hyperfine JSON: $json"
 
+# exec latency and run with seccomp + hooks: a second hyperfine run, same runtimes.
+if [ "${SKIP_EXEC:-0}" != 1 ]; then
+  sleeper=$work/sleeper
+  cp -a "$bundle" "$sleeper"
+  jq '.process.args = ["sleep", "3600"]' "$sleeper/config.json" >"$sleeper/c" && mv "$sleeper/c" "$sleeper/config.json"
+  hardened=$work/hardened
+  cp -a "$bundle" "$hardened"
+  jq --slurpfile prof "$top/runtime/tests/seccomp-fixtures/docker-default.json" \
+    '.linux.seccomp = $prof[0] | .hooks = {"createRuntime": [{"path": "/bin/true"}], "poststart": [{"path": "/bin/true"}]}' \
+    "$hardened/config.json" >"$hardened/c" && mv "$hardened/c" "$hardened/config.json"
+  enames=() ecmds=()
+  start_sleeper() { # NAME BIN ROOT ID [wrapped]
+    local name=$1 bin=$2 root=$3 id=$4 wrapped=${5:-}
+    ids+=("$bin|$root|$id")
+    local create="$bin --root $root run -d --bundle $sleeper $id"
+    local exec="$bin --root $root exec $id /bin/true"
+    if [ -n "$wrapped" ]; then
+      sh -c "$(wrap "$create")" >/dev/null 2>&1 </dev/null
+      enames+=("exec-$name"); ecmds+=("$(wrap "$exec")")
+    else
+      $create >/dev/null 2>&1 </dev/null
+      enames+=("exec-$name"); ecmds+=("$exec")
+    fi
+  }
+  [ "$have_berth" = 1 ] && start_sleeper berth-runc "$berth" "$work/root-berth-x" bench-sleep-berth
+  start_sleeper runc "$runc_bin" "$work/root-runc-x" bench-sleep-runc
+  start_sleeper crun-in-wrapper "$crun_bin" "$work/root-crun-x" bench-sleep-crun wrapped
+  if [ "$have_berth" = 1 ]; then
+    echo "$berth --root $work/root-berth-h delete --force bench-h >/dev/null 2>&1 || true" >"$work/prep-h-berth.sh"
+  fi
+  ejson=$out_dir/exec-$(date +%Y%m%d-%H%M%S).json
+  # Runs with seccomp (Docker's default profile) and hooks.
+  hnames=() hcmds=() hpreps=()
+  if [ "$have_berth" = 1 ]; then
+    hnames+=(run-seccomp-hooks-berth-runc); hcmds+=("$berth --root $work/root-berth-h run --bundle $hardened bench-h")
+    hpreps+=("sh $work/prep-h-berth.sh"); ids+=("$berth|$work/root-berth-h|bench-h")
+  fi
+  echo "$runc_bin --root $work/root-runc-h delete --force bench-h >/dev/null 2>&1 || true" >"$work/prep-h-runc.sh"
+  hnames+=(run-seccomp-hooks-runc); hcmds+=("$runc_bin --root $work/root-runc-h run --bundle $hardened bench-h")
+  hpreps+=("sh $work/prep-h-runc.sh"); ids+=("$runc_bin|$work/root-runc-h|bench-h")
+  hargs=(--warmup "$warmup" --runs "$runs" -N --export-json "$ejson")
+  for i in "${!enames[@]}"; do hargs+=(--prepare true); done
+  for i in "${!hnames[@]}"; do hargs+=(--prepare "${hpreps[$i]}"); done
+  for i in "${!enames[@]}"; do hargs+=(--command-name "${enames[$i]}" "${ecmds[$i]}"); done
+  for i in "${!hnames[@]}"; do hargs+=(--command-name "${hnames[$i]}" "${hcmds[$i]}"); done
+  hyperfine "${hargs[@]}"
+  emedian() { jq -r --arg n "$1" '.results[] | select(.command == $n) | .median * 1000' "$ejson"; }
+  declare -A ems
+  for n in "${enames[@]}" "${hnames[@]}"; do ems[$n]=$(emedian "$n"); done
+  ems[exec-crun]=$(awk -v c="${ems[exec-crun-in-wrapper]}" -v w="${ms[wrapper]}" -v t="${ms[true]}" 'BEGIN { printf "%.3f", c - w + t }')
+  echo
+  echo "## exec of /bin/true into a running container, and run with seccomp + hooks: medians (ms)"
+  for n in "${enames[@]}" exec-crun "${hnames[@]}"; do printf '%-32s %10.2f\n' "$n" "${ems[$n]}"; done
+  if [ "$have_berth" = 1 ]; then
+    echo "exec: berth-runc / runc             = $(ratio "${ems[exec-berth-runc]}" "${ems[exec-runc]}")"
+    echo "exec: berth-runc / crun (corrected) = $(ratio "${ems[exec-berth-runc]}" "${ems[exec-crun]}")"
+    echo "run with seccomp+hooks: berth-runc / runc = $(ratio "${ems[run-seccomp-hooks-berth-runc]}" "${ems[run-seccomp-hooks-runc]}")"
+    echo "seccomp+hooks cost for berth-runc: $(awk -v a="${ems[run-seccomp-hooks-berth-runc]}" -v b="${ms[berth-runc]}" 'BEGIN { printf "%.2f", a - b }') ms"
+  fi
+  [ "$have_berth" = 1 ] && "$berth" --root "$work/root-berth-x" delete --force bench-sleep-berth >/dev/null 2>&1
+  "$runc_bin" --root "$work/root-runc-x" delete --force bench-sleep-runc >/dev/null 2>&1
+  sh -c "$(wrap "$crun_bin --root $work/root-crun-x delete --force bench-sleep-crun")" >/dev/null 2>&1 || true
+fi
+
 # Leftovers: every run must have deleted its container.
 left=0
 for entry in "${ids[@]}"; do
