@@ -114,6 +114,18 @@ fn ctr_detached_task_exec_ps_pause_resume_kill_rm() {
         std::fs::read_to_string(format!("/sys/fs/cgroup/memory{mem}/memory.limit_in_bytes"))
             .unwrap();
     assert_eq!(limit.trim(), "67108864");
+    // Metrics report the same limit, and a usage above zero.
+    let m = d.ctr(&ns, &["task", "metrics", &id]).ok().to_string();
+    let value = |k: &str| {
+        m.lines()
+            .find(|l| l.split_whitespace().next() == Some(k))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no {k} in {m}"))
+    };
+    assert_eq!(value("memory.limit_in_bytes"), 67108864);
+    assert!(value("memory.usage_in_bytes") > 0, "{m}");
+    assert_eq!(value("pids.current"), 1, "{m}");
 
     let out = d.ctr(
         &ns,

@@ -723,9 +723,39 @@ impl Tasks for TasksService {
 
     async fn metrics(
         &self,
-        _req: Request<pb::MetricsRequest>,
+        req: Request<pb::MetricsRequest>,
     ) -> Result<Response<pb::MetricsResponse>, Status> {
-        Err(Status::unimplemented("task metrics are not supported yet"))
+        let c = ctx(&req)?;
+        let filter = berth_store::filters::Filter::parse(&req.into_inner().filters)
+            .map_err(|e| Status::invalid_argument(format!("filters: {e}")))?;
+        let dir = crate::tasks::tasks_dir(self.state.state_dir(), &c.namespace);
+        let metrics = blocking(move || {
+            let mut out = Vec::new();
+            let Ok(rd) = std::fs::read_dir(&dir) else {
+                return Ok(out);
+            };
+            for e in rd.flatten() {
+                let b = Bundle { dir: e.path() };
+                let Ok(info) = b.info() else { continue };
+                if !filter.matches(&IdField(&info.id)) || b.exit("").is_some() {
+                    continue;
+                }
+                out.push(berth_proto::containerd::types::Metric {
+                    timestamp: Some(timestamp(std::time::SystemTime::now())),
+                    id: info.id.clone(),
+                    data: Some(prost_types::Any {
+                        type_url: crate::tasks::metrics::TYPE_URL.to_string(),
+                        value: crate::tasks::metrics::collect(
+                            std::path::Path::new("/sys/fs/cgroup"),
+                            info.pid,
+                        ),
+                    }),
+                });
+            }
+            Ok(out)
+        })
+        .await?;
+        Ok(Response::new(pb::MetricsResponse { metrics }))
     }
 
     async fn wait(
@@ -763,6 +793,15 @@ impl Tasks for TasksService {
             exit_status: exit.code,
             exited_at: Some(timestamp(exit.at)),
         }))
+    }
+}
+
+/// A task seen by metrics filters: only `id`.
+struct IdField<'a>(&'a str);
+
+impl berth_store::filters::Adaptor for IdField<'_> {
+    fn field(&self, path: &[String]) -> Option<String> {
+        (path.first().map(String::as_str) == Some("id")).then(|| self.0.to_string())
     }
 }
 
