@@ -205,6 +205,54 @@ fn containers_survive_a_berthd_crash_and_are_found_again() {
 }
 
 #[test]
+fn twenty_containers_started_concurrently_all_run_and_are_cleaned() {
+    let ns = unique("many");
+    let d = daemon(&ns);
+    let _g = Cleanup::new(&d, &ns);
+    let ids: Vec<String> = (0..20).map(|_| unique("c")).collect();
+    std::thread::scope(|s| {
+        for id in &ids {
+            let (d, ns) = (&d, &ns);
+            s.spawn(move || {
+                d.ctr(ns, &["run", "-d", IMAGE, id, "sleep", "1000"]).ok();
+            });
+        }
+    });
+    for id in &ids {
+        assert_eq!(status_of(&d, &ns, id), "RUNNING", "{id}");
+    }
+    // Each has its own supervisor, and each supervisor stays small.
+    let shims = supervisors_under(&d.state().join("tasks").join(&ns));
+    assert_eq!(shims.len(), 20, "{shims:?}");
+    for pid in &shims {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let rss_kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        assert!(
+            rss_kb > 0 && rss_kb <= 2048,
+            "supervisor {pid} uses {rss_kb} kB"
+        );
+    }
+    std::thread::scope(|s| {
+        for id in &ids {
+            let (d, ns) = (&d, &ns);
+            s.spawn(move || {
+                d.ctr(ns, &["task", "kill", "-s", "9", id]).ok();
+                wait_status(d, ns, id, "STOPPED");
+                d.ctr(ns, &["task", "rm", id]).ok();
+                d.ctr(ns, &["containers", "rm", id]).ok();
+            });
+        }
+    });
+    assert_nothing_left(&d, &ns);
+    assert_eq!(d.ctr(&ns, &["containers", "ls", "-q"]).ok(), "");
+}
+
+#[test]
 fn ctr_events_shows_task_and_container_events() {
     let ns = unique("ev");
     let d = daemon(&ns);
