@@ -252,12 +252,8 @@ impl Client {
             for (k, v) in headers {
                 req = req.set(k, v);
             }
-            if let Some(a) = self
-                .auth
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .as_deref()
-            {
+            let sent_auth = self.auth.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            if let Some(a) = &sent_auth {
                 req = req.set("Authorization", a);
             }
             debug!(method, url, "registry request");
@@ -269,11 +265,7 @@ impl Client {
                 Ok(resp) => return Ok(Ok(resp)),
                 Err(ureq::Error::Status(401, resp)) if !authed => {
                     let ch = resp.header("www-authenticate").map(str::to_string);
-                    let had_auth = self
-                        .auth
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .is_some();
+                    let had_auth = sent_auth.is_some();
                     if had_auth && ch.as_deref().and_then(parse_challenge) == Some(Challenge::Basic)
                     {
                         return Err(DistributionError::Unauthorized {

@@ -2,5 +2,6 @@
 
 pub mod daemon;
 pub mod image;
+pub mod registry;
 
 pub use daemon::{files_under, mounts_under, unique, Berthd, MountGuard, Out};

@@ -1,0 +1,178 @@
+//! Debian's `docker-registry` (distribution 2.8) on 127.0.0.1 for one test.
+//!
+//! [`Registry::start`] picks a free port, writes a config with storage in a temp dir (and, with
+//! [`Registry::start_with_auth`], an htpasswd file of bcrypt entries made by Python's `crypt`,
+//! since no bcrypt crate or `htpasswd` is at hand), starts `docker-registry serve` with its log
+//! in the temp dir, and waits for `/v2/` to answer. Dropping it kills the registry by pid.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// The registry binary.
+pub const REGISTRY: &str = "/usr/bin/docker-registry";
+
+/// A running registry.
+pub struct Registry {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    port: u16,
+}
+
+fn free_port() -> Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0").context("binding a free port")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// One `GET path` on 127.0.0.1:`port`: the status code, or `None` if nothing answers.
+pub fn http_status(port: u16, path: &str) -> Option<u16> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).ok()?;
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}
+
+/// A bcrypt htpasswd line for `user`:`password`.
+pub fn htpasswd_line(user: &str, password: &str) -> Result<String> {
+    let out = Command::new("python3")
+        .arg("-W")
+        .arg("ignore")
+        .arg("-c")
+        .arg("import crypt,sys; print(crypt.crypt(sys.argv[1], crypt.mksalt(crypt.METHOD_BLOWFISH)))")
+        .arg(password)
+        .output()
+        .context("running python3 for bcrypt")?;
+    let hash = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !out.status.success() || !hash.starts_with("$2") {
+        bail!(
+            "python3 crypt gave no bcrypt hash: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(format!("{user}:{hash}"))
+}
+
+impl Registry {
+    /// An anonymous registry.
+    pub fn start() -> Result<Registry> {
+        Self::start_inner(None)
+    }
+
+    /// A registry requiring HTTP Basic auth as `user`:`password`.
+    pub fn start_with_auth(user: &str, password: &str) -> Result<Registry> {
+        Self::start_inner(Some(htpasswd_line(user, password)?))
+    }
+
+    fn start_inner(htpasswd: Option<String>) -> Result<Registry> {
+        let dir = tempfile::Builder::new()
+            .prefix("registry-it-")
+            .tempdir_in("/var/tmp")
+            .context("creating the registry's temp dir")?;
+        let mut last = None;
+        for _ in 0..5 {
+            let port = free_port()?;
+            let mut cfg = format!(
+                "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\n\
+                 storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
+                 http:\n  addr: 127.0.0.1:{port}\n  secret: berth-test\n",
+                dir.path().join("data").display()
+            );
+            if let Some(line) = &htpasswd {
+                let p = dir.path().join("htpasswd");
+                std::fs::write(&p, format!("{line}\n"))?;
+                cfg.push_str(&format!(
+                    "auth:\n  htpasswd:\n    realm: berth-test\n    path: {}\n",
+                    p.display()
+                ));
+            }
+            let cfg_path = dir.path().join("config.yml");
+            std::fs::write(&cfg_path, cfg)?;
+            let log = std::fs::File::create(dir.path().join("registry.log"))?;
+            let child = Command::new(REGISTRY)
+                .arg("serve")
+                .arg(&cfg_path)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()
+                .with_context(|| format!("starting {REGISTRY}"))?;
+            let mut child = child;
+            let log_path = dir.path().join("registry.log");
+            let read_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let mut up = false;
+            while Instant::now() < deadline {
+                if let Ok(Some(c)) = child.try_wait() {
+                    last = Some(format!("exited with {c}: {}", read_log()));
+                    break;
+                }
+                if matches!(http_status(port, "/v2/"), Some(200 | 401)) {
+                    up = true;
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if up {
+                return Ok(Registry {
+                    dir,
+                    child: Some(child),
+                    port,
+                });
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            if last.is_none() {
+                last = Some(format!("no answer on port {port}: {}", read_log()));
+            }
+        }
+        bail!("registry did not start: {}", last.unwrap_or_default())
+    }
+
+    /// `127.0.0.1:<port>`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The temp dir (config, log, data).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The registry's storage root.
+    pub fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The registry's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

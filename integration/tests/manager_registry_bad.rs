@@ -1,0 +1,388 @@
+//! berthd pulling from a misbehaving registry: a small HTTP server in the test answers each
+//! request from a table (404, 401, 500, garbage JSON, wrong digest, short blob, unsupported
+//! media type, missing platform), and berth must fail with a clear error and register nothing.
+//! The same server cuts a layer mid-way to check that a second pull resumes it with an HTTP
+//! Range request from where the first stopped.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+
+use berth_integration::manager::{image, unique, Berthd};
+
+/// One canned answer.
+#[derive(Clone)]
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    /// Send only this many body bytes (with the full Content-Length), then close.
+    cut: Option<usize>,
+}
+
+impl Reply {
+    fn new(status: u16, content_type: &str, body: Vec<u8>) -> Reply {
+        Reply {
+            status,
+            headers: vec![("Content-Type".into(), content_type.into())],
+            body,
+            cut: None,
+        }
+    }
+}
+
+/// Request lines with their Range header, in arrival order.
+type RequestLog = Arc<Mutex<Vec<(String, Option<String>)>>>;
+
+type Handler = dyn Fn(&str, &str, &HashMap<String, String>, usize) -> Reply + Send + Sync;
+
+/// A fake registry on 127.0.0.1: `handler(method, path, headers, nth request to this path)`.
+/// Every request line and its Range header is logged. Stops when dropped (the listener thread
+/// ends at the next connection, which Drop makes).
+struct Fake {
+    port: u16,
+    log: RequestLog,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Fake {
+    fn start(handler: Arc<Handler>) -> Fake {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let log: RequestLog = Arc::default();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (log2, stop2) = (log.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let counts: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+            for s in l.incoming() {
+                if stop2.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(mut s) = s else { continue };
+                let (counts, log2, handler) = (counts.clone(), log2.clone(), handler.clone());
+                // One thread per connection: clients keep idle connections open.
+                std::thread::spawn(move || {
+                    let Ok(c) = s.try_clone() else { return };
+                    let mut r = BufReader::new(c);
+                    // Keep-alive: serve requests on this connection until it closes.
+                    loop {
+                        let mut line = String::new();
+                        if r.read_line(&mut line).unwrap_or(0) == 0 {
+                            break;
+                        }
+                        let mut headers = HashMap::new();
+                        loop {
+                            let mut h = String::new();
+                            if r.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+                                break;
+                            }
+                            if let Some((k, v)) = h.split_once(':') {
+                                headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+                            }
+                        }
+                        let mut parts = line.split_whitespace();
+                        let method = parts.next().unwrap_or("").to_string();
+                        let path = parts.next().unwrap_or("").to_string();
+                        let n = {
+                            let mut c = counts.lock().unwrap();
+                            let n = c.entry(format!("{method} {path}")).or_default();
+                            *n += 1;
+                            *n
+                        };
+                        log2.lock()
+                            .unwrap()
+                            .push((format!("{method} {path}"), headers.get("range").cloned()));
+                        let rep = handler(&method, &path, &headers, n);
+                        let mut head = format!("HTTP/1.1 {} X\r\n", rep.status);
+                        for (k, v) in &rep.headers {
+                            head.push_str(&format!("{k}: {v}\r\n"));
+                        }
+                        head.push_str(&format!("Content-Length: {}\r\n\r\n", rep.body.len()));
+                        let _ = s.write_all(head.as_bytes());
+                        if method != "HEAD" {
+                            let end = rep.cut.unwrap_or(rep.body.len());
+                            let _ = s.write_all(&rep.body[..end]);
+                        }
+                        let _ = s.flush();
+                        if rep.cut.is_some() {
+                            let _ = s.shutdown(std::net::Shutdown::Both);
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        Fake { port, log, stop }
+    }
+
+    fn reference(&self, repo_tag: &str) -> String {
+        format!("127.0.0.1:{}/{repo_tag}", self.port)
+    }
+
+    fn requests(&self) -> Vec<(String, Option<String>)> {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Fake {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+
+/// Serves `img` (manifest under any tag, blobs by digest) unless `over` answers first.
+fn serving(
+    img: &image::Image,
+    over: impl Fn(&str, &str, &HashMap<String, String>, usize) -> Option<Reply> + Send + Sync + 'static,
+) -> Arc<Handler> {
+    let img = img.clone();
+    Arc::new(move |method, path, headers, n| {
+        if let Some(r) = over(method, path, headers, n) {
+            return r;
+        }
+        if path == "/v2/" {
+            return Reply::new(200, "application/json", b"{}".to_vec());
+        }
+        if path.contains("/manifests/") {
+            return Reply::new(200, OCI_MANIFEST, img.manifest.clone());
+        }
+        if let Some((_, d)) = path.split_once("/blobs/") {
+            if d == image::sha256(&img.config) {
+                return Reply::new(200, "application/octet-stream", img.config.clone());
+            }
+            for l in &img.layers {
+                if d == l.digest {
+                    return Reply::new(200, "application/octet-stream", l.gz.clone());
+                }
+            }
+        }
+        Reply::new(
+            404,
+            "application/json",
+            br#"{"errors":[{"code":"BLOB_UNKNOWN","message":"blob unknown to registry"}]}"#
+                .to_vec(),
+        )
+    })
+}
+
+/// Pulls `reference` expecting failure; returns stderr. Checks nothing was registered.
+fn pull_fails(d: &Berthd, ns: &str, reference: &str, extra: &[&str]) -> String {
+    let mut args = vec!["images", "pull", "--plain-http"];
+    args.extend_from_slice(extra);
+    args.push(reference);
+    let e = d.berth(ns, &args).err().to_string();
+    let ls = d.berth(ns, &["images", "ls", "-q"]).ok().to_string();
+    assert!(
+        ls.trim().is_empty(),
+        "an image was registered after a failed pull: {ls}"
+    );
+    e
+}
+
+#[test]
+fn bad_registry_answers_give_clear_errors_and_store_no_image() {
+    let d = Berthd::start().unwrap();
+    let ns = unique("badreg");
+    let img = image::busybox_single("x/y:z").unwrap();
+    let mut bad_layer = img.clone();
+    bad_layer.layers[0].gz[20] ^= 0xff;
+    let other_arch = if image::host_arch() == "s390x" {
+        "ppc64le"
+    } else {
+        "s390x"
+    };
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [{
+            "mediaType": OCI_MANIFEST,
+            "digest": img.manifest_digest(),
+            "size": img.manifest.len(),
+            "platform": {"os": "linux", "architecture": other_arch},
+        }],
+    }))
+    .unwrap();
+    let mut weird: serde_json::Value = serde_json::from_slice(&img.manifest).unwrap();
+    weird["layers"][0]["mediaType"] = "application/x-berth-unknown".into();
+    let weird = serde_json::to_vec(&weird).unwrap();
+    let cut_len = img.layers[0].gz.len() / 2;
+    let short_layer = img.layers[0].gz[..cut_len].to_vec();
+    let layer_digest = img.layers[0].digest.clone();
+
+    let fake = Fake::start(serving(&img, move |method, path, _, _| {
+        let repo = path.strip_prefix("/v2/")?.split('/').next()?;
+        let manifest = path.contains("/manifests/");
+        let blob = path.contains("/blobs/");
+        match repo {
+            "missing" if manifest => Some(Reply::new(
+                404,
+                "application/json",
+                br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#
+                    .to_vec(),
+            )),
+            "broken" if manifest => {
+                Some(Reply::new(500, "text/plain", b"database on fire".to_vec()))
+            }
+            "garbage" if manifest => Some(Reply::new(200, OCI_MANIFEST, b"{not json".to_vec())),
+            "mismatch" if manifest => Some(Reply::new(200, OCI_MANIFEST, weird.clone())),
+            "weird" if manifest => Some(Reply::new(200, OCI_MANIFEST, weird.clone())),
+            "noplatform" if manifest && !path.contains("sha256:") => {
+                Some(Reply::new(200, OCI_INDEX, index.clone()))
+            }
+            "locked" => {
+                let mut r = Reply::new(401, "application/json", b"{}".to_vec());
+                r.headers
+                    .push(("WWW-Authenticate".into(), r#"Basic realm="x""#.into()));
+                Some(r)
+            }
+            "short" if blob && path.ends_with(&layer_digest) && method == "GET" => Some(
+                Reply::new(200, "application/octet-stream", short_layer.clone()),
+            ),
+            "badlayer" if blob && path.ends_with(&layer_digest) => Some(Reply::new(
+                200,
+                "application/octet-stream",
+                bad_layer.layers[0].gz.clone(),
+            )),
+            _ => None,
+        }
+    }));
+
+    let e = pull_fails(&d, &ns, &fake.reference("missing:v1"), &[]);
+    assert!(
+        e.contains("not found") && e.contains("MANIFEST_UNKNOWN"),
+        "{e}"
+    );
+    let e = pull_fails(&d, &ns, &fake.reference("broken:v1"), &[]);
+    assert!(
+        e.contains("HTTP 500") && e.contains("database on fire"),
+        "{e}"
+    );
+    let e = pull_fails(&d, &ns, &fake.reference("garbage:v1"), &[]);
+    assert!(e.contains("not valid JSON"), "{e}");
+    let e = pull_fails(
+        &d,
+        &ns,
+        &fake.reference(&format!("mismatch@{}", img.manifest_digest())),
+        &[],
+    );
+    assert!(e.contains("digest mismatch"), "{e}");
+    let e = pull_fails(&d, &ns, &fake.reference("weird:v1"), &[]);
+    assert!(
+        e.contains("unsupported layer media type application/x-berth-unknown"),
+        "{e}"
+    );
+    let e = pull_fails(&d, &ns, &fake.reference("noplatform:v1"), &[]);
+    assert!(
+        e.contains("no manifest for platform") && e.contains(&format!("linux/{other_arch}")),
+        "{e}"
+    );
+    let e = pull_fails(
+        &d,
+        &ns,
+        &fake.reference("locked:v1"),
+        &["--config", "/nonexistent/c.json"],
+    );
+    assert!(
+        e.contains("unauthorized") && e.contains("requires credentials"),
+        "{e}"
+    );
+    let e = pull_fails(&d, &ns, &fake.reference("short:v1"), &[]);
+    assert!(e.contains("cut short"), "{e}");
+    let e = pull_fails(&d, &ns, &fake.reference("badlayer:v1"), &[]);
+    assert!(e.contains("does not match its descriptor"), "{e}");
+    // No snapshot was committed by any of these.
+    let snaps = d
+        .berth(&ns, &["--format", "json", "snapshots", "ls"])
+        .json();
+    assert_eq!(snaps.as_array().map(|a| a.len()), Some(0), "{snaps}");
+    // The good repository still pulls (the failures left nothing in the way).
+    d.berth(
+        &ns,
+        &["images", "pull", "--plain-http", &fake.reference("good:v1")],
+    )
+    .ok();
+}
+
+#[test]
+fn interrupted_pull_resumes_with_a_range_request() {
+    let d = Berthd::start().unwrap();
+    let ns = unique("resume");
+    let img = image::busybox_multi("x/y:z").unwrap();
+    // The biggest layer is cut after half its bytes on the first GET.
+    let big = img
+        .layers
+        .iter()
+        .max_by_key(|l| l.gz.len())
+        .unwrap()
+        .clone();
+    let cut_at = big.gz.len() / 2;
+    let big2 = big.clone();
+    let fake = Fake::start(serving(&img, move |method, path, headers, n| {
+        if method != "GET" || !path.ends_with(&big2.digest) {
+            return None;
+        }
+        if n == 1 {
+            let mut r = Reply::new(200, "application/octet-stream", big2.gz.clone());
+            r.cut = Some(cut_at);
+            return Some(r);
+        }
+        let from: usize = headers
+            .get("range")?
+            .strip_prefix("bytes=")?
+            .trim_end_matches('-')
+            .parse()
+            .ok()?;
+        let mut r = Reply::new(206, "application/octet-stream", big2.gz[from..].to_vec());
+        r.headers.push((
+            "Content-Range".into(),
+            format!("bytes {from}-{}/{}", big2.gz.len() - 1, big2.gz.len()),
+        ));
+        Some(r)
+    }));
+    let reference = fake.reference("resume/img:v1");
+    let e = pull_fails(&d, &ns, &reference, &[]);
+    assert!(e.contains("interrupted") || e.contains("cut short"), "{e}");
+
+    let out = d
+        .berth(
+            &ns,
+            &[
+                "--format",
+                "json",
+                "images",
+                "pull",
+                "--plain-http",
+                &reference,
+            ],
+        )
+        .json();
+    assert_eq!(out["digest"], img.manifest_digest(), "{out}");
+    assert_eq!(out["chain_id"], img.chain_id(), "{out}");
+    let gets: Vec<(String, Option<String>)> = fake
+        .requests()
+        .into_iter()
+        .filter(|(l, _)| l.ends_with(&big.digest))
+        .collect();
+    assert_eq!(gets.len(), 2, "{gets:?}");
+    assert_eq!(gets[0].1, None, "{gets:?}");
+    assert_eq!(
+        gets[1].1.as_deref(),
+        Some(format!("bytes={cut_at}-").as_str()),
+        "{gets:?}"
+    );
+    // The other layers were complete after the first pull: fetched only once, or never
+    // again.
+    for l in img.layers.iter().filter(|l| l.digest != big.digest) {
+        let n = fake
+            .requests()
+            .iter()
+            .filter(|(r, _)| r.ends_with(&l.digest))
+            .count();
+        assert!(n <= 1, "layer {} fetched {n} times", l.digest);
+    }
+}
