@@ -5,6 +5,7 @@ pub mod images;
 pub mod leases;
 pub mod namespaces;
 pub mod output;
+pub mod run;
 pub mod snapshots;
 
 use std::path::PathBuf;
@@ -63,6 +64,8 @@ pub enum Command {
     /// Leases.
     #[command(subcommand)]
     Leases(leases::Cmd),
+    /// Run a container from an image; exits with its exit code.
+    Run(run::Args),
 }
 
 /// What every command needs: the channel, the namespace and the format.
@@ -99,6 +102,10 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Content(c) => content::run(&env, c).await,
         Command::Snapshots(c) => snapshots::run(&env, c).await,
         Command::Leases(c) => leases::run(&env, c).await,
+        Command::Run(a) => {
+            let code = run::run(&env, a).await?;
+            std::process::exit(code)
+        }
     }
 }
 

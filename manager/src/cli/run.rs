@@ -1,0 +1,545 @@
+//! `berth run`: an image's config becomes an OCI spec (Docker-like defaults), a snapshot of its
+//! layers the rootfs, then a container and its task on berthd; output is streamed through FIFOs
+//! and the process's exit code becomes berth's.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use berth_proto::containerd::services::containers::v1 as cpb;
+use berth_proto::containerd::services::containers::v1::containers_client::ContainersClient;
+use berth_proto::containerd::services::images::v1::images_client::ImagesClient;
+use berth_proto::containerd::services::images::v1::GetImageRequest;
+use berth_proto::containerd::services::snapshots::v1 as spb;
+use berth_proto::containerd::services::snapshots::v1::snapshots_client::SnapshotsClient;
+use berth_proto::containerd::services::tasks::v1 as tpb;
+use berth_proto::containerd::services::tasks::v1::tasks_client::TasksClient;
+use clap::Args as ClapArgs;
+use serde_json::{json, Value};
+
+use super::{content, rpc_error, Env};
+
+/// The spec's type URL, as containerd's clients send it.
+const SPEC_TYPE: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
+const SNAPSHOTTER: &str = "overlayfs";
+
+/// `berth run` options.
+#[derive(ClapArgs, Debug)]
+pub struct Args {
+    /// Remove the container and its snapshot when it exits.
+    #[arg(long)]
+    pub rm: bool,
+    /// Start it and return (output is discarded).
+    #[arg(short = 'd', long)]
+    pub detach: bool,
+    /// Allocate a terminal (not supported yet).
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// Extra environment, KEY=VALUE.
+    #[arg(long = "env", short = 'e')]
+    pub env: Vec<String>,
+    /// Working directory.
+    #[arg(long)]
+    pub cwd: Option<String>,
+    /// UID[:GID] to run as.
+    #[arg(long, short = 'u')]
+    pub user: Option<String>,
+    /// Bind mounts, SRC:DST[:ro].
+    #[arg(long)]
+    pub mount: Vec<String>,
+    /// Memory limit in bytes.
+    #[arg(long)]
+    pub memory: Option<i64>,
+    /// CPUs (e.g. 0.5).
+    #[arg(long)]
+    pub cpus: Option<f64>,
+    /// Most processes.
+    #[arg(long)]
+    pub pids_limit: Option<i64>,
+    /// Runtime binary or name (berth-runc, runc, crun, or a path).
+    #[arg(long, default_value = "io.containerd.runc.v2")]
+    pub runtime: String,
+    /// The image.
+    pub image: String,
+    /// The container id.
+    pub id: String,
+    /// Command and arguments (default: the image's entrypoint and cmd).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub args: Vec<String>,
+}
+
+fn strs(v: &Value) -> Vec<String> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str().map(str::to_string))
+        .collect()
+}
+
+/// Docker's default capabilities.
+const CAPS: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+/// The OCI spec for `cfg` (the image config's `config` object) and the flags.
+pub fn spec(ns: &str, a: &Args, cfg: &Value) -> Result<Value> {
+    // Docker's rule: given arguments replace Cmd and follow the entrypoint.
+    let mut args = strs(&cfg["Entrypoint"]);
+    if a.args.is_empty() {
+        args.extend(strs(&cfg["Cmd"]));
+    } else {
+        args.extend(a.args.iter().cloned());
+    }
+    if args.is_empty() {
+        bail!("no command: the image has no entrypoint or cmd and none was given");
+    }
+    let mut env = strs(&cfg["Env"]);
+    if !env.iter().any(|e| e.starts_with("PATH=")) {
+        env.insert(
+            0,
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        );
+    }
+    for e in &a.env {
+        if !e.contains('=') {
+            bail!("--env {e:?}: expected KEY=VALUE");
+        }
+        let key = e.split('=').next().unwrap_or_default();
+        env.retain(|x| x.split('=').next() != Some(key));
+        env.push(e.clone());
+    }
+    let cwd = a
+        .cwd
+        .clone()
+        .or_else(|| {
+            cfg["WorkingDir"]
+                .as_str()
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "/".into());
+    let user = a
+        .user
+        .clone()
+        .or_else(|| {
+            cfg["User"]
+                .as_str()
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "0".into());
+    let (uid, gid) = match user.split_once(':') {
+        Some((u, g)) => (u.to_string(), g.to_string()),
+        None => (user.clone(), user.clone()),
+    };
+    let uid: u32 = uid
+        .parse()
+        .with_context(|| format!("--user {user:?}: only numeric UID[:GID] is supported"))?;
+    let gid: u32 = if user.contains(':') {
+        gid.parse()
+            .with_context(|| format!("--user {user:?}: only numeric UID[:GID] is supported"))?
+    } else if uid == 0 {
+        0
+    } else {
+        uid
+    };
+    let mut mounts = vec![
+        json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
+        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
+        json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}),
+        json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}),
+    ];
+    for m in &a.mount {
+        let parts: Vec<&str> = m.split(':').collect();
+        let (src, dst, ro) = match parts.as_slice() {
+            [s, d] => (*s, *d, false),
+            [s, d, "ro"] => (*s, *d, true),
+            _ => bail!("--mount {m:?}: expected SRC:DST[:ro]"),
+        };
+        if !Path::new(src).is_absolute() || !Path::new(dst).is_absolute() {
+            bail!("--mount {m:?}: both paths must be absolute");
+        }
+        let mut opts = vec!["rbind"];
+        opts.push(if ro { "ro" } else { "rw" });
+        mounts.push(json!({"destination": dst, "type": "bind", "source": src, "options": opts}));
+    }
+    let mut resources = json!({"devices": [{"allow": false, "access": "rwm"}]});
+    if let Some(m) = a.memory {
+        if m <= 0 {
+            bail!("--memory {m}: must be a positive number of bytes");
+        }
+        resources["memory"] = json!({"limit": m});
+    }
+    if let Some(c) = a.cpus {
+        if c.is_nan() || c <= 0.0 {
+            bail!("--cpus {c}: must be positive");
+        }
+        resources["cpu"] = json!({"period": 100000u64, "quota": (c * 100000.0) as i64});
+    }
+    if let Some(p) = a.pids_limit {
+        if p <= 0 {
+            bail!("--pids-limit {p}: must be positive");
+        }
+        resources["pids"] = json!({"limit": p});
+    }
+    Ok(json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": {"uid": uid, "gid": gid},
+            "args": args,
+            "env": env,
+            "cwd": cwd,
+            "capabilities": {"bounding": CAPS, "effective": CAPS, "permitted": CAPS},
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+            "noNewPrivileges": true
+        },
+        "root": {"path": "rootfs"},
+        "hostname": a.id,
+        "mounts": mounts,
+        "linux": {
+            "resources": resources,
+            "cgroupsPath": format!("/{ns}/{}", a.id),
+            "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "network"}],
+            "maskedPaths": [
+                "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+                "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware",
+                "/proc/scsi"
+            ],
+            "readonlyPaths": [
+                "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"
+            ]
+        }
+    }))
+}
+
+/// The image's config JSON and the chain id of its layers.
+async fn image_config(env: &Env, name: &str) -> Result<(Value, String)> {
+    let img = ImagesClient::new(env.ns.clone())
+        .get(GetImageRequest {
+            name: name.to_string(),
+        })
+        .await
+        .map_err(rpc_error(format!("image {name}")))?
+        .into_inner()
+        .image
+        .context("berthd returned no image")?;
+    let target = img.target.context("image has no target")?;
+    let mut digest = target.digest;
+    let mut doc: Value = serde_json::from_slice(&content::read_all(env, &digest).await?)
+        .with_context(|| format!("parsing {digest}"))?;
+    for _ in 0..4 {
+        let Some(ms) = doc["manifests"].as_array() else {
+            break;
+        };
+        let arch = match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            other => other,
+        };
+        let pick = ms
+            .iter()
+            .find(|m| {
+                m["platform"]["architecture"].as_str() == Some(arch)
+                    && m["platform"]["os"].as_str() == Some("linux")
+            })
+            .or(ms.first())
+            .with_context(|| format!("index {digest} has no manifests"))?;
+        digest = pick["digest"].as_str().unwrap_or_default().to_string();
+        doc = serde_json::from_slice(&content::read_all(env, &digest).await?)
+            .with_context(|| format!("parsing {digest}"))?;
+    }
+    let cfg_digest = doc["config"]["digest"]
+        .as_str()
+        .with_context(|| format!("manifest {digest} has no config"))?
+        .to_string();
+    let cfg: Value = serde_json::from_slice(&content::read_all(env, &cfg_digest).await?)
+        .with_context(|| format!("parsing config {cfg_digest}"))?;
+    let mut chain = String::new();
+    for id in strs(&cfg["rootfs"]["diff_ids"]) {
+        chain = if chain.is_empty() {
+            id
+        } else {
+            use sha2::Digest;
+            let h = sha2::Sha256::digest(format!("{chain} {id}").as_bytes());
+            format!(
+                "sha256:{}",
+                h.iter().map(|b| format!("{b:02x}")).collect::<String>()
+            )
+        };
+    }
+    Ok((cfg, chain))
+}
+
+/// Creates a FIFO and opens its read side without blocking.
+fn fifo(path: &Path) -> Result<std::fs::File> {
+    nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600))
+        .with_context(|| format!("mkfifo {}", path.display()))?;
+    std::fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))
+}
+
+fn blocking(f: &std::fs::File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fcntl on an fd owned by `f`.
+    unsafe {
+        let fd = f.as_raw_fd();
+        let fl = libc::fcntl(fd, libc::F_GETFL);
+        libc::fcntl(fd, libc::F_SETFL, fl & !libc::O_NONBLOCK);
+    }
+}
+
+/// Removes the container and its snapshot (best effort: used on failure and for --rm).
+async fn remove(env: &Env, id: &str) {
+    let _ = ContainersClient::new(env.ns.clone())
+        .delete(cpb::DeleteContainerRequest { id: id.into() })
+        .await;
+    let _ = SnapshotsClient::new(env.ns.clone())
+        .remove(spb::RemoveSnapshotRequest {
+            snapshotter: SNAPSHOTTER.into(),
+            key: id.into(),
+        })
+        .await;
+}
+
+/// Runs `berth run`; returns the exit code berth should exit with.
+pub async fn run(env: &Env, a: Args) -> Result<i32> {
+    if a.tty {
+        bail!("-t: terminals are not supported yet");
+    }
+    crate::identifiers::validate(&a.id).map_err(|e| anyhow::anyhow!("container id: {e}"))?;
+    let (cfg, chain) = image_config(env, &a.image).await?;
+    let spec = spec(&env.namespace, &a, &cfg["config"])?;
+    let mut containers = ContainersClient::new(env.ns.clone());
+    // Refuse a duplicate id before touching snapshots.
+    if containers
+        .get(cpb::GetContainerRequest { id: a.id.clone() })
+        .await
+        .is_ok()
+    {
+        bail!("container {:?}: already exists", a.id);
+    }
+    let mounts = SnapshotsClient::new(env.ns.clone())
+        .prepare(spb::PrepareSnapshotRequest {
+            snapshotter: SNAPSHOTTER.into(),
+            key: a.id.clone(),
+            parent: chain,
+            labels: Default::default(),
+        })
+        .await
+        .map_err(rpc_error(format!("preparing the rootfs of {}", a.id)))?
+        .into_inner()
+        .mounts;
+    let created = containers
+        .create(cpb::CreateContainerRequest {
+            container: Some(cpb::Container {
+                id: a.id.clone(),
+                image: a.image.clone(),
+                runtime: Some(cpb::container::Runtime {
+                    name: a.runtime.clone(),
+                    options: None,
+                }),
+                spec: Some(prost_types::Any {
+                    type_url: SPEC_TYPE.into(),
+                    value: serde_json::to_vec(&spec)?,
+                }),
+                snapshotter: SNAPSHOTTER.into(),
+                snapshot_key: a.id.clone(),
+                ..Default::default()
+            }),
+        })
+        .await;
+    if let Err(e) = created {
+        let _ = SnapshotsClient::new(env.ns.clone())
+            .remove(spb::RemoveSnapshotRequest {
+                snapshotter: SNAPSHOTTER.into(),
+                key: a.id.clone(),
+            })
+            .await;
+        return Err(rpc_error(format!("creating container {}", a.id))(e));
+    }
+    let dir = tempfile_dir()?;
+    let (out_path, err_path) = (dir.join("stdout"), dir.join("stderr"));
+    let fifos = if a.detach {
+        None
+    } else {
+        Some((fifo(&out_path)?, fifo(&err_path)?))
+    };
+    let path = |p: &Path| {
+        if a.detach {
+            String::new()
+        } else {
+            p.display().to_string()
+        }
+    };
+    let mut tasks = TasksClient::new(env.ns.clone());
+    let created = tasks
+        .create(tpb::CreateTaskRequest {
+            container_id: a.id.clone(),
+            rootfs: mounts,
+            stdin: String::new(),
+            stdout: path(&out_path),
+            stderr: path(&err_path),
+            ..Default::default()
+        })
+        .await;
+    if let Err(e) = created {
+        remove(env, &a.id).await;
+        let _ = std::fs::remove_dir_all(&dir);
+        if e.message().contains("executable file not found") {
+            eprintln!("berth: {}", e.message());
+            return Ok(127);
+        }
+        return Err(rpc_error(format!("creating the task of {}", a.id))(e));
+    }
+    let copiers = fifos.map(|(o, e)| {
+        blocking(&o);
+        blocking(&e);
+        let copy = |mut f: std::fs::File, to_err: bool| {
+            std::thread::spawn(move || {
+                let res = if to_err {
+                    std::io::copy(&mut f, &mut std::io::stderr())
+                } else {
+                    std::io::copy(&mut f, &mut std::io::stdout())
+                };
+                let _ = std::io::stdout().flush();
+                res.map(|_| ())
+            })
+        };
+        (copy(o, false), copy(e, true))
+    });
+    let mut waiter = TasksClient::new(env.ns.clone());
+    let wid = a.id.clone();
+    let wait = tokio::spawn(async move {
+        waiter
+            .wait(tpb::WaitRequest {
+                container_id: wid,
+                exec_id: String::new(),
+            })
+            .await
+    });
+    if let Err(e) = tasks
+        .start(tpb::StartRequest {
+            container_id: a.id.clone(),
+            exec_id: String::new(),
+        })
+        .await
+    {
+        let _ = tasks
+            .delete(tpb::DeleteTaskRequest {
+                container_id: a.id.clone(),
+            })
+            .await;
+        remove(env, &a.id).await;
+        let _ = std::fs::remove_dir_all(&dir);
+        return Err(rpc_error(format!("starting {}", a.id))(e));
+    }
+    if a.detach {
+        let _ = std::fs::remove_dir_all(&dir);
+        println!("{}", a.id);
+        return Ok(0);
+    }
+    let code = wait
+        .await
+        .context("waiting for the task")?
+        .map_err(rpc_error(format!("waiting for {}", a.id)))?
+        .into_inner()
+        .exit_status as i32;
+    if let Some((o, e)) = copiers {
+        let _ = tokio::task::spawn_blocking(move || {
+            let _ = o.join();
+            let _ = e.join();
+        })
+        .await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    tasks
+        .delete(tpb::DeleteTaskRequest {
+            container_id: a.id.clone(),
+        })
+        .await
+        .map_err(rpc_error(format!("deleting the task of {}", a.id)))?;
+    if a.rm {
+        remove(env, &a.id).await;
+    }
+    Ok(code)
+}
+
+/// A private directory for the FIFOs.
+fn tempfile_dir() -> Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!(
+        "berth-run-{}-{}",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        a: Args,
+    }
+
+    fn args(v: &[&str]) -> Args {
+        T::parse_from(std::iter::once("run").chain(v.iter().copied())).a
+    }
+
+    #[test]
+    fn image_config_and_flags_make_the_process() {
+        let cfg = json!({"Entrypoint": ["/bin/ep"], "Cmd": ["x"], "Env": ["PATH=/bin", "A=1"], "WorkingDir": "/w", "User": "5"});
+        let s = spec(
+            "ns",
+            &args(&["--env", "A=2", "--memory", "1000", "img", "c1", "y", "-z"]),
+            &cfg,
+        )
+        .unwrap();
+        assert_eq!(s["process"]["args"], json!(["/bin/ep", "y", "-z"]));
+        assert_eq!(s["process"]["env"], json!(["PATH=/bin", "A=2"]));
+        assert_eq!(s["process"]["cwd"], "/w");
+        assert_eq!(s["process"]["user"]["uid"], 5);
+        assert_eq!(s["linux"]["resources"]["memory"]["limit"], 1000);
+        assert_eq!(s["linux"]["cgroupsPath"], "/ns/c1");
+        let s = spec("ns", &args(&["img", "c1"]), &cfg).unwrap();
+        assert_eq!(s["process"]["args"], json!(["/bin/ep", "x"]));
+        let s = spec("ns", &args(&["img", "c1", "sh"]), &json!({"Cmd": ["x"]})).unwrap();
+        assert_eq!(s["process"]["args"], json!(["sh"]));
+    }
+
+    #[test]
+    fn bad_flags_are_refused_by_name() {
+        let cfg = json!({"Cmd": ["x"]});
+        let e = spec("ns", &args(&["--user", "bob", "img", "c"]), &cfg).unwrap_err();
+        assert!(format!("{e:#}").contains("--user"), "{e:#}");
+        let e = spec("ns", &args(&["--mount", "rel:/x", "img", "c"]), &cfg).unwrap_err();
+        assert!(format!("{e:#}").contains("--mount"), "{e:#}");
+        let e = spec("ns", &args(&["img", "c"]), &json!({})).unwrap_err();
+        assert!(format!("{e:#}").contains("no command"), "{e:#}");
+    }
+}
