@@ -79,6 +79,7 @@ fn init(a: &InitArgs<'_>) -> Result<Infallible, Failure> {
         Ok(Some(Message::Go)) => {}
         Ok(_) | Err(_) => return Err("the runtime went away during create".to_string().into()),
     }
+    sys::set_non_dumpable().map_err(|e| format!("making the init non-dumpable: {e}"))?;
     let cfg = a.cfg;
     let namespaces_list = cfg.namespaces();
     let new_userns = namespaces_list

@@ -124,6 +124,10 @@ pub fn write_id_maps(
             .map_err(|e| format!("writing {path} ({:?}): {e}", text.trim_end()))
     };
     write("uid_map", id_map_text(uids))?;
+    if !nix::unistd::geteuid().is_root() {
+        // An unprivileged writer may only map its own gid, and only once setgroups is denied.
+        write("setgroups", "deny".to_string())?;
+    }
     write("gid_map", id_map_text(gids))?;
     Ok(())
 }

@@ -122,20 +122,8 @@ pub fn spawn(global: &GlobalOpts, opts: &CreateOptions, gate: Gate) -> Result<Sp
         .cgroups_path()
         .as_ref()
         .map(|p| p.to_string_lossy().into_owned());
-    let mut cg = Cgroup::resolve(cg_path.as_deref(), &opts.id)
-        .with_context(|| format!("cgroup of container {}", opts.id))?;
-    cg.create().context("creating cgroup")?;
-    rb.cgroup = Some(cg.clone());
-    let mut resources = linux.resources().clone().unwrap_or_default();
-    let rules = devices::cgroup_rules(
-        resources.devices().as_deref().unwrap_or(&[]),
-        linux.devices().as_deref().unwrap_or(&[]),
-    );
-    if cg.version() == CgroupVersion::V1 || resources.devices().is_some() {
-        resources.set_devices(Some(rules));
-    }
-    cg.set(&resources).context("setting cgroup limits")?;
-    let cgroup_mount = cgroup_mount_source(&cfg, &cg);
+    let cg = setup_cgroup(global, linux, cg_path.as_deref(), &opts.id, &mut rb)?;
+    let cgroup_mount = cg.as_ref().and_then(|cg| cgroup_mount_source(&cfg, cg));
 
     // The start fifo: `start` opens it for reading, which lets the init exec.
     let fifo_fd = if gate == Gate::Fifo {
@@ -192,8 +180,12 @@ pub fn spawn(global: &GlobalOpts, opts: &CreateOptions, gate: Gate) -> Result<Sp
         preserve_fds: opts.preserve_fds,
         seccomp: filter.as_ref(),
     };
-    // Inherited by the init, which lives inside the container until it execs.
-    crate::sys::set_non_dumpable().context("making the runtime non-dumpable")?;
+    // Inherited by the init, which lives inside the container until it execs. An unprivileged
+    // runtime must still write the init's id maps, which a non-dumpable process's /proc files
+    // (owned by root then) would refuse: there the init makes itself non-dumpable on "go".
+    if nix::unistd::geteuid().is_root() {
+        crate::sys::set_non_dumpable().context("making the runtime non-dumpable")?;
+    }
     let flags = namespaces::clone_flags(&namespaces_list);
     // The init's stack: the child runs on it in its own copy of our memory (no CLONE_VM).
     let mut stack = vec![0u8; 1 << 20];
@@ -223,8 +215,10 @@ pub fn spawn(global: &GlobalOpts, opts: &CreateOptions, gate: Gate) -> Result<Sp
         )
         .map_err(|e| anyhow!(e))?;
     }
-    cg.add_process(pid.as_raw())
-        .with_context(|| format!("placing init {pid} in its cgroup"))?;
+    if let Some(cg) = &cg {
+        cg.add_process(pid.as_raw())
+            .with_context(|| format!("placing init {pid} in its cgroup"))?;
+    }
     if let Some(adj) = process.oom_score_adj() {
         std::fs::write(format!("/proc/{pid}/oom_score_adj"), adj.to_string())
             .with_context(|| format!("setting oom_score_adj to {adj}"))?;
@@ -267,7 +261,7 @@ pub fn spawn(global: &GlobalOpts, opts: &CreateOptions, gate: Gate) -> Result<Sp
         created: crate::logging::now_rfc3339(),
         annotations: cfg.spec.annotations().clone().unwrap_or_default(),
         owner: String::new(),
-        cgroup: Some(cg),
+        cgroup: cg,
     };
     let dir = rb.dir.take().ok_or_else(|| anyhow!("state dir lost"))?;
     if let Err(e) = dir.save(&state) {
@@ -289,6 +283,63 @@ pub fn spawn(global: &GlobalOpts, opts: &CreateOptions, gate: Gate) -> Result<Sp
         sync: parent_sock,
         console_peer,
     })
+}
+
+/// Whether this command runs rootless: `--rootless true|false`, or `auto` (the default) when the
+/// caller is not root.
+pub fn is_rootless(global: &GlobalOpts) -> bool {
+    match global.rootless.as_str() {
+        "true" => true,
+        "false" => false,
+        _ => !nix::unistd::geteuid().is_root(),
+    }
+}
+
+/// Make the container's cgroup and give it its limits. Rootless, a cgroup we may not create is
+/// skipped with a warning (as runc does) unless the config asks for limits, which would then
+/// silently not hold: that is an error.
+fn setup_cgroup(
+    global: &GlobalOpts,
+    linux: &oci_spec::runtime::Linux,
+    cg_path: Option<&str>,
+    id: &str,
+    rb: &mut Rollback,
+) -> Result<Option<Cgroup>> {
+    let mut cg =
+        Cgroup::resolve(cg_path, id).with_context(|| format!("cgroup of container {id}"))?;
+    if let Err(e) = cg.create() {
+        let denied = matches!(
+            &e,
+            berth_cgroups::Error::Create { source, .. }
+                if matches!(source.kind(), std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem)
+        );
+        if is_rootless(global) && denied {
+            let r = linux.resources().clone().unwrap_or_default();
+            let limits = r.memory().is_some()
+                || r.cpu().is_some()
+                || r.pids().is_some()
+                || r.block_io().is_some();
+            if limits {
+                return Err(anyhow!(e).context(
+                    "rootless: the config sets cgroup limits but the cgroup cannot be created (delegate one to this user)",
+                ));
+            }
+            tracing::warn!("rootless: running without a cgroup: {e}");
+            return Ok(None);
+        }
+        return Err(anyhow!(e).context("creating cgroup"));
+    }
+    rb.cgroup = Some(cg.clone());
+    let mut resources = linux.resources().clone().unwrap_or_default();
+    let rules = devices::cgroup_rules(
+        resources.devices().as_deref().unwrap_or(&[]),
+        linux.devices().as_deref().unwrap_or(&[]),
+    );
+    if cg.version() == CgroupVersion::V1 || resources.devices().is_some() {
+        resources.set_devices(Some(rules));
+    }
+    cg.set(&resources).context("setting cgroup limits")?;
+    Ok(Some(cg))
 }
 
 /// The OCI state JSON that hooks read on stdin.
