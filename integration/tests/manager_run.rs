@@ -1,0 +1,154 @@
+//! `berth run` against berthd: output and exit code passed through, the image config's
+//! command and environment, limits read back from the kernel, and bad input cleaned up.
+
+use berth_integration::manager::image::{self, Entry, Image, Layer};
+use berth_integration::manager::{mounts_under, unique, Berthd};
+
+const IMAGE: &str = "docker.io/berth/berth-run:v1";
+
+fn daemon(ns: &str) -> Berthd {
+    let d = Berthd::start().unwrap();
+    let mut entries = vec![Entry::Dir("bin", 0o755)];
+    for a in ["bin/echo", "bin/sleep", "bin/true", "bin/env"] {
+        entries.push(Entry::Symlink(a, "busybox"));
+    }
+    let img = Image::new(
+        IMAGE,
+        vec![
+            image::base_layer().unwrap(),
+            Layer::build(&entries).unwrap(),
+        ],
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let tar = dir.path().join("i.tar");
+    img.write_oci_archive(&tar).unwrap();
+    d.ctr(ns, &["images", "import", tar.to_str().unwrap()]).ok();
+    d
+}
+
+/// Nothing left of namespace `ns`: no task bundle, no mount, no container, no snapshot but the
+/// image's.
+#[track_caller]
+fn assert_clean(d: &Berthd, ns: &str) {
+    let tasks = d.state().join("tasks").join(ns);
+    let left: Vec<_> = std::fs::read_dir(&tasks)
+        .map(|r| r.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "bundles left: {left:?}");
+    assert!(mounts_under(&d.state().join("tasks")).is_empty());
+    assert_eq!(d.ctr(ns, &["containers", "ls", "-q"]).ok(), "");
+    let snaps = d.ctr(ns, &["snapshots", "ls"]).ok().to_string();
+    assert!(!snaps.contains("Active"), "{snaps}");
+}
+
+#[test]
+fn berth_run_rm_prints_output_and_returns_the_exit_code() {
+    let ns = unique("brun");
+    let d = daemon(&ns);
+    let out = d.berth(&ns, &["run", "--rm", IMAGE, &unique("c"), "echo", "hi"]);
+    assert_eq!(out.ok(), "hi\n");
+    let out = d.berth(
+        &ns,
+        &[
+            "run",
+            "--rm",
+            IMAGE,
+            &unique("c"),
+            "sh",
+            "-c",
+            "echo oops >&2; exit 42",
+        ],
+    );
+    assert_eq!(out.code, 42, "{out:?}");
+    assert_eq!(out.stderr, "oops\n");
+    // The image's Env plus --env; the image's Cmd when none is given is /bin/sh (reads nothing).
+    let out = d.berth(
+        &ns,
+        &[
+            "run",
+            "--rm",
+            "--env",
+            "GREETING=hello",
+            IMAGE,
+            &unique("c"),
+            "env",
+        ],
+    );
+    let env = out.ok();
+    assert!(env.contains("PATH=/bin\n"), "{env}");
+    assert!(env.contains("GREETING=hello\n"), "{env}");
+    assert_clean(&d, &ns);
+}
+
+#[test]
+fn berth_run_limits_are_read_back_from_the_kernel() {
+    let ns = unique("blim");
+    let d = daemon(&ns);
+    let out = d.berth(
+        &ns,
+        &[
+            "run",
+            "--rm",
+            "--memory",
+            "50331648",
+            "--pids-limit",
+            "33",
+            IMAGE,
+            &unique("c"),
+            "sh",
+            "-c",
+            "cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/pids/pids.max",
+        ],
+    );
+    assert_eq!(out.ok(), "50331648\n33\n");
+    assert_clean(&d, &ns);
+}
+
+#[test]
+fn berth_run_bad_input_is_refused_and_cleaned() {
+    let ns = unique("bbad");
+    let d = daemon(&ns);
+    let out = d.berth(&ns, &["run", "--rm", IMAGE, &unique("c"), "no-such-cmd"]);
+    assert_eq!(out.code, 127, "{out:?}");
+    assert!(out.stderr.contains("executable file not found"), "{out:?}");
+    assert_clean(&d, &ns);
+    let out = d.berth(
+        &ns,
+        &[
+            "run",
+            "--rm",
+            "docker.io/berth/absent:v1",
+            &unique("c"),
+            "true",
+        ],
+    );
+    assert!(out.err().contains("not found"), "{out:?}");
+    let out = d.berth(
+        &ns,
+        &[
+            "run",
+            "--rm",
+            "--user",
+            "nobody",
+            IMAGE,
+            &unique("c"),
+            "true",
+        ],
+    );
+    assert!(out.err().contains("--user"), "{out:?}");
+    let out = d.berth(
+        &ns,
+        &[
+            "run",
+            "--rm",
+            "--runtime",
+            "/bin/false",
+            IMAGE,
+            &unique("c"),
+            "true",
+        ],
+    );
+    assert_ne!(out.code, 0, "{out:?}");
+    assert_clean(&d, &ns);
+}
