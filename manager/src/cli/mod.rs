@@ -1,5 +1,6 @@
 //! The `berth` command line: ctr-style commands, each a client of berthd's gRPC API only.
 
+pub mod containers;
 pub mod content;
 pub mod images;
 pub mod leases;
@@ -7,6 +8,7 @@ pub mod namespaces;
 pub mod output;
 pub mod run;
 pub mod snapshots;
+pub mod tasks;
 
 use std::path::PathBuf;
 
@@ -66,6 +68,12 @@ pub enum Command {
     Leases(leases::Cmd),
     /// Run a container from an image; exits with its exit code.
     Run(run::Args),
+    /// Container records.
+    #[command(subcommand, visible_alias = "c")]
+    Containers(containers::Cmd),
+    /// Tasks: a container's running processes.
+    #[command(subcommand, visible_alias = "t")]
+    Tasks(tasks::Cmd),
 }
 
 /// What every command needs: the channel, the namespace and the format.
@@ -105,6 +113,14 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Run(a) => {
             let code = run::run(&env, a).await?;
             std::process::exit(code)
+        }
+        Command::Containers(c) => containers::run(&env, c).await,
+        Command::Tasks(c) => {
+            let code = tasks::run(&env, c).await?;
+            if code != 0 {
+                std::process::exit(code)
+            }
+            Ok(())
         }
     }
 }
