@@ -10,14 +10,19 @@
 //! only then registered, so a failed pull leaves no image and nothing GC would keep.
 
 use std::io::Read;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::SystemTime;
 
-use berth_distribution::{Client, ClientOptions, DistributionError, Reference};
-use tracing::{debug, info};
+use berth_layer::{apply_layer, decompressed, ApplyOptions, WhiteoutMode};
 
-use crate::digest::Digest;
+use berth_distribution::{Client, ClientOptions, DistributionError, Reference};
+use tracing::{debug, info, warn};
+
+use crate::digest::{Digest, HashingReader};
 use crate::error::{Result, StoreError};
 use crate::images::{self, UnpackReport, MAX_JSON};
 use crate::metadata::{Image, Labels};
@@ -144,6 +149,80 @@ fn put_bytes(
     }
 }
 
+/// The receiving end of a tee: the chunks a download thread also writes to the ingest.
+struct TeeReader {
+    rx: Receiver<Vec<u8>>,
+    cur: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for TeeReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.cur.len() {
+            match self.rx.recv() {
+                Ok(v) => {
+                    self.cur = v;
+                    self.pos = 0;
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.cur.len() - self.pos);
+        buf[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// A hashing reader shared with the apply (which needs an owned `'static` reader).
+struct SharedHash(Arc<Mutex<HashingReader<Box<dyn Read + Send>>>>);
+
+impl Read for SharedHash {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .map_err(|_| std::io::Error::other("hash state poisoned"))?
+            .read(buf)
+    }
+}
+
+/// Starts applying a layer from a tee into `dir` while it downloads: decompress, apply,
+/// then check the uncompressed digest against `diff_id`.
+fn spawn_apply(
+    dir: PathBuf,
+    mode: WhiteoutMode,
+    diff_id: Digest,
+) -> (SyncSender<Vec<u8>>, JoinHandle<Result<()>>) {
+    let (tx, rx) = sync_channel::<Vec<u8>>(16);
+    let h = std::thread::spawn(move || -> Result<()> {
+        let plain = decompressed(TeeReader {
+            rx,
+            cur: Vec::new(),
+            pos: 0,
+        })?;
+        let shared = Arc::new(Mutex::new(HashingReader::new(plain)));
+        let opts = ApplyOptions {
+            whiteouts: mode,
+            same_owner: nix::unistd::geteuid().is_root(),
+            xattrs: true,
+        };
+        apply_layer(SharedHash(shared.clone()), &dir, &opts)?;
+        let mut g = shared
+            .lock()
+            .map_err(|_| StoreError::Db("hash state poisoned".into()))?;
+        g.drain()
+            .map_err(|e| StoreError::InvalidArgument(format!("layer stream: {e}")))?;
+        let (got, _) = g.digest();
+        if got != diff_id {
+            return Err(StoreError::InvalidArgument(format!(
+                "uncompressed digest {got} does not match the config's diff ID {diff_id}"
+            )));
+        }
+        Ok(())
+    });
+    (tx, h)
+}
+
 struct Fetcher<'a> {
     store: &'a Store,
     ctx: &'a Ctx,
@@ -162,7 +241,12 @@ impl Fetcher<'_> {
 
     /// Downloads one blob into the content store, resuming its ingest. True if fetched, false
     /// if it was present already.
-    fn blob(&self, desc: &Descriptor, kind: &'static str) -> Result<bool> {
+    fn blob(
+        &self,
+        desc: &Descriptor,
+        kind: &'static str,
+        mut tee: Option<SyncSender<Vec<u8>>>,
+    ) -> Result<bool> {
         let d = &desc.digest;
         if self.store.content_info(self.ctx, d).is_ok() {
             emit(&self.progress, d, kind, "exists", desc.size, desc.size);
@@ -195,6 +279,10 @@ impl Fetcher<'_> {
         if body.offset != offset {
             w.truncate(body.offset)?;
         }
+        if body.offset != 0 {
+            // A resumed blob: the apply would miss the first bytes; unpack applies it later.
+            tee = None;
+        }
         let mut reader = body.reader;
         let mut buf = vec![0u8; 256 << 10];
         let mut last = 0u64;
@@ -221,6 +309,11 @@ impl Fetcher<'_> {
                 )));
             }
             w.write(&buf[..n])?;
+            if let Some(t) = &tee {
+                if t.send(buf[..n].to_vec()).is_err() {
+                    tee = None; // the apply stopped; unpack redoes this layer
+                }
+            }
             self.bytes.fetch_add(n as u64, Ordering::Relaxed);
             if w.offset() - last >= 1 << 20 {
                 last = w.offset();
@@ -382,12 +475,63 @@ pub fn pull(store: &Store, ctx: &Ctx, reference: &str, opts: &PullOptions) -> Re
         kids.extend(manifest.layers.iter().cloned());
         docs.insert(0, (mdesc.clone(), mdata, kids));
 
-        // Config and layers, in parallel.
-        let mut blobs: Vec<(&Descriptor, &'static str)> = vec![(&manifest.config, "config")];
-        blobs.extend(manifest.layers.iter().map(|l| (l, "layer")));
-        for (b, kind) in &blobs {
-            emit(&f.progress, &b.digest, kind, "waiting", 0, b.size);
+        // The config first (small): its diff IDs name the snapshots layers are applied into.
+        emit(
+            &f.progress,
+            &manifest.config.digest,
+            "config",
+            "waiting",
+            0,
+            manifest.config.size,
+        );
+        f.blob(&manifest.config, "config", None)?;
+        let cfg: ImageConfig = images::read_json(store, lctx, &manifest.config)?;
+        if cfg.rootfs.diff_ids.len() != manifest.layers.len() {
+            return Err(StoreError::InvalidArgument(format!(
+                "config {} has {} diff IDs for {} layers",
+                manifest.config.digest,
+                cfg.rootfs.diff_ids.len(),
+                manifest.layers.len()
+            )));
         }
+        let chain = chain_ids(&cfg.rootfs.diff_ids);
+        let n = manifest.layers.len();
+        for l in &manifest.layers {
+            emit(&f.progress, &l.digest, "layer", "waiting", 0, l.size);
+        }
+
+        // With independent layers (overlayfs), each layer still to download is applied into
+        // its own extraction snapshot while it downloads: the body is teed into the ingest
+        // and into decompress + apply.
+        let sn = store.snapshotter();
+        let committed = |c: &Digest| {
+            sn.stat(lctx, c.as_str())
+                .map(|i| i.kind == crate::metadata::SnapshotKind::Committed)
+                .unwrap_or(false)
+        };
+        let mut keys: Vec<Option<String>> = vec![None; n];
+        let mut tees: Vec<Mutex<Option<SyncSender<Vec<u8>>>>> = Vec::with_capacity(n);
+        let mut applies: Vec<Option<JoinHandle<Result<()>>>> = Vec::with_capacity(n);
+        let stream = opts.unpack && sn.independent_layers();
+        for (i, l) in manifest.layers.iter().enumerate() {
+            let mut tee = None;
+            let mut apply = None;
+            if stream && !committed(&chain[i]) && store.content_info(lctx, &l.digest).is_err() {
+                let key = format!("extract-{}-{}", fastrand::u64(..), chain[i].hex());
+                let mut labels = Labels::new();
+                labels.insert(images::LABEL_SNAPSHOT_REF.into(), chain[i].to_string());
+                sn.prepare(lctx, &key, None, labels)?;
+                keys[i] = Some(key.clone());
+                let (dir, mode) = sn.apply_target(lctx, &key)?;
+                let (tx, h) = spawn_apply(dir, mode, cfg.rootfs.diff_ids[i].clone());
+                tee = Some(tx);
+                apply = Some(h);
+            }
+            tees.push(Mutex::new(tee));
+            applies.push(apply);
+        }
+
+        // Layers, in parallel.
         let next = AtomicUsize::new(0);
         let fetched = AtomicUsize::new(0);
         let first_err: Mutex<Option<StoreError>> = Mutex::new(None);
@@ -396,7 +540,7 @@ pub fn pull(store: &Store, ctx: &Ctx, reference: &str, opts: &PullOptions) -> Re
         } else {
             opts.concurrency
         }
-        .min(blobs.len());
+        .min(n);
         std::thread::scope(|s| {
             for _ in 0..workers {
                 s.spawn(|| loop {
@@ -404,12 +548,15 @@ pub fn pull(store: &Store, ctx: &Ctx, reference: &str, opts: &PullOptions) -> Re
                         break;
                     }
                     let i = next.fetch_add(1, Ordering::SeqCst);
-                    let Some((b, kind)) = blobs.get(i) else { break };
-                    match f.blob(b, kind) {
-                        Ok(true) if *kind == "layer" => {
+                    let Some(b) = manifest.layers.get(i) else {
+                        break;
+                    };
+                    let tee = tees[i].lock().ok().and_then(|mut t| t.take());
+                    match f.blob(b, "layer", tee) {
+                        Ok(true) => {
                             fetched.fetch_add(1, Ordering::Relaxed);
                         }
-                        Ok(_) => {}
+                        Ok(false) => {}
                         Err(e) => {
                             if let Ok(mut g) = first_err.lock() {
                                 g.get_or_insert(e);
@@ -420,18 +567,52 @@ pub fn pull(store: &Store, ctx: &Ctx, reference: &str, opts: &PullOptions) -> Re
                 });
             }
         });
-        if let Some(e) = first_err.into_inner().ok().flatten() {
-            return Err(e);
+        // Every tee is closed now (taken and dropped, or dropped here), so every apply ends.
+        drop(tees);
+        let applied: Vec<bool> = applies
+            .into_iter()
+            .enumerate()
+            .map(|(i, h)| match h.map(|h| h.join()) {
+                None => false,
+                Some(Ok(Ok(()))) => true,
+                Some(Ok(Err(e))) => {
+                    debug!(layer = i, %e, "streamed apply failed; unpack will redo it");
+                    false
+                }
+                Some(Err(_)) => false,
+            })
+            .collect();
+        let download = match first_err.into_inner().ok().flatten() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        };
+        // Commit the streamed snapshots bottom-up while their parents exist; unpack applies
+        // whatever is left (a gap, a resumed blob, a failed stream).
+        if download.is_ok() {
+            for i in 0..n {
+                if committed(&chain[i]) {
+                    continue;
+                }
+                let (Some(key), true) = (keys[i].clone(), applied[i]) else {
+                    break;
+                };
+                let parent = (i > 0).then(|| chain[i - 1].as_str());
+                match sn.commit_onto(lctx, chain[i].as_str(), &key, parent, Labels::new()) {
+                    Ok(()) => keys[i] = None,
+                    Err(e) if e.is_already_exists() => {}
+                    Err(e) => {
+                        warn!(%e, "cannot commit a streamed layer; unpack will redo it");
+                        break;
+                    }
+                }
+            }
         }
-        let cfg: ImageConfig = images::read_json(store, lctx, &manifest.config)?;
-        if cfg.rootfs.diff_ids.len() != manifest.layers.len() {
-            return Err(StoreError::InvalidArgument(format!(
-                "config {} has {} diff IDs for {} layers",
-                manifest.config.digest,
-                cfg.rootfs.diff_ids.len(),
-                manifest.layers.len()
-            )));
+        for k in keys.into_iter().flatten() {
+            if let Err(e) = sn.remove(lctx, &k) {
+                warn!(key = k, %e, "cannot remove extraction snapshot");
+            }
         }
+        download?;
         for (desc, data, kids) in &docs {
             let mut labels: Labels = images::gc_child_labels(desc, kids)
                 .into_iter()
