@@ -95,3 +95,65 @@ fn a_broken_profile_is_refused_and_leaves_nothing() -> Result<()> {
     }
     Ok(())
 }
+
+/// A one-shot seccomp agent: receives the listener fd and the state on a unix socket, then
+/// closes the fd (the kernel then fails the notified syscalls with ENOSYS).
+fn one_shot_agent(path: &std::path::Path) -> Result<std::thread::JoinHandle<Result<String>>> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+    let listener = std::os::unix::net::UnixListener::bind(path)?;
+    Ok(std::thread::spawn(move || -> Result<String> {
+        let (stream, _) = listener.accept()?;
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut cmsg = nix::cmsg_space!([RawFd; 1]);
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        let msg = nix::sys::socket::recvmsg::<()>(
+            stream.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            nix::sys::socket::MsgFlags::empty(),
+        )?;
+        let mut got_fd = false;
+        for c in msg.cmsgs()? {
+            if let nix::sys::socket::ControlMessageOwned::ScmRights(fds) = c {
+                for fd in fds {
+                    got_fd = true;
+                    drop(unsafe { OwnedFd::from_raw_fd(fd) });
+                }
+            }
+        }
+        let n = msg.bytes;
+        anyhow::ensure!(got_fd, "no listener fd arrived");
+        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+    }))
+}
+
+#[test]
+fn notify_hands_the_listener_to_the_agent() -> Result<()> {
+    let rt = Runtime::new()?;
+    let dir = tempfile::tempdir()?;
+    let sock = dir.path().join("agent.sock");
+    let agent = one_shot_agent(&sock)?;
+    let mut bundle = Bundle::new()?;
+    bundle.sh("mkdir /dev/shm/x; echo rc=$?");
+    bundle.config_mut()["linux"]["seccomp"] = json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "listenerPath": sock.display().to_string(),
+        "listenerMetadata": "berth-test",
+        "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_NOTIFY"}]
+    });
+    let id = unique_name("notify");
+    let guard = rt.guard(&id, &bundle);
+    let out = rt.run(&id, &bundle)?.ok();
+    // The agent closed the fd without answering: the kernel fails mkdir.
+    assert!(out.stdout.contains("rc=1"), "{}", out.describe());
+    let body = agent
+        .join()
+        .map_err(|_| anyhow::anyhow!("agent panicked"))??;
+    let state: serde_json::Value = serde_json::from_str(&body)?;
+    assert_eq!(state["fds"], json!(["seccompFd"]), "{body}");
+    assert_eq!(state["metadata"], "berth-test", "{body}");
+    assert_eq!(state["state"]["id"], id.as_str(), "{body}");
+    assert!(state["pid"].as_i64().unwrap_or(0) > 0, "{body}");
+    guard.assert_no_leftovers();
+    Ok(())
+}

@@ -23,9 +23,20 @@ pub fn set_keepcaps(on: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// Load a compiled filter. (A NOTIFY listener is refused before the container is created.)
-pub fn load_seccomp(filter: &Filter) -> Result<(), String> {
-    filter.load().map(drop)
+/// Where a NOTIFY filter's listener fd goes: the agent's socket (connected before pivot_root)
+/// and the message body (the runtime-spec container process state).
+pub type NotifyTarget<'a> = Option<(&'a std::os::unix::net::UnixStream, &'a [u8])>;
+
+/// Load a compiled filter; a NOTIFY listener fd is handed to the agent, then closed here.
+pub fn load_seccomp(filter: &Filter, notify: NotifyTarget<'_>) -> Result<(), String> {
+    let listener = filter.load()?;
+    if let Some(fd) = listener {
+        let (sock, body) = notify
+            .ok_or("the seccomp profile uses SCMP_ACT_NOTIFY but there is no agent socket")?;
+        crate::seccomp::send_listener_on(sock, std::os::fd::AsFd::as_fd(&fd), body)
+            .map_err(|e| format!("seccomp listenerPath: sending {e}"))?;
+    }
+    Ok(())
 }
 
 /// Apply everything of `process` but the last seccomp load and execve. `in_userns`: the process
@@ -35,6 +46,7 @@ pub fn become_process(
     process: &Process,
     in_userns: bool,
     filter: Option<&Filter>,
+    notify: NotifyTarget<'_>,
 ) -> Result<bool, String> {
     if let Some(limits) = process.rlimits() {
         rlimits::apply(limits)?;
@@ -49,7 +61,7 @@ pub fn become_process(
     if let (Some(filter), false) = (filter, no_new_privs) {
         // Without no_new_privs the kernel wants CAP_SYS_ADMIN to load a filter: load it while
         // we still have it; the syscalls left before execve must then pass the filter.
-        load_seccomp(filter)?;
+        load_seccomp(filter, notify)?;
     }
     if let Some(m) = &masks {
         capabilities::drop_bounding(m.bounding)?;

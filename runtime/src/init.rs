@@ -43,6 +43,8 @@ pub struct InitArgs<'a> {
     pub preserve_fds: u32,
     /// The compiled seccomp filter, loaded as late as the process's privileges allow.
     pub seccomp: Option<&'a crate::seccomp::Filter>,
+    /// The seccomp agent's socket (listenerPath), connected by the parent, for NOTIFY filters.
+    pub notify: Option<&'a std::os::unix::net::UnixStream>,
 }
 
 /// The init's entry point: never returns on success (execve), returns the exit code on failure
@@ -113,7 +115,8 @@ fn init(a: &InitArgs<'_>) -> Result<Infallible, Failure> {
     rootfs::prepare(cfg, in_userns, a.cgroup_mount)?;
     // The state for this process's own hooks; the parent sends it with its go-ahead.
     let mut state_json = String::new();
-    if let Some(hooks) = cfg.spec.hooks().as_ref().filter(|h| wants_round_trip(h)) {
+    let hooks = cfg.spec.hooks().as_ref();
+    if hooks.is_some_and(wants_round_trip) || a.notify.is_some() {
         sync::send(a.sync, &Message::Hooks).map_err(|e| format!("asking for hooks: {e}"))?;
         match sync::recv(a.sync) {
             Ok(Some(Message::State(s))) => state_json = s,
@@ -124,8 +127,28 @@ fn init(a: &InitArgs<'_>) -> Result<Infallible, Failure> {
                     .into())
             }
         }
-        hooks::run(hooks, HookKind::CreateContainer, state_json.as_bytes())?;
+        if let Some(hooks) = hooks {
+            hooks::run(hooks, HookKind::CreateContainer, state_json.as_bytes())?;
+        }
     }
+    // The seccomp agent's message: the container process state, with our host pid.
+    let agent_body = match a.notify {
+        Some(_) => {
+            let pid = serde_json::from_str::<serde_json::Value>(&state_json)
+                .ok()
+                .and_then(|v| v["pid"].as_i64())
+                .unwrap_or(0) as i32;
+            let metadata = cfg
+                .spec
+                .linux()
+                .as_ref()
+                .and_then(|l| l.seccomp().as_ref())
+                .and_then(|s| s.listener_metadata().clone());
+            crate::seccomp::process_state(state_json.as_bytes(), pid, metadata.as_deref())?
+        }
+        None => Vec::new(),
+    };
+    let notify = a.notify.map(|sock| (sock, agent_body.as_slice()));
     rootfs::pivot(&cfg.rootfs, a.no_pivot)?;
 
     if let Some(h) = cfg.spec.hostname().as_deref().filter(|h| !h.is_empty()) {
@@ -161,7 +184,7 @@ fn init(a: &InitArgs<'_>) -> Result<Infallible, Failure> {
     }
     let env: Vec<String> = process.env().clone().unwrap_or_default();
     let args: &[String] = process.args().as_deref().unwrap_or(&[]);
-    let no_new_privs = identity::become_process(process, in_userns, a.seccomp)?;
+    let no_new_privs = identity::become_process(process, in_userns, a.seccomp, notify)?;
 
     let program = find_executable(&args[0], &env)?;
     let argv = to_cstrings(args)?;
@@ -200,7 +223,7 @@ fn init(a: &InitArgs<'_>) -> Result<Infallible, Failure> {
     }
     if let (Some(filter), true) = (a.seccomp, no_new_privs) {
         // As late as possible: only execve runs under the filter from here.
-        identity::load_seccomp(filter).map_err(Failure::Exec)?;
+        identity::load_seccomp(filter, notify).map_err(Failure::Exec)?;
     }
     let err = nix::unistd::execve(&path, &argv, &envp).unwrap_err();
     Err(Failure::Exec(format!("exec {}: {err}", program.display())))

@@ -44,7 +44,7 @@ use oci_spec::runtime::{
 use serde_json::{json, Value};
 
 pub use cache::compile_cached;
-pub use notify::{process_state, send_listener};
+pub use notify::{process_state, send_listener, send_listener_on};
 
 /// The kernel's limit on instructions in one classic BPF program (BPF_MAXINSNS).
 const BPF_MAXINSNS: usize = 4096;

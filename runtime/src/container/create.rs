@@ -165,6 +165,7 @@ pub fn spawn(global: &GlobalOpts, opts: &CreateOptions, gate: Gate) -> Result<Sp
     }
 
     let filter = compile_seccomp(global, &cfg)?;
+    let notify = notify_socket(&cfg, filter.as_ref())?;
     let (parent_sock, child_sock) = sync::pair().context("creating sync socketpair")?;
     let init_args = InitArgs {
         cfg: &cfg,
@@ -179,6 +180,7 @@ pub fn spawn(global: &GlobalOpts, opts: &CreateOptions, gate: Gate) -> Result<Sp
         no_pivot: opts.no_pivot,
         preserve_fds: opts.preserve_fds,
         seccomp: filter.as_ref(),
+        notify: notify.as_ref(),
     };
     // Inherited by the init, which lives inside the container until it execs. An unprivileged
     // runtime must still write the init's id maps, which a non-dumpable process's /proc files
@@ -366,10 +368,33 @@ pub fn compile_seccomp(
     };
     let filter = crate::seccomp::compile_cached(profile, &global.root.join("seccomp-cache"))
         .map_err(|e| anyhow!("linux.seccomp: {e}"))?;
-    if filter.uses_notify() {
-        bail!("linux.seccomp: SCMP_ACT_NOTIFY is not supported yet by berth-runc");
+    if filter.uses_notify() && profile.listener_path().is_none() {
+        bail!("linux.seccomp: SCMP_ACT_NOTIFY needs linux.seccomp.listenerPath");
     }
     Ok(Some(filter))
+}
+
+/// For a NOTIFY filter, connect to the agent at linux.seccomp.listenerPath now, while its path
+/// is reachable; the init sends the listener fd on this socket once it has loaded the filter.
+pub fn notify_socket(
+    cfg: &Config,
+    filter: Option<&crate::seccomp::Filter>,
+) -> Result<Option<std::os::unix::net::UnixStream>> {
+    if !filter.is_some_and(|f| f.uses_notify()) {
+        return Ok(None);
+    }
+    let path = cfg
+        .spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.seccomp().as_ref())
+        .and_then(|s| s.listener_path().clone())
+        .ok_or_else(|| {
+            anyhow!("linux.seccomp: SCMP_ACT_NOTIFY needs linux.seccomp.listenerPath")
+        })?;
+    let sock = std::os::unix::net::UnixStream::connect(&path)
+        .with_context(|| format!("linux.seccomp.listenerPath {}: connecting", path.display()))?;
+    Ok(Some(sock))
 }
 
 /// The pid file holds the decimal pid and nothing else (no newline), written atomically.

@@ -203,6 +203,11 @@ pub fn exec(global: &GlobalOpts, opts: &ExecOptions) -> Result<u8> {
         setns(f, CloneFlags::CLONE_NEWPID).context("joining the container's pid namespace")?;
     }
     let filter = super::create::compile_seccomp(global, &cfg)?;
+    if filter.as_ref().is_some_and(|f| f.uses_notify()) {
+        bail!(
+            "exec into a container whose seccomp profile uses SCMP_ACT_NOTIFY is not supported yet"
+        );
+    }
     let (parent_sock, child_sock) = sync::pair().context("creating sync socketpair")?;
     // Inherited by the child, which becomes visible inside the container.
     sys::set_non_dumpable().context("making the runtime non-dumpable")?;
@@ -303,7 +308,7 @@ fn exec_child(
     let in_userns = joins
         .iter()
         .any(|(_, flag)| *flag == CloneFlags::CLONE_NEWUSER);
-    let no_new_privs = identity::become_process(process, in_userns, filter)?;
+    let no_new_privs = identity::become_process(process, in_userns, filter, None)?;
     let program = init::find_executable(&args[0], &env)?;
     let argv: Vec<CString> = args
         .iter()
@@ -318,7 +323,7 @@ fn exec_child(
     sys::cloexec_from(3 + preserve_fds as i32)
         .map_err(|e| format!("marking fds close-on-exec: {e}"))?;
     if let (Some(f), true) = (filter, no_new_privs) {
-        identity::load_seccomp(f)?;
+        identity::load_seccomp(f, None)?;
     }
     let err = nix::unistd::execve(&path, &argv, &envp).unwrap_err();
     Err(format!("exec {}: {err}", program.display()))

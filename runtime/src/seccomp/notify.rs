@@ -49,7 +49,20 @@ pub fn send_listener(
             listener_path.display()
         )
     };
-    let mut sock = UnixStream::connect(listener_path).map_err(|e| ctx("connecting", &e))?;
+    let sock = UnixStream::connect(listener_path).map_err(|e| ctx("connecting", &e))?;
+    send_listener_on(&sock, fd, state_json).map_err(|e| ctx("sending", &e))
+}
+
+/// Send `fd` with SCM_RIGHTS and `state_json` as the body on an already connected socket (the
+/// init connects before pivot_root, while the agent's path is still reachable).
+pub fn send_listener_on(
+    mut sock: &UnixStream,
+    fd: BorrowedFd<'_>,
+    state_json: &[u8],
+) -> Result<(), String> {
+    if state_json.is_empty() {
+        return Err("the state sent to the seccomp agent must not be empty".to_string());
+    }
     let fds = [fd.as_raw_fd()];
     let cmsg = [ControlMessage::ScmRights(&fds)];
     let sent = loop {
@@ -62,11 +75,11 @@ pub fn send_listener(
         ) {
             Ok(n) => break n,
             Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(ctx("sending the listener fd", &e)),
+            Err(e) => return Err(format!("the listener fd: {e}")),
         }
     };
     // A stream socket may take part of the body; the fd went with the first byte.
     sock.write_all(&state_json[sent..])
-        .map_err(|e| ctx("sending the state", &e))?;
+        .map_err(|e| format!("the state: {e}"))?;
     Ok(())
 }
