@@ -152,3 +152,59 @@ fn berth_run_bad_input_is_refused_and_cleaned() {
     assert_ne!(out.code, 0, "{out:?}");
     assert_clean(&d, &ns);
 }
+
+#[test]
+fn berth_detached_then_tasks_and_containers_commands() {
+    let ns = unique("bdet");
+    let d = daemon(&ns);
+    let id = unique("c");
+    let out = d.berth(&ns, &["run", "-d", IMAGE, &id, "sleep", "1000"]);
+    assert_eq!(out.ok().trim(), id);
+    let guard = Kill {
+        d: &d,
+        ns: &ns,
+        id: &id,
+    };
+    let ls = d.berth(&ns, &["--format", "json", "tasks", "ls"]).json();
+    assert_eq!(ls[0]["id"], id.as_str());
+    assert_eq!(ls[0]["status"], "RUNNING");
+    let pid = ls[0]["pid"].as_u64().unwrap();
+    let ps = d.berth(&ns, &["tasks", "ps", &id]).ok().to_string();
+    assert!(ps.lines().any(|l| l.trim() == pid.to_string()), "{ps}");
+    d.berth(&ns, &["tasks", "pause", &id]).ok();
+    let ls = d.berth(&ns, &["--format", "json", "tasks", "ls"]).json();
+    assert_eq!(ls[0]["status"], "PAUSED");
+    d.berth(&ns, &["tasks", "resume", &id]).ok();
+    let info = d.berth(&ns, &["containers", "info", &id]).json();
+    assert_eq!(info["image"], IMAGE);
+    assert_eq!(info["spec"]["process"]["args"][0], "sleep");
+    // rm of a running task is refused with the reason.
+    let err = d.berth(&ns, &["tasks", "rm", &id]).err().to_string();
+    assert!(err.contains("must be stopped"), "{err}");
+    d.berth(&ns, &["tasks", "kill", "-s", "KILL", &id]).ok();
+    let out = d.berth(&ns, &["tasks", "wait", &id]);
+    assert_eq!(out.code, 137, "{out:?}");
+    let out = d.berth(&ns, &["tasks", "rm", &id]);
+    assert!(out.ok().contains("exit status 137"), "{out:?}");
+    d.berth(&ns, &["containers", "rm", &id]).ok();
+    drop(guard);
+    assert_clean(&d, &ns);
+    // A task command on a container without a task.
+    let err = d.berth(&ns, &["tasks", "kill", &id]).err().to_string();
+    assert!(err.contains("not found"), "{err}");
+}
+
+/// Kills and removes a test's container even when the test fails.
+struct Kill<'a> {
+    d: &'a Berthd,
+    ns: &'a str,
+    id: &'a str,
+}
+
+impl Drop for Kill<'_> {
+    fn drop(&mut self) {
+        let _ = self.d.ctr(self.ns, &["task", "kill", "-s", "9", self.id]);
+        let _ = self.d.ctr(self.ns, &["task", "rm", "-f", self.id]);
+        let _ = self.d.ctr(self.ns, &["containers", "rm", self.id]);
+    }
+}
