@@ -208,3 +208,39 @@ impl Drop for Kill<'_> {
         let _ = self.d.ctr(self.ns, &["containers", "rm", self.id]);
     }
 }
+
+#[test]
+fn berth_events_shows_a_runs_events() {
+    let ns = unique("bev");
+    let d = daemon(&ns);
+    let filter = format!("namespace=={ns}");
+    let mut ev = std::process::Command::new(berth_integration::bins::berth())
+        .arg("--address")
+        .arg(d.socket())
+        .args(["events", &filter])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let id = unique("c");
+    d.berth(&ns, &["run", "--rm", IMAGE, &id, "true"]).ok();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let _ = ev.kill();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut ev.stdout.take().unwrap(), &mut text).unwrap();
+    let _ = ev.wait();
+    for topic in [
+        "/containers/create",
+        "/tasks/create",
+        "/tasks/start",
+        "/tasks/exit",
+        "/tasks/delete",
+        "/containers/delete",
+    ] {
+        assert!(
+            text.lines().any(|l| l.contains(&format!(" {ns} {topic} "))),
+            "{topic} missing:\n{text}"
+        );
+    }
+}

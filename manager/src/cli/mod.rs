@@ -2,6 +2,7 @@
 
 pub mod containers;
 pub mod content;
+pub mod events;
 pub mod images;
 pub mod leases;
 pub mod namespaces;
@@ -74,6 +75,11 @@ pub enum Command {
     /// Tasks: a container's running processes.
     #[command(subcommand, visible_alias = "t")]
     Tasks(tasks::Cmd),
+    /// Print the daemon's events as they happen.
+    Events {
+        /// containerd-style filters (`topic=="/tasks/exit"`, `namespace==default`).
+        filters: Vec<String>,
+    },
 }
 
 /// What every command needs: the channel, the namespace and the format.
@@ -115,6 +121,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             std::process::exit(code)
         }
         Command::Containers(c) => containers::run(&env, c).await,
+        Command::Events { filters } => events::run(&env, filters).await,
         Command::Tasks(c) => {
             let code = tasks::run(&env, c).await?;
             if code != 0 {
