@@ -44,6 +44,24 @@ fn long_running_task_lifecycle() {
     let path = c.cgroups_path(id).unwrap();
     assert_eq!(path, format!("/{}/{id}", c.namespace()));
     assert_eq!(memory_cgroup(pid).as_deref(), Some(path.as_str()));
+    // The shim drives the runtime under test, and that runtime keeps its state in our root.
+    let options = c.shim_options(id).unwrap();
+    assert_eq!(
+        options["binary_name"].as_str().map(std::path::Path::new),
+        Some(c.runtime()),
+        "options.json: {options}"
+    );
+    assert!(
+        c.runtime_state_dir(id).is_dir(),
+        "no runtime state at {}",
+        c.runtime_state_dir(id).display()
+    );
+    assert!(
+        c.shims()
+            .iter()
+            .any(|s| s.id == id && s.namespace == c.namespace()),
+        "no shim found for {id}"
+    );
 
     // exec: output, exit code, and a detached process in the same cgroup and pid namespace.
     let hi = c.exec(&[], id, "hi", &["echo", "hi"]);
@@ -182,4 +200,99 @@ fn exec_and_pause_errors_on_a_stopped_task() {
     c.ok(&c.ctr(&["containers", "rm", id]), id);
     let left = c.leftovers(id, &path);
     assert!(left.is_empty(), "{left:#?}");
+}
+
+#[test]
+fn exec_user_and_cwd_and_no_exec_while_paused() {
+    let c = Containerd::start().unwrap();
+    let id = "execopts";
+    c.ok(&c.run(&["-d"], id, &["sleep", "300"]), id);
+    let who = c.exec(
+        &["--user", "65534", "--cwd", "/tmp"],
+        id,
+        "who",
+        &["sh", "-c", "id -u; pwd"],
+    );
+    assert_eq!(c.ok(&who, id), "65534\n/tmp\n", "{}", c.diagnose(&who, id));
+    c.ok(&c.ctr(&["task", "pause", id]), id);
+    assert!(c.wait_status(id, "PAUSED", WAIT), "{:?}", c.task(id));
+    let paused = c.exec(&[], id, "paused", &["echo", "hi"]);
+    assert_ne!(
+        paused.code,
+        0,
+        "exec into a paused task: {}",
+        paused.describe()
+    );
+    assert!(!paused.stdout.contains("hi"), "{}", paused.describe());
+    c.ok(&c.ctr(&["task", "resume", id]), id);
+    assert!(c.wait_status(id, "RUNNING", WAIT), "{:?}", c.task(id));
+    let after = c.exec(&[], id, "after", &["echo", "hi"]);
+    assert_eq!(c.ok(&after, id), "hi\n", "{}", c.diagnose(&after, id));
+}
+
+#[test]
+fn sigterm_reaches_a_trapping_init_and_its_exit_code_is_kept() {
+    let c = Containerd::start().unwrap();
+    let id = "trap";
+    let script = "trap 'exit 9' TERM; echo ready > /tmp/ready; while true; do sleep 1; done";
+    c.ok(&c.run(&["-d"], id, &["sh", "-c", script]), id);
+    // Wait until the trap is installed (the shell writes the file after `trap`).
+    let ready = berth_integration::runtime::wait_for(WAIT, || {
+        c.exec(
+            &[],
+            id,
+            &format!("probe-{}", rand_suffix()),
+            &["test", "-e", "/tmp/ready"],
+        )
+        .code
+            == 0
+    });
+    assert!(ready, "the shell never became ready\n{}", c.log_tail(20));
+    // `ctr task kill` sends SIGTERM by default.
+    c.ok(&c.ctr(&["task", "kill", id]), id);
+    assert!(c.wait_status(id, "STOPPED", WAIT), "{:?}", c.task(id));
+    let rm = c.ctr(&["task", "rm", id]);
+    c.ok(&rm, id);
+    assert!(rm.stderr.contains("exit code 9"), "{}", rm.describe());
+}
+
+#[test]
+fn kill_all_signals_every_process_of_the_task() {
+    let c = Containerd::start().unwrap();
+    let id = "killall";
+    // `sleep` as pid 1 of its namespace ignores SIGTERM (no handler); the exec'd one does not.
+    c.ok(&c.run(&["-d"], id, &["sleep", "300"]), id);
+    let (init, _) = c.task(id).expect("task listed");
+    c.ok(&c.exec(&["-d"], id, "bg", &["sleep", "301"]), id);
+    let ps = c.ctr(&["task", "ps", id]);
+    let pids = ps_pids(&c.ok(&ps, id));
+    let exec_pid = pids
+        .iter()
+        .copied()
+        .find(|p| *p != init)
+        .unwrap_or_else(|| panic!("no exec'd pid in ps:\n{}", ps.stdout));
+    // Without --all only the init is signalled: the exec'd sleep survives.
+    c.ok(&c.ctr(&["task", "kill", "-s", "SIGTERM", id]), id);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        kernel::alive(exec_pid),
+        "SIGTERM without --all reached {exec_pid}"
+    );
+    assert!(kernel::alive(init));
+    // With --all every process gets it: the exec'd sleep dies, the init stays.
+    c.ok(&c.ctr(&["task", "kill", "--all", "-s", "SIGTERM", id]), id);
+    assert!(
+        berth_integration::runtime::wait_for(WAIT, || !kernel::alive(exec_pid)),
+        "kill --all did not reach the exec'd pid {exec_pid}"
+    );
+    assert_eq!(c.task(id).map(|t| t.1).as_deref(), Some("RUNNING"));
+    c.ok(&c.ctr(&["task", "kill", "--all", "-s", "SIGKILL", id]), id);
+    assert!(c.wait_status(id, "STOPPED", WAIT), "{:?}", c.task(id));
+}
+
+/// A distinct suffix for exec ids within one test.
+fn rand_suffix() -> usize {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
 }

@@ -35,12 +35,12 @@ impl CtrOut {
     }
 }
 
-/// Runs `cmd` with stdin from /dev/null and stdout/stderr into `out_base.{out,err}`, killing it
-/// after `timeout`. Never fails: a spawn error or timeout becomes code -1 with the reason in
-/// stderr, so callers can assert on it like any other failure.
-pub fn run(cmd: &mut Command, out_base: &Path, timeout: Duration) -> CtrOut {
+/// Runs `cmd` with stdin from `stdin` (or /dev/null) and stdout/stderr into
+/// `out_base.{out,err}`, killing it after `timeout`. Never fails: a spawn error or timeout becomes
+/// code -1 with the reason in stderr, so callers can assert on it like any other failure.
+pub fn run(cmd: &mut Command, stdin: Option<&Path>, out_base: &Path, timeout: Duration) -> CtrOut {
     let command = describe_command(cmd);
-    match run_inner(cmd, out_base, timeout, &command) {
+    match run_inner(cmd, stdin, out_base, timeout, &command) {
         Ok(out) => out,
         Err(e) => {
             let (stdout, stderr) = read_outputs(out_base);
@@ -54,14 +54,24 @@ pub fn run(cmd: &mut Command, out_base: &Path, timeout: Duration) -> CtrOut {
     }
 }
 
-fn run_inner(cmd: &mut Command, out_base: &Path, timeout: Duration, what: &str) -> Result<CtrOut> {
+fn run_inner(
+    cmd: &mut Command,
+    stdin: Option<&Path>,
+    out_base: &Path,
+    timeout: Duration,
+    what: &str,
+) -> Result<CtrOut> {
     let out_path = out_base.with_extension("out");
     let err_path = out_base.with_extension("err");
     let stdout =
         File::create(&out_path).with_context(|| format!("creating {}", out_path.display()))?;
     let stderr =
         File::create(&err_path).with_context(|| format!("creating {}", err_path.display()))?;
-    cmd.stdin(Stdio::null()).stdout(stdout).stderr(stderr);
+    let stdin = match stdin {
+        Some(p) => Stdio::from(File::open(p).with_context(|| format!("opening {}", p.display()))?),
+        None => Stdio::null(),
+    };
+    cmd.stdin(stdin).stdout(stdout).stderr(stderr);
     let status = wait_with_timeout(cmd, what, timeout)?;
     let (stdout, stderr) = read_outputs(out_base);
     Ok(CtrOut {

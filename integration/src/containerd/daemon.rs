@@ -25,6 +25,9 @@ pub const CTR_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long containerd may take to listen.
 pub const START_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// The runc shim's default runtime root (`--root` is `<this>/<namespace>`).
+pub const DEFAULT_RUNC_ROOT: &str = "/run/containerd/runc";
+
 /// Plugins disabled in the private config: CRI (needs CNI and its own state), and snapshotters
 /// that cannot work here (no btrfs/zfs file system, no aufs module, no devmapper pool).
 pub const DISABLED_PLUGINS: &[&str] = &[
@@ -101,10 +104,23 @@ impl Containerd {
     fn spawn(&mut self) -> Result<()> {
         let config = self.dir.path().join("config.toml");
         fs::write(&config, self.config_toml()).context("writing containerd's config")?;
+        // The shim falls back to `runc` on its PATH whenever the task's options lack a binary
+        // name (ctr 1.6 replaces them with {io_uid, io_gid} for --uidmap): make that the runtime
+        // under test too, so no code path silently uses the host's runc.
+        let bin = self.bin_dir();
+        fs::create_dir(&bin).with_context(|| format!("creating {}", bin.display()))?;
+        std::os::unix::fs::symlink(&self.runtime, bin.join("runc"))
+            .context("linking the runtime under test as `runc`")?;
+        let mut path = std::ffi::OsString::from(bin.as_os_str());
+        if let Some(old) = std::env::var_os("PATH") {
+            path.push(":");
+            path.push(old);
+        }
         let log = fs::File::create(self.log_path()).context("creating containerd's log")?;
         let child = Command::new("containerd")
             .arg("--config")
             .arg(&config)
+            .env("PATH", path)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -184,9 +200,36 @@ impl Containerd {
         self.runtime.file_name().is_some_and(|n| n == "runc")
     }
 
-    /// The runtime's `--root` (passed as `ctr run --runc-root`).
+    /// The root passed as `ctr run --runc-root`; the shim runs the runtime with
+    /// `--root <this>/<namespace>`.
     pub fn runc_root(&self) -> PathBuf {
         self.dir.path().join("runc")
+    }
+
+    /// A directory first on containerd's (and so the shims') PATH, holding `runc` → the
+    /// runtime under test.
+    pub fn bin_dir(&self) -> PathBuf {
+        self.dir.path().join("bin")
+    }
+
+    /// The runtime root the shim uses when a task's options name none:
+    /// `/run/containerd/runc/<namespace>` (unique to this containerd, removed on drop).
+    pub fn default_runtime_root(&self) -> PathBuf {
+        Path::new(DEFAULT_RUNC_ROOT).join(&self.ns)
+    }
+
+    /// Where the runtime keeps container `id`'s state: `<runc root>/<namespace>/<id>`.
+    pub fn runtime_state_dir(&self, id: &str) -> PathBuf {
+        self.runc_root().join(&self.ns).join(id)
+    }
+
+    /// The shim's options for container `id` (`options.json` in the bundle: `binary_name`,
+    /// `root`), proof of which runtime the shim drives.
+    pub fn shim_options(&self, id: &str) -> Result<Value> {
+        let path = self.bundle(id).join("options.json");
+        let text =
+            fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
     }
 
     /// containerd's log file (debug level; the shims' logs are copied into it).
@@ -251,15 +294,21 @@ impl Containerd {
 
     /// Runs `ctr -a <socket> -n <ns> <args>`, killed after `timeout`.
     pub fn ctr_timeout(&self, args: &[&str], timeout: Duration) -> CtrOut {
+        let mut cmd = self.ctr_command();
+        cmd.args(args);
+        command::run(&mut cmd, None, &self.out_base(), timeout)
+    }
+
+    /// `ctr -a <socket> -n <ns>`, with the environment that could redirect it removed.
+    fn ctr_command(&self) -> Command {
         let mut cmd = Command::new("ctr");
         cmd.arg("-a")
             .arg(self.socket())
             .arg("-n")
             .arg(&self.ns)
-            .args(args)
             .env_remove("CONTAINERD_ADDRESS")
             .env_remove("CONTAINERD_NAMESPACE");
-        command::run(&mut cmd, &self.out_base(), timeout)
+        cmd
     }
 
     fn out_base(&self) -> PathBuf {
@@ -301,6 +350,15 @@ impl Containerd {
         let argv = self.run_argv(flags, id, cmd);
         let refs: Vec<&str> = argv.iter().map(String::as_str).collect();
         self.ctr(&refs)
+    }
+
+    /// `ctr run` with stdin read from the file `stdin` (ctr copies it into the container; it does
+    /// not close the container's stdin at end-of-file, so the command must stop reading itself).
+    pub fn run_with_stdin(&self, flags: &[&str], id: &str, cmd: &[&str], stdin: &Path) -> CtrOut {
+        let argv = self.run_argv(flags, id, cmd);
+        let mut c = self.ctr_command();
+        c.args(&argv);
+        command::run(&mut c, Some(stdin), &self.out_base(), CTR_TIMEOUT)
     }
 
     /// `ctr task exec --fifo-dir <fifo dir> --exec-id <exec_id> <flags> id cmd...`.
@@ -354,7 +412,7 @@ impl Containerd {
             .arg("/dev/null")
             .env_remove("CONTAINERD_ADDRESS")
             .env_remove("CONTAINERD_NAMESPACE");
-        command::run(&mut script, &self.out_base(), CTR_TIMEOUT)
+        command::run(&mut script, None, &self.out_base(), CTR_TIMEOUT)
     }
 
     /// Panics with the command's output, containerd's recent warnings/errors and (if the bundle
@@ -421,9 +479,13 @@ impl Containerd {
         for dir in crate::runtime::kernel::cgroup_dirs(cgroups_path) {
             left.push(format!("cgroup dir {} still exists", dir.display()));
         }
-        let state = self.runc_root().join(id);
-        if state.exists() {
-            left.push(format!("runtime state {} still exists", state.display()));
+        for state in [
+            self.runtime_state_dir(id),
+            self.default_runtime_root().join(id),
+        ] {
+            if state.exists() {
+                left.push(format!("runtime state {} still exists", state.display()));
+            }
         }
         if self.bundle(id).exists() {
             left.push(format!("bundle {} still exists", self.bundle(id).display()));
@@ -527,6 +589,8 @@ impl Drop for Containerd {
             let _ = fs::remove_file(cleanup::shim_socket(&socket, ns, id));
         }
         unmount_under(self.dir.path());
+        // Only this containerd's namespace: nobody else uses that name.
+        let _ = fs::remove_dir_all(self.default_runtime_root());
     }
 }
 

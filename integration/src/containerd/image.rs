@@ -20,6 +20,12 @@ pub const APPLETS: &[(&str, &str)] = &[
     ("bin/test", "busybox"),
     ("bin/ls", "busybox"),
     ("bin/id", "busybox"),
+    ("bin/touch", "busybox"),
+    ("bin/mkdir", "busybox"),
+    ("bin/grep", "busybox"),
+    ("bin/head", "busybox"),
+    ("bin/readlink", "busybox"),
+    ("bin/stat", "busybox"),
 ];
 
 /// Builds the one-layer image: /bin/busybox, the applet links, /etc/passwd and /etc/group, /tmp.
