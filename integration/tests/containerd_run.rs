@@ -143,3 +143,71 @@ fn missing_executable_fails_and_leaves_nothing() {
     let again = c.run(&["--rm"], id, &["echo", "ok"]);
     assert_eq!(c.ok(&again, id), "ok\n");
 }
+
+#[test]
+fn cwd_that_is_a_file_fails_with_the_runtimes_error() {
+    let c = Containerd::start().unwrap();
+    let id = "badcwd";
+    let out = c.run(
+        &["--rm", "--cwd", "/etc/passwd"],
+        id,
+        &["echo", "unreachable"],
+    );
+    assert_ne!(out.code, 0, "{}", c.diagnose(&out, id));
+    assert!(
+        !out.stdout.contains("unreachable"),
+        "{}",
+        c.diagnose(&out, id)
+    );
+    // The shim shows the runtime's last log.json error: it must say what was wrong (runc 1.1:
+    // "... error during container init: mkdir /etc/passwd: not a directory").
+    let err = out.stderr.to_lowercase();
+    assert!(
+        err.contains("not a directory") && err.contains("/etc/passwd"),
+        "ctr's error does not say the cwd is not a directory:\n{}",
+        c.diagnose(&out, id)
+    );
+    let left = c.leftovers(id, &default_cgroup(&c, id));
+    assert!(left.is_empty(), "after a failed create: {left:#?}");
+}
+
+#[test]
+fn concurrent_runs_in_one_namespace() {
+    let c = Containerd::start().unwrap();
+    // Several `ctr run --rm` at once: the runtime's state root and the namespace's cgroup
+    // parent are shared between them.
+    let outs: Vec<(String, berth_integration::containerd::CtrOut)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..6)
+            .map(|i| {
+                let c = &c;
+                s.spawn(move || {
+                    let id = format!("par{i}");
+                    let out = c.run(&["--rm"], &id, &["sh", "-c", &format!("echo run {i}")]);
+                    (id, out)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a run thread panicked"))
+            .collect()
+    });
+    for (i, (id, out)) in outs.iter().enumerate() {
+        assert_eq!(
+            c.ok(out, id),
+            format!("run {i}\n"),
+            "{}",
+            c.diagnose(out, id)
+        );
+    }
+    for (id, _) in &outs {
+        let left = c.leftovers(id, &default_cgroup(&c, id));
+        assert!(left.is_empty(), "{id}: {left:#?}");
+    }
+    // And many in a row reuse nothing stale.
+    for i in 0..8 {
+        let id = format!("seq{i}");
+        let out = c.run(&["--rm"], &id, &["echo", &id]);
+        assert_eq!(c.ok(&out, &id), format!("{id}\n"));
+    }
+}

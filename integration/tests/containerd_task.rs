@@ -296,3 +296,32 @@ fn rand_suffix() -> usize {
     static N: AtomicUsize = AtomicUsize::new(0);
     N.fetch_add(1, Ordering::Relaxed)
 }
+
+#[test]
+fn task_survives_a_containerd_restart() {
+    let mut c = Containerd::start().unwrap();
+    let id = "survivor";
+    c.ok(&c.run(&["-d"], id, &["sleep", "300"]), id);
+    let (pid, _) = c.task(id).expect("task listed");
+    c.restart().unwrap();
+    // The shim kept the container; containerd finds it again.
+    assert_eq!(
+        c.task(id),
+        Some((pid, "RUNNING".to_string())),
+        "{}",
+        c.log_tail(20)
+    );
+    assert!(kernel::alive(pid));
+    let hi = c.exec(&[], id, "after-restart", &["echo", "hi"]);
+    assert_eq!(c.ok(&hi, id), "hi\n", "{}", c.diagnose(&hi, id));
+    c.ok(&c.ctr(&["task", "pause", id]), id);
+    assert!(c.wait_status(id, "PAUSED", WAIT), "{:?}", c.task(id));
+    c.ok(&c.ctr(&["task", "resume", id]), id);
+    c.ok(&c.ctr(&["task", "kill", "-s", "SIGKILL", id]), id);
+    assert!(c.wait_status(id, "STOPPED", WAIT), "{:?}", c.task(id));
+    let path = c.cgroups_path(id).unwrap();
+    c.ok(&c.ctr(&["task", "rm", id]), id);
+    c.ok(&c.ctr(&["containers", "rm", id]), id);
+    let left = c.leftovers(id, &path);
+    assert!(left.is_empty(), "{left:#?}");
+}

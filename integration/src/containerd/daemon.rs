@@ -108,15 +108,21 @@ impl Containerd {
         // name (ctr 1.6 replaces them with {io_uid, io_gid} for --uidmap): make that the runtime
         // under test too, so no code path silently uses the host's runc.
         let bin = self.bin_dir();
-        fs::create_dir(&bin).with_context(|| format!("creating {}", bin.display()))?;
-        std::os::unix::fs::symlink(&self.runtime, bin.join("runc"))
-            .context("linking the runtime under test as `runc`")?;
+        if !bin.exists() {
+            fs::create_dir(&bin).with_context(|| format!("creating {}", bin.display()))?;
+            std::os::unix::fs::symlink(&self.runtime, bin.join("runc"))
+                .context("linking the runtime under test as `runc`")?;
+        }
         let mut path = std::ffi::OsString::from(bin.as_os_str());
         if let Some(old) = std::env::var_os("PATH") {
             path.push(":");
             path.push(old);
         }
-        let log = fs::File::create(self.log_path()).context("creating containerd's log")?;
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .context("opening containerd's log")?;
         let child = Command::new("containerd")
             .arg("--config")
             .arg(&config)
@@ -505,6 +511,18 @@ impl Containerd {
     /// Running shims of this containerd.
     pub fn shims(&self) -> Vec<cleanup::Shim> {
         cleanup::shims_for(&self.socket())
+    }
+
+    /// Stops containerd (SIGTERM) and starts it again on the same config, root and state; the
+    /// shims and their containers keep running and containerd reconnects to them.
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop();
+        self.spawn()
+    }
+
+    /// containerd's pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     fn stop(&mut self) {
