@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use berth_store::snapshots::Mount;
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::mount::{umount2, MntFlags};
 
 /// A temp dir with the mounts on it; unmounted and removed on drop.
 pub struct TempMount {
@@ -20,10 +20,9 @@ impl TempMount {
         let dir = base.join(format!("m-{}-{}", std::process::id(), fastrand::u64(..)));
         std::fs::create_dir(&dir)?;
         let mut tm = TempMount { dir, mounted: 0 };
-        for m in mounts {
-            mount_one(m, &tm.dir)?;
-            tm.mounted += 1;
-        }
+        // The same mount code as a task's rootfs; it undoes what it mounted when one fails.
+        crate::tasks::mounts::mount_all(mounts, &tm.dir).map_err(std::io::Error::other)?;
+        tm.mounted = mounts.len();
         Ok(tm)
     }
 
@@ -31,66 +30,6 @@ impl TempMount {
     pub fn path(&self) -> &Path {
         &self.dir
     }
-}
-
-fn mount_one(m: &Mount, target: &Path) -> std::io::Result<()> {
-    let mut flags = MsFlags::empty();
-    let mut data = Vec::new();
-    let mut bind = m.kind == "bind";
-    for o in &m.options {
-        match o.as_str() {
-            "ro" => flags |= MsFlags::MS_RDONLY,
-            "rw" => {}
-            "bind" => bind = true,
-            "rbind" => {
-                bind = true;
-                flags |= MsFlags::MS_REC;
-            }
-            "nosuid" => flags |= MsFlags::MS_NOSUID,
-            "nodev" => flags |= MsFlags::MS_NODEV,
-            "noexec" => flags |= MsFlags::MS_NOEXEC,
-            other => data.push(other.to_string()),
-        }
-    }
-    let err = |e: nix::Error| {
-        std::io::Error::other(format!(
-            "mount {} ({}) on {}: {e}",
-            m.source,
-            m.kind,
-            target.display()
-        ))
-    };
-    if bind {
-        mount(
-            Some(m.source.as_str()),
-            target,
-            None::<&str>,
-            (flags & MsFlags::MS_REC) | MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .map_err(err)?;
-        if flags.contains(MsFlags::MS_RDONLY) {
-            mount(
-                None::<&str>,
-                target,
-                None::<&str>,
-                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-                None::<&str>,
-            )
-            .map_err(err)?;
-        }
-    } else {
-        let data = data.join(",");
-        mount(
-            Some(m.source.as_str()),
-            target,
-            Some(m.kind.as_str()),
-            flags,
-            Some(data.as_str()),
-        )
-        .map_err(err)?;
-    }
-    Ok(())
 }
 
 impl Drop for TempMount {
