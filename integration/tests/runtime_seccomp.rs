@@ -96,34 +96,39 @@ fn a_broken_profile_is_refused_and_leaves_nothing() -> Result<()> {
     Ok(())
 }
 
-/// A one-shot seccomp agent: receives the listener fd and the state on a unix socket, then
-/// closes the fd (the kernel then fails the notified syscalls with ENOSYS).
-fn one_shot_agent(path: &std::path::Path) -> Result<std::thread::JoinHandle<Result<String>>> {
+/// Receive one listener fd and the state on an accepted connection; the fd is closed at once
+/// (the kernel then fails the notified syscalls with ENOSYS).
+fn receive_listener(stream: &std::os::unix::net::UnixStream) -> Result<String> {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut cmsg = nix::cmsg_space!([RawFd; 1]);
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let msg = nix::sys::socket::recvmsg::<()>(
+        stream.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        nix::sys::socket::MsgFlags::empty(),
+    )?;
+    let mut got_fd = false;
+    for c in msg.cmsgs()? {
+        if let nix::sys::socket::ControlMessageOwned::ScmRights(fds) = c {
+            for fd in fds {
+                got_fd = true;
+                drop(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+        }
+    }
+    let n = msg.bytes;
+    anyhow::ensure!(got_fd, "no listener fd arrived");
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+/// A one-shot seccomp agent on a unix socket at `path`.
+fn one_shot_agent(path: &std::path::Path) -> Result<std::thread::JoinHandle<Result<String>>> {
     let listener = std::os::unix::net::UnixListener::bind(path)?;
     Ok(std::thread::spawn(move || -> Result<String> {
         let (stream, _) = listener.accept()?;
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut cmsg = nix::cmsg_space!([RawFd; 1]);
-        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-        let msg = nix::sys::socket::recvmsg::<()>(
-            stream.as_raw_fd(),
-            &mut iov,
-            Some(&mut cmsg),
-            nix::sys::socket::MsgFlags::empty(),
-        )?;
-        let mut got_fd = false;
-        for c in msg.cmsgs()? {
-            if let nix::sys::socket::ControlMessageOwned::ScmRights(fds) = c {
-                for fd in fds {
-                    got_fd = true;
-                    drop(unsafe { OwnedFd::from_raw_fd(fd) });
-                }
-            }
-        }
-        let n = msg.bytes;
-        anyhow::ensure!(got_fd, "no listener fd arrived");
-        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+        receive_listener(&stream)
     }))
 }
 
@@ -154,6 +159,61 @@ fn notify_hands_the_listener_to_the_agent() -> Result<()> {
     assert_eq!(state["metadata"], "berth-test", "{body}");
     assert_eq!(state["state"]["id"], id.as_str(), "{body}");
     assert!(state["pid"].as_i64().unwrap_or(0) > 0, "{body}");
+    guard.assert_no_leftovers();
+    Ok(())
+}
+
+#[test]
+fn exec_hands_its_own_listener_to_the_agent() -> Result<()> {
+    let rt = Runtime::new()?;
+    let dir = tempfile::tempdir()?;
+    let sock = dir.path().join("agent.sock");
+    // One connection for the init, one for the exec'd process.
+    let listener = std::os::unix::net::UnixListener::bind(&sock)?;
+    let agent = std::thread::spawn(move || -> Result<Vec<String>> {
+        let mut bodies = Vec::new();
+        for _ in 0..2 {
+            let (stream, _) = listener.accept()?;
+            bodies.push(receive_listener(&stream)?);
+        }
+        Ok(bodies)
+    });
+    let mut bundle = Bundle::new()?;
+    bundle.args(&["sleep", "30"]);
+    bundle.config_mut()["linux"]["seccomp"] = json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "listenerPath": sock.display().to_string(),
+        "listenerMetadata": "exec-test",
+        "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_NOTIFY"}]
+    });
+    let id = unique_name("notify-exec");
+    let guard = rt.guard(&id, &bundle);
+    rt.create(&id, &bundle)?.ok();
+    rt.start(&id)?.ok();
+    let pid_file = dir.path().join("exec.pid");
+    let out = rt
+        .exec(&[
+            "exec",
+            "--pid-file",
+            &pid_file.display().to_string(),
+            &id,
+            "sh",
+            "-c",
+            "mkdir /dev/shm/y; echo rc=$?",
+        ])?
+        .ok();
+    // The agent closed the exec's listener without answering: the kernel fails mkdir.
+    assert!(out.stdout.contains("rc=1"), "{}", out.describe());
+    let bodies = agent
+        .join()
+        .map_err(|_| anyhow::anyhow!("agent panicked"))??;
+    let exec_pid: i64 = std::fs::read_to_string(&pid_file)?.trim().parse()?;
+    let state: serde_json::Value = serde_json::from_str(&bodies[1])?;
+    assert_eq!(state["pid"].as_i64(), Some(exec_pid), "{}", bodies[1]);
+    assert_eq!(state["metadata"], "exec-test", "{}", bodies[1]);
+    assert_eq!(state["state"]["id"], id.as_str(), "{}", bodies[1]);
+    assert_eq!(state["state"]["status"], "running", "{}", bodies[1]);
+    rt.exec(&["delete", "--force", &id])?.ok();
     guard.assert_no_leftovers();
     Ok(())
 }

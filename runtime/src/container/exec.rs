@@ -203,11 +203,9 @@ pub fn exec(global: &GlobalOpts, opts: &ExecOptions) -> Result<u8> {
         setns(f, CloneFlags::CLONE_NEWPID).context("joining the container's pid namespace")?;
     }
     let filter = super::create::compile_seccomp(global, &cfg)?;
-    if filter.as_ref().is_some_and(|f| f.uses_notify()) {
-        bail!(
-            "exec into a container whose seccomp profile uses SCMP_ACT_NOTIFY is not supported yet"
-        );
-    }
+    // A NOTIFY filter's agent is reached now, on the host, before the child joins the
+    // container's mount namespace; the child sends it the listener fd, as the init does.
+    let notify = super::create::notify_socket(&cfg, filter.as_ref())?;
     let (parent_sock, child_sock) = sync::pair().context("creating sync socketpair")?;
     // Inherited by the child, which becomes visible inside the container.
     sys::set_non_dumpable().context("making the runtime non-dumpable")?;
@@ -232,6 +230,7 @@ pub fn exec(global: &GlobalOpts, opts: &ExecOptions) -> Result<u8> {
                 console.as_ref(),
                 opts.preserve_fds,
                 filter.as_ref(),
+                notify.as_ref(),
                 cfg.spec.linux().as_ref(),
             ) {
                 Ok(never) => match never {},
@@ -245,7 +244,12 @@ pub fn exec(global: &GlobalOpts, opts: &ExecOptions) -> Result<u8> {
         ForkResult::Parent { child } => {
             drop(child_sock);
             drop(console);
-            let res = exec_parent(&st, child, &parent_sock, opts);
+            drop(notify);
+            let agent = match &filter {
+                Some(f) if f.uses_notify() => Some(agent_body(&st, &cfg, &opts.id, child)?),
+                _ => None,
+            };
+            let res = exec_parent(&st, child, &parent_sock, opts, agent);
             if res.is_err() {
                 let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
                 let _ = nix::sys::wait::waitpid(child, None);
@@ -259,12 +263,36 @@ pub fn exec(global: &GlobalOpts, opts: &ExecOptions) -> Result<u8> {
     }
 }
 
-fn exec_parent(st: &ContainerState, child: Pid, sock: &OwnedFd, opts: &ExecOptions) -> Result<u8> {
+/// The seccomp agent's message for an exec'd process: the container's state and the process's
+/// host pid (the child's own getpid() answers in the container's pid namespace).
+fn agent_body(st: &ContainerState, cfg: &config::Config, id: &str, child: Pid) -> Result<String> {
+    let state = super::create::hook_state(id, st.pid, cfg, "running");
+    let metadata = cfg
+        .spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.seccomp().as_ref())
+        .and_then(|s| s.listener_metadata().clone());
+    let body = crate::seccomp::process_state(state.as_bytes(), child.as_raw(), metadata.as_deref())
+        .map_err(|e| anyhow!(e))?;
+    String::from_utf8(body).context("the seccomp agent's message is not UTF-8")
+}
+
+fn exec_parent(
+    st: &ContainerState,
+    child: Pid,
+    sock: &OwnedFd,
+    opts: &ExecOptions,
+    agent: Option<String>,
+) -> Result<u8> {
     if let Some(cg) = &st.cgroup {
         cg.add_process(child.as_raw())
             .with_context(|| format!("placing process {child} in the container's cgroup"))?;
     }
     sync::send(sock, &Message::Go).context("starting exec process")?;
+    if let Some(body) = agent {
+        sync::send(sock, &Message::State(body)).context("sending the seccomp agent's state")?;
+    }
     match sync::recv(sock).context("waiting for exec process")? {
         // The socket closes on exec (close-on-exec): no message means it is running.
         None => {}
@@ -284,12 +312,21 @@ fn exec_child(
     console: Option<&OwnedFd>,
     preserve_fds: u32,
     filter: Option<&crate::seccomp::Filter>,
+    notify: Option<&std::os::unix::net::UnixStream>,
     linux: Option<&oci_spec::runtime::Linux>,
 ) -> Result<std::convert::Infallible, String> {
     match sync::recv(sock) {
         Ok(Some(Message::Go)) => {}
         _ => return Err("the runtime went away during exec".into()),
     }
+    let agent_body = match notify {
+        Some(_) => match sync::recv(sock) {
+            Ok(Some(Message::State(body))) => body,
+            _ => return Err("the runtime went away during exec".into()),
+        },
+        None => String::new(),
+    };
+    let notify = notify.map(|s| (s, agent_body.as_bytes()));
     for (f, flag) in joins {
         setns(f, *flag).map_err(|e| format!("joining the container's namespace {flag:?}: {e}"))?;
     }
@@ -308,7 +345,7 @@ fn exec_child(
     let in_userns = joins
         .iter()
         .any(|(_, flag)| *flag == CloneFlags::CLONE_NEWUSER);
-    let no_new_privs = identity::become_process(process, in_userns, filter, None)?;
+    let no_new_privs = identity::become_process(process, in_userns, filter, notify)?;
     let program = init::find_executable(&args[0], &env)?;
     let argv: Vec<CString> = args
         .iter()
@@ -323,7 +360,7 @@ fn exec_child(
     sys::cloexec_from(3 + preserve_fds as i32)
         .map_err(|e| format!("marking fds close-on-exec: {e}"))?;
     if let (Some(f), true) = (filter, no_new_privs) {
-        identity::load_seccomp(f, None)?;
+        identity::load_seccomp(f, notify)?;
     }
     let err = nix::unistd::execve(&path, &argv, &envp).unwrap_err();
     Err(format!("exec {}: {err}", program.display()))
