@@ -232,11 +232,16 @@ pub fn validate(spec: Spec, bundle: PathBuf) -> Result<Config, ConfigError> {
             }
         }
     }
-    Ok(Config {
+    let cfg = Config {
         spec,
         bundle,
         rootfs,
-    })
+    };
+    crate::idmap::validate(&cfg).map_err(|message| ConfigError::Field {
+        field: "mounts".into(),
+        message,
+    })?;
+    Ok(cfg)
 }
 
 #[cfg(test)]

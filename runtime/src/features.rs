@@ -41,7 +41,38 @@ pub const MOUNT_OPTIONS: &[&str] = &[
     "sync",
     "tmpcopyup",
     "unbindable",
+    // Recursive attributes (mount_setattr with AT_RECURSIVE).
+    "ratime",
+    "rdev",
+    "rdiratime",
+    "rexec",
+    "rnoatime",
+    "rnodev",
+    "rnodiratime",
+    "rnoexec",
+    "rnorelatime",
+    "rnostrictatime",
+    "rnosuid",
+    "rnosymfollow",
+    "rrelatime",
+    "rro",
+    "rrw",
+    "rstrictatime",
+    "rsuid",
+    "rsymfollow",
 ];
+
+/// Idmapped bind mounts, listed only where the kernel has mount_setattr.
+const IDMAP_OPTIONS: &[&str] = &["idmap", "ridmap"];
+
+fn mount_options() -> Vec<&'static str> {
+    let mut v: Vec<&str> = MOUNT_OPTIONS.to_vec();
+    if crate::idmap::supported() {
+        v.extend_from_slice(IDMAP_OPTIONS);
+    }
+    v.sort_unstable();
+    v
+}
 
 /// The features JSON.
 pub fn features() -> Value {
@@ -53,7 +84,7 @@ pub fn features() -> Value {
         "ociVersionMin": "1.0.0",
         "ociVersionMax": crate::OCI_VERSION,
         "hooks": crate::hooks::HookKind::ALL.map(|k| k.name()),
-        "mountOptions": MOUNT_OPTIONS,
+        "mountOptions": mount_options(),
         "linux": {
             "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "time", "user", "uts"],
             "capabilities": caps,
@@ -61,10 +92,31 @@ pub fn features() -> Value {
             "seccomp": crate::seccomp::features(),
             "apparmor": {"enabled": false},
             "selinux": {"enabled": false},
-            "intelRdt": {"enabled": false}
+            "intelRdt": {"enabled": false},
+            "mountExtensions": {"idmap": {"enabled": crate::idmap::supported()}}
         },
         "annotations": {
             "io.github.berth.runtime.version": crate::VERSION
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_listed_mount_option_is_understood() {
+        for o in mount_options() {
+            let parsed = crate::mounts::parse_options(&[o.to_string()]);
+            assert!(
+                parsed.data.is_empty(),
+                "{o} is listed but would reach the filesystem as data"
+            );
+        }
+        let listed = mount_options();
+        for o in ["rro", "rnosymfollow", "ratime"] {
+            assert!(listed.contains(&o), "{o} missing from features");
+        }
+    }
 }

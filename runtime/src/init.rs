@@ -45,6 +45,8 @@ pub struct InitArgs<'a> {
     pub seccomp: Option<&'a crate::seccomp::Filter>,
     /// The seccomp agent's socket (listenerPath), connected by the parent, for NOTIFY filters.
     pub notify: Option<&'a std::os::unix::net::UnixStream>,
+    /// The idmapped mounts, built by the parent on the host (the init attaches them).
+    pub idmapped: &'a crate::idmap::IdmappedMounts,
 }
 
 /// The init's entry point: never returns on success (execve), returns the exit code on failure
@@ -112,7 +114,7 @@ fn init(a: &InitArgs<'_>) -> Result<Infallible, Failure> {
     }
     setsid().map_err(|e| format!("setsid: {e}"))?;
 
-    rootfs::prepare(cfg, in_userns, a.cgroup_mount)?;
+    rootfs::prepare(cfg, in_userns, a.cgroup_mount, a.idmapped)?;
     // The state for this process's own hooks; the parent sends it with its go-ahead.
     let mut state_json = String::new();
     let hooks = cfg.spec.hooks().as_ref();

@@ -13,6 +13,7 @@ pub mod devices;
 pub mod features;
 pub mod hooks;
 pub mod identity;
+pub mod idmap;
 pub mod init;
 pub mod logging;
 pub mod mounts;

@@ -92,8 +92,8 @@ pub fn parse_options(options: &[String]) -> MountOptions {
                     .push(propagation_flag(opt).unwrap_or(MsFlags::empty()));
                 continue;
             }
-            // Handled elsewhere or not meaningful for mount(2).
-            "tmpcopyup" => continue,
+            // Handled elsewhere (tmpcopyup; idmap/ridmap in crate::idmap) or not for mount(2).
+            "tmpcopyup" | "idmap" | "ridmap" => continue,
             r if recursive_attr(r).is_some() => {
                 if let Some((set, clear)) = recursive_attr(r) {
                     o.recursive.0 = (o.recursive.0 & !clear) | set;
@@ -220,12 +220,14 @@ pub fn locked_flags(path: &Path) -> MsFlags {
 
 /// Mount one entry of config.json under the rootfs whose fd is `root`.
 /// `bundle` resolves relative bind sources; `cgroup_dirs` are the container's cgroup directories
-/// per hierarchy (for `cgroup` mounts).
+/// per hierarchy (for `cgroup` mounts); `idmapped` is the entry's detached idmapped mount, made
+/// by the runtime on the host (see [`crate::idmap`]).
 pub fn mount_entry(
     root: &impl AsFd,
     m: &Mount,
     bundle: &Path,
     cgroup: Option<&CgroupMountSource>,
+    idmapped: Option<&OwnedFd>,
 ) -> Result<(), String> {
     let dest = m.destination();
     let typ = m.typ().as_deref().unwrap_or("");
@@ -251,15 +253,18 @@ pub fn mount_entry(
             touch_in_root(root, dest)
         }
         .map_err(|e| ctx(&e))?;
-        let tpath = fd_path(&target);
-        mount(
-            Some(&source),
-            &tpath,
-            None::<&str>,
-            MsFlags::MS_BIND | (opts.flags & MsFlags::MS_REC),
-            None::<&str>,
-        )
-        .map_err(|e| ctx(&e))?;
+        match idmapped {
+            Some(tree) => crate::idmap::attach(tree, &target)
+                .map_err(|e| ctx(&format!("attaching the idmapped mount: {e}")))?,
+            None => mount(
+                Some(&source),
+                &fd_path(&target),
+                None::<&str>,
+                MsFlags::MS_BIND | (opts.flags & MsFlags::MS_REC),
+                None::<&str>,
+            )
+            .map_err(|e| ctx(&e))?,
+        }
         let extra = opts.remount_flags();
         if !extra.is_empty() {
             // Reopen: the fd still names the covered directory, the remount wants the new mount.

@@ -21,6 +21,7 @@ pub fn prepare(
     cfg: &Config,
     in_userns: bool,
     cgroup: Option<&CgroupMountSource>,
+    idmapped: &crate::idmap::IdmappedMounts,
 ) -> Result<(), String> {
     let linux = cfg.spec.linux().as_ref();
     let propagation = match linux.and_then(|l| l.rootfs_propagation().as_deref()) {
@@ -59,8 +60,15 @@ pub fn prepare(
 
     let root = File::open(rootfs).map_err(|e| format!("opening rootfs: {e}"))?;
     let mut dev_is_ours = false;
-    for m in cfg.spec.mounts().as_deref().unwrap_or(&[]) {
-        mounts::mount_entry(&root, m, &cfg.bundle, cgroup)?;
+    for (i, m) in cfg
+        .spec
+        .mounts()
+        .as_deref()
+        .unwrap_or(&[])
+        .iter()
+        .enumerate()
+    {
+        mounts::mount_entry(&root, m, &cfg.bundle, cgroup, idmapped.get(i))?;
         if m.destination() == Path::new("/dev") {
             let opts = mounts::parse_options(m.options().as_deref().unwrap_or(&[]));
             dev_is_ours = m.typ().as_deref() != Some("bind") && !opts.is_bind();

@@ -166,6 +166,7 @@ pub fn spawn(global: &GlobalOpts, opts: &CreateOptions, gate: Gate) -> Result<Sp
 
     let filter = compile_seccomp(global, &cfg)?;
     let notify = notify_socket(&cfg, filter.as_ref())?;
+    let idmapped = crate::idmap::prepare(&cfg).map_err(|e| anyhow!(e))?;
     let (parent_sock, child_sock) = sync::pair().context("creating sync socketpair")?;
     let init_args = InitArgs {
         cfg: &cfg,
@@ -181,6 +182,7 @@ pub fn spawn(global: &GlobalOpts, opts: &CreateOptions, gate: Gate) -> Result<Sp
         preserve_fds: opts.preserve_fds,
         seccomp: filter.as_ref(),
         notify: notify.as_ref(),
+        idmapped: &idmapped,
     };
     // Inherited by the init, which lives inside the container until it execs. An unprivileged
     // runtime must still write the init's id maps, which a non-dumpable process's /proc files

@@ -229,8 +229,10 @@ pub fn exec(global: &GlobalOpts, opts: &ExecOptions) -> Result<u8> {
                 &joins,
                 console.as_ref(),
                 opts.preserve_fds,
-                filter.as_ref(),
-                notify.as_ref(),
+                Seccomp {
+                    filter: filter.as_ref(),
+                    notify: notify.as_ref(),
+                },
                 cfg.spec.linux().as_ref(),
             ) {
                 Ok(never) => match never {},
@@ -305,16 +307,22 @@ fn exec_parent(
     Ok(0)
 }
 
+/// The exec'd process's seccomp filter and, for NOTIFY, the agent's connected socket.
+struct Seccomp<'a> {
+    filter: Option<&'a crate::seccomp::Filter>,
+    notify: Option<&'a std::os::unix::net::UnixStream>,
+}
+
 fn exec_child(
     sock: &OwnedFd,
     process: &Process,
     joins: &[(File, CloneFlags)],
     console: Option<&OwnedFd>,
     preserve_fds: u32,
-    filter: Option<&crate::seccomp::Filter>,
-    notify: Option<&std::os::unix::net::UnixStream>,
+    seccomp: Seccomp<'_>,
     linux: Option<&oci_spec::runtime::Linux>,
 ) -> Result<std::convert::Infallible, String> {
+    let Seccomp { filter, notify } = seccomp;
     match sync::recv(sock) {
         Ok(Some(Message::Go)) => {}
         _ => return Err("the runtime went away during exec".into()),
