@@ -45,6 +45,13 @@ trap cleanup EXIT
 BERTH_RUNC=$runc_bin "$top/hack/mkbundle.sh" "$bundle" >/dev/null
 jq '.process.terminal = false | .process.args = ["/bin/true"] | .root.readonly = false' \
   "$bundle/config.json" >"$bundle/config.tmp" && mv "$bundle/config.tmp" "$bundle/config.json"
+# The same container granted CAP_SYS_PTRACE: berth-runc then runs from a sealed memfd copy of
+# itself (the CVE-2019-5736 guard non-dumpable cannot give); this measures what that costs.
+ptrace_bundle=$work/bundle-ptrace
+mkdir -p "$ptrace_bundle"
+jq --arg root "$bundle/rootfs" '.root.path = $root
+   | .process.capabilities |= with_entries(.value += ["CAP_SYS_PTRACE"])' \
+  "$bundle/config.json" >"$ptrace_bundle/config.json"
 
 # berth-runc is measured only if it exists and can run the bundle.
 have_berth=0
@@ -66,10 +73,10 @@ wrap() { # the private mount namespace crun needs, around a command
 names=() cmds=() preps=()
 add() { names+=("$1"); cmds+=("$2"); preps+=("$3"); }
 # A runtime's timed command, and its untimed --prepare script (a file: no nested quoting).
-runtime() { # NAME BIN ROOT ID [wrapped]
-  local name=$1 bin=$2 root=$3 id=$4 wrapped=${5:-}
+runtime() { # NAME BIN ROOT ID [wrapped] [BUNDLE]
+  local name=$1 bin=$2 root=$3 id=$4 wrapped=${5:-} b=${6:-$bundle}
   ids+=("$bin|$root|$id")
-  local run="$bin --root $root run --bundle $bundle $id"
+  local run="$bin --root $root run --bundle $b $id"
   local prep=$work/prep-$name.sh
   if [ -n "$wrapped" ]; then
     echo "mount -t tmpfs tmpfs /sys/fs/cgroup/unified && $bin --root $root delete --force $id" >"$prep.inner"
@@ -83,6 +90,7 @@ runtime() { # NAME BIN ROOT ID [wrapped]
 
 if [ "$have_berth" = 1 ]; then
   runtime berth-runc "$berth" "$work/root-berth" bench-berth
+  runtime berth-runc-ptrace "$berth" "$work/root-berth" bench-berth-ptrace "" "$ptrace_bundle"
 fi
 runtime runc "$runc_bin" "$work/root-runc" bench-runc
 runtime crun-in-wrapper "$crun_bin" "$work/root-crun" bench-crun wrapped
@@ -141,6 +149,7 @@ if [ "$have_berth" = 1 ]; then
   echo "berth-runc / crun (raw)       = $(ratio "${ms[berth-runc]}" "${ms[crun-in-wrapper]}")"
   echo "berth-runc / crun (corrected) = $(ratio "${ms[berth-runc]}" "${ms[crun]}")"
   echo "berth-runc / floor            = $(ratio "${ms[berth-runc]}" "${ms[floor]}")"
+  echo "sealed copy (CAP_SYS_PTRACE)  = +$(awk -v a="${ms[berth-runc-ptrace]}" -v b="${ms[berth-runc]}" 'BEGIN { printf "%.2f", a - b }') ms"
 else
   echo "berth-runc: not measured (see above)"
 fi

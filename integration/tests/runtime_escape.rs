@@ -75,6 +75,96 @@ fn the_runtime_binary_cannot_be_read_or_overwritten_through_proc_exe() -> Result
     Ok(())
 }
 
+/// The attack for a container granted CAP_SYS_PTRACE, which non-dumpable does not stop: a
+/// process in the container opens the waiting init's /proc/1/exe, keeps the fd, and once the
+/// init has exec'd (the binary is no longer busy) reopens it for writing.
+#[test]
+fn a_container_with_cap_sys_ptrace_cannot_overwrite_the_runtime() -> Result<()> {
+    let (_dir, binary, rt) = private_runtime()?;
+    let before = sha256(&binary)?;
+    let mut caps = berth_integration::runtime::DEFAULT_CAPS.to_vec();
+    caps.push("CAP_SYS_PTRACE");
+    let mut bundle = Bundle::new()?;
+    bundle.capabilities(&caps).args(&["sleep", "30"]);
+    let id = unique_name("exe-ptrace");
+    let guard = rt.guard(&id, &bundle);
+    rt.create(&id, &bundle)?.ok();
+    let attack = "exec 3</proc/1/exe || { echo OPEN-FAILED > /dev/shm/result; exit 0; }; \
+                  echo HELD > /dev/shm/held; \
+                  for i in $(seq 100); do \
+                    if echo pwned >> /proc/self/fd/3; then echo WROTE > /dev/shm/result; exit 0; fi; \
+                    sleep 0.05; \
+                  done 2>/dev/null; echo GAVE-UP > /dev/shm/result";
+    rt.exec(&["exec", "--detach", &id, "sh", "-c", attack])?
+        .ok();
+    let read = |path: &str| -> Result<String> {
+        Ok(rt
+            .exec(&["exec", &id, "cat", path])?
+            .stdout
+            .trim()
+            .to_string())
+    };
+    // The attacker holds the fd before the init moves on.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while read("/dev/shm/held")? != "HELD" && read("/dev/shm/result")?.is_empty() {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the attacker never ran"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    rt.start(&id)?.ok();
+    let result = loop {
+        let r = read("/dev/shm/result")?;
+        if !r.is_empty() {
+            break r;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline + std::time::Duration::from_secs(10),
+            "the attacker never finished"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    rt.exec(&["delete", "--force", &id])?.ok();
+    guard.assert_no_leftovers();
+    assert_eq!(
+        sha256(&binary)?,
+        before,
+        "the runtime's binary changed ({result})"
+    );
+    // With CAP_SYS_PTRACE the open succeeds (of a sealed copy): the write is what must fail.
+    assert_eq!(result, "GAVE-UP", "attack outcome");
+    Ok(())
+}
+
+/// The sealed re-exec keeps what the caller gave: `exec --process -` reads standard input once.
+#[test]
+fn exec_with_the_process_on_stdin_works_from_the_sealed_copy() -> Result<()> {
+    let rt = Runtime::new()?;
+    let mut caps = berth_integration::runtime::DEFAULT_CAPS.to_vec();
+    caps.push("CAP_SYS_PTRACE");
+    let mut bundle = Bundle::new()?;
+    bundle.capabilities(&caps).args(&["sleep", "30"]);
+    let id = unique_name("ptrace-stdin");
+    let guard = rt.guard(&id, &bundle);
+    rt.create(&id, &bundle)?.ok();
+    rt.start(&id)?.ok();
+    let dir = tempfile::tempdir()?;
+    let process = dir.path().join("process.json");
+    let mut p = bundle.config()["process"].clone();
+    p["args"] = serde_json::json!(["sh", "-c", "echo from-stdin; readlink /proc/self/exe"]);
+    fs::write(&process, serde_json::to_vec(&p)?)?;
+    let io = berth_integration::runtime::Io {
+        stdin: Some(process),
+        ..Default::default()
+    };
+    let out = rt.exec_with(&["exec", "--process", "-", &id], io)?.ok();
+    assert!(out.stdout.contains("from-stdin"), "{}", out.describe());
+    rt.exec(&["delete", "--force", &id])?.ok();
+    guard.assert_no_leftovers();
+    Ok(())
+}
+
 #[test]
 fn cwd_through_a_leaked_fd_is_refused() -> Result<()> {
     let rt = Runtime::new()?;

@@ -126,6 +126,7 @@ pub fn run_hook(hook: &Hook, state_json: &[u8]) -> Result<(), String> {
         Some(t) => return Err(format!("timeout must be greater than zero, not {t}")),
     };
     let mut cmd = Command::new(path);
+    crate::sealed::scrub(&mut cmd);
     if let Some([argv0, rest @ ..]) = hook.args().as_deref() {
         cmd.arg0(argv0).args(rest);
     }

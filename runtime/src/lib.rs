@@ -21,6 +21,7 @@ pub mod namespaces;
 pub mod rlimits;
 pub mod rootfs;
 pub mod sched;
+pub mod sealed;
 pub mod seccomp;
 pub mod signals;
 pub mod spec;

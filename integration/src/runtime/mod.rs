@@ -13,7 +13,7 @@ pub mod kernel;
 
 pub use bundle::{Bundle, DEFAULT_CAPS};
 pub use checks::assert_error;
-pub use driver::{Output, Runtime};
+pub use driver::{Io, Output, Runtime};
 pub use guard::{assert_no_leftovers, Guard};
 
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -103,6 +103,11 @@ pub fn spawn(global: &GlobalOpts, opts: &CreateOptions, gate: Gate) -> Result<Sp
     if !terminal && opts.console_socket.is_some() {
         bail!("--console-socket given but process.terminal is false");
     }
+    // Before anything exists: a container with CAP_SYS_PTRACE in the host's user namespace
+    // gets a runtime running from a sealed copy of itself (see crate::sealed).
+    if !cfg.has_namespace(LinuxNamespaceType::User) && crate::sealed::has_ptrace(process) {
+        crate::sealed::ensure_sealed(None).map_err(|e| anyhow!(e))?;
+    }
 
     let dir = StateDir::create(&global.root, &opts.id)?;
     let mut rb = Rollback {

@@ -45,12 +45,19 @@ pub struct ExecOptions {
 }
 
 /// The process to run: the process file, or the container's own process with the flags applied.
-pub fn build_process(opts: &ExecOptions, base: &Process) -> Result<Process> {
+/// `stdin_text` is the process file when it is `-` and standard input was already read.
+pub fn build_process(
+    opts: &ExecOptions,
+    base: &Process,
+    stdin_text: Option<&[u8]>,
+) -> Result<Process> {
     if let Some(path) = &opts.process_file {
         let text = if path.as_os_str() == "-" {
-            let mut s = Vec::new();
-            std::io::Read::read_to_end(&mut std::io::stdin(), &mut s)?;
-            s
+            match stdin_text {
+                Some(t) => t.to_vec(),
+                None => crate::sealed::stdin_process()
+                    .context("reading the process from standard input")?,
+            }
         } else {
             std::fs::read(path)
                 .with_context(|| format!("reading process file {}", path.display()))?
@@ -189,7 +196,20 @@ pub fn exec(global: &GlobalOpts, opts: &ExecOptions) -> Result<u8> {
         other => bail!("cannot exec in a container in the {other} state"),
     }
     let cfg = config::load(&st.bundle).context("reading the container's config.json")?;
-    let process = build_process(opts, cfg.process())?;
+    let stdin_text = match &opts.process_file {
+        Some(p) if p.as_os_str() == "-" => Some(
+            crate::sealed::stdin_process().context("reading the process from standard input")?,
+        ),
+        _ => None,
+    };
+    let process = build_process(opts, cfg.process(), stdin_text.as_deref())?;
+    // A container process with CAP_SYS_PTRACE in the host's user namespace could open our
+    // /proc/PID/exe despite non-dumpable: then run from a sealed copy (see crate::sealed).
+    if !cfg.has_namespace(oci_spec::runtime::LinuxNamespaceType::User)
+        && (crate::sealed::has_ptrace(cfg.process()) || crate::sealed::has_ptrace(&process))
+    {
+        crate::sealed::ensure_sealed(stdin_text.as_deref()).map_err(|e| anyhow!(e))?;
+    }
     let terminal = process.terminal().unwrap_or(false);
     if terminal && opts.console_socket.is_none() {
         bail!("exec with a terminal needs --console-socket");
