@@ -743,27 +743,51 @@ impl ProgressView {
     }
 }
 
-async fn pull(env: &Env, req: dpb::PullRequest) -> Result<()> {
-    let what = format!("pulling {}", req.reference);
-    let mut replies = DistributionClient::new(env.ns.clone())
-        .pull(req)
-        .await
-        .map_err(rpc_error(&what))?
-        .into_inner();
-    let mut view = ProgressView::new(env, "downloading");
+/// One reply of a pull or push stream: progress to show, or the result.
+enum Reply<R> {
+    Progress(dpb::Progress),
+    Result(R),
+    Nothing,
+}
+
+/// Show a pull's or push's progress until the stream ends; returns its result, if any came.
+async fn follow<M, R>(
+    env: &Env,
+    verb: &'static str,
+    what: &str,
+    mut replies: tonic::Streaming<M>,
+    split: impl Fn(M) -> Reply<R>,
+) -> Result<Option<R>> {
+    let mut view = ProgressView::new(env, verb);
     let mut result = None;
     while let Some(m) = replies.next().await {
         let m = m.map_err(|e| {
             view.finish();
-            rpc_error(&what)(e)
+            rpc_error(what)(e)
         })?;
-        match m.event {
-            Some(dpb::pull_response::Event::Progress(p)) => view.show(&p),
-            Some(dpb::pull_response::Event::Result(r)) => result = Some(r),
-            None => {}
+        match split(m) {
+            Reply::Progress(p) => view.show(&p),
+            Reply::Result(r) => result = Some(r),
+            Reply::Nothing => {}
         }
     }
     view.finish();
+    Ok(result)
+}
+
+async fn pull(env: &Env, req: dpb::PullRequest) -> Result<()> {
+    let what = format!("pulling {}", req.reference);
+    let replies = DistributionClient::new(env.ns.clone())
+        .pull(req)
+        .await
+        .map_err(rpc_error(&what))?
+        .into_inner();
+    let result = follow(env, "downloading", &what, replies, |m| match m.event {
+        Some(dpb::pull_response::Event::Progress(p)) => Reply::Progress(p),
+        Some(dpb::pull_response::Event::Result(r)) => Reply::Result(r),
+        None => Reply::Nothing,
+    })
+    .await?;
     let r = result.context("berthd ended the pull without a result")?;
     let digest = r
         .target
@@ -803,25 +827,17 @@ async fn push(env: &Env, req: dpb::PushRequest) -> Result<()> {
         req.remote.clone()
     };
     let what = format!("pushing {} to {dest}", req.name);
-    let mut replies = DistributionClient::new(env.ns.clone())
+    let replies = DistributionClient::new(env.ns.clone())
         .push(req)
         .await
         .map_err(rpc_error(&what))?
         .into_inner();
-    let mut view = ProgressView::new(env, "uploading");
-    let mut result = None;
-    while let Some(m) = replies.next().await {
-        let m = m.map_err(|e| {
-            view.finish();
-            rpc_error(&what)(e)
-        })?;
-        match m.event {
-            Some(dpb::push_response::Event::Progress(p)) => view.show(&p),
-            Some(dpb::push_response::Event::Result(r)) => result = Some(r),
-            None => {}
-        }
-    }
-    view.finish();
+    let result = follow(env, "uploading", &what, replies, |m| match m.event {
+        Some(dpb::push_response::Event::Progress(p)) => Reply::Progress(p),
+        Some(dpb::push_response::Event::Result(r)) => Reply::Result(r),
+        None => Reply::Nothing,
+    })
+    .await?;
     let r = result.context("berthd ended the push without a result")?;
     let digest = r
         .target

@@ -66,6 +66,32 @@ fn wire_info(i: &SnapshotInfo) -> pb::Info {
 }
 
 impl SnapshotsService {
+    /// Prepare (`Active`) or View: the same request handling, one store call apart.
+    async fn create(
+        &self,
+        c: berth_store::Ctx,
+        kind: SnapshotKind,
+        snapshotter: &str,
+        key_: &str,
+        parent_: String,
+        wire: std::collections::HashMap<String, String>,
+    ) -> Result<Vec<PbMount>, Status> {
+        self.check(snapshotter)?;
+        let k = key(key_)?;
+        let store = self.state.store().clone();
+        let ms = blocking(move || {
+            let s = store.snapshotter();
+            let (p, l) = (parent(parent_), labels(wire));
+            if kind == SnapshotKind::View {
+                s.view(&c, &k, p.as_deref(), l)
+            } else {
+                s.prepare(&c, &k, p.as_deref(), l)
+            }
+        })
+        .await?;
+        Ok(wire_mounts(ms))
+    }
+
     fn check(&self, name: &str) -> Result<(), Status> {
         let ours = self.state.snapshotter_name();
         if name.is_empty() || name == ours {
@@ -100,18 +126,17 @@ impl Snapshots for SnapshotsService {
     ) -> Result<Response<pb::PrepareSnapshotResponse>, Status> {
         let c = ctx(&req)?;
         let r = req.into_inner();
-        self.check(&r.snapshotter)?;
-        let k = key(&r.key)?;
-        let store = self.state.store().clone();
-        let ms = blocking(move || {
-            store
-                .snapshotter()
-                .prepare(&c, &k, parent(r.parent).as_deref(), labels(r.labels))
-        })
-        .await?;
-        Ok(Response::new(pb::PrepareSnapshotResponse {
-            mounts: wire_mounts(ms),
-        }))
+        let mounts = self
+            .create(
+                c,
+                SnapshotKind::Active,
+                &r.snapshotter,
+                &r.key,
+                r.parent,
+                r.labels,
+            )
+            .await?;
+        Ok(Response::new(pb::PrepareSnapshotResponse { mounts }))
     }
 
     async fn view(
@@ -120,18 +145,17 @@ impl Snapshots for SnapshotsService {
     ) -> Result<Response<pb::ViewSnapshotResponse>, Status> {
         let c = ctx(&req)?;
         let r = req.into_inner();
-        self.check(&r.snapshotter)?;
-        let k = key(&r.key)?;
-        let store = self.state.store().clone();
-        let ms = blocking(move || {
-            store
-                .snapshotter()
-                .view(&c, &k, parent(r.parent).as_deref(), labels(r.labels))
-        })
-        .await?;
-        Ok(Response::new(pb::ViewSnapshotResponse {
-            mounts: wire_mounts(ms),
-        }))
+        let mounts = self
+            .create(
+                c,
+                SnapshotKind::View,
+                &r.snapshotter,
+                &r.key,
+                r.parent,
+                r.labels,
+            )
+            .await?;
+        Ok(Response::new(pb::ViewSnapshotResponse { mounts }))
     }
 
     async fn mounts(
