@@ -61,12 +61,86 @@ struct AuthEntry {
 struct ConfigFile {
     #[serde(default)]
     auths: BTreeMap<String, AuthEntry>,
+    #[serde(default, rename = "credHelpers")]
+    cred_helpers: BTreeMap<String, String>,
+    #[serde(default, rename = "credsStore")]
+    creds_store: Option<String>,
 }
 
-/// Docker's `config.json` (`auths` only; credential helpers are not run).
+/// Docker's `config.json`: `auths`, and the credential helpers of `credHelpers` (per registry)
+/// and `credsStore` (for every other registry), run as `docker-credential-<name> get`.
 #[derive(Default)]
 pub struct DockerConfig {
     auths: BTreeMap<String, AuthEntry>,
+    cred_helpers: BTreeMap<String, String>,
+    creds_store: Option<String>,
+}
+
+/// What a credential helper prints for `get`.
+#[derive(Deserialize)]
+struct HelperReply {
+    #[serde(rename = "Username", default)]
+    username: String,
+    #[serde(rename = "Secret", default)]
+    secret: String,
+}
+
+/// Run `docker-credential-<helper> get` for `server`; `None` when it has no credentials.
+pub fn run_credential_helper(helper: &str, server: &str) -> Result<Option<Credentials>> {
+    if helper.is_empty() || helper.contains('/') {
+        return Err(DistributionError::Invalid(format!(
+            "credential helper {helper:?}: not a helper name"
+        )));
+    }
+    helper_get(Path::new(&format!("docker-credential-{helper}")), server)
+}
+
+/// `PROGRAM get` with `server` on stdin, per Docker's credential helper protocol.
+fn helper_get(program: &Path, server: &str) -> Result<Option<Credentials>> {
+    use std::io::Write as _;
+    let program = program.display().to_string();
+    let err = |m: String| DistributionError::Invalid(format!("credential helper {program}: {m}"));
+    let mut child = std::process::Command::new(&program)
+        .arg("get")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            err(format!(
+                "cannot run it ({e}); is it installed on berthd's PATH?"
+            ))
+        })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(server.as_bytes())
+            .map_err(|e| err(format!("writing the server address: {e}")))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| err(format!("waiting for it: {e}")))?;
+    let said = |b: &[u8]| String::from_utf8_lossy(b).trim().to_string();
+    if !out.status.success() {
+        let msg = [said(&out.stdout), said(&out.stderr)].join(" ");
+        // The protocol's way of saying "nothing stored for this server".
+        if msg.to_ascii_lowercase().contains("credentials not found") {
+            return Ok(None);
+        }
+        return Err(err(format!(
+            "get {server} failed ({}): {}",
+            out.status,
+            msg.trim()
+        )));
+    }
+    let reply: HelperReply = serde_json::from_slice(&out.stdout)
+        .map_err(|e| err(format!("get {server}: unreadable reply: {e}")))?;
+    if reply.username.is_empty() && reply.secret.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Credentials {
+        username: reply.username,
+        password: reply.secret,
+    }))
 }
 
 impl DockerConfig {
@@ -92,7 +166,11 @@ impl DockerConfig {
             Err(e) => return Err(err(e.to_string())),
         };
         let f: ConfigFile = serde_json::from_slice(&data).map_err(|e| err(e.to_string()))?;
-        Ok(DockerConfig { auths: f.auths })
+        Ok(DockerConfig {
+            auths: f.auths,
+            cred_helpers: f.cred_helpers,
+            creds_store: f.creds_store.filter(|s| !s.is_empty()),
+        })
     }
 
     /// The credentials stored for `registry` (`docker.io` also matches Docker Hub's legacy
@@ -111,6 +189,22 @@ impl DockerConfig {
         } else {
             vec![registry]
         };
+        // Helpers are asked with Docker's server address for the registry.
+        let server = if registry == "docker.io" {
+            "https://index.docker.io/v1/"
+        } else {
+            registry
+        };
+        let helper = self
+            .cred_helpers
+            .iter()
+            .find(|(k, _)| want.contains(&strip(k).as_str()))
+            .map(|(_, h)| h);
+        if let Some(h) = helper.or(self.creds_store.as_ref()) {
+            if let Some(c) = run_credential_helper(h, server)? {
+                return Ok(Some(c));
+            }
+        }
         for (k, e) in &self.auths {
             if !want.contains(&strip(k).as_str()) {
                 continue;
@@ -193,6 +287,44 @@ pub fn parse_challenge(h: &str) -> Option<Challenge> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn script(dir: &Path, body: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let p = dir.join("docker-credential-test");
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    }
+
+    #[test]
+    fn credential_helpers_answer_found_missing_and_broken() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = script(
+            dir.path(),
+            r#"read s; [ "$1" = get ] && printf '{"ServerURL":"%s","Username":"u-%s","Secret":"pw"}' "$s" "$s""#,
+        );
+        let c = helper_get(&ok, "reg.example:5000").unwrap().unwrap();
+        assert_eq!(c.username, "u-reg.example:5000");
+        assert_eq!(c.password, "pw");
+        let none = script(
+            dir.path(),
+            "echo 'credentials not found in native keychain'; exit 1",
+        );
+        assert!(helper_get(&none, "x").unwrap().is_none());
+        let broken = script(dir.path(), "echo boom >&2; exit 3");
+        let e = helper_get(&broken, "x").unwrap_err().to_string();
+        assert!(
+            e.contains("boom") && e.contains("docker-credential-test"),
+            "{e}"
+        );
+        let garbage = script(dir.path(), "echo not-json");
+        let e = helper_get(&garbage, "x").unwrap_err().to_string();
+        assert!(e.contains("unreadable reply"), "{e}");
+        let e = run_credential_helper("berth-no-such-helper", "x")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("docker-credential-berth-no-such-helper"), "{e}");
+    }
 
     #[test]
     fn challenges_parse() {

@@ -28,6 +28,11 @@ pub struct ClientOptions {
     pub push: bool,
     /// Per-request idle timeout (default 60 s).
     pub timeout: Option<Duration>,
+    /// TLS settings for this registry (private CA, client certificate, skip-verify).
+    pub tls: crate::tls::TlsOptions,
+    /// Reach this `host[:port]` instead of the reference's registry (a mirror); the
+    /// repository path stays the same.
+    pub endpoint: Option<String>,
 }
 
 /// A manifest or index as fetched.
@@ -123,16 +128,20 @@ enum Body<'a> {
 impl Client {
     /// A client for `reference`'s repository.
     pub fn new(reference: &Reference, opts: ClientOptions) -> Result<Client> {
-        let agent = ureq::AgentBuilder::new()
+        let mut builder = ureq::AgentBuilder::new()
             .timeout_connect(Duration::from_secs(30))
             .timeout_read(opts.timeout.unwrap_or(Duration::from_secs(60)))
             .timeout_write(opts.timeout.unwrap_or(Duration::from_secs(60)))
-            .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
-            .build();
+            .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")));
+        if !opts.plain_http && !opts.tls.is_default() {
+            builder = builder.tls_config(opts.tls.client_config()?);
+        }
+        let agent = builder.build();
         let scheme = if opts.plain_http { "http" } else { "https" };
+        let host = opts.endpoint.as_deref().unwrap_or(reference.host());
         Ok(Client {
             agent,
-            base: format!("{scheme}://{}", reference.host()),
+            base: format!("{scheme}://{host}"),
             repository: reference.repository.clone(),
             registry: reference.registry.clone(),
             opts,

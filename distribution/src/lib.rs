@@ -11,11 +11,13 @@ pub mod auth;
 pub mod client;
 pub mod error;
 pub mod reference;
+pub mod tls;
 
 pub use auth::{Credentials, DockerConfig};
 pub use client::{BlobBody, Client, ClientOptions, FetchedManifest};
 pub use error::{DistributionError, Result};
 pub use reference::Reference;
+pub use tls::TlsOptions;
 
 /// Every manifest media type the client asks for (`Accept`).
 pub const MANIFEST_ACCEPT: &[&str] = &[

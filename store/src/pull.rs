@@ -65,6 +65,35 @@ pub struct PullOptions {
     pub concurrency: usize,
     /// Progress callback.
     pub progress: Option<ProgressFn>,
+    /// Mirrors tried in order before the registry itself (each a [`ClientOptions`] with its
+    /// `endpoint` set). The first one that serves the reference's manifest serves the whole
+    /// pull; one that fails or lacks it is skipped with a warning.
+    pub mirrors: Vec<ClientOptions>,
+}
+
+/// The first of the mirrors, then the registry, that serves `r`'s root manifest: its client and
+/// the manifest. The registry's own error is the one reported when every endpoint fails.
+fn resolve(
+    r: &Reference,
+    opts: &PullOptions,
+) -> Result<(Client, berth_distribution::FetchedManifest)> {
+    for m in &opts.mirrors {
+        let mirror = m.endpoint.clone().unwrap_or_default();
+        let tried = Client::new(r, m.clone()).and_then(|c| {
+            let root = c.fetch_manifest(r.object())?;
+            Ok((c, root))
+        });
+        match tried {
+            Ok(found) => {
+                info!(reference = %r, mirror = %mirror, "pulling from a mirror");
+                return Ok(found);
+            }
+            Err(e) => warn!(reference = %r, mirror = %mirror, error = %e, "mirror skipped"),
+        }
+    }
+    let client = Client::new(r, opts.client.clone()).map_err(registry_error)?;
+    let root = client.fetch_manifest(r.object()).map_err(registry_error)?;
+    Ok((client, root))
 }
 
 /// What [`pull`] did.
@@ -405,7 +434,7 @@ pub fn pull(store: &Store, ctx: &Ctx, reference: &str, opts: &PullOptions) -> Re
     let r = Reference::parse(reference).map_err(registry_error)?;
     let name = r.to_string();
     let platform = opts.platform.clone().unwrap_or_else(Platform::host);
-    let client = Client::new(&r, opts.client.clone()).map_err(registry_error)?;
+    let (client, root) = resolve(&r, opts)?;
     store.with_temp_lease(ctx, |lctx| {
         let f = Fetcher {
             store,
@@ -418,7 +447,6 @@ pub fn pull(store: &Store, ctx: &Ctx, reference: &str, opts: &PullOptions) -> Re
             progress: opts.progress.clone(),
             bytes: AtomicU64::new(0),
         };
-        let root = client.fetch_manifest(r.object()).map_err(registry_error)?;
         let root_desc = Descriptor::new(
             &root.media_type,
             Digest::parse(&root.digest)?,

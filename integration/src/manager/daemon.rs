@@ -18,6 +18,7 @@ use crate::bins;
 pub struct Berthd {
     dir: tempfile::TempDir,
     child: Option<Child>,
+    config: Option<PathBuf>,
 }
 
 /// What a command printed and how it ended.
@@ -73,13 +74,34 @@ impl Out {
 impl Berthd {
     /// Starts berthd on a fresh temp dir and waits for its socket.
     pub fn start() -> Result<Berthd> {
+        Self::start_inner(None)
+    }
+
+    /// Starts berthd with `toml` as its `--config` file.
+    pub fn start_with_config(toml: &str) -> Result<Berthd> {
+        Self::start_inner(Some(toml))
+    }
+
+    fn start_inner(toml: Option<&str>) -> Result<Berthd> {
         // Under /var/tmp, not /tmp: overlayfs needs a real file system for upper/work dirs, and a
         // test machine's /tmp may be tmpfs with limited size.
         let dir = tempfile::Builder::new()
             .prefix("berthd-it-")
             .tempdir_in("/var/tmp")
             .context("creating berthd's temp dir")?;
-        let mut d = Berthd { dir, child: None };
+        let config = match toml {
+            Some(t) => {
+                let p = dir.path().join("berthd.toml");
+                std::fs::write(&p, t)?;
+                Some(p)
+            }
+            None => None,
+        };
+        let mut d = Berthd {
+            dir,
+            child: None,
+            config,
+        };
         d.spawn()?;
         Ok(d)
     }
@@ -124,7 +146,11 @@ impl Berthd {
             .create(true)
             .append(true)
             .open(self.log_path())?;
-        let child = Command::new(bins::berthd())
+        let mut cmd = Command::new(bins::berthd());
+        if let Some(c) = &self.config {
+            cmd.arg("--config").arg(c);
+        }
+        let child = cmd
             .arg("--root")
             .arg(self.root())
             .arg("--state")
@@ -193,6 +219,20 @@ impl Berthd {
                 .arg(ns)
                 .args(args),
         )
+    }
+
+    /// Runs `berth` as [`Berthd::berth`] does, with extra environment variables.
+    pub fn berth_env(&self, ns: &str, args: &[&str], env: &[(&str, &str)]) -> Out {
+        let mut cmd = Command::new(bins::berth());
+        cmd.arg("--address")
+            .arg(self.socket())
+            .arg("-n")
+            .arg(ns)
+            .args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        self.run(&mut cmd)
     }
 
     /// Runs Debian's `ctr -a <socket> -n <ns> <args>`.

@@ -21,6 +21,69 @@ pub struct Registry {
     dir: tempfile::TempDir,
     child: Option<Child>,
     port: u16,
+    ca: Option<PathBuf>,
+}
+
+/// A test CA and a server certificate for 127.0.0.1 signed by it, made with openssl in `dir`:
+/// (CA certificate, server certificate, server key).
+pub fn make_certs(dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf)> {
+    let run = |args: &[&str]| -> Result<()> {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .context("running openssl (hack/setup.sh installs it)")?;
+        if !out.status.success() {
+            bail!(
+                "openssl {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509", "-days", "2", "-subj", "/CN=berth-test-ca"];
+    ca.extend(ec);
+    ca.extend(["-keyout", "ca.key", "-out", "ca.pem"]);
+    run(&ca)?;
+    let mut csr = vec!["req", "-subj", "/CN=127.0.0.1"];
+    csr.extend(ec);
+    csr.extend(["-keyout", "server.key", "-out", "server.csr"]);
+    run(&csr)?;
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+         keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )?;
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "server.pem",
+    ])?;
+    Ok((
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    ))
 }
 
 fn free_port() -> Result<u16> {
@@ -65,19 +128,29 @@ pub fn htpasswd_line(user: &str, password: &str) -> Result<String> {
 impl Registry {
     /// An anonymous registry.
     pub fn start() -> Result<Registry> {
-        Self::start_inner(None)
+        Self::start_inner(None, false)
     }
 
     /// A registry requiring HTTP Basic auth as `user`:`password`.
     pub fn start_with_auth(user: &str, password: &str) -> Result<Registry> {
-        Self::start_inner(Some(htpasswd_line(user, password)?))
+        Self::start_inner(Some(htpasswd_line(user, password)?), false)
     }
 
-    fn start_inner(htpasswd: Option<String>) -> Result<Registry> {
+    /// An anonymous registry speaking HTTPS with a certificate of a test CA ([`Registry::ca`]).
+    pub fn start_tls() -> Result<Registry> {
+        Self::start_inner(None, true)
+    }
+
+    fn start_inner(htpasswd: Option<String>, tls: bool) -> Result<Registry> {
         let dir = tempfile::Builder::new()
             .prefix("registry-it-")
             .tempdir_in("/var/tmp")
             .context("creating the registry's temp dir")?;
+        let certs = if tls {
+            Some(make_certs(dir.path())?)
+        } else {
+            None
+        };
         let mut last = None;
         for _ in 0..5 {
             let port = free_port()?;
@@ -87,6 +160,13 @@ impl Registry {
                  http:\n  addr: 127.0.0.1:{port}\n  secret: berth-test\n",
                 dir.path().join("data").display()
             );
+            if let Some((_, cert, key)) = &certs {
+                cfg.push_str(&format!(
+                    "  tls:\n    certificate: {}\n    key: {}\n",
+                    cert.display(),
+                    key.display()
+                ));
+            }
             if let Some(line) = &htpasswd {
                 let p = dir.path().join("htpasswd");
                 std::fs::write(&p, format!("{line}\n"))?;
@@ -116,7 +196,10 @@ impl Registry {
                     last = Some(format!("exited with {c}: {}", read_log()));
                     break;
                 }
-                if matches!(http_status(port, "/v2/"), Some(200 | 401)) {
+                // A TLS port answers a plain request with 400 ("HTTP request to an HTTPS
+                // server"): up all the same.
+                let want: &[u16] = if tls { &[400] } else { &[200, 401] };
+                if http_status(port, "/v2/").is_some_and(|s| want.contains(&s)) {
                     up = true;
                     break;
                 }
@@ -127,6 +210,7 @@ impl Registry {
                     dir,
                     child: Some(child),
                     port,
+                    ca: certs.map(|(ca, _, _)| ca),
                 });
             }
             let _ = child.kill();
@@ -141,6 +225,11 @@ impl Registry {
     /// `127.0.0.1:<port>`.
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The test CA's certificate (PEM) of a [`Registry::start_tls`] registry.
+    pub fn ca(&self) -> Option<&Path> {
+        self.ca.as_deref()
     }
 
     /// The port.

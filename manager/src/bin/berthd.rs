@@ -20,7 +20,9 @@ struct Args {
     /// Socket path [default: /run/berth/berthd.sock].
     #[arg(long, short = 'a')]
     address: Option<PathBuf>,
-    /// TOML config file (keys: root, state, address, log_level, max_blocking_threads).
+    /// TOML config file (keys: root, state, address, log_level, max_blocking_threads, and
+    /// [registries."host:port"] sections with plain_http, ca_file, client_cert, client_key,
+    /// insecure_skip_verify, mirrors).
     #[arg(long, short = 'c')]
     config: Option<PathBuf>,
     /// Log filter: error, warn, info, debug, trace, or a tracing directive [default: info].
@@ -34,7 +36,7 @@ fn main() -> Result<()> {
         Some(p) => FileConfig::load(p)?,
         None => FileConfig::default(),
     };
-    let config = Config::resolve(file, args.root, args.state, args.address, args.log_level);
+    let config = Config::resolve(file, args.root, args.state, args.address, args.log_level)?;
     // A bare level applies to Berth's crates; the HTTP/2 stack stays at warn unless asked.
     let directive = if config.log_level.contains('=') || config.log_level.contains(',') {
         config.log_level.clone()

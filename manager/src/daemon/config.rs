@@ -26,6 +26,9 @@ pub struct FileConfig {
     pub log_level: Option<String>,
     /// Threads for blocking store work (default 8).
     pub max_blocking_threads: Option<usize>,
+    /// Per-registry settings: `[registries."host:port"]` (see `daemon::registries`).
+    #[serde(default)]
+    pub registries: std::collections::BTreeMap<String, super::registries::RegistryConfig>,
 }
 
 impl FileConfig {
@@ -50,6 +53,8 @@ pub struct Config {
     pub log_level: String,
     /// Threads for blocking store work.
     pub max_blocking_threads: usize,
+    /// Per-registry TLS, plain HTTP and mirrors.
+    pub registries: super::registries::Registries,
 }
 
 impl Config {
@@ -60,8 +65,9 @@ impl Config {
         state: Option<PathBuf>,
         address: Option<PathBuf>,
         log_level: Option<String>,
-    ) -> Config {
-        Config {
+    ) -> Result<Config> {
+        let registries = super::registries::Registries::new(file.registries)?;
+        Ok(Config {
             root: root.or(file.root).unwrap_or_else(|| DEFAULT_ROOT.into()),
             state: state.or(file.state).unwrap_or_else(|| DEFAULT_STATE.into()),
             address: address
@@ -71,7 +77,8 @@ impl Config {
                 .or(file.log_level)
                 .unwrap_or_else(|| "info".into()),
             max_blocking_threads: file.max_blocking_threads.unwrap_or(8).max(1),
-        }
+            registries,
+        })
     }
 }
 
@@ -82,7 +89,8 @@ mod tests {
     #[test]
     fn flags_override_file_and_defaults_fill_the_rest() {
         let file: FileConfig = toml::from_str("root = \"/srv/b\"\nlog_level = \"debug\"").unwrap();
-        let c = Config::resolve(file, None, Some("/tmp/s".into()), None, Some("warn".into()));
+        let c =
+            Config::resolve(file, None, Some("/tmp/s".into()), None, Some("warn".into())).unwrap();
         assert_eq!(c.root, PathBuf::from("/srv/b"));
         assert_eq!(c.state, PathBuf::from("/tmp/s"));
         assert_eq!(c.address, PathBuf::from(DEFAULT_ADDRESS));

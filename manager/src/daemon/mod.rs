@@ -4,6 +4,7 @@ pub mod config;
 pub mod errors;
 pub mod meta;
 pub mod mounts;
+pub mod registries;
 pub mod services;
 pub mod socket;
 pub mod state;

@@ -16,6 +16,7 @@ pub struct State {
 
 struct Inner {
     store: Store,
+    registries: super::registries::Registries,
     root: PathBuf,
     state_dir: PathBuf,
 }
@@ -29,6 +30,7 @@ impl State {
         Ok(State {
             inner: Arc::new(Inner {
                 store,
+                registries: config.registries.clone(),
                 root: config.root.clone(),
                 state_dir: config.state.clone(),
             }),
@@ -38,6 +40,11 @@ impl State {
     /// The stores.
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// Per-registry settings from the config file.
+    pub fn registries(&self) -> &super::registries::Registries {
+        &self.inner.registries
     }
 
     /// The persistent root.

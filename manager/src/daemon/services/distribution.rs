@@ -56,6 +56,13 @@ fn client_options(r: Option<pb::RegistryOptions>) -> Result<ClientOptions, Statu
     })
 }
 
+/// The registry part of a reference (the key of its `[registries."..."]` section).
+fn registry_of(reference: &str) -> Result<String, Status> {
+    berth_store::distribution::Reference::parse(reference)
+        .map(|r| r.registry)
+        .map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
 fn platform(p: Option<PbPlatform>) -> Result<Option<Platform>, Status> {
     match p {
         None => Ok(None),
@@ -105,9 +112,12 @@ impl Distribution for DistributionService {
         if r.reference.is_empty() {
             return Err(Status::invalid_argument("pull: reference is empty"));
         }
+        let host = registry_of(&r.reference)?;
+        let base = client_options(r.registry)?;
         let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
         let opts = PullOptions {
-            client: client_options(r.registry)?,
+            client: self.state.registries().client_options(&host, &base),
+            mirrors: self.state.registries().mirrors(&host, &base),
             platform: platform(r.platform)?,
             unpack: r.unpack,
             concurrency: r.concurrency as usize,
@@ -156,9 +166,15 @@ impl Distribution for DistributionService {
         if r.name.is_empty() {
             return Err(Status::invalid_argument("push: image name is empty"));
         }
+        let host = registry_of(if r.remote.is_empty() {
+            &r.name
+        } else {
+            &r.remote
+        })?;
+        let base = client_options(r.registry)?;
         let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
         let opts = PushOptions {
-            client: client_options(r.registry)?,
+            client: self.state.registries().client_options(&host, &base),
             platform: platform(r.platform)?,
             concurrency: 0,
             chunk_size: r.chunk_size as usize,
