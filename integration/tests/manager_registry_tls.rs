@@ -175,3 +175,70 @@ fn a_docker_credential_helper_supplies_the_password() {
     );
     assert_eq!(out.json()["digest"], img.manifest_digest());
 }
+
+#[test]
+fn bearer_tokens_from_the_registrys_token_server() {
+    use berth_integration::manager::token::TokenServer;
+    let tokens = TokenServer::start("dave", "t0ken").unwrap();
+    let reg = Registry::start_with_tokens(&tokens).unwrap();
+    let d = Berthd::start().unwrap();
+    let ns = unique("bearer");
+    let name = format!("{}/berth/tokened:v1", reg.addr());
+    let img = image::busybox_multi(&name).unwrap();
+    import(&d, &ns, &img);
+
+    // Anonymous: the token server refuses, and the error says so.
+    let e = d
+        .berth(&ns, &["images", "push", "--plain-http", &name])
+        .err()
+        .to_lowercase();
+    assert!(
+        e.contains("unauthorized") || e.contains("credentials"),
+        "{e}"
+    );
+    let e = d
+        .berth(
+            &ns,
+            &["images", "push", "--plain-http", "-u", "dave:wrong", &name],
+        )
+        .err()
+        .to_lowercase();
+    assert!(e.contains("unauthorized"), "{e}");
+
+    let out = d
+        .berth(
+            &ns,
+            &[
+                "--format",
+                "json",
+                "images",
+                "push",
+                "--plain-http",
+                "-u",
+                "dave:t0ken",
+                &name,
+            ],
+        )
+        .json();
+    assert_eq!(out["digest"], img.manifest_digest(), "{out}");
+    d.berth(&ns, &["images", "rm", &name]).ok();
+    let out = d
+        .berth(
+            &ns,
+            &[
+                "--format",
+                "json",
+                "images",
+                "pull",
+                "--plain-http",
+                "-u",
+                "dave:t0ken",
+                &name,
+            ],
+        )
+        .json();
+    assert_eq!(out["digest"], img.manifest_digest(), "{out}");
+    assert_eq!(out["chain_id"], img.chain_id(), "{out}");
+    // The registry accepted only what the token server signed.
+    assert!(tokens.issued() >= 2, "issued {}", tokens.issued());
+}

@@ -3,5 +3,6 @@
 pub mod daemon;
 pub mod image;
 pub mod registry;
+pub mod token;
 
 pub use daemon::{files_under, mounts_under, unique, Berthd, MountGuard, Out};

@@ -16,6 +16,14 @@ use anyhow::{bail, Context, Result};
 /// The registry binary.
 pub const REGISTRY: &str = "/usr/bin/docker-registry";
 
+/// How the registry authenticates.
+enum Auth {
+    /// Basic auth against one htpasswd line.
+    Htpasswd(String),
+    /// A ready `auth:` section.
+    Raw(String),
+}
+
 /// A running registry.
 pub struct Registry {
     dir: tempfile::TempDir,
@@ -131,9 +139,22 @@ impl Registry {
         Self::start_inner(None, false)
     }
 
+    /// A registry in `auth: token` mode, sending clients to `tokens` for Bearer tokens.
+    pub fn start_with_tokens(tokens: &super::token::TokenServer) -> Result<Registry> {
+        let auth = format!(
+            "auth:\n  token:\n    realm: {}\n    service: {}\n    issuer: {}\n    \
+             rootcertbundle: {}\n",
+            tokens.realm(),
+            super::token::SERVICE,
+            super::token::ISSUER,
+            tokens.cert().display()
+        );
+        Self::start_inner(Some(Auth::Raw(auth)), false)
+    }
+
     /// A registry requiring HTTP Basic auth as `user`:`password`.
     pub fn start_with_auth(user: &str, password: &str) -> Result<Registry> {
-        Self::start_inner(Some(htpasswd_line(user, password)?), false)
+        Self::start_inner(Some(Auth::Htpasswd(htpasswd_line(user, password)?)), false)
     }
 
     /// An anonymous registry speaking HTTPS with a certificate of a test CA ([`Registry::ca`]).
@@ -141,7 +162,7 @@ impl Registry {
         Self::start_inner(None, true)
     }
 
-    fn start_inner(htpasswd: Option<String>, tls: bool) -> Result<Registry> {
+    fn start_inner(auth: Option<Auth>, tls: bool) -> Result<Registry> {
         let dir = tempfile::Builder::new()
             .prefix("registry-it-")
             .tempdir_in("/var/tmp")
@@ -167,13 +188,17 @@ impl Registry {
                     key.display()
                 ));
             }
-            if let Some(line) = &htpasswd {
-                let p = dir.path().join("htpasswd");
-                std::fs::write(&p, format!("{line}\n"))?;
-                cfg.push_str(&format!(
-                    "auth:\n  htpasswd:\n    realm: berth-test\n    path: {}\n",
-                    p.display()
-                ));
+            match &auth {
+                Some(Auth::Htpasswd(line)) => {
+                    let p = dir.path().join("htpasswd");
+                    std::fs::write(&p, format!("{line}\n"))?;
+                    cfg.push_str(&format!(
+                        "auth:\n  htpasswd:\n    realm: berth-test\n    path: {}\n",
+                        p.display()
+                    ));
+                }
+                Some(Auth::Raw(section)) => cfg.push_str(section),
+                None => {}
             }
             let cfg_path = dir.path().join("config.yml");
             std::fs::write(&cfg_path, cfg)?;
