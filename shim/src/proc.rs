@@ -112,9 +112,12 @@ fn run(mut cmd: Command, stdio: [File; 3], what: &str, bundle: &Path) -> Result<
     cmd.stdin(Stdio::from(i))
         .stdout(Stdio::from(o))
         .stderr(Stdio::from(e));
-    let status = cmd
-        .status()
-        .map_err(|e| format!("running the runtime for {what}: {e}"))?;
+    let status = cmd.status().map_err(|e| {
+        format!(
+            "running the runtime {} for {what}: {e}",
+            cmd.get_program().to_string_lossy()
+        )
+    })?;
     if status.success() {
         return Ok(());
     }

@@ -20,11 +20,16 @@ struct Args {
     /// Socket path [default: /run/berth/berthd.sock].
     #[arg(long, short = 'a')]
     address: Option<PathBuf>,
-    /// TOML config file (keys: root, state, address, log_level, max_blocking_threads, and
+    /// TOML config file (keys: root, state, address, log_level, max_blocking_threads, runtime,
+    /// and
     /// [registries."host:port"] sections with plain_http, ca_file, client_cert, client_key,
     /// insecure_skip_verify, mirrors).
     #[arg(long, short = 'c')]
     config: Option<PathBuf>,
+    /// Default OCI runtime for containers that name none: a path, or berth-runc, runc, crun
+    /// (looked up next to berthd, then on PATH) [default: $BERTH_RUNTIME, else berth-runc].
+    #[arg(long)]
+    runtime: Option<String>,
     /// Log filter: error, warn, info, debug, trace, or a tracing directive [default: info].
     #[arg(long, short = 'l')]
     log_level: Option<String>,
@@ -36,7 +41,10 @@ fn main() -> Result<()> {
         Some(p) => FileConfig::load(p)?,
         None => FileConfig::default(),
     };
-    let config = Config::resolve(file, args.root, args.state, args.address, args.log_level)?;
+    let mut config = Config::resolve(file, args.root, args.state, args.address, args.log_level)?;
+    if args.runtime.is_some() {
+        config.runtime = args.runtime;
+    }
     // A bare level applies to Berth's crates; the HTTP/2 stack stays at warn unless asked.
     let directive = if config.log_level.contains('=') || config.log_level.contains(',') {
         config.log_level.clone()

@@ -26,6 +26,8 @@ pub struct FileConfig {
     pub log_level: Option<String>,
     /// Threads for blocking store work (default 8).
     pub max_blocking_threads: Option<usize>,
+    /// The default OCI runtime: a path, or a name looked up next to berthd and on PATH.
+    pub runtime: Option<String>,
     /// Per-registry settings: `[registries."host:port"]` (see `daemon::registries`).
     #[serde(default)]
     pub registries: std::collections::BTreeMap<String, super::registries::RegistryConfig>,
@@ -53,6 +55,8 @@ pub struct Config {
     pub log_level: String,
     /// Threads for blocking store work.
     pub max_blocking_threads: usize,
+    /// The default OCI runtime (None: `$BERTH_RUNTIME`, else berth-runc).
+    pub runtime: Option<String>,
     /// Per-registry TLS, plain HTTP and mirrors.
     pub registries: super::registries::Registries,
 }
@@ -77,6 +81,7 @@ impl Config {
                 .or(file.log_level)
                 .unwrap_or_else(|| "info".into()),
             max_blocking_threads: file.max_blocking_threads.unwrap_or(8).max(1),
+            runtime: file.runtime.filter(|r| !r.is_empty()),
             registries,
         })
     }

@@ -17,6 +17,7 @@ pub struct State {
 struct Inner {
     store: Store,
     registries: super::registries::Registries,
+    runtime: Option<String>,
     root: PathBuf,
     state_dir: PathBuf,
 }
@@ -31,6 +32,7 @@ impl State {
             inner: Arc::new(Inner {
                 store,
                 registries: config.registries.clone(),
+                runtime: config.runtime.clone(),
                 root: config.root.clone(),
                 state_dir: config.state.clone(),
             }),
@@ -45,6 +47,11 @@ impl State {
     /// Per-registry settings from the config file.
     pub fn registries(&self) -> &super::registries::Registries {
         &self.inner.registries
+    }
+
+    /// The configured default runtime (`--runtime` or the config file's `runtime`).
+    pub fn default_runtime(&self) -> Option<&str> {
+        self.inner.runtime.as_deref()
     }
 
     /// The persistent root.

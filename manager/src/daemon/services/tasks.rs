@@ -84,12 +84,19 @@ fn proto_string_field(mut b: &[u8], want: u64) -> Option<String> {
 }
 
 impl TasksService {
-    /// The service; the runtime defaults to `$BERTH_RUNTIME` or `berth-runc` next to berthd (or
-    /// on PATH), the supervisor to `$BERTH_SHIM` or `berth-shim` likewise. Starts watching the
-    /// tasks a previous berthd left running, to publish their exits.
+    /// The service; the runtime defaults to berthd's `--runtime` (config `runtime`), else
+    /// `$BERTH_RUNTIME`, else `berth-runc` next to berthd (or on PATH); the supervisor to
+    /// `$BERTH_SHIM` or `berth-shim` likewise. Starts watching the tasks a previous berthd left
+    /// running, to publish their exits.
     pub fn new(state: State) -> TasksService {
+        let runtime = match state.default_runtime() {
+            Some(r) if r.contains('/') => PathBuf::from(r),
+            Some(r) => crate::tasks::helper_binary("BERTH_RUNTIME_UNUSED", r),
+            None => crate::tasks::helper_binary("BERTH_RUNTIME", "berth-runc"),
+        };
+        tracing::info!(runtime = %runtime.display(), "default runtime");
         let svc = TasksService {
-            runtime: crate::tasks::helper_binary("BERTH_RUNTIME", "berth-runc"),
+            runtime,
             shim: crate::tasks::helper_binary("BERTH_SHIM", "berth-shim"),
             state,
         };
