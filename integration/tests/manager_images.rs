@@ -332,3 +332,42 @@ fn content_get_returns_the_blob_bytes() {
         .unwrap();
     assert_eq!(image::sha256(&o.stdout), img.layers[0].digest);
 }
+
+#[test]
+fn image_events_are_published() {
+    let d = Berthd::start().unwrap();
+    let ns = unique("imgev");
+    let filter = format!("namespace=={ns}");
+    let mut ev = std::process::Command::new(berth_integration::bins::berth())
+        .arg("--address")
+        .arg(d.socket())
+        .args(["events", &filter])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let name = "docker.io/berth/events:v1";
+    let work = tempfile::tempdir().unwrap();
+    let tar = work.path().join("i.tar");
+    image::busybox_single(name)
+        .unwrap()
+        .write_oci_archive(&tar)
+        .unwrap();
+    let tar = tar.to_str().unwrap();
+    d.berth(&ns, &["images", "import", tar]).ok();
+    // The same name again (through ctr and the images service): an update.
+    d.ctr(&ns, &["images", "import", tar]).ok();
+    d.berth(&ns, &["images", "rm", name]).ok();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let _ = ev.kill();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut ev.stdout.take().unwrap(), &mut text).unwrap();
+    let _ = ev.wait();
+    for topic in ["/images/create", "/images/update", "/images/delete"] {
+        assert!(
+            text.lines().any(|l| l.contains(&format!(" {ns} {topic} "))),
+            "{topic} missing:\n{text}"
+        );
+    }
+}

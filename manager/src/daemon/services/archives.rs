@@ -129,6 +129,7 @@ impl Archives for ArchivesService {
         req: Request<Streaming<pb::ImportRequest>>,
     ) -> Result<Response<Self::ImportStream>, Status> {
         let c = ctx(&req)?;
+        let ns = c.namespace.clone();
         let mut inbound = req.into_inner();
         let first = inbound
             .next()
@@ -234,6 +235,9 @@ impl Archives for ArchivesService {
                 Err(e) => Err(join_error(e)),
                 Ok(Err(e)) => Err(status(e)),
                 Ok(Ok((images, chain_ids))) => {
+                    for i in &images {
+                        super::images::publish_image(&ns, i);
+                    }
                     tracing::info!(
                         images = images.len(),
                         bytes = received.load(Ordering::Relaxed),

@@ -126,6 +126,7 @@ impl Distribution for DistributionService {
             })),
         };
         let store = self.state.store().clone();
+        let ns = c.namespace.clone();
         let reference = r.reference;
         let job = tokio::task::spawn_blocking(move || {
             berth_store::pull::pull(&store, &c, &reference, &opts)
@@ -134,19 +135,22 @@ impl Distribution for DistributionService {
             let msg = match job.await {
                 Err(e) => Err(join_error(e)),
                 Ok(Err(e)) => Err(status(e)),
-                Ok(Ok(rep)) => Ok(pb::PullResponse {
-                    event: Some(pb::pull_response::Event::Result(pb::PullResult {
-                        name: rep.image.name.clone(),
-                        target: Some(wire_descriptor(&rep.image.target)),
-                        manifest: Some(wire_descriptor(&rep.manifest)),
-                        layers_fetched: rep.layers_fetched as u32,
-                        layers_present: rep.layers_present as u32,
-                        bytes_fetched: rep.bytes_fetched,
-                        chain_id: rep
-                            .unpack
-                            .map(|u| u.chain_id.to_string())
-                            .unwrap_or_default(),
-                    })),
+                Ok(Ok(rep)) => Ok({
+                    super::images::publish_image(&ns, &rep.image);
+                    pb::PullResponse {
+                        event: Some(pb::pull_response::Event::Result(pb::PullResult {
+                            name: rep.image.name.clone(),
+                            target: Some(wire_descriptor(&rep.image.target)),
+                            manifest: Some(wire_descriptor(&rep.manifest)),
+                            layers_fetched: rep.layers_fetched as u32,
+                            layers_present: rep.layers_present as u32,
+                            bytes_fetched: rep.bytes_fetched,
+                            chain_id: rep
+                                .unpack
+                                .map(|u| u.chain_id.to_string())
+                                .unwrap_or_default(),
+                        })),
+                    }
                 }),
             };
             let _ = tx.send(msg).await;

@@ -7,6 +7,9 @@ use berth_store::metadata::Image;
 use berth_store::oci::Descriptor;
 use tonic::{Request, Response, Status};
 
+use berth_proto::containerd::events as ev;
+
+use super::events::{any, publish};
 use crate::daemon::errors::blocking;
 use crate::daemon::meta::{ctx, digest, labels, paths, system_time, timestamp, wire_labels};
 use crate::daemon::state::State;
@@ -15,6 +18,26 @@ use crate::daemon::state::State;
 pub struct ImagesService {
     /// Shared state.
     pub state: State,
+}
+
+/// Publishes `/images/create` for a record just made, `/images/update` for one that existed
+/// (its creation time is older than its update), as containerd's images service does; pulls
+/// and imports done by berthd publish the same way.
+pub fn publish_image(ns: &str, i: &Image) {
+    let labels = wire_labels(&i.labels);
+    if i.created_at == i.updated_at {
+        let e = ev::ImageCreate {
+            name: i.name.clone(),
+            labels,
+        };
+        publish(ns, "/images/create", any("ImageCreate", &e));
+    } else {
+        let e = ev::ImageUpdate {
+            name: i.name.clone(),
+            labels,
+        };
+        publish(ns, "/images/update", any("ImageUpdate", &e));
+    }
 }
 
 /// A store descriptor on the wire.
@@ -108,9 +131,11 @@ impl Images for ImagesService {
         req: Request<pb::CreateImageRequest>,
     ) -> Result<Response<pb::CreateImageResponse>, Status> {
         let c = ctx(&req)?;
+        let ns = c.namespace.clone();
         let img = store_image(req.into_inner().image, true)?;
         let store = self.state.store().clone();
         let i = blocking(move || store.image_create(&c, &img)).await?;
+        publish_image(&ns, &i);
         Ok(Response::new(pb::CreateImageResponse {
             image: Some(wire_image(&i)),
         }))
@@ -121,6 +146,7 @@ impl Images for ImagesService {
         req: Request<pb::UpdateImageRequest>,
     ) -> Result<Response<pb::UpdateImageResponse>, Status> {
         let c = ctx(&req)?;
+        let ns = c.namespace.clone();
         let r = req.into_inner();
         let fieldpaths = paths(r.update_mask);
         let img = store_image(
@@ -129,6 +155,11 @@ impl Images for ImagesService {
         )?;
         let store = self.state.store().clone();
         let i = blocking(move || store.image_update(&c, &img, &fieldpaths)).await?;
+        let e = ev::ImageUpdate {
+            name: i.name.clone(),
+            labels: wire_labels(&i.labels),
+        };
+        publish(&ns, "/images/update", any("ImageUpdate", &e));
         Ok(Response::new(pb::UpdateImageResponse {
             image: Some(wire_image(&i)),
         }))
@@ -136,7 +167,9 @@ impl Images for ImagesService {
 
     async fn delete(&self, req: Request<pb::DeleteImageRequest>) -> Result<Response<()>, Status> {
         let c = ctx(&req)?;
+        let ns = c.namespace.clone();
         let r = req.into_inner();
+        let (name, sync) = (r.name.clone(), r.sync);
         let store = self.state.store().clone();
         blocking(move || {
             store.image_delete(&c, &r.name)?;
@@ -148,7 +181,12 @@ impl Images for ImagesService {
             Ok(())
         })
         .await?;
-        if !r.sync {
+        publish(
+            &ns,
+            "/images/delete",
+            any("ImageDelete", &ev::ImageDelete { name }),
+        );
+        if !sync {
             super::collect_in_background(self.state.clone());
         }
         Ok(Response::new(()))
