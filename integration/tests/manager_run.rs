@@ -244,3 +244,82 @@ fn berth_events_shows_a_runs_events() {
         );
     }
 }
+
+#[test]
+fn berth_tasks_exec_and_metrics_on_a_detached_container() {
+    let ns = unique("bexec");
+    let d = daemon(&ns);
+    let id = unique("c");
+    d.berth(
+        &ns,
+        &[
+            "run",
+            "-d",
+            "--memory",
+            "64m",
+            "--pids-limit",
+            "20",
+            IMAGE,
+            &id,
+            "sleep",
+            "100",
+        ],
+    )
+    .ok();
+    // Output on both streams and the exit code pass through.
+    let out = d.berth(
+        &ns,
+        &[
+            "tasks",
+            "exec",
+            &id,
+            "sh",
+            "-c",
+            "echo out; echo err >&2; exit 3",
+        ],
+    );
+    assert_eq!(out.code, 3, "{out:?}");
+    assert_eq!(out.stdout, "out\n");
+    assert_eq!(out.stderr, "err\n");
+    // The flags shape the process.
+    let out = d.berth(
+        &ns,
+        &[
+            "tasks",
+            "exec",
+            "--user",
+            "1000:1000",
+            "--cwd",
+            "/tmp",
+            "--env",
+            "A=b",
+            &id,
+            "sh",
+            "-c",
+            "id -u; pwd; echo $A",
+        ],
+    );
+    assert_eq!(out.ok(), "1000\n/tmp\nb\n");
+    // A command the image lacks: Docker's 127 and a clear message.
+    let out = d.berth(&ns, &["tasks", "exec", &id, "no-such-command"]);
+    assert_eq!(out.code, 127, "{out:?}");
+    assert!(out.stderr.contains("no-such-command"), "{out:?}");
+    // Metrics read back the limits from the kernel.
+    let m = d
+        .berth(&ns, &["--format", "json", "tasks", "metrics", &id])
+        .json();
+    assert_eq!(m["memory"]["limit"], 64 << 20, "{m}");
+    assert_eq!(m["pids"]["limit"], 20, "{m}");
+    assert!(m["memory"]["usage"].as_u64().unwrap_or(0) > 0, "{m}");
+    assert!(m["pids"]["current"].as_u64().unwrap_or(0) >= 1, "{m}");
+    // Starting a task that runs already is refused.
+    let e = d.berth(&ns, &["tasks", "start", &id]).err().to_string();
+    assert!(e.contains(&id), "{e}");
+    d.berth(&ns, &["tasks", "kill", "-s", "KILL", &id]).ok();
+    d.berth(&ns, &["tasks", "wait", &id]);
+    d.berth(&ns, &["tasks", "rm", &id]).ok();
+    d.berth(&ns, &["containers", "rm", &id]).ok();
+    let e = d.berth(&ns, &["tasks", "metrics", &id]).err().to_string();
+    assert!(e.contains("no metrics"), "{e}");
+    assert_clean(&d, &ns);
+}

@@ -9,6 +9,7 @@ pub mod namespaces;
 pub mod output;
 pub mod run;
 pub mod snapshots;
+pub mod stdio;
 pub mod tasks;
 
 use std::path::PathBuf;

@@ -2,8 +2,6 @@
 //! layers the rootfs, then a container and its task on berthd; output is streamed through FIFOs
 //! and the process's exit code becomes berth's.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -48,8 +46,8 @@ pub struct Args {
     /// Bind mounts, SRC:DST[:ro].
     #[arg(long)]
     pub mount: Vec<String>,
-    /// Memory limit in bytes.
-    #[arg(long)]
+    /// Memory limit: bytes, or with a unit b, k, m, g (1024-based, as Docker's `--memory`).
+    #[arg(long, value_parser = parse_size)]
     pub memory: Option<i64>,
     /// CPUs (e.g. 0.5).
     #[arg(long)]
@@ -67,6 +65,22 @@ pub struct Args {
     /// Command and arguments (default: the image's entrypoint and cmd).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub args: Vec<String>,
+}
+
+/// `512`, `64m`, `1g`, `100k`: bytes with an optional 1024-based unit.
+pub fn parse_size(s: &str) -> std::result::Result<i64, String> {
+    let t = s.trim().to_ascii_lowercase();
+    let (num, mult) = match t.chars().last() {
+        Some('b') => (&t[..t.len() - 1], 1),
+        Some('k') => (&t[..t.len() - 1], 1 << 10),
+        Some('m') => (&t[..t.len() - 1], 1 << 20),
+        Some('g') => (&t[..t.len() - 1], 1 << 30),
+        _ => (t.as_str(), 1),
+    };
+    num.parse::<i64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("{s:?} is not a size (bytes, or a number with b, k, m or g)"))
 }
 
 fn strs(v: &Value) -> Vec<String> {
@@ -288,27 +302,6 @@ async fn image_config(env: &Env, name: &str) -> Result<(Value, String)> {
     Ok((cfg, chain))
 }
 
-/// Creates a FIFO and opens its read side without blocking.
-fn fifo(path: &Path) -> Result<std::fs::File> {
-    nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600))
-        .with_context(|| format!("mkfifo {}", path.display()))?;
-    std::fs::File::options()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-        .with_context(|| format!("opening {}", path.display()))
-}
-
-fn blocking(f: &std::fs::File) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: fcntl on an fd owned by `f`.
-    unsafe {
-        let fd = f.as_raw_fd();
-        let fl = libc::fcntl(fd, libc::F_GETFL);
-        libc::fcntl(fd, libc::F_SETFL, fl & !libc::O_NONBLOCK);
-    }
-}
-
 /// Removes the container and its snapshot (best effort: used on failure and for --rm).
 async fn remove(env: &Env, id: &str) {
     let _ = ContainersClient::new(env.ns.clone())
@@ -378,19 +371,10 @@ pub async fn run(env: &Env, a: Args) -> Result<i32> {
             .await;
         return Err(rpc_error(format!("creating container {}", a.id))(e));
     }
-    let dir = tempfile_dir()?;
-    let (out_path, err_path) = (dir.join("stdout"), dir.join("stderr"));
     let fifos = if a.detach {
         None
     } else {
-        Some((fifo(&out_path)?, fifo(&err_path)?))
-    };
-    let path = |p: &Path| {
-        if a.detach {
-            String::new()
-        } else {
-            p.display().to_string()
-        }
+        Some(super::stdio::OutputFifos::new()?)
     };
     let mut tasks = TasksClient::new(env.ns.clone());
     let created = tasks
@@ -398,36 +382,20 @@ pub async fn run(env: &Env, a: Args) -> Result<i32> {
             container_id: a.id.clone(),
             rootfs: mounts,
             stdin: String::new(),
-            stdout: path(&out_path),
-            stderr: path(&err_path),
+            stdout: fifos.as_ref().map(|f| f.stdout()).unwrap_or_default(),
+            stderr: fifos.as_ref().map(|f| f.stderr()).unwrap_or_default(),
             ..Default::default()
         })
         .await;
     if let Err(e) = created {
         remove(env, &a.id).await;
-        let _ = std::fs::remove_dir_all(&dir);
         if e.message().contains("executable file not found") {
             eprintln!("berth: {}", e.message());
             return Ok(127);
         }
         return Err(rpc_error(format!("creating the task of {}", a.id))(e));
     }
-    let copiers = fifos.map(|(o, e)| {
-        blocking(&o);
-        blocking(&e);
-        let copy = |mut f: std::fs::File, to_err: bool| {
-            std::thread::spawn(move || {
-                let res = if to_err {
-                    std::io::copy(&mut f, &mut std::io::stderr())
-                } else {
-                    std::io::copy(&mut f, &mut std::io::stdout())
-                };
-                let _ = std::io::stdout().flush();
-                res.map(|_| ())
-            })
-        };
-        (copy(o, false), copy(e, true))
-    });
+    let copying = fifos.map(super::stdio::OutputFifos::copy);
     let mut waiter = TasksClient::new(env.ns.clone());
     let wid = a.id.clone();
     let wait = tokio::spawn(async move {
@@ -451,11 +419,9 @@ pub async fn run(env: &Env, a: Args) -> Result<i32> {
             })
             .await;
         remove(env, &a.id).await;
-        let _ = std::fs::remove_dir_all(&dir);
         return Err(rpc_error(format!("starting {}", a.id))(e));
     }
     if a.detach {
-        let _ = std::fs::remove_dir_all(&dir);
         println!("{}", a.id);
         return Ok(0);
     }
@@ -465,14 +431,9 @@ pub async fn run(env: &Env, a: Args) -> Result<i32> {
         .map_err(rpc_error(format!("waiting for {}", a.id)))?
         .into_inner()
         .exit_status as i32;
-    if let Some((o, e)) = copiers {
-        let _ = tokio::task::spawn_blocking(move || {
-            let _ = o.join();
-            let _ = e.join();
-        })
-        .await;
+    if let Some(c) = copying {
+        c.finish().await;
     }
-    let _ = std::fs::remove_dir_all(&dir);
     tasks
         .delete(tpb::DeleteTaskRequest {
             container_id: a.id.clone(),
@@ -483,17 +444,6 @@ pub async fn run(env: &Env, a: Args) -> Result<i32> {
         remove(env, &a.id).await;
     }
     Ok(code)
-}
-
-/// A private directory for the FIFOs.
-fn tempfile_dir() -> Result<std::path::PathBuf> {
-    let dir = std::env::temp_dir().join(format!(
-        "berth-run-{}-{}",
-        std::process::id(),
-        fastrand::u64(..)
-    ));
-    std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    Ok(dir)
 }
 
 #[cfg(test)]
@@ -509,6 +459,16 @@ mod tests {
 
     fn args(v: &[&str]) -> Args {
         T::parse_from(std::iter::once("run").chain(v.iter().copied())).a
+    }
+
+    #[test]
+    fn sizes_take_units() {
+        assert_eq!(parse_size("1000"), Ok(1000));
+        assert_eq!(parse_size("64m"), Ok(64 << 20));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("100k"), Ok(102_400));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("9999999999g").is_err());
     }
 
     #[test]

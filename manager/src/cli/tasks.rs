@@ -1,4 +1,4 @@
-//! `berth tasks ls|kill|ps|pause|resume|wait|rm|metrics`.
+//! `berth tasks ls|start|exec|kill|ps|pause|resume|wait|rm|metrics`.
 
 use anyhow::{Context, Result};
 use berth_proto::containerd::services::tasks::v1 as pb;
@@ -15,6 +15,37 @@ pub enum Cmd {
     /// List tasks.
     #[command(visible_alias = "list")]
     Ls,
+    /// Start a created task; prints its pid.
+    Start {
+        /// The container id.
+        id: String,
+    },
+    /// Run another process in a running task; its output is printed and berth exits with its
+    /// exit code (127 when the executable does not exist).
+    Exec {
+        /// The process's id within the task [default: a random one].
+        #[arg(long)]
+        exec_id: Option<String>,
+        /// Extra environment, KEY=VALUE.
+        #[arg(long = "env", short = 'e')]
+        env: Vec<String>,
+        /// Working directory.
+        #[arg(long)]
+        cwd: Option<String>,
+        /// UID[:GID] to run as.
+        #[arg(long, short = 'u')]
+        user: Option<String>,
+        /// The container id.
+        id: String,
+        /// Command and arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        args: Vec<String>,
+    },
+    /// A running task's cgroup statistics: memory, pids, CPU time.
+    Metrics {
+        /// The container id.
+        id: String,
+    },
     /// Send a signal (default SIGTERM) to a task's init process (or all its processes).
     Kill {
         /// Signal number or name (TERM, SIGKILL, 9).
@@ -77,6 +108,194 @@ fn status(s: i32) -> String {
         .unwrap_or_else(|_| "UNKNOWN".into())
 }
 
+/// The process an exec runs: the container's own process with the command and flags applied.
+fn exec_process(
+    spec: &serde_json::Value,
+    args: &[String],
+    env: &[String],
+    cwd: Option<&str>,
+    user: Option<&str>,
+) -> Result<serde_json::Value> {
+    let mut p = spec
+        .get("process")
+        .cloned()
+        .unwrap_or_else(|| serde_json::json!({"cwd": "/"}));
+    p["args"] = serde_json::json!(args);
+    p["terminal"] = serde_json::Value::Bool(false);
+    if !env.is_empty() {
+        let mut all: Vec<serde_json::Value> = p["env"].as_array().cloned().unwrap_or_default();
+        for e in env {
+            if !e.contains('=') {
+                anyhow::bail!("--env {e:?}: expected KEY=VALUE");
+            }
+            all.push(serde_json::json!(e));
+        }
+        p["env"] = serde_json::Value::Array(all);
+    }
+    if let Some(c) = cwd {
+        if !c.starts_with('/') {
+            anyhow::bail!("--cwd {c:?}: must be an absolute path");
+        }
+        p["cwd"] = serde_json::json!(c);
+    }
+    if let Some(u) = user {
+        let (uid, gid) = u.split_once(':').unwrap_or((u, "0"));
+        let num = |s: &str| {
+            s.parse::<u32>()
+                .with_context(|| format!("--user {u:?}: expected UID[:GID] as numbers"))
+        };
+        p["user"] = serde_json::json!({"uid": num(uid)?, "gid": num(gid)?});
+    }
+    Ok(p)
+}
+
+/// `tasks exec`: returns the process's exit code.
+async fn exec(
+    env: &Env,
+    id: &str,
+    exec_id: Option<String>,
+    process: (Vec<String>, Vec<String>, Option<String>, Option<String>),
+) -> Result<i32> {
+    use berth_proto::containerd::services::containers::v1 as cpb;
+    let (args, extra_env, cwd, user) = process;
+    let container = cpb::containers_client::ContainersClient::new(env.ns.clone())
+        .get(cpb::GetContainerRequest { id: id.to_string() })
+        .await
+        .map_err(rpc_error(format!("getting container {id}")))?
+        .into_inner()
+        .container
+        .context("berthd returned no container")?;
+    let spec: serde_json::Value = container
+        .spec
+        .as_ref()
+        .map(|a| serde_json::from_slice(&a.value))
+        .transpose()
+        .context("the container's spec is not JSON")?
+        .unwrap_or_default();
+    let p = exec_process(&spec, &args, &extra_env, cwd.as_deref(), user.as_deref())?;
+    let exec_id = exec_id.unwrap_or_else(|| format!("exec-{:08x}", fastrand::u32(..)));
+    let fifos = super::stdio::OutputFifos::new()?;
+    let mut c = TasksClient::new(env.ns.clone());
+    c.exec(pb::ExecProcessRequest {
+        container_id: id.to_string(),
+        exec_id: exec_id.clone(),
+        stdin: String::new(),
+        stdout: fifos.stdout(),
+        stderr: fifos.stderr(),
+        terminal: false,
+        spec: Some(prost_types::Any {
+            type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(),
+            value: serde_json::to_vec(&p)?,
+        }),
+    })
+    .await
+    .map_err(rpc_error(format!("exec in {id}")))?;
+    let mut waiter = TasksClient::new(env.ns.clone());
+    let wait = {
+        let (id, exec_id) = (id.to_string(), exec_id.clone());
+        tokio::spawn(async move {
+            waiter
+                .wait(pb::WaitRequest {
+                    container_id: id,
+                    exec_id,
+                })
+                .await
+        })
+    };
+    let delete = |mut c: TasksClient<_>| {
+        let (id, exec_id) = (id.to_string(), exec_id.clone());
+        async move {
+            let _ = c
+                .delete_process(pb::DeleteProcessRequest {
+                    container_id: id,
+                    exec_id,
+                })
+                .await;
+        }
+    };
+    if let Err(e) = c
+        .start(pb::StartRequest {
+            container_id: id.to_string(),
+            exec_id: exec_id.clone(),
+        })
+        .await
+    {
+        wait.abort();
+        delete(c).await;
+        if e.message().contains("executable file not found")
+            || e.message().contains("not found in $PATH")
+        {
+            eprintln!("berth: {}", e.message());
+            return Ok(127);
+        }
+        return Err(rpc_error(format!("starting exec {exec_id} in {id}"))(e));
+    }
+    let copying = fifos.copy();
+    let code = wait
+        .await
+        .context("waiting for the exec")?
+        .map_err(rpc_error(format!("waiting for exec {exec_id}")))?
+        .into_inner()
+        .exit_status as i32;
+    copying.finish().await;
+    delete(c).await;
+    Ok(code)
+}
+
+/// `tasks metrics`: the decoded cgroup statistics.
+async fn metrics(env: &Env, id: &str) -> Result<()> {
+    use crate::tasks::metrics::Metrics;
+    let ms = TasksClient::new(env.ns.clone())
+        .metrics(pb::MetricsRequest {
+            filters: vec![format!("id=={id}")],
+        })
+        .await
+        .map_err(rpc_error(format!("metrics of {id}")))?
+        .into_inner()
+        .metrics;
+    let m = ms
+        .into_iter()
+        .find(|m| m.id == id)
+        .with_context(|| format!("no metrics for {id}: is its task running?"))?;
+    let data = m.data.map(|a| a.value).unwrap_or_default();
+    let m = <Metrics as prost::Message>::decode(data.as_slice())
+        .context("berthd's metrics do not decode")?;
+    let mem = m
+        .memory
+        .as_ref()
+        .and_then(|x| x.usage.clone())
+        .unwrap_or_default();
+    let pids = m.pids.clone().unwrap_or_default();
+    let cpu = m
+        .cpu
+        .as_ref()
+        .and_then(|c| c.usage.clone())
+        .unwrap_or_default();
+    match env.format {
+        Format::Json => output::json(&serde_json::json!({
+            "id": id,
+            "memory": {"usage": mem.usage, "limit": mem.limit, "max_usage": mem.max,
+                       "failcnt": mem.failcnt,
+                       "rss": m.memory.as_ref().map_or(0, |x| x.total_rss),
+                       "cache": m.memory.as_ref().map_or(0, |x| x.total_cache)},
+            "pids": {"current": pids.current, "limit": pids.limit},
+            "cpu": {"total_ns": cpu.total, "user_ns": cpu.user, "kernel_ns": cpu.kernel},
+        }))?,
+        Format::Table => output::table(
+            &["METRIC", "VALUE"],
+            &[
+                vec!["memory.usage_in_bytes".into(), mem.usage.to_string()],
+                vec!["memory.limit_in_bytes".into(), mem.limit.to_string()],
+                vec!["memory.max_usage_in_bytes".into(), mem.max.to_string()],
+                vec!["pids.current".into(), pids.current.to_string()],
+                vec!["pids.limit".into(), pids.limit.to_string()],
+                vec!["cpu.usage_ns".into(), cpu.total.to_string()],
+            ],
+        )?,
+    }
+    Ok(())
+}
+
 /// Runs a task command; returns the exit code for `wait`.
 pub async fn run(env: &Env, cmd: Cmd) -> Result<i32> {
     let mut c = TasksClient::new(env.ns.clone());
@@ -104,6 +323,26 @@ pub async fn run(env: &Env, cmd: Cmd) -> Result<i32> {
                 )?,
             }
         }
+        Cmd::Start { id } => {
+            let r = c
+                .start(pb::StartRequest {
+                    container_id: id.clone(),
+                    exec_id: String::new(),
+                })
+                .await
+                .map_err(rpc_error(format!("starting {id}")))?
+                .into_inner();
+            println!("{}", r.pid);
+        }
+        Cmd::Exec {
+            exec_id,
+            env: extra,
+            cwd,
+            user,
+            id,
+            args,
+        } => return exec(env, &id, exec_id, (args, extra, cwd, user)).await,
+        Cmd::Metrics { id } => metrics(env, &id).await?,
         Cmd::Kill { signal: s, all, id } => {
             c.kill(pb::KillRequest {
                 container_id: id.clone(),

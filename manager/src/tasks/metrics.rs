@@ -7,33 +7,95 @@ use std::path::Path;
 /// The type URL containerd's clients decode the metrics with.
 pub const TYPE_URL: &str = "io.containerd.cgroups.v1.Metrics";
 
-/// Protobuf encoding of the few messages needed (all fields are uint64 or nested messages).
-#[derive(Default)]
-struct Msg(Vec<u8>);
+/// The part of containerd's cgroups v1 `Metrics` message berthd fills (field numbers as in
+/// containerd's `stats/v1/metrics.proto`); `berth tasks metrics` decodes the same types.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Metrics {
+    /// Process counts.
+    #[prost(message, optional, tag = "2")]
+    pub pids: Option<PidsStat>,
+    /// CPU time.
+    #[prost(message, optional, tag = "3")]
+    pub cpu: Option<CpuStat>,
+    /// Memory.
+    #[prost(message, optional, tag = "4")]
+    pub memory: Option<MemoryStat>,
+}
 
-impl Msg {
-    fn varint(&mut self, mut v: u64) {
-        while v >= 0x80 {
-            self.0.push((v as u8) | 0x80);
-            v >>= 7;
-        }
-        self.0.push(v as u8);
-    }
+/// `PidsStat`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PidsStat {
+    /// Processes now.
+    #[prost(uint64, tag = "1")]
+    pub current: u64,
+    /// pids.max (0: none).
+    #[prost(uint64, tag = "2")]
+    pub limit: u64,
+}
 
-    fn u64(&mut self, field: u64, v: u64) -> &mut Self {
-        if v != 0 {
-            self.varint(field << 3);
-            self.varint(v);
-        }
-        self
-    }
+/// `CPUStat`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CpuStat {
+    /// Usage.
+    #[prost(message, optional, tag = "1")]
+    pub usage: Option<CpuUsage>,
+}
 
-    fn msg(&mut self, field: u64, m: &Msg) -> &mut Self {
-        self.varint((field << 3) | 2);
-        self.varint(m.0.len() as u64);
-        self.0.extend_from_slice(&m.0);
-        self
-    }
+/// `CPUUsage`, in nanoseconds.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CpuUsage {
+    /// Total.
+    #[prost(uint64, tag = "1")]
+    pub total: u64,
+    /// In the kernel.
+    #[prost(uint64, tag = "2")]
+    pub kernel: u64,
+    /// In user space.
+    #[prost(uint64, tag = "3")]
+    pub user: u64,
+}
+
+/// `MemoryStat` (a few of its fields).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MemoryStat {
+    /// Page cache.
+    #[prost(uint64, tag = "1")]
+    pub cache: u64,
+    /// Anonymous memory.
+    #[prost(uint64, tag = "2")]
+    pub rss: u64,
+    /// Mapped files.
+    #[prost(uint64, tag = "4")]
+    pub mapped_file: u64,
+    /// The hierarchy's limit.
+    #[prost(uint64, tag = "16")]
+    pub hierarchical_memory_limit: u64,
+    /// Page cache, hierarchy.
+    #[prost(uint64, tag = "18")]
+    pub total_cache: u64,
+    /// Anonymous memory, hierarchy.
+    #[prost(uint64, tag = "19")]
+    pub total_rss: u64,
+    /// Usage against the limit.
+    #[prost(message, optional, tag = "33")]
+    pub usage: Option<MemoryEntry>,
+}
+
+/// `MemoryEntry`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MemoryEntry {
+    /// limit_in_bytes.
+    #[prost(uint64, tag = "1")]
+    pub limit: u64,
+    /// usage_in_bytes.
+    #[prost(uint64, tag = "2")]
+    pub usage: u64,
+    /// max_usage_in_bytes.
+    #[prost(uint64, tag = "3")]
+    pub max: u64,
+    /// failcnt.
+    #[prost(uint64, tag = "4")]
+    pub failcnt: u64,
 }
 
 fn read_u64(p: &Path) -> u64 {
@@ -69,52 +131,52 @@ fn cgroup_of(pid: u32, controller: &str) -> Option<String> {
 
 /// Encoded `Metrics` of the cgroups `pid` is in, under `root` (normally `/sys/fs/cgroup`).
 pub fn collect(root: &Path, pid: u32) -> Vec<u8> {
+    prost::Message::encode_to_vec(&read(root, pid))
+}
+
+/// The `Metrics` of the cgroups `pid` is in.
+pub fn read(root: &Path, pid: u32) -> Metrics {
     let dir = |ctrl: &str, mount: &str| {
         cgroup_of(pid, ctrl).map(|p| root.join(mount).join(p.trim_start_matches('/')))
     };
-    let mut m = Msg::default();
-    if let Some(d) = dir("pids", "pids") {
-        let limit = std::fs::read_to_string(d.join("pids.max"))
+    let pids = dir("pids", "pids").map(|d| PidsStat {
+        current: read_u64(&d.join("pids.current")),
+        limit: std::fs::read_to_string(d.join("pids.max"))
             .ok()
             .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(0);
-        let mut p = Msg::default();
-        p.u64(1, read_u64(&d.join("pids.current"))).u64(2, limit);
-        m.msg(2, &p);
-    }
-    if let Some(d) = dir("cpuacct", "cpuacct") {
+            .unwrap_or(0),
+    });
+    let cpu = dir("cpuacct", "cpuacct").map(|d| {
         // cpuacct.stat counts USER_HZ ticks (100 per second).
         let stat = stat_file(&d.join("cpuacct.stat"));
         let get = |k: &str| stat.iter().find(|(n, _)| n == k).map_or(0, |(_, v)| *v);
-        let mut usage = Msg::default();
-        usage
-            .u64(1, read_u64(&d.join("cpuacct.usage")))
-            .u64(2, get("system") * 10_000_000)
-            .u64(3, get("user") * 10_000_000);
-        let mut cpu = Msg::default();
-        cpu.msg(1, &usage);
-        m.msg(3, &cpu);
-    }
-    if let Some(d) = dir("memory", "memory") {
+        CpuStat {
+            usage: Some(CpuUsage {
+                total: read_u64(&d.join("cpuacct.usage")),
+                kernel: get("system") * 10_000_000,
+                user: get("user") * 10_000_000,
+            }),
+        }
+    });
+    let memory = dir("memory", "memory").map(|d| {
         let stat = stat_file(&d.join("memory.stat"));
         let get = |k: &str| stat.iter().find(|(n, _)| n == k).map_or(0, |(_, v)| *v);
-        let mut usage = Msg::default();
-        usage
-            .u64(1, read_u64(&d.join("memory.limit_in_bytes")))
-            .u64(2, read_u64(&d.join("memory.usage_in_bytes")))
-            .u64(3, read_u64(&d.join("memory.max_usage_in_bytes")))
-            .u64(4, read_u64(&d.join("memory.failcnt")));
-        let mut mem = Msg::default();
-        mem.u64(1, get("cache"))
-            .u64(2, get("rss"))
-            .u64(4, get("mapped_file"))
-            .u64(16, get("hierarchical_memory_limit"))
-            .u64(18, get("total_cache"))
-            .u64(19, get("total_rss"))
-            .msg(33, &usage);
-        m.msg(4, &mem);
-    }
-    m.0
+        MemoryStat {
+            cache: get("cache"),
+            rss: get("rss"),
+            mapped_file: get("mapped_file"),
+            hierarchical_memory_limit: get("hierarchical_memory_limit"),
+            total_cache: get("total_cache"),
+            total_rss: get("total_rss"),
+            usage: Some(MemoryEntry {
+                limit: read_u64(&d.join("memory.limit_in_bytes")),
+                usage: read_u64(&d.join("memory.usage_in_bytes")),
+                max: read_u64(&d.join("memory.max_usage_in_bytes")),
+                failcnt: read_u64(&d.join("memory.failcnt")),
+            }),
+        }
+    });
+    Metrics { pids, cpu, memory }
 }
 
 #[cfg(test)]
@@ -122,13 +184,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn fields_encode_as_protobuf() {
-        let mut inner = Msg::default();
-        inner.u64(1, 300).u64(2, 0);
-        let mut outer = Msg::default();
-        outer.msg(4, &inner);
+    fn fields_encode_as_containerds_field_numbers() {
+        let m = Metrics {
+            memory: Some(MemoryStat {
+                cache: 300,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
         // field 4, length 3, then field 1 varint 300 (0xac 0x02); zero fields are omitted.
-        assert_eq!(outer.0, vec![0x22, 3, 0x08, 0xac, 0x02]);
+        assert_eq!(
+            prost::Message::encode_to_vec(&m),
+            vec![0x22, 3, 0x08, 0xac, 0x02]
+        );
     }
 
     #[test]
