@@ -323,3 +323,53 @@ fn berth_tasks_exec_and_metrics_on_a_detached_container() {
     assert!(e.contains("no metrics"), "{e}");
     assert_clean(&d, &ns);
 }
+
+#[test]
+fn berth_logs_of_a_detached_container_are_kept_bounded_and_removed_with_it() {
+    let ns = unique("blogs");
+    // A small bound so that rotation happens: 4 KiB per file.
+    let d = Berthd::start_with_config("log_max_size = 4096\n").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let tar = dir.path().join("i.tar");
+    image::busybox_single(IMAGE)
+        .unwrap()
+        .write_oci_archive(&tar)
+        .unwrap();
+    d.berth(&ns, &["images", "import", tar.to_str().unwrap()])
+        .ok();
+    let id = unique("c");
+    // 300 numbered lines (~50 bytes each as records: over 4 KiB), stderr too, then a pause
+    // so that `logs -f` starts while the container still runs.
+    let script = "echo start; echo to-stderr >&2; sleep 1; \
+                  i=0; while [ $i -lt 300 ]; do echo line-$i; i=$((i+1)); done; echo end";
+    d.berth(&ns, &["run", "-d", IMAGE, &id, "sh", "-c", script])
+        .ok();
+    let out = d.berth(&ns, &["logs", "-f", &id]);
+    let text = out.ok().to_string();
+    // Followed to the end, in order; stderr on stderr.
+    assert!(text.ends_with("line-299\nend\n"), "{text}");
+    assert!(out.stderr.contains("to-stderr"), "{out:?}");
+    // The files are bounded: the current one and one rotated copy, each under the bound.
+    let logs = d.state().join("logs").join(&ns);
+    for f in [format!("{id}.log"), format!("{id}.log.1")] {
+        let len = std::fs::metadata(logs.join(&f)).unwrap().len();
+        assert!(len <= 4096, "{f}: {len} bytes");
+    }
+    // --tail after the task is gone.
+    d.berth(&ns, &["tasks", "rm", &id]).ok();
+    assert_eq!(
+        d.berth(&ns, &["logs", "--tail", "2", &id]).ok(),
+        "line-299\nend\n"
+    );
+    // Removing the container removes its log.
+    d.berth(&ns, &["containers", "rm", &id]).ok();
+    assert!(!logs.join(format!("{id}.log")).exists());
+    assert!(!logs.join(format!("{id}.log.1")).exists());
+    let e = d.berth(&ns, &["logs", &id]).err().to_string();
+    assert!(e.contains("not found"), "{e}");
+    // A container run in the foreground has no log, and says so.
+    let id2 = unique("c");
+    d.berth(&ns, &["run", IMAGE, &id2, "sh", "-c", "exit 0"]).ok();
+    let e = d.berth(&ns, &["logs", &id2]).err().to_string();
+    assert!(e.contains("has no log"), "{e}");
+}

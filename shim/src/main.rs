@@ -16,6 +16,7 @@
 //! The exit files and the runtime's own state are the source of truth, so berthd can die and
 //! come back at any time. Single-threaded, no async runtime, only libc: a few hundred KB of RSS.
 
+mod logs;
 mod proc;
 mod server;
 
@@ -128,8 +129,9 @@ fn supervise(args: Args, mut wr: File) -> ExitCode {
         }
         detach_stdio(&args.bundle);
         let sigfd = proc::block_sigchld().map_err(|e| format!("signalfd: {e}"))?;
-        let pid = proc::create(&args)?;
-        let srv = server::Server::bind(args.clone(), sigfd, pid)?;
+        let mut logs = logs::Logs::from_env();
+        let pid = proc::create(&args, &mut logs)?;
+        let srv = server::Server::bind(args.clone(), sigfd, pid, logs)?;
         Ok((pid, srv))
     };
     match setup() {

@@ -7,6 +7,7 @@ use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+use crate::logs::Logs;
 use crate::Args;
 
 /// Blocks SIGCHLD and returns a signalfd that becomes readable when a child changes state.
@@ -131,17 +132,24 @@ fn read_pid(path: &Path) -> Result<u32, String> {
         .map_err(|e| format!("{}: bad pid {s:?}: {e}", path.display()))
 }
 
-fn open_all(paths: &[String; 3]) -> Result<[File; 3], String> {
+fn open_all(paths: &[String; 3], logs: &mut Logs) -> Result<[File; 3], String> {
+    let mut out = |p: &str, stream| {
+        if p.starts_with(crate::logs::PREFIX) {
+            logs.pipe_for(p, stream)
+        } else {
+            open_stdio(p, false)
+        }
+    };
     Ok([
         open_stdio(&paths[0], true)?,
-        open_stdio(&paths[1], false)?,
-        open_stdio(&paths[2], false)?,
+        out(&paths[1], "stdout")?,
+        out(&paths[2], "stderr")?,
     ])
 }
 
 /// `RUNTIME create`: the init process exists, blocked until `start`; returns its pid.
-pub fn create(args: &Args) -> Result<u32, String> {
-    let stdio = open_all(&args.stdio)?;
+pub fn create(args: &Args, logs: &mut Logs) -> Result<u32, String> {
+    let stdio = open_all(&args.stdio, logs)?;
     let pid_file = args.bundle.join("init.pid");
     let mut cmd = runtime(args);
     cmd.arg("create")
@@ -156,7 +164,7 @@ pub fn create(args: &Args) -> Result<u32, String> {
 
 /// `RUNTIME exec --detach` of `BUNDLE/exec-<id>.json` with the stdio named in
 /// `BUNDLE/exec-<id>.io`; returns the new process's pid.
-pub fn exec(args: &Args, exec_id: &str) -> Result<u32, String> {
+pub fn exec(args: &Args, exec_id: &str, logs: &mut Logs) -> Result<u32, String> {
     let io_path = args.bundle.join(format!("exec-{exec_id}.io"));
     let io = std::fs::read_to_string(&io_path)
         .map_err(|e| format!("exec {exec_id:?} is not registered: {e}"))?;
@@ -166,7 +174,7 @@ pub fn exec(args: &Args, exec_id: &str) -> Result<u32, String> {
         lines.next().unwrap_or_default(),
         lines.next().unwrap_or_default(),
     ];
-    let stdio = open_all(&paths)?;
+    let stdio = open_all(&paths, logs)?;
     let pid_file = args.bundle.join(format!("exec-{exec_id}.pid"));
     let mut cmd = runtime(args);
     cmd.arg("exec")

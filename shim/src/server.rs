@@ -50,11 +50,17 @@ pub struct Server {
     procs: HashMap<String, Proc>,
     orphans: HashMap<u32, Exit>,
     waiters: Vec<(String, UnixStream)>,
+    logs: crate::logs::Logs,
 }
 
 impl Server {
     /// Binds the socket; `init` is the init process's pid (exec id "").
-    pub fn bind(args: Args, sigfd: OwnedFd, init: u32) -> Result<Server, String> {
+    pub fn bind(
+        args: Args,
+        sigfd: OwnedFd,
+        init: u32,
+        logs: crate::logs::Logs,
+    ) -> Result<Server, String> {
         let path = args.bundle.join("shim.sock");
         let _ = std::fs::remove_file(&path);
         let listener =
@@ -74,6 +80,7 @@ impl Server {
             procs,
             orphans: HashMap::new(),
             waiters: Vec::new(),
+            logs,
         })
     }
 
@@ -82,20 +89,18 @@ impl Server {
         // A child may have ended before SIGCHLD was watched.
         self.reap();
         loop {
-            let mut fds = [
-                libc::pollfd {
-                    fd: self.listener.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-                libc::pollfd {
-                    fd: self.sigfd.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
+            let pollfd = |fd| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let mut fds = vec![
+                pollfd(self.listener.as_raw_fd()),
+                pollfd(self.sigfd.as_raw_fd()),
             ];
-            // SAFETY: poll on two valid pollfds.
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+            fds.extend(self.logs.fds().into_iter().map(pollfd));
+            // SAFETY: poll on valid pollfds, `fds.len()` of them.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
             if n < 0 {
                 let e = std::io::Error::last_os_error();
                 if e.kind() == std::io::ErrorKind::Interrupted {
@@ -104,6 +109,11 @@ impl Server {
                 eprintln!("berth-shim: poll: {e}");
                 std::thread::sleep(Duration::from_millis(100));
                 continue;
+            }
+            for p in &fds[2..] {
+                if p.revents != 0 {
+                    self.logs.ready(p.fd);
+                }
             }
             if fds[1].revents != 0 {
                 self.drain_signals();
@@ -174,6 +184,8 @@ impl Server {
     }
 
     fn exited(&mut self, id: &str, exit: Exit) {
+        // Its output is in the log before anyone learns that it ended.
+        self.logs.drain();
         if let Some(p) = self.procs.get_mut(id) {
             p.exit = Some(exit);
         }
@@ -241,7 +253,7 @@ impl Server {
                 let reply = if arg.is_empty() || self.procs.contains_key(arg) {
                     format!("err exec id {arg:?} is empty or already started")
                 } else {
-                    match proc::exec(&self.args, arg) {
+                    match proc::exec(&self.args, arg, &mut self.logs) {
                         Ok(pid) => {
                             self.procs.insert(arg.to_string(), Proc { pid, exit: None });
                             if let Some(exit) = self.orphans.remove(&pid) {

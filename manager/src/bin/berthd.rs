@@ -21,7 +21,7 @@ struct Args {
     #[arg(long, short = 'a')]
     address: Option<PathBuf>,
     /// TOML config file (keys: root, state, address, log_level, max_blocking_threads, runtime,
-    /// and
+    /// log_max_size, and
     /// [registries."host:port"] sections with plain_http, ca_file, client_cert, client_key,
     /// insecure_skip_verify, mirrors).
     #[arg(long, short = 'c')]
@@ -44,6 +44,13 @@ fn main() -> Result<()> {
     let mut config = Config::resolve(file, args.root, args.state, args.address, args.log_level)?;
     if args.runtime.is_some() {
         config.runtime = args.runtime;
+    }
+    if let Some(max) = config.log_max_size {
+        if max < 4096 {
+            anyhow::bail!("log_max_size {max}: must be at least 4096 bytes");
+        }
+        // Every berth-shim inherits it (set before any thread exists).
+        std::env::set_var("BERTH_SHIM_LOG_MAX", max.to_string());
     }
     // A bare level applies to Berth's crates; the HTTP/2 stack stays at warn unless asked.
     let directive = if config.log_level.contains('=') || config.log_level.contains(',') {

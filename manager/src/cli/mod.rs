@@ -5,6 +5,7 @@ pub mod content;
 pub mod events;
 pub mod images;
 pub mod leases;
+pub mod logs;
 pub mod namespaces;
 pub mod output;
 pub mod run;
@@ -70,6 +71,8 @@ pub enum Command {
     Leases(leases::Cmd),
     /// Run a container from an image; exits with its exit code.
     Run(run::Args),
+    /// A container's output (kept for `run -d`): `-f` follows until the task exits.
+    Logs(logs::Args),
     /// Container records.
     #[command(subcommand, visible_alias = "c")]
     Containers(containers::Cmd),
@@ -122,6 +125,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             std::process::exit(code)
         }
         Command::Containers(c) => containers::run(&env, c).await,
+        Command::Logs(a) => logs::run(&env, a).await,
         Command::Events { filters } => events::run(&env, filters).await,
         Command::Tasks(c) => {
             let code = tasks::run(&env, c).await?;

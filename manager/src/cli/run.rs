@@ -28,7 +28,7 @@ pub struct Args {
     /// Remove the container and its snapshot when it exits.
     #[arg(long)]
     pub rm: bool,
-    /// Start it and return (output is discarded).
+    /// Start it and return; its output is kept in a size-bounded log (`berth logs`).
     #[arg(short = 'd', long)]
     pub detach: bool,
     /// Allocate a terminal (not supported yet).
@@ -382,8 +382,13 @@ pub async fn run(env: &Env, a: Args) -> Result<i32> {
             container_id: a.id.clone(),
             rootfs: mounts,
             stdin: String::new(),
-            stdout: fifos.as_ref().map(|f| f.stdout()).unwrap_or_default(),
-            stderr: fifos.as_ref().map(|f| f.stderr()).unwrap_or_default(),
+            // Detached: the shim keeps the output in berth's log file (`berth logs`).
+            stdout: fifos
+                .as_ref()
+                .map_or_else(|| crate::tasks::LOG_STDIO.to_string(), |f| f.stdout()),
+            stderr: fifos
+                .as_ref()
+                .map_or_else(|| crate::tasks::LOG_STDIO.to_string(), |f| f.stderr()),
             ..Default::default()
         })
         .await;

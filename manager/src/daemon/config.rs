@@ -28,6 +28,8 @@ pub struct FileConfig {
     pub max_blocking_threads: Option<usize>,
     /// The default OCI runtime: a path, or a name looked up next to berthd and on PATH.
     pub runtime: Option<String>,
+    /// Size bound of one container log file in bytes (default 10 MiB; one rotated copy kept).
+    pub log_max_size: Option<u64>,
     /// Per-registry settings: `[registries."host:port"]` (see `daemon::registries`).
     #[serde(default)]
     pub registries: std::collections::BTreeMap<String, super::registries::RegistryConfig>,
@@ -57,6 +59,8 @@ pub struct Config {
     pub max_blocking_threads: usize,
     /// The default OCI runtime (None: `$BERTH_RUNTIME`, else berth-runc).
     pub runtime: Option<String>,
+    /// Size bound of one container log file in bytes.
+    pub log_max_size: Option<u64>,
     /// Per-registry TLS, plain HTTP and mirrors.
     pub registries: super::registries::Registries,
 }
@@ -82,6 +86,7 @@ impl Config {
                 .unwrap_or_else(|| "info".into()),
             max_blocking_threads: file.max_blocking_threads.unwrap_or(8).max(1),
             runtime: file.runtime.filter(|r| !r.is_empty()),
+            log_max_size: file.log_max_size,
             registries,
         })
     }

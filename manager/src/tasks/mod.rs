@@ -49,6 +49,28 @@ pub fn exists(state: &Path, ns: &str, id: &str) -> bool {
     tasks_dir(state, ns).join(id).join("task.json").exists()
 }
 
+/// A task's stdout/stderr of `log:` asks for berth's log file (`log:/path` names one).
+pub const LOG_STDIO: &str = "log:";
+/// The container label that records where its log file is.
+pub const LOG_LABEL: &str = "io.berth.log";
+
+/// Where berthd keeps container `id`'s log (its rotated copy is `<id>.log.1`).
+pub fn log_path(state_dir: &Path, ns: &str, id: &str) -> PathBuf {
+    state_dir.join("logs").join(ns).join(format!("{id}.log"))
+}
+
+/// Removes a container's log files (when the container is deleted).
+pub fn remove_logs(state_dir: &Path, ns: &str, id: &str) {
+    let p = log_path(state_dir, ns, id);
+    for f in [p.clone(), p.with_extension("log.1")] {
+        if let Err(e) = std::fs::remove_file(&f) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(path = %f.display(), error = %e, "removing a container log");
+            }
+        }
+    }
+}
+
 /// A helper binary: `$<var>`, else next to the running berthd, else found on PATH by name.
 pub fn helper_binary(var: &str, name: &str) -> PathBuf {
     if let Some(p) = std::env::var_os(var) {

@@ -287,6 +287,7 @@ impl Containers for ContainersService {
         let store = self.state.store().clone();
         let id2 = id.clone();
         blocking(move || store.container_delete(&c, &id2)).await?;
+        crate::tasks::remove_logs(self.state.state_dir(), &ns, &id);
         publish(
             &ns,
             "/containers/delete",

@@ -277,7 +277,24 @@ impl Tasks for TasksService {
         };
         let runtime_root = self.state.state_dir().join("runtime").join(&c.namespace);
         let shim_bin = self.shim.clone();
-        let stdio = [r.stdin.clone(), r.stdout.clone(), r.stderr.clone()];
+        // `log:` asks for berth's log file: the shim keeps the output, size-bounded, at a path
+        // of berthd's, recorded on the container for `berth logs`.
+        let log = crate::tasks::log_path(self.state.state_dir(), &c.namespace, &rec.id);
+        let mut stdio = [r.stdin.clone(), r.stdout.clone(), r.stderr.clone()];
+        let mut logging = false;
+        for s in stdio.iter_mut().skip(1) {
+            if s == crate::tasks::LOG_STDIO {
+                *s = format!("{}{}", crate::tasks::LOG_STDIO, log.display());
+                logging = true;
+            }
+        }
+        if logging {
+            let mut rec2 = rec.clone();
+            rec2.labels
+                .insert(crate::tasks::LOG_LABEL.into(), log.display().to_string());
+            let (store, c2) = (self.state.store().clone(), c.clone());
+            crate::daemon::errors::blocking(move || store.container_update(&c2, &rec2)).await?;
+        }
         let b2 = b.clone();
         let rootfs2 = rootfs.clone();
         let info = blocking(move || {
