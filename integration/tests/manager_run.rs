@@ -82,6 +82,53 @@ fn berth_run_rm_prints_output_and_returns_the_exit_code() {
 }
 
 #[test]
+fn berth_run_applies_docker_default_seccomp_profile_unless_unconfined() {
+    let ns = unique("bsec");
+    let d = daemon(&ns);
+    // An unprivileged user namespace needs no capability, so only the profile refuses it.
+    let script = "busybox grep Seccomp: /proc/self/status; \
+                  busybox unshare -U true 2>/dev/null && echo allowed || echo refused";
+    let out = d.berth(
+        &ns,
+        &["run", "--rm", IMAGE, &unique("c"), "sh", "-c", script],
+    );
+    assert_eq!(out.ok(), "Seccomp:\t2\nrefused\n");
+    let out = d.berth(
+        &ns,
+        &[
+            "run",
+            "--rm",
+            "--security-opt",
+            "seccomp=unconfined",
+            IMAGE,
+            &unique("c"),
+            "sh",
+            "-c",
+            script,
+        ],
+    );
+    assert_eq!(out.ok(), "Seccomp:\t0\nallowed\n");
+    let out = d.berth(
+        &ns,
+        &[
+            "run",
+            "--rm",
+            "--security-opt",
+            "apparmor=x",
+            IMAGE,
+            &unique("c"),
+            "true",
+        ],
+    );
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(
+        out.stderr.contains("--security-opt \"apparmor=x\""),
+        "{out:?}"
+    );
+    assert_clean(&d, &ns);
+}
+
+#[test]
 fn berth_run_limits_are_read_back_from_the_kernel() {
     let ns = unique("blim");
     let d = daemon(&ns);
@@ -369,7 +416,8 @@ fn berth_logs_of_a_detached_container_are_kept_bounded_and_removed_with_it() {
     assert!(e.contains("not found"), "{e}");
     // A container run in the foreground has no log, and says so.
     let id2 = unique("c");
-    d.berth(&ns, &["run", IMAGE, &id2, "sh", "-c", "exit 0"]).ok();
+    d.berth(&ns, &["run", IMAGE, &id2, "sh", "-c", "exit 0"])
+        .ok();
     let e = d.berth(&ns, &["logs", &id2]).err().to_string();
     assert!(e.contains("has no log"), "{e}");
 }

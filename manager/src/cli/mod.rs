@@ -9,6 +9,7 @@ pub mod logs;
 pub mod namespaces;
 pub mod output;
 pub mod run;
+pub mod seccomp;
 pub mod snapshots;
 pub mod stdio;
 pub mod tasks;

@@ -55,6 +55,9 @@ pub struct Args {
     /// Most processes.
     #[arg(long)]
     pub pids_limit: Option<i64>,
+    /// Security options: `seccomp=unconfined` turns off the default seccomp profile.
+    #[arg(long = "security-opt")]
+    pub security_opt: Vec<String>,
     /// Runtime binary or name (berth-runc, runc, crun, or a path).
     #[arg(long, default_value = "io.containerd.runc.v2")]
     pub runtime: String,
@@ -213,7 +216,14 @@ pub fn spec(ns: &str, a: &Args, cfg: &Value) -> Result<Value> {
         }
         resources["pids"] = json!({"limit": p});
     }
-    Ok(json!({
+    let mut seccomp = Some(super::seccomp::default_profile());
+    for o in &a.security_opt {
+        match o.as_str() {
+            "seccomp=unconfined" | "seccomp:unconfined" => seccomp = None,
+            _ => bail!("--security-opt {o:?}: only seccomp=unconfined is supported"),
+        }
+    }
+    let mut spec = json!({
         "ociVersion": "1.0.2",
         "process": {
             "terminal": false,
@@ -241,7 +251,11 @@ pub fn spec(ns: &str, a: &Args, cfg: &Value) -> Result<Value> {
                 "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"
             ]
         }
-    }))
+    });
+    if let Some(p) = seccomp {
+        spec["linux"]["seccomp"] = p;
+    }
+    Ok(spec)
 }
 
 /// The image's config JSON and the chain id of its layers.
