@@ -3,6 +3,7 @@
 pub mod daemon;
 pub mod image;
 pub mod registry;
+pub mod tasks;
 pub mod token;
 
 pub use daemon::{files_under, mounts_under, unique, Berthd, MountGuard, Out};

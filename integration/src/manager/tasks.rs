@@ -1,0 +1,116 @@
+//! Fixtures for running containers on berthd: an image with the busybox applets the tests call,
+//! its import, and a guard that removes every task, container and supervisor a test made, even
+//! when the test fails.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use crate::manager::image::{self, Entry, Image, Layer};
+use crate::manager::Berthd;
+
+/// A busybox image whose `/bin` has `echo`, `sleep`, `true`, `false`, `id` and `cat` too.
+pub fn run_image(name: &str) -> Result<Image> {
+    let mut entries = vec![Entry::Dir("bin", 0o755)];
+    for a in [
+        "bin/echo",
+        "bin/sleep",
+        "bin/true",
+        "bin/false",
+        "bin/id",
+        "bin/pwd",
+        "bin/env",
+    ] {
+        entries.push(Entry::Symlink(a, "busybox"));
+    }
+    Image::new(name, vec![image::base_layer()?, Layer::build(&entries)?])
+}
+
+/// Imports (and unpacks) `img` into namespace `ns` with ctr.
+pub fn import(d: &Berthd, ns: &str, img: &Image) -> Result<()> {
+    let dir = tempfile::tempdir().context("temp dir")?;
+    let tar = dir.path().join("image.tar");
+    img.write_oci_archive(&tar)?;
+    let tar = tar.to_str().context("temp path is not UTF-8")?;
+    let out = d.ctr(ns, &["images", "import", tar]);
+    anyhow::ensure!(out.code == 0, "ctr images import failed: {}", out.stderr);
+    Ok(())
+}
+
+/// Removes the tasks and containers of one namespace on drop: through berthd when it answers,
+/// then directly (the runtime's delete, the supervisors killed by pid) for anything left.
+pub struct Cleanup<'a> {
+    d: &'a Berthd,
+    ns: String,
+}
+
+impl<'a> Cleanup<'a> {
+    /// Guards namespace `ns` of `d`.
+    pub fn new(d: &'a Berthd, ns: &str) -> Cleanup<'a> {
+        Cleanup {
+            d,
+            ns: ns.to_string(),
+        }
+    }
+}
+
+/// Pids of the berth-shim processes whose bundle lies under `state`.
+pub fn supervisors_under(state: &Path) -> Vec<i32> {
+    let mut v = Vec::new();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return v;
+    };
+    let needle = state.to_string_lossy().into_owned();
+    for e in rd.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd);
+        let mut parts = cmd.split('\0');
+        let exe = parts.next().unwrap_or("");
+        if exe.ends_with("berth-shim") && parts.next().is_some_and(|b| b.starts_with(&needle)) {
+            v.push(pid);
+        }
+    }
+    v
+}
+
+/// Task bundle dirs left under berthd's state dir for namespace `ns`.
+pub fn bundles(d: &Berthd, ns: &str) -> Vec<PathBuf> {
+    std::fs::read_dir(d.state().join("tasks").join(ns))
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default()
+}
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        let ns = self.ns.as_str();
+        for b in bundles(self.d, ns) {
+            let id = b
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let _ = self.d.ctr(ns, &["task", "kill", "-s", "9", &id]);
+            let _ = self.d.ctr(ns, &["task", "rm", "-f", &id]);
+            // berthd may be down: the runtime's own delete, then the supervisor by pid.
+            let _ = std::process::Command::new(crate::bins::berth_runc())
+                .arg("--root")
+                .arg(self.d.state().join("runtime").join(ns))
+                .args(["delete", "--force", &id])
+                .output();
+        }
+        for pid in supervisors_under(&self.d.state().join("tasks").join(ns)) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let out = self.d.ctr(ns, &["containers", "ls", "-q"]);
+        for id in out.stdout.lines().filter(|l| !l.is_empty()) {
+            let _ = self.d.ctr(ns, &["containers", "rm", id]);
+        }
+    }
+}
