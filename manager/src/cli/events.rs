@@ -28,15 +28,73 @@ pub async fn run(env: &Env, filters: Vec<String>) -> Result<()> {
                 "namespace": e.namespace,
                 "topic": e.topic,
                 "type": kind,
+                "event": e.event.as_ref().map(describe),
             }))?,
             Format::Table => println!(
                 "{} {} {} {}",
                 output::time(&e.timestamp),
                 e.namespace,
                 e.topic,
-                kind
+                e.event.as_ref().map_or(kind, describe)
             ),
         }
     }
     Ok(())
+}
+
+/// An event's payload as text: the decoded message for containerd's event types (what `ctr
+/// events` shows), else its type URL.
+fn describe(any: &prost_types::Any) -> String {
+    use berth_proto::containerd::events as ev;
+    use prost::Message;
+    macro_rules! decode {
+        ($($name:literal => $ty:ty),* $(,)?) => {
+            match any.type_url.rsplit('/').next().unwrap_or_default() {
+                $(concat!("containerd.events.", $name) => <$ty>::decode(any.value.as_slice())
+                    .map(|m| format!("{m:?}"))
+                    .unwrap_or_else(|e| format!("{} (undecodable: {e})", any.type_url)),)*
+                _ => any.type_url.clone(),
+            }
+        };
+    }
+    decode! {
+        "TaskCreate" => ev::TaskCreate,
+        "TaskStart" => ev::TaskStart,
+        "TaskDelete" => ev::TaskDelete,
+        "TaskExit" => ev::TaskExit,
+        "TaskOOM" => ev::TaskOom,
+        "TaskExecAdded" => ev::TaskExecAdded,
+        "TaskExecStarted" => ev::TaskExecStarted,
+        "TaskPaused" => ev::TaskPaused,
+        "TaskResumed" => ev::TaskResumed,
+        "ContainerCreate" => ev::ContainerCreate,
+        "ContainerUpdate" => ev::ContainerUpdate,
+        "ContainerDelete" => ev::ContainerDelete,
+        "ImageCreate" => ev::ImageCreate,
+        "ImageUpdate" => ev::ImageUpdate,
+        "ImageDelete" => ev::ImageDelete,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    #[test]
+    fn known_events_are_decoded_and_others_named() {
+        let oom = berth_proto::containerd::events::TaskOom {
+            container_id: "c1".into(),
+        };
+        let any = prost_types::Any {
+            type_url: "containerd.events.TaskOOM".into(),
+            value: oom.encode_to_vec(),
+        };
+        assert_eq!(describe(&any), r#"TaskOom { container_id: "c1" }"#);
+        let other = prost_types::Any {
+            type_url: "example.com/Other".into(),
+            value: vec![1, 2],
+        };
+        assert_eq!(describe(&other), "example.com/Other");
+    }
 }
