@@ -421,3 +421,223 @@ fn berth_logs_of_a_detached_container_are_kept_bounded_and_removed_with_it() {
     let e = d.berth(&ns, &["logs", &id2]).err().to_string();
     assert!(e.contains("has no log"), "{e}");
 }
+
+/// Runs `berth ... ARGS` inside `script`, so that berth's stdin and stdout are a terminal of
+/// 91 columns and 27 rows; `input` is typed into it. Returns what the terminal showed and the
+/// exit code.
+fn berth_on_a_terminal(d: &Berthd, ns: &str, args: &str, input: &str) -> (String, i32) {
+    let cmd = format!(
+        "stty cols 91 rows 27; exec {} --address {} -n {ns} {args}",
+        berth_integration::bins::berth().display(),
+        d.socket().display()
+    );
+    let mut child = std::process::Command::new("script")
+        .args(["-qefc", &cmd, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(input.as_bytes()).unwrap();
+        // script ends its input with the terminal's end-of-file character when ours ends;
+        // keep ours open until the command is done instead.
+        std::mem::forget(stdin);
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).replace('\r', ""),
+        out.status.code().unwrap_or(-1),
+    )
+}
+
+#[test]
+fn berth_run_t_gives_a_terminal_of_the_callers_size_and_its_exit_code() {
+    let ns = unique("btty");
+    let d = daemon(&ns);
+    let id = unique("c");
+    let (out, code) = berth_on_a_terminal(
+        &d,
+        &ns,
+        &format!(
+            "run --rm -t {IMAGE} {id} sh -c 'busybox tty; busybox stty size; echo TERM=$TERM; \
+             echo to-stderr >&2; exit 3'"
+        ),
+        "",
+    );
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("/dev/pts/0\n"), "{out}");
+    assert!(out.contains("27 91\n"), "{out}");
+    assert!(out.contains("TERM=xterm\n"), "{out}");
+    // A terminal has one output stream: stderr arrives on it too.
+    assert!(out.contains("to-stderr\n"), "{out}");
+    assert_clean(&d, &ns);
+}
+
+#[test]
+fn berth_run_it_passes_keystrokes_to_the_shell() {
+    let ns = unique("bit");
+    let d = daemon(&ns);
+    let id = unique("c");
+    let (out, code) = berth_on_a_terminal(
+        &d,
+        &ns,
+        &format!("run --rm -it {IMAGE} {id} sh"),
+        "echo $((6*7))\nexit 4\n",
+    );
+    assert_eq!(code, 4, "{out}");
+    assert!(out.lines().any(|l| l == "42"), "{out}");
+    assert_clean(&d, &ns);
+}
+
+#[test]
+fn berth_tasks_exec_t_and_resize_of_a_detached_terminal_container() {
+    let ns = unique("bext");
+    let d = daemon(&ns);
+    let id = unique("c");
+    let _g = berth_integration::manager::tasks::Cleanup::new(&d, &ns);
+    // -d -t: the shell's terminal output goes to the log; the shell waits on its terminal.
+    d.berth(&ns, &["run", "-d", "-t", IMAGE, &id, "sh"]).ok();
+    let (out, code) = berth_on_a_terminal(
+        &d,
+        &ns,
+        &format!("tasks exec -t {id} sh -c 'busybox tty; busybox stty size; exit 5'"),
+        "",
+    );
+    assert_eq!(code, 5, "{out}");
+    assert!(out.contains("/dev/pts/1\n"), "{out}");
+    assert!(out.contains("27 91\n"), "{out}");
+    let (out, code) = berth_on_a_terminal(
+        &d,
+        &ns,
+        &format!("tasks exec -it {id} sh"),
+        "echo $((7*8))\nexit 6\n",
+    );
+    assert_eq!(code, 6, "{out}");
+    assert!(out.lines().any(|l| l == "56"), "{out}");
+    // The init is still there, waiting on its terminal.
+    let ls = d.berth(&ns, &["--format", "json", "tasks", "ls"]).json();
+    assert_eq!(ls[0]["status"], "RUNNING", "{ls}");
+    d.berth(&ns, &["tasks", "kill", "-s", "KILL", &id]).ok();
+    assert_eq!(d.berth(&ns, &["tasks", "wait", &id]).code, 137);
+    d.berth(&ns, &["tasks", "rm", &id]).ok();
+    d.berth(&ns, &["containers", "rm", &id]).ok();
+    assert_clean(&d, &ns);
+}
+
+#[test]
+fn berth_run_i_passes_stdin_and_its_end() {
+    let ns = unique("bin");
+    let d = daemon(&ns);
+    let mut child = std::process::Command::new(berth_integration::bins::berth())
+        .arg("--address")
+        .arg(d.socket())
+        .args([
+            "-n",
+            &ns,
+            "run",
+            "--rm",
+            "-i",
+            IMAGE,
+            &unique("c"),
+            "sh",
+            "-c",
+        ])
+        .arg("while read l; do echo \"got $l\"; done; echo eof")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"one\ntwo\n").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "got one\ngot two\neof\n"
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let e = d
+        .berth(&ns, &["run", "-d", "-i", IMAGE, &unique("c"), "true"])
+        .err()
+        .to_string();
+    assert!(e.contains("-i cannot be used with -d"), "{e}");
+    assert_clean(&d, &ns);
+}
+
+#[test]
+fn berth_run_passes_signals_to_the_container() {
+    let ns = unique("bsig");
+    let d = daemon(&ns);
+    let mut child = std::process::Command::new(berth_integration::bins::berth())
+        .arg("--address")
+        .arg(d.socket())
+        .args(["-n", &ns, "run", "--rm", IMAGE, &unique("c"), "sh", "-c"])
+        .arg("trap 'echo got-term; exit 9' TERM; echo ready; while :; do sleep 0.1; done")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    assert_eq!(rest, "got-term\n");
+    assert_eq!(child.wait().unwrap().code(), Some(9));
+    assert_clean(&d, &ns);
+}
+
+#[test]
+fn berth_events_report_the_oom_killer() {
+    let ns = unique("boom");
+    let d = daemon(&ns);
+    let _g = berth_integration::manager::tasks::Cleanup::new(&d, &ns);
+    let mut ev = std::process::Command::new(berth_integration::bins::berth())
+        .arg("--address")
+        .arg(d.socket())
+        .args(["events", &format!("namespace=={ns}")])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (hog, calm) = (unique("hog"), unique("calm"));
+    // dd's 64 MiB block is more than the 16 MiB limit (the host has no swap): the kernel kills it.
+    for (id, script) in [
+        (&hog, "busybox dd if=/dev/zero of=/dev/null bs=64M count=1"),
+        (&calm, "busybox dd if=/dev/zero of=/dev/null bs=1M count=1"),
+    ] {
+        d.berth(
+            &ns,
+            &[
+                "run", "-d", "--memory", "16m", IMAGE, id, "sh", "-c", script,
+            ],
+        )
+        .ok();
+    }
+    assert_eq!(d.berth(&ns, &["tasks", "wait", &hog]).code, 137);
+    assert_eq!(d.berth(&ns, &["tasks", "wait", &calm]).code, 0);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let _ = ev.kill();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut ev.stdout.take().unwrap(), &mut text).unwrap();
+    let _ = ev.wait();
+    let ooms: Vec<&str> = text.lines().filter(|l| l.contains("/tasks/oom")).collect();
+    assert_eq!(ooms.len(), 1, "{text}");
+    assert!(ooms[0].contains(&hog), "{text}");
+    for id in [&hog, &calm] {
+        d.berth(&ns, &["tasks", "rm", id]).ok();
+        d.berth(&ns, &["containers", "rm", id]).ok();
+    }
+    assert_clean(&d, &ns);
+}

@@ -344,3 +344,151 @@ fn bad_input_gives_clear_errors_and_leaves_nothing() {
     assert!(out.stderr.contains("create"), "{out:?}");
     assert_nothing_left(&d, &ns);
 }
+
+#[test]
+fn ctr_run_t_gets_a_terminal_that_follows_ctrs_size() {
+    let ns = unique("tty");
+    let d = daemon(&ns);
+    let _g = Cleanup::new(&d, &ns);
+    let id = unique("c");
+    // ctr sends the size (ResizePty) after the start: wait for it inside, then show it.
+    let inner = "busybox tty; for i in $(busybox seq 100); do s=$(busybox stty size); \
+                 [ \"$s\" != \"0 0\" ] && break; busybox sleep 0.05; done; echo size $s; exit 3";
+    let cmd = format!(
+        "stty cols 91 rows 27; exec ctr -a {} -n {ns} run --rm -t {IMAGE} {id} sh -c '{inner}'",
+        d.socket().display()
+    );
+    let out = Command::new("script")
+        .args(["-qefc", &cmd, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+    assert!(text.contains("/dev/pts/0\n"), "{text}");
+    assert!(text.contains("size 27 91\n"), "{text}");
+    assert_eq!(out.status.code(), Some(3), "{text}");
+    assert_nothing_left(&d, &ns);
+}
+
+/// `berth --format json tasks ls` as (id, status, exit status).
+fn berth_tasks(d: &Berthd, ns: &str) -> Vec<(String, String, u64)> {
+    let v = d.berth(ns, &["--format", "json", "tasks", "ls"]).json();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["id"].as_str().unwrap_or("").to_string(),
+                t["status"].as_str().unwrap_or("").to_string(),
+                t["exit_status"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn berth_containers_survive_a_berthd_sigkill_and_report_what_ended_meanwhile() {
+    let ns = unique("bcrash");
+    let mut d = daemon(&ns);
+    let running: Vec<String> = (0..3).map(|_| unique("run")).collect();
+    let ended = [(unique("end"), 3), (unique("end"), 7)];
+    for id in &running {
+        d.berth(&ns, &["run", "-d", IMAGE, id, "sleep", "1000"])
+            .ok();
+    }
+    // These end while berthd is down.
+    for (id, code) in &ended {
+        let script = format!("sleep 1; exit {code}");
+        d.berth(&ns, &["run", "-d", IMAGE, id, "sh", "-c", &script])
+            .ok();
+    }
+    d.crash();
+    std::thread::sleep(Duration::from_millis(2000));
+    d.restart().unwrap();
+    let _g = Cleanup::new(&d, &ns);
+    let tasks = berth_tasks(&d, &ns);
+    assert_eq!(tasks.len(), 5, "{tasks:?}");
+    for id in &running {
+        assert!(
+            tasks.contains(&(id.clone(), "RUNNING".into(), 0)),
+            "{id}: {tasks:?}"
+        );
+    }
+    for (id, code) in &ended {
+        assert!(
+            tasks.contains(&(id.clone(), "STOPPED".into(), *code)),
+            "{id}: {tasks:?}"
+        );
+        assert_eq!(d.berth(&ns, &["tasks", "wait", id]).code, *code as i32);
+    }
+    let out = d.berth(
+        &ns,
+        &[
+            "tasks",
+            "exec",
+            &running[0],
+            "sh",
+            "-c",
+            "echo alive; exit 2",
+        ],
+    );
+    assert_eq!((out.code, out.stdout.as_str()), (2, "alive\n"), "{out:?}");
+    for id in &running {
+        d.berth(&ns, &["tasks", "kill", "-s", "KILL", id]).ok();
+        assert_eq!(d.berth(&ns, &["tasks", "wait", id]).code, 137);
+    }
+    for id in running.iter().chain(ended.iter().map(|(id, _)| id)) {
+        d.berth(&ns, &["tasks", "rm", id]).ok();
+        d.berth(&ns, &["containers", "rm", id]).ok();
+    }
+    assert_nothing_left(&d, &ns);
+}
+
+#[test]
+fn twenty_berth_runs_started_concurrently_all_run_and_are_cleaned() {
+    let ns = unique("bmany");
+    let d = daemon(&ns);
+    let _g = Cleanup::new(&d, &ns);
+    let ids: Vec<String> = (0..20).map(|_| unique("c")).collect();
+    std::thread::scope(|s| {
+        for id in &ids {
+            let (d, ns) = (&d, &ns);
+            s.spawn(move || {
+                d.berth(
+                    ns,
+                    &["run", "-d", "--memory", "32m", IMAGE, id, "sleep", "1000"],
+                )
+                .ok();
+            });
+        }
+    });
+    let tasks = berth_tasks(&d, &ns);
+    assert_eq!(tasks.len(), 20, "{tasks:?}");
+    assert!(tasks.iter().all(|t| t.1 == "RUNNING"), "{tasks:?}");
+    assert_eq!(
+        supervisors_under(&d.state().join("tasks").join(&ns)).len(),
+        20
+    );
+    std::thread::scope(|s| {
+        for id in &ids {
+            let (d, ns) = (&d, &ns);
+            s.spawn(move || {
+                d.berth(ns, &["tasks", "kill", "-s", "KILL", id]).ok();
+                assert_eq!(d.berth(ns, &["tasks", "wait", id]).code, 137);
+                d.berth(ns, &["tasks", "rm", id]).ok();
+                d.berth(ns, &["containers", "rm", id]).ok();
+            });
+        }
+    });
+    assert_nothing_left(&d, &ns);
+    assert_eq!(
+        d.berth(&ns, &["--format", "json", "containers", "ls"]).json(),
+        serde_json::json!([])
+    );
+    for id in &ids {
+        assert!(
+            !std::path::Path::new(&format!("/sys/fs/cgroup/memory/{ns}/{id}")).exists(),
+            "cgroup of {id} left"
+        );
+    }
+}

@@ -109,6 +109,25 @@ impl Logs {
     /// A pipe whose write end is the stdio of a process (`stream`: "stdout" or "stderr") and
     /// whose read end feeds the log file named by `spec` (`log:/path`).
     pub fn pipe_for(&mut self, spec: &str, stream: &'static str) -> Result<File, String> {
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 fills the array; the read end is ours, the write end goes to the
+        // runtime (close-on-exec here; Command dup2s it onto the child's stdio).
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(format!("log pipe: {}", std::io::Error::last_os_error()));
+        }
+        let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+        self.add_source(spec, stream, rd)?;
+        Ok(wr)
+    }
+
+    /// Logs what can be read from `fd` (a pipe's read end, a terminal's master) as `stream`
+    /// into the log file named by `spec` (`log:/path`); `fd` becomes nonblocking.
+    pub fn add_source(
+        &mut self,
+        spec: &str,
+        stream: &'static str,
+        fd: OwnedFd,
+    ) -> Result<(), String> {
         let path = PathBuf::from(spec.trim_start_matches(PREFIX));
         if !path.is_absolute() {
             return Err(format!("log path {} is not absolute", path.display()));
@@ -120,25 +139,18 @@ impl Logs {
                 self.sinks.len() - 1
             }
         };
-        let mut fds = [0; 2];
-        // SAFETY: pipe2 fills the array; the read end is ours (nonblocking), the write end goes
-        // to the runtime (close-on-exec here; Command dup2s it onto the child's stdio).
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-            return Err(format!("log pipe: {}", std::io::Error::last_os_error()));
-        }
-        let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
         // SAFETY: fcntl on the fd we own.
         unsafe {
-            let fl = libc::fcntl(rd.as_raw_fd(), libc::F_GETFL);
-            libc::fcntl(rd.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK);
+            let fl = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+            libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK);
         }
         self.sources.push(Source {
-            fd: rd,
+            fd,
             stream,
             sink,
             partial: Vec::new(),
         });
-        Ok(wr)
+        Ok(())
     }
 
     /// The read ends to poll.

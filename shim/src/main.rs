@@ -1,7 +1,7 @@
 //! berth-shim: one per container, started by berthd's task manager.
 //!
-//! `berth-shim BUNDLE ID RUNTIME RUNTIME_ROOT STDIN STDOUT STDERR` (an empty stdio path means
-//! /dev/null). It forks; the child becomes a session leader and a child subreaper, runs
+//! `berth-shim BUNDLE ID RUNTIME RUNTIME_ROOT STDIN STDOUT STDERR [terminal]` (an empty stdio
+//! path means /dev/null; `log:/path` is berth's log file). It forks; the child becomes a session leader and a child subreaper, runs
 //! `RUNTIME create` with the stdio files as the container's fds 0/1/2, binds `BUNDLE/shim.sock`
 //! and tells the parent, which prints the init pid and exits 0 (or prints the runtime's error
 //! and exits 1). The child then stays as the container's parent: it reaps every process, writes
@@ -10,13 +10,24 @@
 //!
 //! - `wait <exec-id>` — replies `CODE SECS NANOS` when that process has exited;
 //! - `exec <exec-id>` — runs `RUNTIME exec --process BUNDLE/exec-<id>.json --detach` with stdio from
-//!   `BUNDLE/exec-<id>.io` (three lines), replies `ok PID` or `err MESSAGE`;
+//!   `BUNDLE/exec-<id>.io` (three lines, and a fourth, `terminal`, for a pty), replies `ok PID` or
+//!   `err MESSAGE`;
+//! - `resize W H [exec-id]` — sets the size of that process's terminal;
+//! - `closein [exec-id]` — stops relaying the client's stdin to that process's terminal;
+//! - `oom [N]` — without N replies `oom COUNT` (OOM kills seen in the container's memory cgroup
+//!   since the shim started); with N, replies once the count passes N, or `exit` when the init
+//!   process has ended;
 //! - `shutdown` — replies `ok` and exits (berthd sends it when the task is deleted).
+//!
+//! With a terminal, the runtime gets `--console-socket` and the shim keeps the pty master,
+//! relaying it to the client's stdin/stdout FIFOs (or the log) from its poll loop.
 //!
 //! The exit files and the runtime's own state are the source of truth, so berthd can die and
 //! come back at any time. Single-threaded, no async runtime, only libc: a few hundred KB of RSS.
 
+mod console;
 mod logs;
+mod oom;
 mod proc;
 mod server;
 
@@ -39,21 +50,28 @@ pub struct Args {
     pub runtime_root: PathBuf,
     /// The init process's stdio paths.
     pub stdio: [String; 3],
+    /// The init process has a terminal.
+    pub terminal: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
     let a: Vec<String> = std::env::args().skip(1).collect();
-    if a.len() != 7 {
-        return Err(
-            "usage: berth-shim BUNDLE ID RUNTIME RUNTIME_ROOT STDIN STDOUT STDERR".to_string(),
-        );
-    }
+    let terminal =
+        match (a.len(), a.get(7).map(String::as_str)) {
+            (7, _) => false,
+            (8, Some("terminal")) => true,
+            _ => return Err(
+                "usage: berth-shim BUNDLE ID RUNTIME RUNTIME_ROOT STDIN STDOUT STDERR [terminal]"
+                    .to_string(),
+            ),
+        };
     Ok(Args {
         bundle: PathBuf::from(&a[0]),
         id: a[1].clone(),
         runtime: PathBuf::from(&a[2]),
         runtime_root: PathBuf::from(&a[3]),
         stdio: [a[4].clone(), a[5].clone(), a[6].clone()],
+        terminal,
     })
 }
 
@@ -130,8 +148,12 @@ fn supervise(args: Args, mut wr: File) -> ExitCode {
         detach_stdio(&args.bundle);
         let sigfd = proc::block_sigchld().map_err(|e| format!("signalfd: {e}"))?;
         let mut logs = logs::Logs::from_env();
-        let pid = proc::create(&args, &mut logs)?;
-        let srv = server::Server::bind(args.clone(), sigfd, pid, logs)?;
+        let init = proc::create(&args, &mut logs)?;
+        let pid = init.pid;
+        let oom = oom::OomWatch::for_pid(pid)
+            .inspect_err(|e| eprintln!("berth-shim: no OOM events for this container: {e}"))
+            .ok();
+        let srv = server::Server::bind(args.clone(), sigfd, init, oom, logs)?;
         Ok((pid, srv))
     };
     match setup() {

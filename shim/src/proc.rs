@@ -4,9 +4,10 @@
 use std::fs::File;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use crate::console::{self, Tty};
 use crate::logs::Logs;
 use crate::Args;
 
@@ -61,6 +62,20 @@ pub fn open_stdio(path: &str, input: bool) -> Result<File, String> {
         }
     }
     Ok(f)
+}
+
+/// Opens a terminal's stdin path for the relay: a FIFO read-write (there is always a writer, so
+/// a client that closes and reopens never ends the input; CloseIO does), anything else
+/// read-only.
+pub fn open_tty_input(path: &str) -> Result<File, String> {
+    let fifo = std::fs::metadata(path)
+        .map(|m| m.file_type().is_fifo())
+        .unwrap_or(false);
+    File::options()
+        .read(true)
+        .write(fifo)
+        .open(path)
+        .map_err(|e| format!("opening stdio {path}: {e}"))
 }
 
 fn runtime(args: &Args) -> Command {
@@ -147,24 +162,75 @@ fn open_all(paths: &[String; 3], logs: &mut Logs) -> Result<[File; 3], String> {
     ])
 }
 
-/// `RUNTIME create`: the init process exists, blocked until `start`; returns its pid.
-pub fn create(args: &Args, logs: &mut Logs) -> Result<u32, String> {
-    let stdio = open_all(&args.stdio, logs)?;
-    let pid_file = args.bundle.join("init.pid");
+/// A process the runtime made: its pid and, if it has one, its terminal.
+pub struct Started {
+    /// Its pid.
+    pub pid: u32,
+    /// The relay of its terminal.
+    pub tty: Option<Tty>,
+}
+
+/// Runs `RUNTIME <verb args> [--console-socket S] ID` (create or exec) for a process with the
+/// given stdio paths and reads the pid it wrote. With a terminal, the runtime's own stdio is
+/// /dev/null and the master it sends on `S` is relayed to `stdio`'s stdin and stdout.
+fn start(
+    args: &Args,
+    verb: &[&std::ffi::OsStr],
+    stdio: &[String; 3],
+    terminal: Option<PathBuf>,
+    pid_file: &Path,
+    logs: &mut Logs,
+) -> Result<Started, String> {
+    let what = verb
+        .first()
+        .map(|v| v.to_string_lossy())
+        .unwrap_or_default();
     let mut cmd = runtime(args);
-    cmd.arg("create")
-        .arg("--bundle")
-        .arg(&args.bundle)
-        .arg("--pid-file")
-        .arg(&pid_file)
-        .arg(&args.id);
-    run(cmd, stdio, "create", &args.bundle)?;
-    read_pid(&pid_file)
+    cmd.args(verb).arg("--pid-file").arg(pid_file);
+    let Some(socket_path) = terminal else {
+        cmd.arg(&args.id);
+        run(cmd, open_all(stdio, logs)?, &what, &args.bundle)?;
+        return Ok(Started {
+            pid: read_pid(pid_file)?,
+            tty: None,
+        });
+    };
+    let socket = console::Socket::bind(socket_path)?;
+    cmd.arg("--console-socket").arg(socket.path()).arg(&args.id);
+    let null = [
+        open_stdio("", true)?,
+        open_stdio("", false)?,
+        open_stdio("", false)?,
+    ];
+    run(cmd, null, &what, &args.bundle)?;
+    let pid = read_pid(pid_file)?;
+    let tty = Tty::new(socket.receive()?, &stdio[0], &stdio[1], logs)?;
+    Ok(Started {
+        pid,
+        tty: Some(tty),
+    })
+}
+
+/// `RUNTIME create`: the init process exists, blocked until `start`.
+pub fn create(args: &Args, logs: &mut Logs) -> Result<Started, String> {
+    let terminal = args.terminal.then(|| args.bundle.join("console.sock"));
+    start(
+        args,
+        &[
+            "create".as_ref(),
+            "--bundle".as_ref(),
+            args.bundle.as_os_str(),
+        ],
+        &args.stdio,
+        terminal,
+        &args.bundle.join("init.pid"),
+        logs,
+    )
 }
 
 /// `RUNTIME exec --detach` of `BUNDLE/exec-<id>.json` with the stdio named in
-/// `BUNDLE/exec-<id>.io`; returns the new process's pid.
-pub fn exec(args: &Args, exec_id: &str, logs: &mut Logs) -> Result<u32, String> {
+/// `BUNDLE/exec-<id>.io` (stdin, stdout, stderr, then `terminal` if it has one).
+pub fn exec(args: &Args, exec_id: &str, logs: &mut Logs) -> Result<Started, String> {
     let io_path = args.bundle.join(format!("exec-{exec_id}.io"));
     let io = std::fs::read_to_string(&io_path)
         .map_err(|e| format!("exec {exec_id:?} is not registered: {e}"))?;
@@ -174,18 +240,22 @@ pub fn exec(args: &Args, exec_id: &str, logs: &mut Logs) -> Result<u32, String> 
         lines.next().unwrap_or_default(),
         lines.next().unwrap_or_default(),
     ];
-    let stdio = open_all(&paths, logs)?;
-    let pid_file = args.bundle.join(format!("exec-{exec_id}.pid"));
-    let mut cmd = runtime(args);
-    cmd.arg("exec")
-        .arg("--process")
-        .arg(args.bundle.join(format!("exec-{exec_id}.json")))
-        .arg("--detach")
-        .arg("--pid-file")
-        .arg(&pid_file)
-        .arg(&args.id);
-    run(cmd, stdio, "exec", &args.bundle)?;
-    read_pid(&pid_file)
+    let terminal = (lines.next().as_deref() == Some("terminal"))
+        .then(|| args.bundle.join(format!("exec-{exec_id}.console")));
+    let process = args.bundle.join(format!("exec-{exec_id}.json"));
+    start(
+        args,
+        &[
+            "exec".as_ref(),
+            "--process".as_ref(),
+            process.as_os_str(),
+            "--detach".as_ref(),
+        ],
+        &paths,
+        terminal,
+        &args.bundle.join(format!("exec-{exec_id}.pid")),
+        logs,
+    )
 }
 
 /// A wait status as a shell-style exit code (128+signal when killed).

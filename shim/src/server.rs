@@ -6,6 +6,8 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::console::Tty;
+use crate::oom::OomWatch;
 use crate::proc;
 use crate::Args;
 
@@ -51,14 +53,22 @@ pub struct Server {
     orphans: HashMap<u32, Exit>,
     waiters: Vec<(String, UnixStream)>,
     logs: crate::logs::Logs,
+    /// Terminals by exec id ("" for the init), until their output has ended.
+    ttys: HashMap<String, Tty>,
+    oom: Option<OomWatch>,
+    /// OOM kills seen since the shim started.
+    ooms: u64,
+    /// `oom N` requests waiting for the count to pass N.
+    oom_waiters: Vec<(u64, UnixStream)>,
 }
 
 impl Server {
-    /// Binds the socket; `init` is the init process's pid (exec id "").
+    /// Binds the socket; `init` is the init process (exec id "").
     pub fn bind(
         args: Args,
         sigfd: OwnedFd,
-        init: u32,
+        init: proc::Started,
+        oom: Option<OomWatch>,
         logs: crate::logs::Logs,
     ) -> Result<Server, String> {
         let path = args.bundle.join("shim.sock");
@@ -69,10 +79,14 @@ impl Server {
         procs.insert(
             String::new(),
             Proc {
-                pid: init,
+                pid: init.pid,
                 exit: None,
             },
         );
+        let mut ttys = HashMap::new();
+        if let Some(t) = init.tty {
+            ttys.insert(String::new(), t);
+        }
         Ok(Server {
             args,
             listener,
@@ -81,6 +95,10 @@ impl Server {
             orphans: HashMap::new(),
             waiters: Vec::new(),
             logs,
+            ttys,
+            oom,
+            ooms: 0,
+            oom_waiters: Vec::new(),
         })
     }
 
@@ -97,9 +115,15 @@ impl Server {
             let mut fds = vec![
                 pollfd(self.listener.as_raw_fd()),
                 pollfd(self.sigfd.as_raw_fd()),
+                pollfd(self.oom.as_ref().map_or(-1, OomWatch::fd)),
             ];
+            let fixed = fds.len();
             fds.extend(self.logs.fds().into_iter().map(pollfd));
-            // SAFETY: poll on valid pollfds, `fds.len()` of them.
+            let logs_end = fds.len();
+            for t in self.ttys.values() {
+                t.poll_fds(&mut fds);
+            }
+            // SAFETY: poll on valid pollfds, `fds.len()` of them (a negative fd is skipped).
             let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
             if n < 0 {
                 let e = std::io::Error::last_os_error();
@@ -110,10 +134,17 @@ impl Server {
                 std::thread::sleep(Duration::from_millis(100));
                 continue;
             }
-            for p in &fds[2..] {
+            // OOM first: the kill also ends a process, and the event should precede its exit.
+            if fds[2].revents != 0 {
+                self.oom_ready();
+            }
+            for p in &fds[fixed..logs_end] {
                 if p.revents != 0 {
                     self.logs.ready(p.fd);
                 }
+            }
+            if fds[logs_end..].iter().any(|p| p.revents != 0) {
+                self.pump_ttys();
             }
             if fds[1].revents != 0 {
                 self.drain_signals();
@@ -131,6 +162,35 @@ impl Server {
                 }
             }
         }
+    }
+
+    /// Moves terminal input and output; forgets terminals whose process has ended and whose
+    /// output is delivered.
+    fn pump_ttys(&mut self) {
+        for t in self.ttys.values_mut() {
+            t.pump();
+        }
+        let procs = &self.procs;
+        self.ttys
+            .retain(|id, t| !t.finished() || procs.get(id).is_some_and(|p| p.exit.is_none()));
+    }
+
+    fn oom_ready(&mut self) {
+        let Some(w) = self.oom.as_mut() else { return };
+        let new = w.ready();
+        if new == 0 {
+            return;
+        }
+        self.ooms += new;
+        let (count, mut keep) = (self.ooms, Vec::new());
+        for (seen, mut s) in self.oom_waiters.drain(..) {
+            if count > seen {
+                let _ = writeln!(s, "oom {count}");
+            } else {
+                keep.push((seen, s));
+            }
+        }
+        self.oom_waiters = keep;
     }
 
     fn drain_signals(&self) {
@@ -184,11 +244,19 @@ impl Server {
     }
 
     fn exited(&mut self, id: &str, exit: Exit) {
-        // Its output is in the log before anyone learns that it ended.
+        // Its output is in the log (or on its way to the client) before anyone learns that it
+        // ended; a last OOM kill is counted before the exit is told.
         self.logs.drain();
+        if id.is_empty() {
+            self.oom_ready();
+            for (_, mut s) in self.oom_waiters.drain(..) {
+                let _ = writeln!(s, "exit");
+            }
+        }
         if let Some(p) = self.procs.get_mut(id) {
             p.exit = Some(exit);
         }
+        self.pump_ttys();
         let path = self.exit_file(id);
         let tmp = path.with_extension("tmp");
         if let Err(e) = std::fs::write(&tmp, exit.line()).and_then(|_| std::fs::rename(&tmp, &path))
@@ -254,7 +322,10 @@ impl Server {
                     format!("err exec id {arg:?} is empty or already started")
                 } else {
                     match proc::exec(&self.args, arg, &mut self.logs) {
-                        Ok(pid) => {
+                        Ok(proc::Started { pid, tty }) => {
+                            if let Some(t) = tty {
+                                self.ttys.insert(arg.to_string(), t);
+                            }
                             self.procs.insert(arg.to_string(), Proc { pid, exit: None });
                             if let Some(exit) = self.orphans.remove(&pid) {
                                 self.exited(arg, exit);
@@ -271,6 +342,46 @@ impl Server {
                 let _ = writeln!(s, "{reply}");
                 // The runtime's exit may have left other children to reap.
                 self.reap();
+            }
+            "resize" => {
+                let mut it = arg.split_whitespace();
+                let size = (it.next().map(str::parse), it.next().map(str::parse));
+                let id = it.next().unwrap_or("");
+                let reply = match (size, self.ttys.get(id)) {
+                    ((Some(Ok(w)), Some(Ok(h))), Some(t)) => match t.resize(w, h) {
+                        Ok(()) => "ok".to_string(),
+                        Err(e) => format!("err {e}"),
+                    },
+                    ((Some(Ok(_)), Some(Ok(_))), None) => {
+                        format!("err process {id:?} has no terminal")
+                    }
+                    _ => format!("err bad resize request {arg:?}"),
+                };
+                let _ = writeln!(s, "{reply}");
+            }
+            "closein" => {
+                if let Some(t) = self.ttys.get_mut(arg) {
+                    t.close_input();
+                }
+                let _ = writeln!(s, "ok");
+            }
+            "oom" => {
+                let ended = self.procs.get("").is_some_and(|p| p.exit.is_some());
+                match arg.parse::<u64>() {
+                    _ if arg.is_empty() => {
+                        let _ = writeln!(s, "oom {}", self.ooms);
+                    }
+                    Ok(seen) if self.ooms > seen => {
+                        let _ = writeln!(s, "oom {}", self.ooms);
+                    }
+                    Ok(_) if ended => {
+                        let _ = writeln!(s, "exit");
+                    }
+                    Ok(seen) => self.oom_waiters.push((seen, s)),
+                    Err(_) => {
+                        let _ = writeln!(s, "err bad oom request {arg:?}");
+                    }
+                }
             }
             "shutdown" => {
                 let _ = writeln!(s, "ok");

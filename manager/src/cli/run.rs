@@ -31,9 +31,13 @@ pub struct Args {
     /// Start it and return; its output is kept in a size-bounded log (`berth logs`).
     #[arg(short = 'd', long)]
     pub detach: bool,
-    /// Allocate a terminal (not supported yet).
+    /// Give the process a terminal (a pty relayed by its supervisor); with `-i` and a terminal
+    /// here, this terminal goes into raw mode and its size follows along.
     #[arg(short = 't', long)]
     pub tty: bool,
+    /// Pass this process's stdin to the container (not with `-d`: berth has no attach).
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
     /// Extra environment, KEY=VALUE.
     #[arg(long = "env", short = 'e')]
     pub env: Vec<String>,
@@ -223,10 +227,13 @@ pub fn spec(ns: &str, a: &Args, cfg: &Value) -> Result<Value> {
             _ => bail!("--security-opt {o:?}: only seccomp=unconfined is supported"),
         }
     }
+    if a.tty && !env.iter().any(|e| e.starts_with("TERM=")) {
+        env.push("TERM=xterm".to_string());
+    }
     let mut spec = json!({
         "ociVersion": "1.0.2",
         "process": {
-            "terminal": false,
+            "terminal": a.tty,
             "user": {"uid": uid, "gid": gid},
             "args": args,
             "env": env,
@@ -331,12 +338,15 @@ async fn remove(env: &Env, id: &str) {
 
 /// Runs `berth run`; returns the exit code berth should exit with.
 pub async fn run(env: &Env, a: Args) -> Result<i32> {
-    if a.tty {
-        bail!("-t: terminals are not supported yet");
+    if a.detach && a.interactive {
+        bail!("-i cannot be used with -d: berth has no attach to give the input later");
     }
     crate::identifiers::validate(&a.id).map_err(|e| anyhow::anyhow!("container id: {e}"))?;
     let (cfg, chain) = image_config(env, &a.image).await?;
-    let spec = spec(&env.namespace, &a, &cfg["config"])?;
+    let mut spec = spec(&env.namespace, &a, &cfg["config"])?;
+    if a.tty {
+        super::stdio::set_console_size(&mut spec["process"]);
+    }
     let mut containers = ContainersClient::new(env.ns.clone());
     // Refuse a duplicate id before touching snapshots.
     if containers
@@ -385,24 +395,29 @@ pub async fn run(env: &Env, a: Args) -> Result<i32> {
             .await;
         return Err(rpc_error(format!("creating container {}", a.id))(e));
     }
-    let fifos = if a.detach {
+    let io = if a.detach {
         None
     } else {
-        Some(super::stdio::OutputFifos::new()?)
+        Some(super::stdio::ClientIo::new(a.interactive, a.tty)?)
+    };
+    // Detached: the shim keeps the output in berth's log file (`berth logs`); a terminal has
+    // only one output stream.
+    let log = |stderr: bool| {
+        if stderr && a.tty {
+            String::new()
+        } else {
+            crate::tasks::LOG_STDIO.to_string()
+        }
     };
     let mut tasks = TasksClient::new(env.ns.clone());
     let created = tasks
         .create(tpb::CreateTaskRequest {
             container_id: a.id.clone(),
             rootfs: mounts,
-            stdin: String::new(),
-            // Detached: the shim keeps the output in berth's log file (`berth logs`).
-            stdout: fifos
-                .as_ref()
-                .map_or_else(|| crate::tasks::LOG_STDIO.to_string(), |f| f.stdout()),
-            stderr: fifos
-                .as_ref()
-                .map_or_else(|| crate::tasks::LOG_STDIO.to_string(), |f| f.stderr()),
+            stdin: io.as_ref().map(|f| f.stdin()).unwrap_or_default(),
+            stdout: io.as_ref().map_or_else(|| log(false), |f| f.stdout()),
+            stderr: io.as_ref().map_or_else(|| log(true), |f| f.stderr()),
+            terminal: a.tty,
             ..Default::default()
         })
         .await;
@@ -414,7 +429,10 @@ pub async fn run(env: &Env, a: Args) -> Result<i32> {
         }
         return Err(rpc_error(format!("creating the task of {}", a.id))(e));
     }
-    let copying = fifos.map(super::stdio::OutputFifos::copy);
+    let raw = (a.tty && a.interactive && io.is_some())
+        .then(super::stdio::RawMode::enter)
+        .flatten();
+    let copying = io.map(super::stdio::ClientIo::copy);
     let mut waiter = TasksClient::new(env.ns.clone());
     let wid = a.id.clone();
     let wait = tokio::spawn(async move {
@@ -425,6 +443,7 @@ pub async fn run(env: &Env, a: Args) -> Result<i32> {
             })
             .await
     });
+    let forwarding = (!a.detach).then(|| super::stdio::forward(env, &a.id, "", a.tty));
     if let Err(e) = tasks
         .start(tpb::StartRequest {
             container_id: a.id.clone(),
@@ -444,15 +463,20 @@ pub async fn run(env: &Env, a: Args) -> Result<i32> {
         println!("{}", a.id);
         return Ok(0);
     }
+    if a.tty {
+        super::stdio::send_size(tasks.clone(), &a.id, "").await;
+    }
     let code = wait
         .await
         .context("waiting for the task")?
         .map_err(rpc_error(format!("waiting for {}", a.id)))?
         .into_inner()
         .exit_status as i32;
+    drop(forwarding);
     if let Some(c) = copying {
         c.finish().await;
     }
+    drop(raw);
     tasks
         .delete(tpb::DeleteTaskRequest {
             container_id: a.id.clone(),

@@ -22,25 +22,7 @@ pub enum Cmd {
     },
     /// Run another process in a running task; its output is printed and berth exits with its
     /// exit code (127 when the executable does not exist).
-    Exec {
-        /// The process's id within the task [default: a random one].
-        #[arg(long)]
-        exec_id: Option<String>,
-        /// Extra environment, KEY=VALUE.
-        #[arg(long = "env", short = 'e')]
-        env: Vec<String>,
-        /// Working directory.
-        #[arg(long)]
-        cwd: Option<String>,
-        /// UID[:GID] to run as.
-        #[arg(long, short = 'u')]
-        user: Option<String>,
-        /// The container id.
-        id: String,
-        /// Command and arguments.
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
-        args: Vec<String>,
-    },
+    Exec(ExecArgs),
     /// A running task's cgroup statistics: memory, pids, CPU time.
     Metrics {
         /// The container id.
@@ -85,6 +67,34 @@ pub enum Cmd {
     },
 }
 
+/// `tasks exec` options.
+#[derive(clap::Args, Debug)]
+pub struct ExecArgs {
+    /// The process's id within the task [default: a random one].
+    #[arg(long)]
+    exec_id: Option<String>,
+    /// Extra environment, KEY=VALUE.
+    #[arg(long = "env", short = 'e')]
+    env: Vec<String>,
+    /// Working directory.
+    #[arg(long)]
+    cwd: Option<String>,
+    /// UID[:GID] to run as.
+    #[arg(long, short = 'u')]
+    user: Option<String>,
+    /// Give the process a terminal.
+    #[arg(short = 't', long)]
+    tty: bool,
+    /// Pass this process's stdin to it.
+    #[arg(short = 'i', long)]
+    interactive: bool,
+    /// The container id.
+    id: String,
+    /// Command and arguments.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+    args: Vec<String>,
+}
+
 /// A signal by number or name.
 pub fn signal(s: &str) -> Result<u32> {
     if let Ok(n) = s.parse::<u32>() {
@@ -109,22 +119,16 @@ fn status(s: i32) -> String {
 }
 
 /// The process an exec runs: the container's own process with the command and flags applied.
-fn exec_process(
-    spec: &serde_json::Value,
-    args: &[String],
-    env: &[String],
-    cwd: Option<&str>,
-    user: Option<&str>,
-) -> Result<serde_json::Value> {
+fn exec_process(spec: &serde_json::Value, o: &ExecArgs) -> Result<serde_json::Value> {
     let mut p = spec
         .get("process")
         .cloned()
         .unwrap_or_else(|| serde_json::json!({"cwd": "/"}));
-    p["args"] = serde_json::json!(args);
-    p["terminal"] = serde_json::Value::Bool(false);
-    if !env.is_empty() {
+    p["args"] = serde_json::json!(o.args);
+    p["terminal"] = serde_json::Value::Bool(o.tty);
+    if !o.env.is_empty() {
         let mut all: Vec<serde_json::Value> = p["env"].as_array().cloned().unwrap_or_default();
-        for e in env {
+        for e in &o.env {
             if !e.contains('=') {
                 anyhow::bail!("--env {e:?}: expected KEY=VALUE");
             }
@@ -132,13 +136,13 @@ fn exec_process(
         }
         p["env"] = serde_json::Value::Array(all);
     }
-    if let Some(c) = cwd {
+    if let Some(c) = &o.cwd {
         if !c.starts_with('/') {
             anyhow::bail!("--cwd {c:?}: must be an absolute path");
         }
         p["cwd"] = serde_json::json!(c);
     }
-    if let Some(u) = user {
+    if let Some(u) = &o.user {
         let (uid, gid) = u.split_once(':').unwrap_or((u, "0"));
         let num = |s: &str| {
             s.parse::<u32>()
@@ -150,14 +154,9 @@ fn exec_process(
 }
 
 /// `tasks exec`: returns the process's exit code.
-async fn exec(
-    env: &Env,
-    id: &str,
-    exec_id: Option<String>,
-    process: (Vec<String>, Vec<String>, Option<String>, Option<String>),
-) -> Result<i32> {
+async fn exec(env: &Env, o: ExecArgs) -> Result<i32> {
     use berth_proto::containerd::services::containers::v1 as cpb;
-    let (args, extra_env, cwd, user) = process;
+    let id = o.id.as_str();
     let container = cpb::containers_client::ContainersClient::new(env.ns.clone())
         .get(cpb::GetContainerRequest { id: id.to_string() })
         .await
@@ -172,17 +171,23 @@ async fn exec(
         .transpose()
         .context("the container's spec is not JSON")?
         .unwrap_or_default();
-    let p = exec_process(&spec, &args, &extra_env, cwd.as_deref(), user.as_deref())?;
-    let exec_id = exec_id.unwrap_or_else(|| format!("exec-{:08x}", fastrand::u32(..)));
-    let fifos = super::stdio::OutputFifos::new()?;
+    let mut p = exec_process(&spec, &o)?;
+    if o.tty {
+        super::stdio::set_console_size(&mut p);
+    }
+    let exec_id = o
+        .exec_id
+        .clone()
+        .unwrap_or_else(|| format!("exec-{:08x}", fastrand::u32(..)));
+    let io = super::stdio::ClientIo::new(o.interactive, o.tty)?;
     let mut c = TasksClient::new(env.ns.clone());
     c.exec(pb::ExecProcessRequest {
         container_id: id.to_string(),
         exec_id: exec_id.clone(),
-        stdin: String::new(),
-        stdout: fifos.stdout(),
-        stderr: fifos.stderr(),
-        terminal: false,
+        stdin: io.stdin(),
+        stdout: io.stdout(),
+        stderr: io.stderr(),
+        terminal: o.tty,
         spec: Some(prost_types::Any {
             type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(),
             value: serde_json::to_vec(&p)?,
@@ -213,6 +218,7 @@ async fn exec(
                 .await;
         }
     };
+    let forwarding = super::stdio::forward(env, id, &exec_id, o.tty);
     if let Err(e) = c
         .start(pb::StartRequest {
             container_id: id.to_string(),
@@ -230,14 +236,22 @@ async fn exec(
         }
         return Err(rpc_error(format!("starting exec {exec_id} in {id}"))(e));
     }
-    let copying = fifos.copy();
+    let raw = (o.tty && o.interactive)
+        .then(super::stdio::RawMode::enter)
+        .flatten();
+    let copying = io.copy();
+    if o.tty {
+        super::stdio::send_size(c.clone(), id, &exec_id).await;
+    }
     let code = wait
         .await
         .context("waiting for the exec")?
         .map_err(rpc_error(format!("waiting for exec {exec_id}")))?
         .into_inner()
         .exit_status as i32;
+    drop(forwarding);
     copying.finish().await;
+    drop(raw);
     delete(c).await;
     Ok(code)
 }
@@ -334,14 +348,7 @@ pub async fn run(env: &Env, cmd: Cmd) -> Result<i32> {
                 .into_inner();
             println!("{}", r.pid);
         }
-        Cmd::Exec {
-            exec_id,
-            env: extra,
-            cwd,
-            user,
-            id,
-            args,
-        } => return exec(env, &id, exec_id, (args, extra, cwd, user)).await,
+        Cmd::Exec(o) => return exec(env, o).await,
         Cmd::Metrics { id } => metrics(env, &id).await?,
         Cmd::Kill { signal: s, all, id } => {
             c.kill(pb::KillRequest {

@@ -192,11 +192,6 @@ pub fn create(t: CreateTask<'_>) -> Result<TaskInfo> {
     let rootfs = dir.join("rootfs");
     std::fs::create_dir(&rootfs)
         .map_err(|e| TaskError::Internal(format!("creating {}: {e}", rootfs.display())))?;
-    if t.terminal {
-        return Err(TaskError::InvalidArgument(
-            "terminal tasks are not supported yet".into(),
-        ));
-    }
     let mut spec = t.spec;
     if !spec.is_object() {
         return Err(TaskError::InvalidArgument(
@@ -226,6 +221,7 @@ pub fn create(t: CreateTask<'_>) -> Result<TaskInfo> {
         runtime: &t.runtime,
         runtime_root: &t.runtime_root,
         stdio: [&t.stdio[0], &t.stdio[1], &t.stdio[2]],
+        terminal: t.terminal,
     })
     .inspect_err(|_| {
         // The runtime may have left state behind; delete it (and any cgroup).

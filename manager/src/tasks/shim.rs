@@ -22,6 +22,8 @@ pub struct Launch<'a> {
     pub runtime_root: &'a Path,
     /// stdin, stdout, stderr paths (empty: /dev/null).
     pub stdio: [&'a str; 3],
+    /// The init process gets a terminal, relayed to stdin and stdout.
+    pub terminal: bool,
 }
 
 /// Starts the supervisor and waits until the container is created; returns the init pid.
@@ -33,6 +35,7 @@ pub fn launch(l: &Launch<'_>) -> Result<u32> {
         .arg(l.runtime)
         .arg(l.runtime_root)
         .args(l.stdio)
+        .args(l.terminal.then_some("terminal"))
         .output()
         .map_err(|e| {
             TaskError::Internal(format!("starting the supervisor {}: {e}", l.shim.display()))

@@ -118,6 +118,7 @@ impl TasksService {
                 let b = Bundle { dir: id.path() };
                 if let Ok(info) = b.info() {
                     tracing::info!(namespace = %nsname, id = %info.id, "found task");
+                    watch_oom(nsname.clone(), b.clone());
                     watch_exit(nsname.clone(), b, info.pid);
                 }
             }
@@ -175,6 +176,42 @@ fn watch_exit(ns: String, b: Bundle, pid: u32) {
                     },
                 ),
             );
+        }
+    });
+}
+
+/// Publishes `/tasks/oom` (in the background) each time the task's supervisor sees the OOM
+/// killer in the container's memory cgroup, until the init process ends. Kills from before this
+/// call (a restarted berthd) are not published again.
+fn watch_oom(ns: String, b: Bundle) {
+    tokio::spawn(async move {
+        let count = |reply: &str| {
+            reply
+                .strip_prefix("oom ")
+                .and_then(|n| n.parse::<u64>().ok())
+        };
+        let Some(mut seen) = shim::request(&b.dir, "oom")
+            .await
+            .ok()
+            .and_then(|r| count(&r))
+        else {
+            return;
+        };
+        while let Ok(reply) = shim::request(&b.dir, &format!("oom {seen}")).await {
+            let Some(now) = count(&reply) else { return };
+            for _ in seen..now {
+                publish(
+                    &ns,
+                    "/tasks/oom",
+                    any(
+                        "TaskOOM",
+                        &ev::TaskOom {
+                            container_id: b.id(),
+                        },
+                    ),
+                );
+            }
+            seen = now;
         }
     });
 }
@@ -338,6 +375,7 @@ impl Tasks for TasksService {
                 },
             ),
         );
+        watch_oom(c.namespace.clone(), b.clone());
         watch_exit(c.namespace.clone(), b, info.pid);
         Ok(Response::new(pb::CreateTaskResponse {
             container_id: info.id,
@@ -608,17 +646,12 @@ impl Tasks for TasksService {
         let b = self.bundle(&c.namespace, &r.container_id)?;
         crate::identifiers::validate(&r.exec_id)
             .map_err(|e| Status::invalid_argument(format!("exec id: {e}")))?;
-        if r.terminal {
-            return Err(Status::unimplemented(
-                "terminal execs are not supported yet",
-            ));
-        }
         let spec = r
             .spec
             .ok_or_else(|| Status::invalid_argument("exec spec must be set"))?;
         let mut proc: serde_json::Value = serde_json::from_slice(&spec.value)
             .map_err(|e| Status::invalid_argument(format!("exec spec is not JSON: {e}")))?;
-        proc["terminal"] = serde_json::Value::Bool(false);
+        proc["terminal"] = serde_json::Value::Bool(r.terminal);
         let (ns, id, exec_id) = (
             c.namespace.clone(),
             r.container_id.clone(),
@@ -640,7 +673,13 @@ impl Tasks for TasksService {
             }
             std::fs::write(
                 b.dir.join(format!("exec-{}.io", r.exec_id)),
-                format!("{}\n{}\n{}\n", r.stdin, r.stdout, r.stderr),
+                format!(
+                    "{}\n{}\n{}\n{}",
+                    r.stdin,
+                    r.stdout,
+                    r.stderr,
+                    if r.terminal { "terminal\n" } else { "" }
+                ),
             )
             .and_then(|_| {
                 std::fs::write(
@@ -669,20 +708,37 @@ impl Tasks for TasksService {
         let c = ctx(&req)?;
         let r = req.into_inner();
         let b = self.bundle(&c.namespace, &r.container_id)?;
-        blocking(move || b.info()).await?;
-        Err(Status::failed_precondition(format!(
-            "task {}: no terminal to resize",
-            r.container_id
-        )))
+        let b2 = b.clone();
+        blocking(move || b2.info()).await?;
+        let line = format!("resize {} {} {}", r.width, r.height, r.exec_id);
+        let reply = shim::request(&b.dir, &line).await.map_err(|e| {
+            Status::unavailable(format!("task {}: supervisor: {e}", r.container_id))
+        })?;
+        shim::ok(&reply).map_err(|e| match e {
+            TaskError::Internal(m) if m.contains("no terminal") => {
+                Status::failed_precondition(format!("task {}: {m}", r.container_id))
+            }
+            e => status(e),
+        })?;
+        Ok(Response::new(()))
     }
 
     async fn close_io(&self, req: Request<pb::CloseIoRequest>) -> Result<Response<()>, Status> {
-        // stdio files pass straight to the process; the client closing its end of a FIFO is what
-        // the process sees, so there is nothing to close here.
+        // Without a terminal the process holds the stdin FIFO itself, and the client closing its
+        // end is the end of input; with one, the supervisor stops relaying.
         let c = ctx(&req)?;
         let r = req.into_inner();
         let b = self.bundle(&c.namespace, &r.container_id)?;
-        blocking(move || b.info()).await?;
+        let b2 = b.clone();
+        blocking(move || b2.info()).await?;
+        if r.stdin {
+            let reply = shim::request(&b.dir, &format!("closein {}", r.exec_id))
+                .await
+                .map_err(|e| {
+                    Status::unavailable(format!("task {}: supervisor: {e}", r.container_id))
+                })?;
+            shim::ok(&reply).map_err(status)?;
+        }
         Ok(Response::new(()))
     }
 
