@@ -47,6 +47,9 @@ pub struct InitArgs<'a> {
     pub notify: Option<&'a std::os::unix::net::UnixStream>,
     /// The idmapped mounts, built by the parent on the host (the init attaches them).
     pub idmapped: &'a crate::idmap::IdmappedMounts,
+    /// The cgroup the init moves itself into on "go" (see `Cgroup::join_self`); None when
+    /// the parent places it (a new user namespace has no right to the host's cgroup files).
+    pub join_cgroup: Option<&'a berth_cgroups::Cgroup>,
 }
 
 /// The init's entry point: never returns on success (execve), returns the exit code on failure
@@ -82,6 +85,11 @@ fn init(a: &InitArgs<'_>) -> Result<Infallible, Failure> {
     match sync::recv(a.sync) {
         Ok(Some(Message::Go)) => {}
         Ok(_) | Err(_) => return Err("the runtime went away during create".to_string().into()),
+    }
+    if let Some(cg) = a.join_cgroup {
+        // First, while still in the host's cgroup namespace and before any join by path.
+        cg.join_self()
+            .map_err(|e| format!("placing init in its cgroup: {e}"))?;
     }
     sys::set_non_dumpable().map_err(|e| format!("making the init non-dumpable: {e}"))?;
     let cfg = a.cfg;

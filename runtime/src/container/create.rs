@@ -173,6 +173,10 @@ pub fn spawn(global: &GlobalOpts, opts: &CreateOptions, gate: Gate) -> Result<Sp
     let notify = notify_socket(&cfg, filter.as_ref())?;
     let idmapped = crate::idmap::prepare(&cfg).map_err(|e| anyhow!(e))?;
     let (parent_sock, child_sock) = sync::pair().context("creating sync socketpair")?;
+    let new_userns = cfg
+        .namespaces()
+        .iter()
+        .any(|n| n.typ() == LinuxNamespaceType::User && n.path().is_none());
     let init_args = InitArgs {
         cfg: &cfg,
         sync: &child_sock,
@@ -188,6 +192,7 @@ pub fn spawn(global: &GlobalOpts, opts: &CreateOptions, gate: Gate) -> Result<Sp
         seccomp: filter.as_ref(),
         notify: notify.as_ref(),
         idmapped: &idmapped,
+        join_cgroup: cg.as_ref().filter(|_| !new_userns),
     };
     // Inherited by the init, which lives inside the container until it execs. An unprivileged
     // runtime must still write the init's id maps, which a non-dumpable process's /proc files
@@ -211,12 +216,9 @@ pub fn spawn(global: &GlobalOpts, opts: &CreateOptions, gate: Gate) -> Result<Sp
     drop(child_sock);
     drop(console);
 
-    // From outside: id maps, cgroup, oom score. Then let the init go on.
-    if cfg
-        .namespaces()
-        .iter()
-        .any(|n| n.typ() == LinuxNamespaceType::User && n.path().is_none())
-    {
+    // From outside: id maps, the cgroup (if the init cannot join it itself), oom score. Then
+    // let the init go on.
+    if new_userns {
         namespaces::write_id_maps(
             pid.as_raw(),
             linux.uid_mappings().as_deref().unwrap_or(&[]),
@@ -224,7 +226,7 @@ pub fn spawn(global: &GlobalOpts, opts: &CreateOptions, gate: Gate) -> Result<Sp
         )
         .map_err(|e| anyhow!(e))?;
     }
-    if let Some(cg) = &cg {
+    if let (Some(cg), true) = (&cg, new_userns) {
         cg.add_process(pid.as_raw())
             .with_context(|| format!("placing init {pid} in its cgroup"))?;
     }

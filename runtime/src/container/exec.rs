@@ -219,6 +219,12 @@ pub fn exec(global: &GlobalOpts, opts: &ExecOptions) -> Result<u8> {
         _ => None,
     };
     let (pidns, joins) = namespaces_of(&st)?;
+    // Without a user namespace the child moves itself into the cgroup (see
+    // `Cgroup::join_self`); in one, it may not write the host's cgroup files.
+    let join_cgroup = st
+        .cgroup
+        .as_ref()
+        .filter(|_| !joins.iter().any(|(_, f)| *f == CloneFlags::CLONE_NEWUSER));
     if let Some(f) = &pidns {
         setns(f, CloneFlags::CLONE_NEWPID).context("joining the container's pid namespace")?;
     }
@@ -246,7 +252,10 @@ pub fn exec(global: &GlobalOpts, opts: &ExecOptions) -> Result<u8> {
             let code = match exec_child(
                 &child_sock,
                 &process,
-                &joins,
+                ChildJoins {
+                    cgroup: join_cgroup,
+                    namespaces: &joins,
+                },
                 console.as_ref(),
                 opts.preserve_fds,
                 Seccomp {
@@ -271,7 +280,7 @@ pub fn exec(global: &GlobalOpts, opts: &ExecOptions) -> Result<u8> {
                 Some(f) if f.uses_notify() => Some(agent_body(&st, &cfg, &opts.id, child)?),
                 _ => None,
             };
-            let res = exec_parent(&st, child, &parent_sock, opts, agent);
+            let res = exec_parent(&st, child, &parent_sock, opts, agent, join_cgroup.is_some());
             if res.is_err() {
                 let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
                 let _ = nix::sys::wait::waitpid(child, None);
@@ -306,8 +315,9 @@ fn exec_parent(
     sock: &OwnedFd,
     opts: &ExecOptions,
     agent: Option<String>,
+    child_joins_cgroup: bool,
 ) -> Result<u8> {
-    if let Some(cg) = &st.cgroup {
+    if let (Some(cg), false) = (&st.cgroup, child_joins_cgroup) {
         cg.add_process(child.as_raw())
             .with_context(|| format!("placing process {child} in the container's cgroup"))?;
     }
@@ -333,10 +343,17 @@ struct Seccomp<'a> {
     notify: Option<&'a std::os::unix::net::UnixStream>,
 }
 
+/// What the exec'd process joins: the container's cgroup (when it moves itself there) and
+/// namespaces.
+struct ChildJoins<'a> {
+    cgroup: Option<&'a berth_cgroups::Cgroup>,
+    namespaces: &'a [(File, CloneFlags)],
+}
+
 fn exec_child(
     sock: &OwnedFd,
     process: &Process,
-    joins: &[(File, CloneFlags)],
+    joins: ChildJoins<'_>,
     console: Option<&OwnedFd>,
     preserve_fds: u32,
     seccomp: Seccomp<'_>,
@@ -346,6 +363,14 @@ fn exec_child(
     match sync::recv(sock) {
         Ok(Some(Message::Go)) => {}
         _ => return Err("the runtime went away during exec".into()),
+    }
+    let ChildJoins {
+        cgroup: join_cgroup,
+        namespaces: joins,
+    } = joins;
+    if let Some(cg) = join_cgroup {
+        cg.join_self()
+            .map_err(|e| format!("placing the process in the container's cgroup: {e}"))?;
     }
     let agent_body = match notify {
         Some(_) => match sync::recv(sock) {
