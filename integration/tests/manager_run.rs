@@ -78,6 +78,24 @@ fn berth_run_rm_prints_output_and_returns_the_exit_code() {
     let env = out.ok();
     assert!(env.contains("PATH=/bin\n"), "{env}");
     assert!(env.contains("GREETING=hello\n"), "{env}");
+    // --rm: the writable layer is a volatile overlay (no sync of the host's disk at unmount);
+    // a container that is kept has a durable one.
+    let root_mount = "busybox grep ' / / ' /proc/self/mountinfo";
+    let out = d.berth(
+        &ns,
+        &["run", "--rm", IMAGE, &unique("c"), "sh", "-c", root_mount],
+    );
+    assert!(
+        out.ok().contains("overlay") && out.ok().contains("volatile"),
+        "{out:?}"
+    );
+    let kept = unique("c");
+    let out = d.berth(&ns, &["run", IMAGE, &kept, "sh", "-c", root_mount]);
+    assert!(
+        out.ok().contains("overlay") && !out.ok().contains("volatile"),
+        "{out:?}"
+    );
+    d.berth(&ns, &["containers", "rm", &kept]).ok();
     assert_clean(&d, &ns);
 }
 

@@ -482,7 +482,8 @@ fn twenty_berth_runs_started_concurrently_all_run_and_are_cleaned() {
     });
     assert_nothing_left(&d, &ns);
     assert_eq!(
-        d.berth(&ns, &["--format", "json", "containers", "ls"]).json(),
+        d.berth(&ns, &["--format", "json", "containers", "ls"])
+            .json(),
         serde_json::json!([])
     );
     for id in &ids {

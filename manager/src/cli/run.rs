@@ -356,7 +356,7 @@ pub async fn run(env: &Env, a: Args) -> Result<i32> {
     {
         bail!("container {:?}: already exists", a.id);
     }
-    let mounts = SnapshotsClient::new(env.ns.clone())
+    let mut mounts = SnapshotsClient::new(env.ns.clone())
         .prepare(spb::PrepareSnapshotRequest {
             snapshotter: SNAPSHOTTER.into(),
             key: a.id.clone(),
@@ -367,6 +367,12 @@ pub async fn run(env: &Env, a: Args) -> Result<i32> {
         .map_err(rpc_error(format!("preparing the rootfs of {}", a.id)))?
         .into_inner()
         .mounts;
+    if a.rm {
+        // Removed on exit: its writable layer need not survive a host crash (see VOLATILE).
+        for m in mounts.iter_mut().filter(|m| m.r#type == "overlay") {
+            m.options.push(crate::tasks::mounts::VOLATILE.to_string());
+        }
+    }
     let created = containers
         .create(cpb::CreateContainerRequest {
             container: Some(cpb::Container {
