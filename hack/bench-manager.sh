@@ -181,24 +181,30 @@ printf 'ratio berth/containerd (median): %s (target <= 0.25: %s); mean: %s; ctr-
   "$(ratio "$(stat_ms "berth -> berthd" mean)" "$(stat_ms "ctr -> containerd" mean)")" "$(ratio "$rcb" "$rc")"
 
 # ---- RSS with $containers containers running ----
-rss_stats() { # PIDs -> "count min mean max sum" (kB)
-  local p
-  for p in "$@"; do rss_kb "$p"; done |
+# PSS: shared pages (libc, the shim's own text) divided among the processes mapping them, so
+# the sum is what the shims cost together; RSS counts every shared page in every shim.
+pss_kb() { awk '/^Pss:/ {print $2}' "/proc/$1/smaps_rollup"; }
+rss_stats() { # FUNC PIDs -> "count min mean max sum" (kB)
+  local p f=$1
+  shift
+  for p in "$@"; do "$f" "$p"; done |
     awk 'NR==1{min=$1;max=$1} {s+=$1; if($1<min)min=$1; if($1>max)max=$1} END{printf "%d %d %.0f %d %d\n", NR, min, (NR? s/NR : 0), max, s}'
 }
 report_rss() { # LABEL DAEMON_PID DAEMON_BEFORE SHIM_NAME
-  local label=$1 dpid=$2 before=$3 shim=$4 n mn avg mx sum
+  local label=$1 dpid=$2 before=$3 shim=$4 n mn avg mx sum pn pmn pavg pmx psum
   # shellcheck disable=SC2046
-  read -r n mn avg mx sum < <(rss_stats $(bench_shim_pids "$shim"))
-  printf '%-12s %6s %10s %10s | %-24s %5s %8s %8s %8s %9s\n' \
-    "$label" "$containers" "$before" "$(rss_kb "$dpid")" "$shim" "$n" "$mn" "$avg" "$mx" "$sum"
+  read -r n mn avg mx sum < <(rss_stats rss_kb $(bench_shim_pids "$shim"))
+  # shellcheck disable=SC2046,SC2034
+  read -r pn pmn pavg pmx psum < <(rss_stats pss_kb $(bench_shim_pids "$shim"))
+  printf '%-12s %6s %10s %10s | %-24s %5s %8s %8s %8s %9s | %8s %9s\n' \
+    "$label" "$containers" "$before" "$(rss_kb "$dpid")" "$shim" "$n" "$mn" "$avg" "$mx" "$sum" "$pavg" "$psum"
   [ "$n" = "$containers" ] || echo "bench: $label: $n $shim processes found for $containers containers" >&2
 }
 
 echo
 echo "bench: RSS with $containers detached containers (sleep 1000) running, one daemon at a time"
-printf '%-12s %6s %10s %10s | %-24s %5s %8s %8s %8s %9s\n' \
-  "RSS (kB)" "ctrs" "daemon0" "daemon" "per-container shim" "n" "min" "mean" "max" "sum"
+printf '%-12s %6s %10s %10s | %-24s %5s %8s %8s %8s %9s | %8s %9s\n' \
+  "RSS (kB)" "ctrs" "daemon0" "daemon" "per-container shim" "n" "min" "mean" "max" "sum" "PSS mean" "PSS sum"
 before=$(rss_kb "$berthd_pid")
 for i in $(seq "$containers"); do
   berth_live+=("c$i")

@@ -325,15 +325,16 @@ async fn image_config(env: &Env, name: &str) -> Result<(Value, String)> {
 
 /// Removes the container and its snapshot (best effort: used on failure and for --rm).
 async fn remove(env: &Env, id: &str) {
-    let _ = ContainersClient::new(env.ns.clone())
-        .delete(cpb::DeleteContainerRequest { id: id.into() })
-        .await;
-    let _ = SnapshotsClient::new(env.ns.clone())
-        .remove(spb::RemoveSnapshotRequest {
+    // Independent of each other: both at once.
+    let mut containers = ContainersClient::new(env.ns.clone());
+    let mut snapshots = SnapshotsClient::new(env.ns.clone());
+    let _ = tokio::join!(
+        containers.delete(cpb::DeleteContainerRequest { id: id.into() }),
+        snapshots.remove(spb::RemoveSnapshotRequest {
             snapshotter: SNAPSHOTTER.into(),
             key: id.into(),
         })
-        .await;
+    );
 }
 
 /// Runs `berth run`; returns the exit code berth should exit with.
