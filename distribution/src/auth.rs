@@ -112,9 +112,13 @@ fn helper_get(program: &Path, server: &str) -> Result<Option<Credentials>> {
             ))
         })?;
     if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(server.as_bytes())
-            .map_err(|e| err(format!("writing the server address: {e}")))?;
+        // A helper that answers without reading its input (one that fails early, say) may be
+        // gone already: its exit status and output below tell what happened, not our EPIPE.
+        if let Err(e) = stdin.write_all(server.as_bytes()) {
+            if e.kind() != std::io::ErrorKind::BrokenPipe {
+                return Err(err(format!("writing the server address: {e}")));
+            }
+        }
     }
     let out = child
         .wait_with_output()
