@@ -91,6 +91,21 @@ fn push_remove_pull_same_digests_and_files() {
     assert_eq!(check[0]["complete"], true, "{check}");
     assert_eq!(check[0]["unpacked"], true, "{check}");
     assert_eq!(view_files(&d, &ns, &img.chain_id()), files_before);
+    // The pulled image runs, its layers applied in order (layer 2 deleted /etc/removeme,
+    // layer 3 rewrote /etc/passwd).
+    let out = d.berth(
+        &ns,
+        &[
+            "run",
+            "--rm",
+            &name,
+            &unique("c"),
+            "sh",
+            "-c",
+            "cat /etc/passwd; [ -e /etc/removeme ] || echo removed",
+        ],
+    );
+    assert_eq!(out.ok(), "root:x:0:0:layer3:/root:/bin/sh\nremoved\n");
 
     // Pull again: every layer is there already.
     let out = d

@@ -19,6 +19,8 @@ struct Reply {
     body: Vec<u8>,
     /// Send only this many body bytes (with the full Content-Length), then close.
     cut: Option<usize>,
+    /// After the `cut` bytes, hold the connection open (a registry that stalls) for this long.
+    stall: Option<std::time::Duration>,
 }
 
 impl Reply {
@@ -28,6 +30,7 @@ impl Reply {
             headers: vec![("Content-Type".into(), content_type.into())],
             body,
             cut: None,
+            stall: None,
         }
     }
 }
@@ -105,6 +108,9 @@ impl Fake {
                             let _ = s.write_all(&rep.body[..end]);
                         }
                         let _ = s.flush();
+                        if let Some(t) = rep.stall {
+                            std::thread::sleep(t);
+                        }
                         if rep.cut.is_some() {
                             let _ = s.shutdown(std::net::Shutdown::Both);
                             break;
@@ -385,4 +391,127 @@ fn interrupted_pull_resumes_with_a_range_request() {
             .count();
         assert!(n <= 1, "layer {} fetched {n} times", l.digest);
     }
+}
+
+#[test]
+fn a_pull_killed_with_berthd_resumes_after_the_restart() {
+    let mut d = Berthd::start().unwrap();
+    let ns = unique("killpull");
+    let img = image::busybox_multi("x/y:z").unwrap();
+    let big = img
+        .layers
+        .iter()
+        .max_by_key(|l| l.gz.len())
+        .unwrap()
+        .clone();
+    let cut_at = big.gz.len() / 2;
+    let big2 = big.clone();
+    // The biggest layer: half of it, then the registry stalls until berthd is gone.
+    let fake = Fake::start(serving(&img, move |method, path, headers, n| {
+        if method != "GET" || !path.ends_with(&big2.digest) {
+            return None;
+        }
+        if n == 1 {
+            let mut r = Reply::new(200, "application/octet-stream", big2.gz.clone());
+            r.cut = Some(cut_at);
+            r.stall = Some(std::time::Duration::from_secs(20));
+            return Some(r);
+        }
+        let Some(from) = headers
+            .get("range")
+            .and_then(|r| r.strip_prefix("bytes="))
+            .and_then(|r| r.trim_end_matches('-').parse::<usize>().ok())
+        else {
+            return Some(Reply::new(200, "application/octet-stream", big2.gz.clone()));
+        };
+        let mut r = Reply::new(206, "application/octet-stream", big2.gz[from..].to_vec());
+        r.headers.push((
+            "Content-Range".into(),
+            format!("bytes {from}-{}/{}", big2.gz.len() - 1, big2.gz.len()),
+        ));
+        Some(r)
+    }));
+    let reference = fake.reference("kill/img:v1");
+    let mut pull = std::process::Command::new(berth_integration::bins::berth())
+        .arg("--address")
+        .arg(d.socket())
+        .args(["-n", &ns, "images", "pull", "--plain-http", &reference])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !fake
+        .requests()
+        .iter()
+        .any(|(r, _)| r.ends_with(&big.digest))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the big layer was never asked for"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // Let berthd write what arrived, then kill it mid-layer.
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    d.crash();
+    let _ = pull.wait();
+    d.restart().unwrap();
+
+    let out = d
+        .berth(
+            &ns,
+            &[
+                "--format",
+                "json",
+                "images",
+                "pull",
+                "--plain-http",
+                &reference,
+            ],
+        )
+        .json();
+    assert_eq!(out["digest"], img.manifest_digest(), "{out}");
+    assert_eq!(out["chain_id"], img.chain_id(), "{out}");
+    let gets: Vec<Option<String>> = fake
+        .requests()
+        .into_iter()
+        .filter(|(l, _)| l.starts_with("GET") && l.ends_with(&big.digest))
+        .map(|(_, range)| range)
+        .collect();
+    assert_eq!(gets.len(), 2, "{gets:?}");
+    let from: usize = gets[1]
+        .as_deref()
+        .and_then(|r| r.strip_prefix("bytes="))
+        .and_then(|r| r.trim_end_matches('-').parse().ok())
+        .unwrap_or(0);
+    assert!(
+        from > 0 && from <= cut_at,
+        "the second GET should resume where the first stopped: {gets:?}"
+    );
+    for l in img.layers.iter().filter(|l| l.digest != big.digest) {
+        let n = fake
+            .requests()
+            .iter()
+            .filter(|(r, _)| r.starts_with("GET") && r.ends_with(&l.digest))
+            .count();
+        assert!(
+            n <= 1,
+            "layer {} fetched {n} times: {:?}",
+            l.digest,
+            fake.requests()
+        );
+    }
+    let out = d.berth(
+        &ns,
+        &[
+            "run",
+            "--rm",
+            &reference,
+            &unique("c"),
+            "cat",
+            "/etc/passwd",
+        ],
+    );
+    assert_eq!(out.ok(), "root:x:0:0:layer3:/root:/bin/sh\n");
 }

@@ -52,5 +52,5 @@ pub use berth_distribution as distribution;
 
 pub use store::{
     CleanupReport, ContentWriter, SnapshotterChoice, Store, StoreConfig, LABEL_GC_EXPIRE,
-    LABEL_TEMPORARY_LEASE,
+    LABEL_RESUMABLE_LEASE, LABEL_TEMPORARY_LEASE,
 };

@@ -1,6 +1,7 @@
 //! Pulling images from OCI registries into the stores.
 //!
-//! Everything runs within a temporary lease. The root manifest (or index) is fetched, an
+//! Everything runs within a resumable temporary lease (after a crash it is kept until it expires,
+//! so blobs already committed are not fetched again). The root manifest (or index) is fetched, an
 //! index is narrowed to the requested platform, every media type is checked before any blob
 //! is downloaded, then the config and the layers are fetched in parallel straight into
 //! content ingests (digest and size verified at commit). A layer already in the namespace is
@@ -435,7 +436,7 @@ pub fn pull(store: &Store, ctx: &Ctx, reference: &str, opts: &PullOptions) -> Re
     let name = r.to_string();
     let platform = opts.platform.clone().unwrap_or_else(Platform::host);
     let (client, root) = resolve(&r, opts)?;
-    store.with_temp_lease(ctx, |lctx| {
+    store.with_resumable_lease(ctx, |lctx| {
         let f = Fetcher {
             store,
             ctx: lctx,

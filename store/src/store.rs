@@ -72,6 +72,9 @@ pub struct CleanupReport {
 
 /// Label marking a lease the stores created for one operation (removed by `cleanup`).
 pub const LABEL_TEMPORARY_LEASE: &str = "berth.io/temporary";
+/// Label marking a temporary lease whose content is worth keeping after a crash (a pull's: a
+/// second pull then fetches only what is missing). `cleanup` leaves such a lease to expire.
+pub const LABEL_RESUMABLE_LEASE: &str = "berth.io/resumable";
 /// Label of a lease's expiry time (RFC 3339).
 pub const LABEL_GC_EXPIRE: &str = "containerd.io/gc.expire";
 
@@ -574,8 +577,30 @@ impl Store {
     /// Runs `f` within a fresh temporary lease (expiring in 24 h, removed by `cleanup` after a
     /// crash), deleting the lease afterwards: what `f` creates is safe from GC until then.
     pub fn with_temp_lease<R>(&self, ctx: &Ctx, f: impl FnOnce(&Ctx) -> Result<R>) -> Result<R> {
+        self.temp_lease(ctx, false, f)
+    }
+
+    /// Like [`Store::with_temp_lease`], but after a crash `cleanup` keeps the lease (until it
+    /// expires) and the content it holds, so that the operation can pick up where it stopped.
+    pub fn with_resumable_lease<R>(
+        &self,
+        ctx: &Ctx,
+        f: impl FnOnce(&Ctx) -> Result<R>,
+    ) -> Result<R> {
+        self.temp_lease(ctx, true, f)
+    }
+
+    fn temp_lease<R>(
+        &self,
+        ctx: &Ctx,
+        resumable: bool,
+        f: impl FnOnce(&Ctx) -> Result<R>,
+    ) -> Result<R> {
         let mut labels = Labels::new();
         labels.insert(LABEL_TEMPORARY_LEASE.into(), "true".into());
+        if resumable {
+            labels.insert(LABEL_RESUMABLE_LEASE.into(), "true".into());
+        }
         let exp = chrono::Utc::now() + chrono::Duration::hours(24);
         labels.insert(LABEL_GC_EXPIRE.into(), exp.to_rfc3339());
         let lease = self.lease_create(ctx, "", labels)?;
@@ -652,26 +677,31 @@ impl Store {
     }
 
     /// Recovery after a crash: removes temporary leases of interrupted operations (at open no
-    /// operation can be running: the database is locked by this process), leftovers of ingest
-    /// creation, snapshot directories without a record, then runs GC (which removes the
-    /// `extract-*` snapshots and blobs those leases held). Resumable ingests are kept.
+    /// operation can be running: the database is locked by this process) and their `extract-*`
+    /// snapshots, leftovers of ingest creation, snapshot directories without a record, then
+    /// runs GC (which removes the blobs those leases held). Resumable ingests are kept, and so
+    /// are resumable leases (an interrupted pull's) until they expire: a second pull finds the
+    /// blobs the first completed and fetches only the rest.
     pub fn cleanup(&self) -> Result<CleanupReport> {
         let mut report = CleanupReport::default();
-        let temp: Vec<(String, String)> = self.inner.meta.read(|r| {
+        let temp: Vec<(String, String, bool)> = self.inner.meta.read(|r| {
             let mut out = Vec::new();
             for n in r.namespaces()? {
                 for l in r.leases(&n.name)? {
                     if l.labels.contains_key(LABEL_TEMPORARY_LEASE) {
-                        out.push((n.name.clone(), l.id));
+                        let resumable = l.labels.contains_key(LABEL_RESUMABLE_LEASE);
+                        out.push((n.name.clone(), l.id, resumable));
                     }
                 }
             }
             Ok(out)
         })?;
-        for (ns, id) in temp {
+        for (ns, id, resumable) in temp {
             let lease = self.inner.meta.read(|r| r.lease(&ns, &id))?;
-            self.inner.meta.write(|tx| tx.delete_lease(&ns, &id))?;
-            report.leases.push(format!("{ns}/{id}"));
+            if !resumable {
+                self.inner.meta.write(|tx| tx.delete_lease(&ns, &id))?;
+                report.leases.push(format!("{ns}/{id}"));
+            }
             // Active snapshots of an interrupted unpack (GC keeps active snapshots).
             let kind = format!("snapshots/{}", self.inner.snapshotter.name());
             let ctx = Ctx::new(ns.clone());
