@@ -216,7 +216,7 @@ impl Tty {
 
     /// Moves whatever can move now in both directions.
     pub fn pump(&mut self) {
-        let mut buf = vec![0u8; CHUNK];
+        let mut buf = [0u8; CHUNK];
         // Client → terminal.
         while let Some(i) = &self.input {
             if self.to_master.is_empty() {
