@@ -35,6 +35,36 @@ pub(crate) fn write_file_atomic(path: &Path, data: &[u8]) -> Result<()> {
     sync_dir(dir)
 }
 
+/// The inode flag of ext2/3/4 (chattr +T) that makes the Orlov allocator treat a directory's
+/// subdirectories as tops of unrelated hierarchies, spreading them over block groups.
+const FS_TOPDIR_FL: libc::c_int = 0x0002_0000;
+
+/// Marks `dir` as a top of directory hierarchies (chattr +T), best effort: a file system without
+/// the flag (tmpfs, xfs, btrfs) is left alone.
+///
+/// Without it ext4 puts every new snapshot tree's inodes in the block group of their parent,
+/// where the trees that GC just deleted were: it then skips each recently deleted inode one by
+/// one (`recently_deleted` in the kernel), and unpacking a 230 MB image right after removing
+/// the previous one took 9.3 s instead of 1.9 s here.
+pub(crate) fn set_topdir(dir: &Path) {
+    use std::os::fd::AsRawFd;
+    let Ok(f) = File::open(dir) else { return };
+    let mut flags: libc::c_int = 0;
+    // SAFETY: FS_IOC_GETFLAGS/SETFLAGS read and write one int through a live pointer.
+    unsafe {
+        if libc::ioctl(f.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags) != 0
+            || flags & FS_TOPDIR_FL != 0
+        {
+            return;
+        }
+        flags |= FS_TOPDIR_FL;
+        if libc::ioctl(f.as_raw_fd(), libc::FS_IOC_SETFLAGS, &flags) != 0 {
+            tracing::debug!(dir = %dir.display(), error = %std::io::Error::last_os_error(),
+                "cannot mark the directory as a top of hierarchies");
+        }
+    }
+}
+
 /// fsyncs a directory so a rename or create in it is durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)

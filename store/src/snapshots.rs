@@ -189,6 +189,8 @@ impl FsSnapshotter {
         let root = root.into();
         let snaps = root.join("snapshots");
         fs::create_dir_all(&snaps).ctx("create directory", &snaps)?;
+        // Each snapshot tree in a block group of its own (see set_topdir).
+        fsutil::set_topdir(&snaps);
         Ok(FsSnapshotter { meta, root, driver })
     }
 

@@ -216,3 +216,31 @@ fn snapshots_join_the_lease_of_their_context() {
         "rolled back"
     );
 }
+
+#[test]
+fn the_snapshots_directory_spreads_its_trees_over_block_groups_on_ext4() {
+    use std::os::fd::AsRawFd;
+    let dir = tempfile::Builder::new()
+        .prefix("berth-store-topdir")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let mut cfg = berth_store::StoreConfig::new(dir.path().join("root"));
+    cfg.snapshotter = SnapshotterChoice::Native;
+    let _store = berth_store::Store::open(&cfg).unwrap();
+    let snaps = dir
+        .path()
+        .join("root/io.containerd.snapshotter.v1.native/snapshots");
+    let st = nix::sys::statfs::statfs(&snaps).unwrap();
+    if st.filesystem_type() != nix::sys::statfs::EXT4_SUPER_MAGIC {
+        eprintln!("skipped: {} is not on ext2/3/4", snaps.display());
+        return;
+    }
+    let f = fs::File::open(&snaps).unwrap();
+    let mut flags: libc::c_int = 0;
+    // SAFETY: FS_IOC_GETFLAGS writes one int.
+    assert_eq!(
+        unsafe { libc::ioctl(f.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags) },
+        0
+    );
+    assert_ne!(flags & 0x0002_0000, 0, "FS_TOPDIR_FL not set: {flags:#x}");
+}
