@@ -64,3 +64,64 @@ fn a_missing_default_runtime_is_a_clear_error_and_leaves_nothing() {
         .unwrap_or_default();
     assert!(left.is_empty(), "bundles left: {left:?}");
 }
+
+#[test]
+fn crun_runs_containers_named_per_container() {
+    // crun 1.8 needs the host's unified cgroup hierarchy out of its sight (see the fixture).
+    let d = Berthd::start_for_crun().unwrap();
+    let ns = unique("crun");
+    import(&d, &ns);
+    let out = d.berth(
+        &ns,
+        &[
+            "run",
+            "--rm",
+            "--runtime",
+            "crun",
+            IMAGE,
+            &unique("c"),
+            "sh",
+            "-c",
+            "echo hi; exit 5",
+        ],
+    );
+    assert_eq!((out.code, out.stdout.as_str()), (5, "hi\n"), "{out:?}");
+    let id = unique("c");
+    d.berth(
+        &ns,
+        &[
+            "run",
+            "-d",
+            "--runtime",
+            "crun",
+            "--memory",
+            "32m",
+            IMAGE,
+            &id,
+            "sh",
+            "-c",
+            "sleep 100",
+        ],
+    )
+    .ok();
+    // crun's own state under berthd's runtime root: it is crun that runs the container.
+    let st = d.state().join("runtime").join(&ns).join(&id).join("status");
+    assert!(st.exists(), "no crun state at {}", st.display());
+    let out = d.berth(
+        &ns,
+        &[
+            "tasks",
+            "exec",
+            &id,
+            "cat",
+            "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+        ],
+    );
+    assert_eq!(out.ok(), "33554432\n");
+    d.berth(&ns, &["tasks", "kill", "-s", "KILL", &id]).ok();
+    assert_eq!(d.berth(&ns, &["tasks", "wait", &id]).code, 137);
+    d.berth(&ns, &["tasks", "rm", &id]).ok();
+    d.berth(&ns, &["containers", "rm", &id]).ok();
+    let tasks = d.berth(&ns, &["--format", "json", "tasks", "ls"]).json();
+    assert_eq!(tasks, serde_json::json!([]), "{tasks}");
+}

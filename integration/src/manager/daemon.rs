@@ -19,6 +19,10 @@ pub struct Berthd {
     dir: tempfile::TempDir,
     child: Option<Child>,
     config: Option<PathBuf>,
+    /// Run berthd (and so its shims and runtimes) in a private mount namespace whose
+    /// /sys/fs/cgroup/unified is an empty tmpfs: crun 1.8 refuses this host's hybrid layout
+    /// otherwise (see shared/runc-contract.md). Nothing changes on the host.
+    hide_unified: bool,
 }
 
 /// What a command printed and how it ended.
@@ -82,7 +86,22 @@ impl Berthd {
         Self::start_inner(Some(toml))
     }
 
+    /// Starts berthd where crun can run on this host: in a private mount namespace with an
+    /// empty tmpfs over /sys/fs/cgroup/unified. Its mounts are invisible to the test.
+    pub fn start_for_crun() -> Result<Berthd> {
+        let mut d = Self::new_inner(None)?;
+        d.hide_unified = true;
+        d.spawn()?;
+        Ok(d)
+    }
+
     fn start_inner(toml: Option<&str>) -> Result<Berthd> {
+        let mut d = Self::new_inner(toml)?;
+        d.spawn()?;
+        Ok(d)
+    }
+
+    fn new_inner(toml: Option<&str>) -> Result<Berthd> {
         // Under /var/tmp, not /tmp: overlayfs needs a real file system for upper/work dirs, and a
         // test machine's /tmp may be tmpfs with limited size.
         let dir = tempfile::Builder::new()
@@ -97,13 +116,12 @@ impl Berthd {
             }
             None => None,
         };
-        let mut d = Berthd {
+        Ok(Berthd {
             dir,
             child: None,
             config,
-        };
-        d.spawn()?;
-        Ok(d)
+            hide_unified: false,
+        })
     }
 
     /// The temp dir holding everything.
@@ -149,6 +167,31 @@ impl Berthd {
         let mut cmd = Command::new(bins::berthd());
         if let Some(c) = &self.config {
             cmd.arg("--config").arg(c);
+        }
+        if self.hide_unified {
+            use nix::mount::{mount, MsFlags};
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only syscalls between fork and exec.
+            unsafe {
+                cmd.pre_exec(|| {
+                    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
+                    mount(
+                        None::<&str>,
+                        "/",
+                        None::<&str>,
+                        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                        None::<&str>,
+                    )?;
+                    mount(
+                        Some("tmpfs"),
+                        "/sys/fs/cgroup/unified",
+                        Some("tmpfs"),
+                        MsFlags::empty(),
+                        None::<&str>,
+                    )?;
+                    Ok(())
+                });
+            }
         }
         let child = cmd
             .arg("--root")
