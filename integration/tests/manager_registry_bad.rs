@@ -190,6 +190,22 @@ fn pull_fails(d: &Berthd, ns: &str, reference: &str, extra: &[&str]) -> String {
     e
 }
 
+/// A 206 answer with `blob` from the offset of a `Range: bytes=N-` request; None without one.
+fn range_reply(blob: &[u8], headers: &HashMap<String, String>) -> Option<Reply> {
+    let from: usize = headers
+        .get("range")?
+        .strip_prefix("bytes=")?
+        .trim_end_matches('-')
+        .parse()
+        .ok()?;
+    let mut r = Reply::new(206, "application/octet-stream", blob.get(from..)?.to_vec());
+    r.headers.push((
+        "Content-Range".into(),
+        format!("bytes {from}-{}/{}", blob.len() - 1, blob.len()),
+    ));
+    Some(r)
+}
+
 #[test]
 fn bad_registry_answers_give_clear_errors_and_store_no_image() {
     let d = Berthd::start().unwrap();
@@ -337,18 +353,7 @@ fn interrupted_pull_resumes_with_a_range_request() {
             r.cut = Some(cut_at);
             return Some(r);
         }
-        let from: usize = headers
-            .get("range")?
-            .strip_prefix("bytes=")?
-            .trim_end_matches('-')
-            .parse()
-            .ok()?;
-        let mut r = Reply::new(206, "application/octet-stream", big2.gz[from..].to_vec());
-        r.headers.push((
-            "Content-Range".into(),
-            format!("bytes {from}-{}/{}", big2.gz.len() - 1, big2.gz.len()),
-        ));
-        Some(r)
+        range_reply(&big2.gz, headers)
     }));
     let reference = fake.reference("resume/img:v1");
     let e = pull_fails(&d, &ns, &reference, &[]);
@@ -417,19 +422,8 @@ fn a_pull_killed_with_berthd_resumes_after_the_restart() {
             r.stall = Some(std::time::Duration::from_secs(20));
             return Some(r);
         }
-        let Some(from) = headers
-            .get("range")
-            .and_then(|r| r.strip_prefix("bytes="))
-            .and_then(|r| r.trim_end_matches('-').parse::<usize>().ok())
-        else {
-            return Some(Reply::new(200, "application/octet-stream", big2.gz.clone()));
-        };
-        let mut r = Reply::new(206, "application/octet-stream", big2.gz[from..].to_vec());
-        r.headers.push((
-            "Content-Range".into(),
-            format!("bytes {from}-{}/{}", big2.gz.len() - 1, big2.gz.len()),
-        ));
-        Some(r)
+        range_reply(&big2.gz, headers)
+            .or_else(|| Some(Reply::new(200, "application/octet-stream", big2.gz.clone())))
     }));
     let reference = fake.reference("kill/img:v1");
     let mut pull = std::process::Command::new(berth_integration::bins::berth())
