@@ -165,20 +165,13 @@ bench_big_image() {
   echo "bench: image: $nlayers layers, archive $archive_mb MB"
 }
 
-# Debian's busybox-static: /bin/busybox and a symlink per applet, one layer, Cmd ["sh"].
+# Debian's busybox-static (the rootfs hack/mkbundle.sh builds), one layer, Cmd ["sh"].
 bench_busybox_image() { # NAME:TAG
-  local name=$1 root=$tmp/busybox-rootfs layout=$tmp/busybox-layout applet
-  [ -x /bin/busybox ] || { echo "bench: /bin/busybox is missing (apt-get install busybox-static)" >&2; exit 1; }
-  mkdir -p "$root"/{bin,dev,proc,sys,tmp,etc,root}
-  cp /bin/busybox "$root/bin/busybox"
-  for applet in $("$root/bin/busybox" --list); do
-    [ -e "$root/bin/$applet" ] || ln -s busybox "$root/bin/$applet"
-  done
-  echo 'root:x:0:0:root:/root:/bin/sh' > "$root/etc/passwd"
-  echo 'root:x:0:' > "$root/etc/group"
+  local name=$1 bundle=$tmp/busybox-bundle layout=$tmp/busybox-layout
+  hack/mkbundle.sh "$bundle" >/dev/null
   oci_begin "$layout"
-  tar -C "$root" --numeric-owner --owner=0 --group=0 -cf "$tmp/busybox-layer.tar" .
-  rm -rf "$root"
+  tar -C "$bundle/rootfs" --numeric-owner --owner=0 --group=0 -cf "$tmp/busybox-layer.tar" .
+  rm -rf "$bundle"
   oci_add_layer "$layout" "$tmp/busybox-layer.tar"
   busybox_archive=$tmp/busybox.tar
   oci_finish "$layout" "$name" "${name##*:}" \
