@@ -9,6 +9,8 @@ packages=(
   libseccomp-dev pkg-config gcc
   # tests: the busybox rootfs, peers and tools
   busybox-static runc crun containerd docker-registry skopeo umoci jq iproute2 util-linux
+  # the terminal tests give berth and ctr a real terminal with script(1)
+  bsdutils
   # the HTTPS registry test makes its CA and certificate with the openssl CLI
   openssl
   # `berth-runc ps` and the task tests call ps(1)
