@@ -11,24 +11,41 @@ use std::path::PathBuf;
 
 use crate::logs::Logs;
 
-/// A unix socket the runtime connects to (`--console-socket`) to send the pty master.
+/// A unix socket the runtime connects to (`--console-socket`) to send the pty master. It lives
+/// in a private directory of its own under the temp dir, not in the bundle: a unix socket path
+/// has at most 107 bytes, which a bundle path with Docker's 64-hex ids (and an exec id) passes.
 pub struct Socket {
     listener: UnixListener,
-    path: PathBuf,
+    dir: PathBuf,
 }
 
 impl Socket {
-    /// Binds `path`, replacing a stale socket file.
-    pub fn bind(path: PathBuf) -> Result<Socket, String> {
-        let _ = std::fs::remove_file(&path);
-        let listener = UnixListener::bind(&path)
-            .map_err(|e| format!("binding console socket {}: {e}", path.display()))?;
-        Ok(Socket { listener, path })
+    /// Makes a private directory (mode 0700) and binds `sock` in it.
+    pub fn bind() -> Result<Socket, String> {
+        let template = std::env::temp_dir().join("berth-console-XXXXXX");
+        let mut buf = template.as_os_str().as_encoded_bytes().to_vec();
+        buf.push(0);
+        // SAFETY: mkdtemp rewrites the NUL-terminated template in place.
+        if unsafe { libc::mkdtemp(buf.as_mut_ptr().cast()) }.is_null() {
+            return Err(format!(
+                "making a directory for the console socket: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        buf.pop();
+        let dir = PathBuf::from(std::ffi::OsString::from(
+            String::from_utf8_lossy(&buf).into_owned(),
+        ));
+        let listener = UnixListener::bind(dir.join("sock")).map_err(|e| {
+            let _ = std::fs::remove_dir(&dir);
+            format!("binding console socket in {}: {e}", dir.display())
+        })?;
+        Ok(Socket { listener, dir })
     }
 
     /// The path to give the runtime.
-    pub fn path(&self) -> &std::path::Path {
-        &self.path
+    pub fn path(&self) -> PathBuf {
+        self.dir.join("sock")
     }
 
     /// The master the runtime sent. Called after the runtime exited: its message (and the fd in
@@ -47,7 +64,8 @@ impl Socket {
 
 impl Drop for Socket {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        let _ = std::fs::remove_file(self.path());
+        let _ = std::fs::remove_dir(&self.dir);
     }
 }
 
@@ -74,18 +92,29 @@ fn recv_fd(sock: RawFd) -> Result<OwnedFd, String> {
             std::io::Error::last_os_error()
         ));
     }
-    // SAFETY: walking the control messages the kernel wrote into `control`, as CMSG_* allow.
+    // SAFETY: walking the control messages the kernel wrote into `control`, as CMSG_* allow;
+    // every fd received is owned here (the first kept, any others closed).
+    let mut fds: Vec<OwnedFd> = Vec::new();
     unsafe {
         let mut c = libc::CMSG_FIRSTHDR(&msg);
         while !c.is_null() {
             if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                let fd = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
-                return Ok(OwnedFd::from_raw_fd(fd));
+                let n = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize)
+                    / std::mem::size_of::<libc::c_int>();
+                let data = libc::CMSG_DATA(c).cast::<libc::c_int>();
+                for i in 0..n {
+                    fds.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i))));
+                }
             }
             c = libc::CMSG_NXTHDR(&msg, c);
         }
     }
-    Err("the runtime's console message carried no fd".into())
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        return Err("the runtime's console message was truncated".into());
+    }
+    fds.into_iter()
+        .next()
+        .ok_or_else(|| "the runtime's console message carried no fd".into())
 }
 
 fn set_nonblocking(fd: RawFd) {
@@ -150,6 +179,8 @@ pub struct Tty {
 
 /// Largest chunk moved at once; also the bound of each relay's buffer.
 const CHUNK: usize = 32 << 10;
+/// Chunks moved each way per [`Tty::pump`].
+const ROUNDS: usize = 16;
 
 impl Tty {
     /// Relays between `master` and the client's `stdin` and `stdout` paths (empty: none;
@@ -214,11 +245,18 @@ impl Tty {
         }
     }
 
-    /// Moves whatever can move now in both directions.
+    /// Moves what can move now in both directions, at most [`ROUNDS`] chunks each way: a
+    /// process that writes without pause must not keep the supervisor from its other work (poll
+    /// wakes it again at once while more is ready).
     pub fn pump(&mut self) {
         let mut buf = [0u8; CHUNK];
         // Client → terminal.
+        let mut rounds = 0;
         while let Some(i) = &self.input {
+            rounds += 1;
+            if rounds > ROUNDS {
+                break;
+            }
             if self.to_master.is_empty() {
                 match read(i.as_raw_fd(), &mut buf) {
                     Io::Done(n) => self.to_master.extend_from_slice(&buf[..n]),
@@ -241,7 +279,7 @@ impl Tty {
             }
         }
         // Terminal → client.
-        loop {
+        for _ in 0..ROUNDS {
             let fd = match &self.output {
                 Some(Output::Fd(o)) => Some(o.as_raw_fd()),
                 Some(Output::Discard) => None,
@@ -267,7 +305,9 @@ impl Tty {
                 }
                 Io::Later => break,
                 Io::Closed => {
-                    self.output = None;
+                    // The client's side is gone (or full for good): keep reading the master
+                    // and drop it, or the container would block on a full terminal.
+                    self.output = Some(Output::Discard);
                     self.to_output.clear();
                 }
             }

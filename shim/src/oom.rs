@@ -1,9 +1,10 @@
 //! Noticing the OOM killer in the container's memory cgroup, for berthd's `/tasks/oom` event.
 //!
-//! cgroup v1: an eventfd registered on `memory.oom_control` through `cgroup.event_control`;
-//! cgroup v2: inotify on `memory.events`. Either fd wakes the poll loop, and the count is then
-//! read back from the kernel (`oom_kill` in the same file), so a wake-up that is not a kill
-//! (the cgroup being removed, another field changing) is not reported.
+//! cgroup v1: an eventfd registered on `memory.oom_control` through `cgroup.event_control`; the
+//! kernel signals it when the cgroup goes out of memory, before the OOM killer has counted its
+//! kill, so each signal (while the cgroup still exists: its removal signals too) is one event,
+//! as containerd counts them. cgroup v2: inotify on `memory.events`, and the `oom_kill` count
+//! read back from that file, so a change of another field is not reported.
 
 use std::fs::File;
 use std::io::Write;
@@ -20,14 +21,20 @@ pub struct OomWatch {
 }
 
 impl OomWatch {
-    /// Watches the memory cgroup process `pid` is in; Err says why not (no memory controller).
+    /// Watches the memory cgroup process `pid` is in; Err says why not (no memory controller,
+    /// or no cgroup of its own: the supervisor's, whose kills are not the container's).
     pub fn for_pid(pid: u32) -> Result<OomWatch, String> {
         let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
             .map_err(|e| format!("/proc/{pid}/cgroup: {e}"))?;
+        let own = std::fs::read_to_string("/proc/self/cgroup")
+            .map_err(|e| format!("/proc/self/cgroup: {e}"))?;
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
             .map_err(|e| format!("/proc/self/mountinfo: {e}"))?;
         let (dir, v2) = memory_cgroup_dir(&cgroups, &mountinfo)
             .ok_or_else(|| format!("process {pid} is in no memory cgroup"))?;
+        if memory_cgroup_dir(&own, &mountinfo).is_some_and(|(d, _)| d == dir) {
+            return Err(format!("process {pid} has no memory cgroup of its own"));
+        }
         if v2 {
             Self::inotify(dir.join("memory.events"))
         } else {
@@ -92,9 +99,17 @@ impl OomWatch {
         self.fd.as_raw_fd()
     }
 
-    /// After the fd woke: drains it and returns how many new kills the kernel counts.
+    /// After the fd woke: drains it and returns how many new OOM events there are.
     pub fn ready(&mut self) -> u64 {
         let mut buf = [0u8; 1024];
+        if self._control.is_some() {
+            // v1: the eventfd's counter is the number of signals since the last read.
+            let mut n = 0u64;
+            // SAFETY: an eventfd read fills 8 bytes.
+            let got = unsafe { libc::read(self.fd.as_raw_fd(), (&mut n as *mut u64).cast(), 8) };
+            let alive = self.file.exists();
+            return if got == 8 && alive { n } else { 0 };
+        }
         // SAFETY: nonblocking read into a local buffer, until empty.
         while unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
         let now = read_count(&self.file);

@@ -4,7 +4,7 @@
 use std::fs::File;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use crate::console::{self, Tty};
@@ -177,7 +177,7 @@ fn start(
     args: &Args,
     verb: &[&std::ffi::OsStr],
     stdio: &[String; 3],
-    terminal: Option<PathBuf>,
+    terminal: bool,
     pid_file: &Path,
     logs: &mut Logs,
 ) -> Result<Started, String> {
@@ -187,15 +187,15 @@ fn start(
         .unwrap_or_default();
     let mut cmd = runtime(args);
     cmd.args(verb).arg("--pid-file").arg(pid_file);
-    let Some(socket_path) = terminal else {
+    if !terminal {
         cmd.arg(&args.id);
         run(cmd, open_all(stdio, logs)?, &what, &args.bundle)?;
         return Ok(Started {
             pid: read_pid(pid_file)?,
             tty: None,
         });
-    };
-    let socket = console::Socket::bind(socket_path)?;
+    }
+    let socket = console::Socket::bind()?;
     cmd.arg("--console-socket").arg(socket.path()).arg(&args.id);
     let null = [
         open_stdio("", true)?,
@@ -204,16 +204,25 @@ fn start(
     ];
     run(cmd, null, &what, &args.bundle)?;
     let pid = read_pid(pid_file)?;
-    let tty = Tty::new(socket.receive()?, &stdio[0], &stdio[1], logs)?;
-    Ok(Started {
-        pid,
-        tty: Some(tty),
-    })
+    match socket
+        .receive()
+        .and_then(|master| Tty::new(master, &stdio[0], &stdio[1], logs))
+    {
+        Ok(tty) => Ok(Started {
+            pid,
+            tty: Some(tty),
+        }),
+        Err(e) => {
+            // The process exists but cannot be reached: it must not run on untracked.
+            // SAFETY: kill of the pid the runtime just made, a child of this supervisor.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            Err(e)
+        }
+    }
 }
 
 /// `RUNTIME create`: the init process exists, blocked until `start`.
 pub fn create(args: &Args, logs: &mut Logs) -> Result<Started, String> {
-    let terminal = args.terminal.then(|| args.bundle.join("console.sock"));
     start(
         args,
         &[
@@ -222,7 +231,7 @@ pub fn create(args: &Args, logs: &mut Logs) -> Result<Started, String> {
             args.bundle.as_os_str(),
         ],
         &args.stdio,
-        terminal,
+        args.terminal,
         &args.bundle.join("init.pid"),
         logs,
     )
@@ -240,8 +249,7 @@ pub fn exec(args: &Args, exec_id: &str, logs: &mut Logs) -> Result<Started, Stri
         lines.next().unwrap_or_default(),
         lines.next().unwrap_or_default(),
     ];
-    let terminal = (lines.next().as_deref() == Some("terminal"))
-        .then(|| args.bundle.join(format!("exec-{exec_id}.console")));
+    let terminal = lines.next().as_deref() == Some("terminal");
     let process = args.bundle.join(format!("exec-{exec_id}.json"));
     start(
         args,

@@ -73,8 +73,14 @@ impl Server {
     ) -> Result<Server, String> {
         let path = args.bundle.join("shim.sock");
         let _ = std::fs::remove_file(&path);
+        // Bound through an fd of the bundle: `/proc/self/fd/N/shim.sock` fits a unix socket
+        // path's 107 bytes whatever the length of the bundle's path (berthd connects likewise).
+        let dir = std::fs::File::open(&args.bundle)
+            .map_err(|e| format!("opening {}: {e}", args.bundle.display()))?;
+        let short = format!("/proc/self/fd/{}/shim.sock", dir.as_raw_fd());
         let listener =
-            UnixListener::bind(&path).map_err(|e| format!("binding {}: {e}", path.display()))?;
+            UnixListener::bind(&short).map_err(|e| format!("binding {}: {e}", path.display()))?;
+        drop(dir);
         let mut procs = HashMap::new();
         procs.insert(
             String::new(),
@@ -288,8 +294,16 @@ impl Server {
         self.waiters = keep;
     }
 
+    /// Forgets parked requests whose client went away (a berthd that died or restarted), so
+    /// they do not pile up over the container's life.
+    fn prune_waiters(&mut self) {
+        self.waiters.retain(|(_, s)| peer_alive(s));
+        self.oom_waiters.retain(|(_, s)| peer_alive(s));
+    }
+
     /// Answers one request; true on `shutdown`.
     fn handle(&mut self, s: UnixStream) -> bool {
+        self.prune_waiters();
         let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
         let mut line = String::new();
         let mut r = BufReader::new(&s);
@@ -393,4 +407,20 @@ impl Server {
         }
         false
     }
+}
+
+/// False once the other end of a parked request has closed (it will never send more, so a
+/// peek that reads zero bytes means end of file).
+fn peer_alive(s: &UnixStream) -> bool {
+    let mut b = 0u8;
+    // SAFETY: a nonblocking peek of one byte into a local.
+    let n = unsafe {
+        libc::recv(
+            s.as_raw_fd(),
+            (&mut b as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n > 0 || (n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock)
 }

@@ -342,6 +342,10 @@ pub async fn run(env: &Env, a: Args) -> Result<i32> {
     if a.detach && a.interactive {
         bail!("-i cannot be used with -d: berth has no attach to give the input later");
     }
+    if a.detach && a.rm {
+        bail!("--rm cannot be used with -d: berth removes a container when it waits for it");
+    }
+    super::stdio::check_interactive_terminal(a.interactive, a.tty)?;
     crate::identifiers::validate(&a.id).map_err(|e| anyhow::anyhow!("container id: {e}"))?;
     let (cfg, chain) = image_config(env, &a.image).await?;
     let mut spec = spec(&env.namespace, &a, &cfg["config"])?;
@@ -368,7 +372,7 @@ pub async fn run(env: &Env, a: Args) -> Result<i32> {
         .map_err(rpc_error(format!("preparing the rootfs of {}", a.id)))?
         .into_inner()
         .mounts;
-    if a.rm {
+    if a.rm && !a.detach {
         // Removed on exit: its writable layer need not survive a host crash (see VOLATILE).
         for m in mounts.iter_mut().filter(|m| m.r#type == "overlay") {
             m.options.push(crate::tasks::mounts::VOLATILE.to_string());

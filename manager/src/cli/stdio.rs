@@ -138,6 +138,9 @@ impl Drop for ClientIo {
     }
 }
 
+/// How long output may keep arriving after the process exited.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Output being copied; [`Copying::finish`] waits for the writers to close.
 pub struct Copying {
     _fifos: ClientIo,
@@ -145,16 +148,29 @@ pub struct Copying {
 }
 
 impl Copying {
-    /// Waits until everything written has been copied, then removes the FIFOs.
+    /// Waits until everything written has been copied, then removes the FIFOs. Called once
+    /// the process has exited: what it wrote drains in milliseconds, so after [`DRAIN`] the
+    /// writer still open must be another process (a background child holding the output),
+    /// and berth stops waiting for it as Docker does.
     pub async fn finish(self) {
         let Copying { _fifos, threads } = self;
-        let _ = tokio::task::spawn_blocking(move || {
+        let join = tokio::task::spawn_blocking(move || {
             for t in threads {
                 let _ = t.join();
             }
-        })
-        .await;
+        });
+        let _ = tokio::time::timeout(DRAIN, join).await;
     }
+}
+
+/// `-i -t` needs a terminal on stdin (Docker's rule): from a pipe, the container's terminal
+/// would wait for input that never ends, since a pty has no end of file to pass on.
+pub fn check_interactive_terminal(interactive: bool, tty: bool) -> Result<()> {
+    use std::io::IsTerminal;
+    if interactive && tty && !std::io::stdin().is_terminal() {
+        anyhow::bail!("the input device is not a TTY: use -i without -t to pass a pipe");
+    }
+    Ok(())
 }
 
 /// This terminal in raw mode (input goes to the container's pty as typed, ^C included) until
@@ -172,6 +188,14 @@ impl RawMode {
         let mut raw = saved.clone();
         termios::cfmakeraw(&mut raw);
         termios::tcsetattr(&stdin, termios::SetArg::TCSANOW, &raw).ok()?;
+        // Release builds abort on panic, and no destructor runs then: the hook restores.
+        let for_hook: libc::termios = saved.clone().into();
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            // SAFETY: tcsetattr on stdin with a complete termios value.
+            unsafe { libc::tcsetattr(0, libc::TCSANOW, &for_hook) };
+            previous(info);
+        }));
         Some(RawMode { saved })
     }
 }

@@ -171,6 +171,7 @@ async fn exec(env: &Env, o: ExecArgs) -> Result<i32> {
         .transpose()
         .context("the container's spec is not JSON")?
         .unwrap_or_default();
+    super::stdio::check_interactive_terminal(o.interactive, o.tty)?;
     let mut p = exec_process(&spec, &o)?;
     if o.tty {
         super::stdio::set_console_size(&mut p);

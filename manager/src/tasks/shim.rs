@@ -58,7 +58,15 @@ pub fn launch(l: &Launch<'_>) -> Result<u32> {
 
 /// Sends one request and reads the one-line reply.
 pub async fn request(bundle: &Path, line: &str) -> std::io::Result<String> {
-    let mut s = UnixStream::connect(bundle.join("shim.sock")).await?;
+    // Through an fd of the bundle: `/proc/self/fd/N/shim.sock` fits a unix socket path's 107
+    // bytes whatever the length of the bundle's path (the shim binds it likewise).
+    let dir = std::fs::File::open(bundle)?;
+    let short = format!(
+        "/proc/self/fd/{}/shim.sock",
+        std::os::fd::AsRawFd::as_raw_fd(&dir)
+    );
+    let mut s = UnixStream::connect(&short).await?;
+    drop(dir);
     s.write_all(format!("{line}\n").as_bytes()).await?;
     let mut r = BufReader::new(s);
     let mut reply = String::new();

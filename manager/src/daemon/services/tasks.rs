@@ -710,6 +710,12 @@ impl Tasks for TasksService {
         let b = self.bundle(&c.namespace, &r.container_id)?;
         let b2 = b.clone();
         blocking(move || b2.info()).await?;
+        if r.width > u32::from(u16::MAX) || r.height > u32::from(u16::MAX) {
+            return Err(Status::invalid_argument(format!(
+                "terminal size {}x{}: at most 65535 each way",
+                r.width, r.height
+            )));
+        }
         let line = format!("resize {} {} {}", r.width, r.height, r.exec_id);
         let reply = shim::request(&b.dir, &line).await.map_err(|e| {
             Status::unavailable(format!("task {}: supervisor: {e}", r.container_id))
