@@ -426,10 +426,8 @@ fn a_pull_killed_with_berthd_resumes_after_the_restart() {
             .or_else(|| Some(Reply::new(200, "application/octet-stream", big2.gz.clone())))
     }));
     let reference = fake.reference("kill/img:v1");
-    let mut pull = std::process::Command::new(berth_integration::bins::berth())
-        .arg("--address")
-        .arg(d.socket())
-        .args(["-n", &ns, "images", "pull", "--plain-http", &reference])
+    let mut pull = d
+        .berth_command(Some(&ns), &["images", "pull", "--plain-http", &reference])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()

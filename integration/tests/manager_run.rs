@@ -279,10 +279,8 @@ fn berth_events_shows_a_runs_events() {
     let ns = unique("bev");
     let d = daemon(&ns);
     let filter = format!("namespace=={ns}");
-    let mut ev = std::process::Command::new(berth_integration::bins::berth())
-        .arg("--address")
-        .arg(d.socket())
-        .args(["events", &filter])
+    let mut ev = d
+        .berth_command(None, &["events", &filter])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -571,20 +569,11 @@ fn berth_tasks_exec_t_and_resize_of_a_detached_terminal_container() {
 fn berth_run_i_passes_stdin_and_its_end() {
     let ns = unique("bin");
     let d = daemon(&ns);
-    let mut child = std::process::Command::new(berth_integration::bins::berth())
-        .arg("--address")
-        .arg(d.socket())
-        .args([
-            "-n",
-            &ns,
-            "run",
-            "--rm",
-            "-i",
-            IMAGE,
-            &unique("c"),
-            "sh",
-            "-c",
-        ])
+    let mut child = d
+        .berth_command(
+            Some(&ns),
+            &["run", "--rm", "-i", IMAGE, &unique("c"), "sh", "-c"],
+        )
         .arg("while read l; do echo \"got $l\"; done; echo eof")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -624,10 +613,8 @@ fn berth_run_i_passes_stdin_and_its_end() {
 fn berth_run_passes_signals_to_the_container() {
     let ns = unique("bsig");
     let d = daemon(&ns);
-    let mut child = std::process::Command::new(berth_integration::bins::berth())
-        .arg("--address")
-        .arg(d.socket())
-        .args(["-n", &ns, "run", "--rm", IMAGE, &unique("c"), "sh", "-c"])
+    let mut child = d
+        .berth_command(Some(&ns), &["run", "--rm", IMAGE, &unique("c"), "sh", "-c"])
         .arg("trap 'echo got-term; exit 9' TERM; echo ready; while :; do sleep 0.1; done")
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -653,10 +640,8 @@ fn berth_events_report_the_oom_killer() {
     let ns = unique("boom");
     let d = daemon(&ns);
     let _g = berth_integration::manager::tasks::Cleanup::new(&d, &ns);
-    let mut ev = std::process::Command::new(berth_integration::bins::berth())
-        .arg("--address")
-        .arg(d.socket())
-        .args(["events", &format!("namespace=={ns}")])
+    let mut ev = d
+        .berth_command(None, &["events", &format!("namespace=={ns}")])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()

@@ -264,6 +264,20 @@ impl Berthd {
         )
     }
 
+    /// `berth --address <socket> [-n <ns>] <args>`, not started: for a test that spawns it
+    /// (piped stdio, signals, running beside other commands) instead of waiting for it.
+    pub fn berth_command(&self, ns: Option<&str>, args: &[&str]) -> Command {
+        let mut cmd = Command::new(bins::berth());
+        cmd.arg("--address").arg(self.socket());
+        if let Some(ns) = ns {
+            cmd.arg("-n").arg(ns);
+        }
+        cmd.args(args)
+            .env_remove("BERTH_ADDRESS")
+            .env_remove("BERTH_NAMESPACE");
+        cmd
+    }
+
     /// Runs `berth` as [`Berthd::berth`] does, with extra environment variables.
     pub fn berth_env(&self, ns: &str, args: &[&str], env: &[(&str, &str)]) -> Out {
         let mut cmd = Command::new(bins::berth());
