@@ -2,6 +2,7 @@
 //! that name none run under runc; a runtime that does not exist is a clear error that leaves
 //! nothing behind.
 
+use berth_integration::manager::tasks::Cleanup;
 use berth_integration::manager::{image, mounts_under, unique, Berthd};
 
 const IMAGE: &str = "docker.io/berth/runtime-choice:v1";
@@ -20,6 +21,7 @@ fn import(d: &Berthd, ns: &str) {
 fn the_configured_default_runtime_runs_the_containers() {
     let d = Berthd::start_with_config("runtime = \"runc\"\n").unwrap();
     let ns = unique("rtc");
+    let _g = Cleanup::new(&d, &ns);
     import(&d, &ns);
     let id = unique("c");
     d.berth(&ns, &["run", "-d", IMAGE, &id, "sh", "-c", "sleep 100"])
@@ -70,6 +72,7 @@ fn crun_runs_containers_named_per_container() {
     // crun 1.8 needs the host's unified cgroup hierarchy out of its sight (see the fixture).
     let d = Berthd::start_for_crun().unwrap();
     let ns = unique("crun");
+    let _g = Cleanup::new(&d, &ns);
     import(&d, &ns);
     let out = d.berth(
         &ns,

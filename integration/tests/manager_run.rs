@@ -6,7 +6,29 @@ use berth_integration::manager::{mounts_under, unique, Berthd};
 
 const IMAGE: &str = "docker.io/berth/berth-run:v1";
 
-fn daemon(ns: &str) -> Berthd {
+/// berthd for one test's namespace; on drop (pass or fail) the namespace's tasks, containers,
+/// supervisors and cgroups go (the `Cleanup` guard) before berthd stops.
+struct Daemon {
+    d: Berthd,
+    ns: String,
+}
+
+impl std::ops::Deref for Daemon {
+    type Target = Berthd;
+    fn deref(&self) -> &Berthd {
+        &self.d
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        drop(berth_integration::manager::tasks::Cleanup::new(
+            &self.d, &self.ns,
+        ));
+    }
+}
+
+fn daemon(ns: &str) -> Daemon {
     let d = Berthd::start().unwrap();
     let mut entries = vec![Entry::Dir("bin", 0o755)];
     for a in ["bin/echo", "bin/sleep", "bin/true", "bin/env"] {
@@ -24,7 +46,10 @@ fn daemon(ns: &str) -> Berthd {
     let tar = dir.path().join("i.tar");
     img.write_oci_archive(&tar).unwrap();
     d.ctr(ns, &["images", "import", tar.to_str().unwrap()]).ok();
-    d
+    Daemon {
+        d,
+        ns: ns.to_string(),
+    }
 }
 
 /// Nothing left of namespace `ns`: no task bundle, no mount, no container, no snapshot but the

@@ -112,5 +112,26 @@ impl Drop for Cleanup<'_> {
         for id in out.stdout.lines().filter(|l| !l.is_empty()) {
             let _ = self.d.ctr(ns, &["containers", "rm", id]);
         }
+        remove_namespace_cgroups(ns);
+    }
+}
+
+/// Removes the (empty) `/<ns>` cgroup that `berth run`'s cgroupsPath `/<ns>/<id>` made the
+/// runtime create on every hierarchy. The runtime removes the container's own cgroup, and a
+/// parent only if that container created it and is the last one out, as runc does; a
+/// namespace that lives for one test must not leave its parent behind. rmdir only: a cgroup
+/// that still has processes or children stays.
+pub fn remove_namespace_cgroups(ns: &str) {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for line in mountinfo.lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        if !matches!(right.split(' ').next(), Some("cgroup" | "cgroup2")) {
+            continue;
+        }
+        if let Some(mount_point) = left.split(' ').nth(4) {
+            let _ = std::fs::remove_dir(Path::new(mount_point).join(ns));
+        }
     }
 }
