@@ -206,6 +206,29 @@ fn range_reply(blob: &[u8], headers: &HashMap<String, String>) -> Option<Reply> 
     Some(r)
 }
 
+/// The image's biggest layer (the one the resume tests cut).
+fn biggest_layer(img: &image::Image) -> image::Layer {
+    img.layers
+        .iter()
+        .max_by_key(|l| l.gz.len())
+        .expect("the image has layers")
+        .clone()
+}
+
+/// Every layer but `cut` was GET at most once over all pulls: a second pull fetched only what
+/// was missing.
+#[track_caller]
+fn assert_others_fetched_at_most_once(fake: &Fake, img: &image::Image, cut: &image::Layer) {
+    let requests = fake.requests();
+    for l in img.layers.iter().filter(|l| l.digest != cut.digest) {
+        let n = requests
+            .iter()
+            .filter(|(r, _)| r.starts_with("GET") && r.ends_with(&l.digest))
+            .count();
+        assert!(n <= 1, "layer {} fetched {n} times: {requests:?}", l.digest);
+    }
+}
+
 #[test]
 fn bad_registry_answers_give_clear_errors_and_store_no_image() {
     let d = Berthd::start().unwrap();
@@ -336,12 +359,7 @@ fn interrupted_pull_resumes_with_a_range_request() {
     let ns = unique("resume");
     let img = image::busybox_multi("x/y:z").unwrap();
     // The biggest layer is cut after half its bytes on the first GET.
-    let big = img
-        .layers
-        .iter()
-        .max_by_key(|l| l.gz.len())
-        .unwrap()
-        .clone();
+    let big = biggest_layer(&img);
     let cut_at = big.gz.len() / 2;
     let big2 = big.clone();
     let fake = Fake::start(serving(&img, move |method, path, headers, n| {
@@ -388,14 +406,7 @@ fn interrupted_pull_resumes_with_a_range_request() {
     );
     // The other layers were complete after the first pull: fetched only once, or never
     // again.
-    for l in img.layers.iter().filter(|l| l.digest != big.digest) {
-        let n = fake
-            .requests()
-            .iter()
-            .filter(|(r, _)| r.ends_with(&l.digest))
-            .count();
-        assert!(n <= 1, "layer {} fetched {n} times", l.digest);
-    }
+    assert_others_fetched_at_most_once(&fake, &img, &big);
 }
 
 #[test]
@@ -403,12 +414,7 @@ fn a_pull_killed_with_berthd_resumes_after_the_restart() {
     let mut d = Berthd::start().unwrap();
     let ns = unique("killpull");
     let img = image::busybox_multi("x/y:z").unwrap();
-    let big = img
-        .layers
-        .iter()
-        .max_by_key(|l| l.gz.len())
-        .unwrap()
-        .clone();
+    let big = biggest_layer(&img);
     let cut_at = big.gz.len() / 2;
     let big2 = big.clone();
     // The biggest layer: half of it, then the registry stalls until berthd is gone.
@@ -481,19 +487,7 @@ fn a_pull_killed_with_berthd_resumes_after_the_restart() {
         from > 0 && from <= cut_at,
         "the second GET should resume where the first stopped: {gets:?}"
     );
-    for l in img.layers.iter().filter(|l| l.digest != big.digest) {
-        let n = fake
-            .requests()
-            .iter()
-            .filter(|(r, _)| r.starts_with("GET") && r.ends_with(&l.digest))
-            .count();
-        assert!(
-            n <= 1,
-            "layer {} fetched {n} times: {:?}",
-            l.digest,
-            fake.requests()
-        );
-    }
+    assert_others_fetched_at_most_once(&fake, &img, &big);
     let out = d.berth(
         &ns,
         &[

@@ -52,6 +52,16 @@ fn daemon(ns: &str) -> Daemon {
     }
 }
 
+/// SIGKILLs a detached container's task (its exit code must be 137), then removes task and
+/// container.
+#[track_caller]
+fn kill_and_remove(d: &Berthd, ns: &str, id: &str) {
+    d.berth(ns, &["tasks", "kill", "-s", "KILL", id]).ok();
+    assert_eq!(d.berth(ns, &["tasks", "wait", id]).code, 137);
+    d.berth(ns, &["tasks", "rm", id]).ok();
+    d.berth(ns, &["containers", "rm", id]).ok();
+}
+
 /// Nothing left of namespace `ns`: no task bundle, no mount, no container, no snapshot but the
 /// image's.
 #[track_caller]
@@ -422,10 +432,7 @@ fn berth_tasks_exec_and_metrics_on_a_detached_container() {
     // Starting a task that runs already is refused.
     let e = d.berth(&ns, &["tasks", "start", &id]).err().to_string();
     assert!(e.contains(&id), "{e}");
-    d.berth(&ns, &["tasks", "kill", "-s", "KILL", &id]).ok();
-    d.berth(&ns, &["tasks", "wait", &id]);
-    d.berth(&ns, &["tasks", "rm", &id]).ok();
-    d.berth(&ns, &["containers", "rm", &id]).ok();
+    kill_and_remove(&d, &ns, &id);
     let e = d.berth(&ns, &["tasks", "metrics", &id]).err().to_string();
     assert!(e.contains("no metrics"), "{e}");
     assert_clean(&d, &ns);
@@ -583,10 +590,7 @@ fn berth_tasks_exec_t_and_resize_of_a_detached_terminal_container() {
     // The init is still there, waiting on its terminal.
     let ls = d.berth(&ns, &["--format", "json", "tasks", "ls"]).json();
     assert_eq!(ls[0]["status"], "RUNNING", "{ls}");
-    d.berth(&ns, &["tasks", "kill", "-s", "KILL", &id]).ok();
-    assert_eq!(d.berth(&ns, &["tasks", "wait", &id]).code, 137);
-    d.berth(&ns, &["tasks", "rm", &id]).ok();
-    d.berth(&ns, &["containers", "rm", &id]).ok();
+    kill_and_remove(&d, &ns, &id);
     assert_clean(&d, &ns);
 }
 
