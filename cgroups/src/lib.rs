@@ -158,6 +158,94 @@ impl Cgroup {
         }
     }
 
+    /// The sub-cgroup of this cgroup named by `exec --cgroup` specs: `path` for every
+    /// hierarchy, or `controller[,controller]:path` for those controllers' (a later spec wins
+    /// over an earlier one). Paths are relative to this cgroup ("/" is the cgroup itself);
+    /// ".." is refused, an unknown controller is refused, and every directory must exist. The
+    /// result owns nothing: destroying it removes nothing.
+    pub fn sub_cgroup(&self, specs: &[String]) -> Result<Cgroup> {
+        let mut every: Option<Vec<String>> = None;
+        let mut per_controller: Vec<(String, Vec<String>)> = Vec::new();
+        for spec in specs {
+            let invalid = |reason: String| Error::InvalidPath {
+                path: spec.clone(),
+                reason,
+            };
+            let (controllers, path) = match spec.split_once(':') {
+                Some((c, p)) => (Some(c), p),
+                None => (None, spec.as_str()),
+            };
+            let mut comps = Vec::new();
+            for c in path.split('/') {
+                match c {
+                    "" | "." => {}
+                    ".." => {
+                        return Err(invalid(
+                            "\"..\" components are not allowed: a process may only join the \
+                             container's cgroup or one below it"
+                                .into(),
+                        ))
+                    }
+                    c => comps.push(c.to_string()),
+                }
+            }
+            match controllers.filter(|c| !c.is_empty()) {
+                None => every = Some(comps),
+                Some(list) => {
+                    for controller in list.split(',') {
+                        if !self.has_controller(controller) {
+                            return Err(invalid(format!(
+                                "no {controller:?} controller in the container's cgroup"
+                            )));
+                        }
+                        per_controller.push((controller.to_string(), comps.clone()));
+                    }
+                }
+            }
+        }
+        let mut dirs = self.dirs.clone();
+        for d in &mut dirs {
+            let chosen = per_controller
+                .iter()
+                .rev()
+                .find(|(c, _)| self.version == CgroupVersion::V2 || d.controllers.contains(c))
+                .map(|(_, comps)| comps)
+                .or(every.as_ref());
+            if let Some(comps) = chosen {
+                for c in comps {
+                    d.path.push(c);
+                }
+            }
+            if !d.path.is_dir() {
+                return Err(Error::InvalidPath {
+                    path: specs.join(" "),
+                    reason: format!("sub-cgroup {} does not exist", d.path.display()),
+                });
+            }
+        }
+        Ok(Cgroup {
+            version: self.version,
+            cgroups_path: format!("{} ({})", self.cgroups_path, specs.join(" ")),
+            dirs,
+            created: Vec::new(),
+        })
+    }
+
+    /// Whether controller `name` is in this cgroup (v1: a hierarchy of it; v2: listed in the
+    /// directory's cgroup.controllers).
+    fn has_controller(&self, name: &str) -> bool {
+        match self.version {
+            CgroupVersion::V1 => self
+                .dirs
+                .iter()
+                .any(|d| d.controllers.iter().any(|c| c == name)),
+            CgroupVersion::V2 => self.dirs.first().is_some_and(|d| {
+                std::fs::read_to_string(d.path.join("cgroup.controllers"))
+                    .is_ok_and(|t| t.split_whitespace().any(|c| c == name))
+            }),
+        }
+    }
+
     /// Creates the directories (missing ancestors included) and records those it made. On v1 a
     /// new cpuset cgroup gets cpuset.cpus/mems from its parent; on v2 the available
     /// controllers are enabled in the ancestors. An existing leaf is fine. On failure, what

@@ -84,41 +84,31 @@ pub(crate) fn set(dirs: &[Dir], r: &LinuxResources) -> Result<()> {
     }
     if let Some(limits) = r.hugepage_limits() {
         if !limits.is_empty() {
-            match dir(dirs, "hugetlb") {
-                Some(d) => {
-                    for l in limits {
-                        let file = format!("hugetlb.{}.limit_in_bytes", l.page_size());
-                        write(d, &file, &l.limit().to_string())?;
-                    }
-                }
-                None => tracing::warn!(
-                    "hugepageLimits ignored: no hugetlb controller in the cgroup v1 hierarchies"
-                ),
+            // A limit whose controller is missing would silently not hold: refuse it (runc does).
+            let d = need(dirs, "hugetlb", "hugepageLimits")?;
+            for l in limits {
+                let file = format!("hugetlb.{}.limit_in_bytes", l.page_size());
+                write(d, &file, &l.limit().to_string())?;
             }
         }
     }
     if let Some(n) = r.network() {
         if let Some(id) = n.class_id() {
-            match dir(dirs, "net_cls") {
-                Some(d) => write(d, "net_cls.classid", &id.to_string())?,
-                None => tracing::warn!("network.classID ignored: no net_cls controller"),
-            }
+            let d = need(dirs, "net_cls", "network.classID")?;
+            write(d, "net_cls.classid", &id.to_string())?;
         }
-        if let Some(prios) = n.priorities() {
-            match dir(dirs, "net_prio") {
-                Some(d) => {
-                    for p in prios {
-                        let v = format!("{} {}", p.name(), p.priority());
-                        write(d, "net_prio.ifpriomap", &v)?;
-                    }
-                }
-                None if prios.is_empty() => {}
-                None => tracing::warn!("network.priorities ignored: no net_prio controller"),
+        if let Some(prios) = n.priorities().as_ref().filter(|p| !p.is_empty()) {
+            let d = need(dirs, "net_prio", "network.priorities")?;
+            for p in prios {
+                let v = format!("{} {}", p.name(), p.priority());
+                write(d, "net_prio.ifpriomap", &v)?;
             }
         }
     }
     if r.rdma().as_ref().is_some_and(|m| !m.is_empty()) {
-        tracing::warn!("rdma limits ignored: not supported by berth");
+        return Err(Error::Unsupported(
+            "cannot set rdma limits: berth does not manage the rdma cgroup controller".into(),
+        ));
     }
     if let Some(rules) = r.devices() {
         if !rules.is_empty() {

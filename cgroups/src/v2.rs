@@ -90,12 +90,24 @@ pub(crate) fn set(d: &Dir, r: &LinuxResources) -> Result<()> {
         }
     }
     if let Some(n) = r.network() {
-        if n.class_id().is_some() || n.priorities().as_ref().is_some_and(|p| !p.is_empty()) {
-            tracing::warn!("network classID/priorities ignored: cgroup v2 has no net_cls/net_prio");
+        // A limit that would silently not hold is refused (cgroup v2 has no such controller).
+        if n.class_id().is_some() {
+            return Err(Error::MissingController {
+                controller: "net_cls".into(),
+                what: "network.classID".into(),
+            });
+        }
+        if n.priorities().as_ref().is_some_and(|p| !p.is_empty()) {
+            return Err(Error::MissingController {
+                controller: "net_prio".into(),
+                what: "network.priorities".into(),
+            });
         }
     }
     if r.rdma().as_ref().is_some_and(|m| !m.is_empty()) {
-        tracing::warn!("rdma limits ignored: not supported by berth");
+        return Err(Error::Unsupported(
+            "cannot set rdma limits: berth does not manage the rdma cgroup controller".into(),
+        ));
     }
     if let Some(rules) = r.devices() {
         if !rules.is_empty() {

@@ -645,16 +645,38 @@ fn state_round_trip_keeps_what_to_remove() {
 }
 
 #[test]
-fn hugepage_limits_without_hugetlb_are_skipped() {
+fn limits_whose_controller_is_missing_are_refused_naming_it() {
     let (_g, cg, _name) = new_cgroup();
-    assert!(
-        cg.path_of("hugetlb").is_none(),
-        "this host has no v1 hugetlb"
-    );
-    cg.set(&resources(
-        json!({"hugepageLimits": [{"pageSize": "2MB", "limit": 4194304}]}),
-    ))
-    .unwrap();
+    // This host (see shared/runc-contract.md) has no v1 hugetlb, net_cls or net_prio hierarchy.
+    for (controller, field, limits) in [
+        (
+            "hugetlb",
+            "hugepageLimits",
+            json!({"hugepageLimits": [{"pageSize": "2MB", "limit": 4194304}]}),
+        ),
+        (
+            "net_cls",
+            "network.classID",
+            json!({"network": {"classID": 1048577}}),
+        ),
+        (
+            "net_prio",
+            "network.priorities",
+            json!({"network": {"priorities": [{"name": "lo", "priority": 1}]}}),
+        ),
+    ] {
+        if cg.path_of(controller).is_some() {
+            eprintln!("skipping {controller}: this host has it");
+            continue;
+        }
+        let err = cg.set(&resources(limits)).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, Error::MissingController { .. }), "{msg}");
+        assert!(msg.contains(controller) && msg.contains(field), "{msg}");
+    }
+    // An empty list asks for nothing.
+    cg.set(&resources(json!({"network": {"priorities": []}})))
+        .unwrap();
 }
 
 #[test]
