@@ -4,9 +4,10 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 
-use crate::container::{self, CreateOptions, ExecOptions, ListFormat};
+use crate::container::{self, CreateOptions, ExecOptions, ListFormat, Settings};
+use crate::logging::LogFormat;
 
 /// berth-runc: a runc-compatible OCI runtime.
 #[derive(Parser, Debug)]
@@ -31,7 +32,7 @@ pub struct GlobalOpts {
     #[arg(long, global = true)]
     pub log: Option<PathBuf>,
     /// Log format.
-    #[arg(long = "log-format", global = true, value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long = "log-format", global = true, default_value = "text")]
     pub log_format: LogFormat,
     /// Log debug messages too.
     #[arg(long, global = true)]
@@ -45,13 +46,6 @@ pub struct GlobalOpts {
     /// Accepted for compatibility with runc; checkpointing is not supported.
     #[arg(long, global = true, hide = true)]
     pub criu: Option<String>,
-}
-
-/// Log line formats of `--log-format`.
-#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 /// The commands.
@@ -169,6 +163,12 @@ pub struct ExecArgs {
     /// Pass this many fds after stdio into the process.
     #[arg(long = "preserve-fds", default_value_t = 0)]
     pub preserve_fds: u32,
+    /// Exec into a paused container too: the process waits, frozen, until `resume`.
+    #[arg(long = "ignore-paused")]
+    pub ignore_paused: bool,
+    /// Run in a sub-cgroup of the container's: PATH, or CONTROLLER[,CONTROLLER]:PATH (repeatable).
+    #[arg(long = "cgroup")]
+    pub cgroup: Vec<String>,
     /// Accepted for compatibility with runc.
     #[arg(long = "process-label", hide = true)]
     pub process_label: Option<String>,
@@ -289,8 +289,8 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
     let Some(command) = cli.command else {
         bail!("no command given; see --help");
     };
-    let global = cli.global;
-    if global.systemd_cgroup {
+    let global = settings(&cli.global);
+    if cli.global.systemd_cgroup {
         bail!(
             "--systemd-cgroup is not supported: berth-runc manages cgroups through cgroupfs only \
              (give linux.cgroupsPath as a path)"
@@ -409,6 +409,19 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
     }
 }
 
+/// What the container operations need of the global flags. `--rootless auto` (the default) means
+/// rootless when the caller is not root.
+fn settings(global: &GlobalOpts) -> Settings {
+    Settings {
+        root: global.root.clone(),
+        rootless: match global.rootless.as_str() {
+            "true" => true,
+            "false" => false,
+            _ => !nix::unistd::geteuid().is_root(),
+        },
+    }
+}
+
 fn exec_options(args: ExecArgs) -> ExecOptions {
     ExecOptions {
         id: args.id,
@@ -425,6 +438,8 @@ fn exec_options(args: ExecArgs) -> ExecOptions {
         caps: args.cap,
         no_new_privs: args.no_new_privs,
         preserve_fds: args.preserve_fds,
+        ignore_paused: args.ignore_paused,
+        cgroup: args.cgroup,
     }
 }
 

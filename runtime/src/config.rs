@@ -135,6 +135,15 @@ pub fn validate(spec: Spec, bundle: PathBuf) -> Result<Config, ConfigError> {
             message: format!("{} is not an absolute path", process.cwd().display()),
         });
     }
+    let (initial, last) = crate::sched::exec_affinity(process);
+    for (name, list) in [("initial", initial), ("final", last)] {
+        if let Some(Err(message)) = list.map(crate::sched::parse_cpus) {
+            return Err(ConfigError::Field {
+                field: format!("process.execCPUAffinity.{name}"),
+                message,
+            });
+        }
+    }
     if let Some(env) = process.env() {
         if let Some(bad) = env.iter().find(|e| !e.contains('=')) {
             return Err(ConfigError::Field {
@@ -170,9 +179,19 @@ pub fn validate(spec: Spec, bundle: PathBuf) -> Result<Config, ConfigError> {
         }
     }
     let has = |t| seen.contains(&t);
-    if !has(LinuxNamespaceType::Mount) {
+    // Without a mount namespace of its own the container shares the caller's: its mounts are
+    // made there (under the rootfs, as runc makes them), but masking or remounting /proc and
+    // /sys paths cannot be confined to the container.
+    if !has(LinuxNamespaceType::Mount)
+        && (linux.masked_paths().as_ref().is_some_and(|p| !p.is_empty())
+            || linux
+                .readonly_paths()
+                .as_ref()
+                .is_some_and(|p| !p.is_empty()))
+    {
         return Err(invalid(
-            "a mount namespace is required (linux.namespaces has no \"mount\")",
+            "linux.maskedPaths and linux.readonlyPaths need a mount namespace of the container's \
+             own (linux.namespaces has no \"mount\")",
         ));
     }
     if spec.hostname().as_deref().is_some_and(|h| !h.is_empty()) && !has(LinuxNamespaceType::Uts) {
@@ -230,6 +249,12 @@ pub fn validate(spec: Spec, bundle: PathBuf) -> Result<Config, ConfigError> {
                     message: format!("invalid key {key:?}"),
                 });
             }
+            if let Err(message) = sysctl_namespace_check(key, &has) {
+                return Err(ConfigError::Field {
+                    field: "linux.sysctl".into(),
+                    message,
+                });
+            }
         }
     }
     let cfg = Config {
@@ -242,6 +267,46 @@ pub fn validate(spec: Spec, bundle: PathBuf) -> Result<Config, ConfigError> {
         message,
     })?;
     Ok(cfg)
+}
+
+/// A sysctl may only be set where the container has its own copy of it (runc's rule): the
+/// network ones in a network namespace, the IPC ones in an IPC namespace, hostname and
+/// domainname in a UTS namespace. Anything else would change the host.
+fn sysctl_namespace_check(
+    key: &str,
+    has: &dyn Fn(LinuxNamespaceType) -> bool,
+) -> Result<(), String> {
+    let key = key.replace('/', ".");
+    const IPC: [&str; 7] = [
+        "kernel.msgmax",
+        "kernel.msgmnb",
+        "kernel.msgmni",
+        "kernel.sem",
+        "kernel.shmall",
+        "kernel.shmmax",
+        "kernel.shmmni",
+    ];
+    let (needs, name) = if IPC.contains(&key.as_str())
+        || key == "kernel.shm_rmid_forced"
+        || key.starts_with("fs.mqueue.")
+    {
+        (LinuxNamespaceType::Ipc, "ipc")
+    } else if key.starts_with("net.") {
+        (LinuxNamespaceType::Network, "network")
+    } else if key == "kernel.hostname" || key == "kernel.domainname" {
+        (LinuxNamespaceType::Uts, "uts")
+    } else {
+        return Err(format!(
+            "{key:?} is not in a separate kernel namespace: setting it would change the host"
+        ));
+    };
+    if has(needs) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{key:?} needs a {name} namespace of the container's own (linux.namespaces has no \"{name}\")"
+        ))
+    }
 }
 
 #[cfg(test)]

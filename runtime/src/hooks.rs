@@ -8,7 +8,8 @@
 //! Each hook runs in a process group of its own; on timeout the whole group gets SIGKILL (so a
 //! `sh -c` wrapper's children die too) and the hook is reaped. A hook that exits normally may
 //! leave background processes behind on purpose; they are not touched. With `env` set the hook
-//! gets exactly that environment; without it, the caller's (as runc does).
+//! gets exactly that environment; without it, the caller's, except for the hooks the init runs
+//! inside the container, which get the container process's environment (as runc's do).
 
 use std::fmt;
 use std::io::{ErrorKind, Read, Write};
@@ -94,28 +95,33 @@ impl fmt::Display for HookKind {
 ///
 /// Stops at the first hook that cannot be started, exits non-zero, is killed, or outlives its
 /// timeout (it is then killed with SIGKILL and reaped); the error names the kind, the hook's
-/// path, what happened, and quotes the start of its stderr. Poststop is the exception the
-/// runtime-spec makes: every poststop hook runs, failures are logged as warnings, and the result
-/// is `Ok`.
+/// path, what happened, and quotes the start of its stderr. Poststop hooks too stop at the first
+/// failure, as runc's do: the caller has already torn the container down and reports the error.
+///
 pub fn run(hooks: &Hooks, kind: HookKind, state_json: &[u8]) -> Result<(), String> {
+    run_with_env(hooks, kind, state_json, None)
+}
+
+/// [`run`], where a hook without `env` gets `default_env` (when given) instead of the caller's.
+pub fn run_with_env(
+    hooks: &Hooks,
+    kind: HookKind,
+    state_json: &[u8],
+    default_env: Option<&[String]>,
+) -> Result<(), String> {
     for (i, hook) in kind.of(hooks).iter().enumerate() {
-        match run_hook(hook, state_json) {
-            Ok(()) => {}
-            Err(e) => {
-                let msg = format!("{kind} hook #{i} {}: {e}", hook.path().display());
-                if kind == HookKind::Poststop {
-                    tracing::warn!("{msg}");
-                } else {
-                    return Err(msg);
-                }
-            }
-        }
+        run_hook(hook, state_json, default_env)
+            .map_err(|e| format!("{kind} hook #{i} {}: {e}", hook.path().display()))?;
     }
     Ok(())
 }
 
 /// Run one hook to completion; the error says what went wrong (without the hook's name).
-pub fn run_hook(hook: &Hook, state_json: &[u8]) -> Result<(), String> {
+pub fn run_hook(
+    hook: &Hook,
+    state_json: &[u8],
+    default_env: Option<&[String]>,
+) -> Result<(), String> {
     let path = hook.path();
     if !path.is_absolute() {
         return Err("the hook path must be absolute".to_string());
@@ -130,7 +136,7 @@ pub fn run_hook(hook: &Hook, state_json: &[u8]) -> Result<(), String> {
     if let Some([argv0, rest @ ..]) = hook.args().as_deref() {
         cmd.arg0(argv0).args(rest);
     }
-    if let Some(env) = hook.env() {
+    if let Some(env) = hook.env().as_deref().or(default_env) {
         cmd.env_clear();
         for entry in env {
             match entry.split_once('=') {

@@ -91,8 +91,26 @@ fn init(a: &InitArgs<'_>) -> Result<Infallible, Failure> {
         cg.join_self()
             .map_err(|e| format!("placing init in its cgroup: {e}"))?;
     }
-    sys::set_non_dumpable().map_err(|e| format!("making the init non-dumpable: {e}"))?;
     let cfg = a.cfg;
+    let time_offsets = cfg
+        .spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.time_offsets().as_ref());
+    // Opened while we are still the host's root and dumpable: once non-dumpable, and as root
+    // of a new user namespace, our /proc files are no longer ours to write. The offsets are
+    // written after the time namespace is unshared (the file acts on the namespace our
+    // children will get, as the kernel reads it at write time).
+    let offsets_file = match time_offsets {
+        Some(_) => Some(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open("/proc/self/timens_offsets")
+                .map_err(|e| format!("opening /proc/self/timens_offsets: {e}"))?,
+        ),
+        None => None,
+    };
+    sys::set_non_dumpable().map_err(|e| format!("making the init non-dumpable: {e}"))?;
     let namespaces_list = cfg.namespaces();
     let new_userns = namespaces_list
         .iter()
@@ -112,17 +130,16 @@ fn init(a: &InitArgs<'_>) -> Result<Infallible, Failure> {
         unshare(unshare_flags)
             .map_err(|e| format!("unsharing namespaces {unshare_flags:?}: {e}"))?;
     }
-    if let Some(offsets) = cfg
-        .spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.time_offsets().as_ref())
-    {
-        sched::write_time_offsets(offsets)?;
+    if let (Some(offsets), Some(file)) = (time_offsets, offsets_file) {
+        sched::write_time_offsets(offsets, file)?;
     }
     setsid().map_err(|e| format!("setsid: {e}"))?;
 
-    rootfs::prepare(cfg, in_userns, a.cgroup_mount, a.idmapped)?;
+    let own_mount_ns = cfg.has_namespace(LinuxNamespaceType::Mount);
+    rootfs::prepare(cfg, in_userns, a.cgroup_mount, a.idmapped, own_mount_ns)?;
+    // Hooks the init runs inside the container see the container process's environment,
+    // never the caller's (which this process still carries from the runtime).
+    let process_env: Vec<String> = cfg.process().env().clone().unwrap_or_default();
     // The state for this process's own hooks; the parent sends it with its go-ahead.
     let mut state_json = String::new();
     let hooks = cfg.spec.hooks().as_ref();
@@ -138,16 +155,23 @@ fn init(a: &InitArgs<'_>) -> Result<Infallible, Failure> {
             }
         }
         if let Some(hooks) = hooks {
-            hooks::run(hooks, HookKind::CreateContainer, state_json.as_bytes())?;
+            hooks::run_with_env(
+                hooks,
+                HookKind::CreateContainer,
+                state_json.as_bytes(),
+                Some(&process_env),
+            )?;
         }
     }
-    // The seccomp agent's message: the container process state, with our host pid.
+    // The seccomp agent's message: the container process state, with our host pid. The agent
+    // gets it during `create` (see below), so the status it reads is "creating".
     let agent_body = match a.notify {
         Some(_) => {
-            let pid = serde_json::from_str::<serde_json::Value>(&state_json)
-                .ok()
-                .and_then(|v| v["pid"].as_i64())
-                .unwrap_or(0) as i32;
+            let mut state: serde_json::Value = serde_json::from_str(&state_json)
+                .map_err(|e| format!("the container state from the runtime: {e}"))?;
+            let pid = state["pid"].as_i64().unwrap_or(0) as i32;
+            state["status"] = serde_json::Value::from("creating");
+            let state_json = state.to_string();
             let metadata = cfg
                 .spec
                 .linux()
@@ -159,7 +183,7 @@ fn init(a: &InitArgs<'_>) -> Result<Infallible, Failure> {
         None => Vec::new(),
     };
     let notify = a.notify.map(|sock| (sock, agent_body.as_slice()));
-    rootfs::pivot(&cfg.rootfs, a.no_pivot)?;
+    rootfs::pivot(cfg, a.no_pivot, own_mount_ns)?;
 
     if let Some(h) = cfg.spec.hostname().as_deref().filter(|h| !h.is_empty()) {
         nix::unistd::sethostname(h).map_err(|e| format!("setting hostname {h:?}: {e}"))?;
@@ -195,6 +219,15 @@ fn init(a: &InitArgs<'_>) -> Result<Infallible, Failure> {
     let env: Vec<String> = process.env().clone().unwrap_or_default();
     let args: &[String] = process.args().as_deref().unwrap_or(&[]);
     let no_new_privs = identity::become_process(process, in_userns, a.seccomp, notify)?;
+    // Whether the filter is still to be loaded, right before execve.
+    let mut filter_at_exec = no_new_privs;
+    if let (Some(filter), true, Some(_)) = (a.seccomp, no_new_privs, a.notify) {
+        // A NOTIFY filter is loaded and its listener handed to the agent during `create`, as
+        // runc does: an agent may act on the container before it is started. The few
+        // syscalls left before execve then pass through the filter (and the agent).
+        identity::load_seccomp(filter, notify)?;
+        filter_at_exec = false;
+    }
 
     let program = find_executable(&args[0], &env)?;
     let argv = to_cstrings(args)?;
@@ -227,12 +260,18 @@ fn init(a: &InitArgs<'_>) -> Result<Infallible, Failure> {
     }
     if let Some(hooks) = cfg.spec.hooks().as_ref() {
         if !HookKind::StartContainer.of(hooks).is_empty() {
-            hooks::run(hooks, HookKind::StartContainer, state_json.as_bytes())
-                .map_err(Failure::Exec)?;
+            hooks::run_with_env(
+                hooks,
+                HookKind::StartContainer,
+                state_json.as_bytes(),
+                Some(&env),
+            )
+            .map_err(Failure::Exec)?;
         }
     }
-    if let (Some(filter), true) = (a.seccomp, no_new_privs) {
-        // As late as possible: only execve runs under the filter from here.
+    if let (Some(filter), true) = (a.seccomp, filter_at_exec) {
+        // As late as possible: only execve runs under the filter from here (unless it was
+        // loaded during create for its agent, above).
         identity::load_seccomp(filter, notify).map_err(Failure::Exec)?;
     }
     let err = nix::unistd::execve(&path, &argv, &envp).unwrap_err();

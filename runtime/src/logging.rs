@@ -6,6 +6,7 @@
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::path::Path;
 use std::sync::{Mutex, OnceLock};
 
 use anyhow::{Context, Result};
@@ -14,7 +15,24 @@ use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::layer::{Context as LayerContext, Layer};
 use tracing_subscriber::prelude::*;
 
-use crate::cli::{GlobalOpts, LogFormat};
+/// Log line formats of `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("invalid log format {other:?}: use text or json")),
+        }
+    }
+}
 
 struct Sink {
     file: Option<Mutex<File>>,
@@ -24,9 +42,10 @@ struct Sink {
 
 static SINK: OnceLock<Sink> = OnceLock::new();
 
-/// Open the log and install the tracing subscriber. Call once, first thing.
-pub fn init(global: &GlobalOpts) -> Result<()> {
-    let file = match &global.log {
+/// Open the log (`None`: standard error) and install the tracing subscriber. Call once, first
+/// thing.
+pub fn init(log: Option<&Path>, format: LogFormat, debug: bool) -> Result<()> {
+    let file = match log {
         Some(path) => Some(Mutex::new(
             OpenOptions::new()
                 .create(true)
@@ -36,23 +55,25 @@ pub fn init(global: &GlobalOpts) -> Result<()> {
         )),
         None => None,
     };
-    let max_level = if global.debug {
-        Level::DEBUG
-    } else {
-        Level::WARN
-    };
+    let max_level = if debug { Level::DEBUG } else { Level::WARN };
     let _ = SINK.set(Sink {
         file,
-        format: global.log_format,
+        format,
         max_level,
     });
     let _ = tracing_subscriber::registry().with(LogLayer).try_init();
     Ok(())
 }
 
-/// Print the error that ends a command on standard error. (It has been logged already.)
+/// Print the error that ends a command on standard error as runc does, one line with its level
+/// (`time="…" level=error msg="…"`): tools that drive runc look for the level there. (With
+/// `--log`, the log file has it too, in the log's own format.)
 pub fn report_error(msg: &str) {
-    eprintln!("berth-runc: {msg}");
+    if SINK.get().is_some_and(|s| s.file.is_none()) {
+        return; // The log is standard error: the error event is there already.
+    }
+    let line = format_line(LogFormat::Text, Level::ERROR, msg, &now_rfc3339());
+    let _ = std::io::stderr().write_all(line.as_bytes());
 }
 
 struct LogLayer;
@@ -86,10 +107,6 @@ impl<S: Subscriber> Layer<S> for LogLayer {
         let Some(sink) = SINK.get() else { return };
         let level = *event.metadata().level();
         if level > sink.max_level {
-            return;
-        }
-        // Without --log, errors reach standard error through report_error; log the rest there.
-        if sink.file.is_none() && level == Level::ERROR {
             return;
         }
         let mut visitor = MessageVisitor::default();

@@ -10,8 +10,9 @@ use berth_runtime::logging;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(err) = logging::init(&cli.global) {
-        eprintln!("berth-runc: {err:#}");
+    let global = &cli.global;
+    if let Err(err) = logging::init(global.log.as_deref(), global.log_format, global.debug) {
+        logging::report_error(&format!("{err:#}"));
         return ExitCode::from(1);
     }
     match cli::dispatch(cli) {

@@ -135,11 +135,14 @@ pub fn recursive_attr(name: &str) -> Option<(u64, u64)> {
         "rexec" => (0, MOUNT_ATTR_NOEXEC),
         "rnodiratime" => (MOUNT_ATTR_NODIRATIME, 0),
         "rdiratime" => (0, MOUNT_ATTR_NODIRATIME),
-        // The atime modes share one field: clearing it with a value selects that mode.
-        "rrelatime" | "rnostrictatime" => (0, MOUNT_ATTR_ATIME),
+        // The atime modes share one field: clearing it with a value selects that mode, and
+        // relatime is the value 0 (the kernel's default). Clearing a mode that is not set
+        // changes nothing, so "rnorelatime" leaves each mount as it is, as with runc; "ratime"
+        // (not noatime) goes back to the default, relatime.
+        "rrelatime" | "rnostrictatime" | "ratime" => (0, MOUNT_ATTR_ATIME),
         "rnoatime" => (MOUNT_ATTR_NOATIME, MOUNT_ATTR_ATIME),
         "rstrictatime" => (MOUNT_ATTR_STRICTATIME, MOUNT_ATTR_ATIME),
-        "ratime" | "rnorelatime" => (MOUNT_ATTR_STRICTATIME, MOUNT_ATTR_ATIME),
+        "rnorelatime" => (0, 0),
         "rnosymfollow" => (MOUNT_ATTR_NOSYMFOLLOW, 0),
         "rsymfollow" => (0, MOUNT_ATTR_NOSYMFOLLOW),
         _ => return None,
@@ -279,6 +282,12 @@ pub fn mount_entry(
         return apply_propagation(root, dest, &opts).map_err(|e| ctx(&e));
     }
 
+    if matches!(typ, "proc" | "sysfs") {
+        // Mounting through a symlink here has been an escape before (a /proc that points at
+        // a path where procfs shadows something else): like runc, refuse any destination
+        // that exists and is not an ordinary directory.
+        ensure_plain_dir(root, dest).map_err(|e| ctx(&e))?;
+    }
     let target = mkdir_all_in_root(root, dest, 0o755).map_err(|e| ctx(&e))?;
     let tpath = fd_path(&target);
     match typ {
@@ -338,6 +347,36 @@ pub fn mount_entry(
         }
     }
     apply_propagation(root, dest, &opts).map_err(|e| ctx(&e))
+}
+
+/// `dest` under `root` either does not exist yet or is a directory itself, not a symlink or
+/// anything else (its parents resolve inside the root as usual).
+fn ensure_plain_dir(root: &impl AsFd, dest: &Path) -> Result<(), String> {
+    let (Some(parent), Some(name)) = (dest.parent(), dest.file_name()) else {
+        return Ok(());
+    };
+    let parent = match crate::sys::open_in_root(
+        root,
+        parent,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY,
+    ) {
+        Ok(fd) => fd,
+        Err(nix::errno::Errno::ENOENT) => return Ok(()),
+        Err(e) => return Err(e.to_string()),
+    };
+    match nix::sys::stat::fstatat(&parent, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Err(nix::errno::Errno::ENOENT) => Ok(()),
+        Err(e) => Err(e.to_string()),
+        Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => Ok(()),
+        Ok(st) => Err(format!(
+            "the destination must be an ordinary directory, but it is a {}",
+            match st.st_mode & libc::S_IFMT {
+                libc::S_IFLNK => "symlink",
+                libc::S_IFREG => "file",
+                _ => "special file",
+            }
+        )),
+    }
 }
 
 fn describe(m: &Mount) -> String {

@@ -16,28 +16,32 @@ use crate::devices;
 use crate::mounts::{self, locked_flags, CgroupMountSource};
 use crate::sys::{fd_path, open_in_root};
 
-/// Everything before pivot_root. Runs in the child, in its new mount namespace.
+/// Everything before pivot_root. Runs in the child, in its new mount namespace, or with
+/// `own_mount_ns` false in the caller's (the config lists no mount namespace): then the caller's
+/// mounts keep their propagation and only the rootfs bind and what is mounted below it are made,
+/// as runc makes them.
 pub fn prepare(
     cfg: &Config,
     in_userns: bool,
     cgroup: Option<&CgroupMountSource>,
     idmapped: &crate::idmap::IdmappedMounts,
+    own_mount_ns: bool,
 ) -> Result<(), String> {
     let linux = cfg.spec.linux().as_ref();
-    let propagation = match linux.and_then(|l| l.rootfs_propagation().as_deref()) {
-        None | Some("") => MsFlags::MS_SLAVE | MsFlags::MS_REC,
-        Some(p) => mounts::propagation_flag(p)
-            .map(|f| f | MsFlags::MS_REC)
-            .ok_or_else(|| format!("invalid linux.rootfsPropagation {p:?}"))?,
-    };
-    // Make our copy of the host's mounts stop sending events back to the host first.
-    let first = if propagation.contains(MsFlags::MS_SHARED) {
-        MsFlags::MS_SLAVE | MsFlags::MS_REC
-    } else {
-        propagation
-    };
-    mount(None::<&str>, "/", None::<&str>, first, None::<&str>)
-        .map_err(|e| format!("setting propagation of /: {e}"))?;
+    if own_mount_ns {
+        // First our copy of the host's mounts stops sending events back to the host (slave, or
+        // private when asked). Shared and unbindable are for the new root and are set on it
+        // after the pivot: a shared copy would propagate to the host, an unbindable one could
+        // not even be bound as the rootfs.
+        let first = match root_propagation(cfg)? {
+            Some(p) if !p.intersects(MsFlags::MS_SHARED | MsFlags::MS_UNBINDABLE) => {
+                p | MsFlags::MS_REC
+            }
+            _ => MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        };
+        mount(None::<&str>, "/", None::<&str>, first, None::<&str>)
+            .map_err(|e| format!("setting propagation of /: {e}"))?;
+    }
 
     let rootfs = &cfg.rootfs;
     mount(
@@ -85,8 +89,43 @@ pub fn prepare(
     Ok(())
 }
 
-/// Make the rootfs the process's root: pivot_root, or MS_MOVE + chroot with `no_pivot`.
-pub fn pivot(rootfs: &Path, no_pivot: bool) -> Result<(), String> {
+/// linux.rootfsPropagation as mount(2) flags, `None` when not set.
+fn root_propagation(cfg: &Config) -> Result<Option<MsFlags>, String> {
+    match cfg
+        .spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.rootfs_propagation().as_deref())
+    {
+        None | Some("") => Ok(None),
+        Some(p) => mounts::propagation_flag(p)
+            .map(Some)
+            .ok_or_else(|| format!("invalid linux.rootfsPropagation {p:?}")),
+    }
+}
+
+/// Make the rootfs the process's root: pivot_root, or MS_MOVE + chroot with `no_pivot`, or a
+/// plain chroot when the container shares the caller's mount namespace (pivot_root would move
+/// the root of every process in it). Then the root gets linux.rootfsPropagation when that asks
+/// for more than private (it has to be set on the new root, after the pivot, as runc does).
+pub fn pivot(cfg: &Config, no_pivot: bool, own_mount_ns: bool) -> Result<(), String> {
+    enter_root(&cfg.rootfs, no_pivot, own_mount_ns)?;
+    if let Some(flags) = root_propagation(cfg)? {
+        if !flags.contains(MsFlags::MS_PRIVATE) {
+            mount(None::<&str>, "/", None::<&str>, flags, None::<&str>)
+                .map_err(|e| format!("setting linux.rootfsPropagation of /: {e}"))?;
+        }
+    }
+    Ok(())
+}
+
+fn enter_root(rootfs: &Path, no_pivot: bool, own_mount_ns: bool) -> Result<(), String> {
+    if !own_mount_ns {
+        chdir(rootfs).map_err(|e| format!("chdir to rootfs: {e}"))?;
+        chroot(".").map_err(|e| format!("chroot: {e}"))?;
+        chdir("/").map_err(|e| format!("chdir /: {e}"))?;
+        return Ok(());
+    }
     if no_pivot {
         chdir(rootfs).map_err(|e| format!("chdir to rootfs: {e}"))?;
         mount(

@@ -228,7 +228,8 @@ pub fn apply_linux(linux: &oci_spec::runtime::Linux) -> Result<(), String> {
     Ok(())
 }
 
-/// Apply the process's I/O priority, scheduler and exec CPU affinity.
+/// Apply the process's I/O priority and scheduler. (Exec CPU affinity is `exec`'s alone: see
+/// [`exec_affinity`].)
 pub fn apply_process(p: &Process) -> Result<(), String> {
     if let Some(io) = p.io_priority() {
         set_io_priority(io.class(), io.priority())?;
@@ -236,22 +237,34 @@ pub fn apply_process(p: &Process) -> Result<(), String> {
     if let Some(s) = p.scheduler() {
         set_scheduler(s)?;
     }
-    if let Some(aff) = p.exec_cpu_affinity() {
-        if let Some(list) = aff
-            .cpu_affinity_final()
-            .as_deref()
-            .or(aff.initial().as_deref())
-        {
-            set_affinity(list)?;
-        }
-    }
     Ok(())
 }
 
-/// Write linux.timeOffsets to /proc/self/timens_offsets (after unsharing the time namespace,
-/// before any process is in it).
+/// The CPU lists of process.execCPUAffinity, `(initial, final)`: an exec'd process runs on
+/// `initial` until it has joined the container's cgroup and on `final` from there to execve
+/// (without `final`, on what the cgroup's cpuset gives it). The container's init keeps the
+/// caller's affinity, as runc's does: the field is for `exec` only.
+pub fn exec_affinity(p: &Process) -> (Option<&str>, Option<&str>) {
+    match p.exec_cpu_affinity() {
+        Some(a) => (a.initial().as_deref(), a.cpu_affinity_final().as_deref()),
+        None => (None, None),
+    }
+}
+
+/// The bit mask of a CPU list, as runc's debug log prints it ("0,1" → 0x3); CPUs past 63 are
+/// left out of the figure.
+pub fn cpu_mask(list: &str) -> Result<u64, String> {
+    let set = parse_cpus(list)?;
+    Ok((0..64)
+        .filter(|cpu| unsafe { libc::CPU_ISSET(*cpu, &set) })
+        .fold(0u64, |m, cpu| m | 1 << cpu))
+}
+
+/// Write linux.timeOffsets to `file`, the process's /proc/self/timens_offsets (after unsharing
+/// the time namespace, before any process is in it).
 pub fn write_time_offsets(
     offsets: &std::collections::HashMap<String, oci_spec::runtime::LinuxTimeOffset>,
+    mut file: std::fs::File,
 ) -> Result<(), String> {
     let mut text = String::new();
     for (clock, off) in offsets {
@@ -265,7 +278,7 @@ pub fn write_time_offsets(
             off.nanosecs().unwrap_or(0)
         ));
     }
-    std::fs::write("/proc/self/timens_offsets", text.as_bytes())
+    std::io::Write::write_all(&mut file, text.as_bytes())
         .map_err(|e| format!("writing time namespace offsets: {e}"))
 }
 

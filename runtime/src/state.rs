@@ -61,6 +61,11 @@ pub struct ContainerState {
     pub owner: String,
     /// Where the container's cgroup is, to signal, freeze and remove it later.
     pub cgroup: Option<berth_cgroups::Cgroup>,
+    /// For a container without a mount namespace of its own: the id of the rootfs bind mount
+    /// its init made in the caller's namespace, which `delete` takes away (if it is still the
+    /// top mount there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_ns_rootfs_mount: Option<u64>,
 }
 
 /// The container statuses of the OCI state.
@@ -352,6 +357,7 @@ mod tests {
             annotations: HashMap::new(),
             owner: String::new(),
             cgroup: None,
+            shared_ns_rootfs_mount: None,
         };
         assert!(st.init_alive());
         let reused = ContainerState {

@@ -3,6 +3,7 @@
 
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
 use nix::errno::Errno;
@@ -215,6 +216,33 @@ pub fn in_initial_userns() -> bool {
             f.len() == 3 && f[0] == "0" && f[1] == "0" && f[2] == "4294967295"
         })
         .unwrap_or(false)
+}
+
+/// The id of the mount at `path` (the topmost one mounted there, or the one containing it), by
+/// statx(STATX_MNT_ID); `None` where the kernel cannot say (before 5.8).
+pub fn mount_id(path: &Path) -> Option<u64> {
+    let c = CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    let rc = unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+            libc::STATX_MNT_ID,
+            &mut stx,
+        )
+    };
+    (rc == 0 && stx.stx_mask & libc::STATX_MNT_ID != 0).then_some(stx.stx_mnt_id)
+}
+
+/// Take away the mount at `path` if it is still the one with id `id` (MNT_DETACH): what a
+/// container without its own mount namespace mounted over its rootfs in the caller's namespace.
+pub fn unmount_if_still(path: &Path, id: u64) -> Result<(), String> {
+    if mount_id(path) != Some(id) {
+        return Ok(());
+    }
+    nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH)
+        .map_err(|e| format!("unmounting the container's rootfs {}: {e}", path.display()))
 }
 
 #[cfg(test)]

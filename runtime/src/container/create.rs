@@ -16,7 +16,7 @@ use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
 use oci_spec::runtime::LinuxNamespaceType;
 
-use crate::cli::GlobalOpts;
+use super::Settings;
 use crate::config::{self, Config};
 use crate::hooks::{self, HookKind};
 use crate::init::{self, InitArgs, StartGate};
@@ -57,8 +57,8 @@ pub struct Spawned {
 }
 
 /// `create`: the init is left waiting on the exec fifo, in all its namespaces and its cgroup.
-pub fn create(global: &GlobalOpts, opts: &CreateOptions) -> Result<()> {
-    let spawned = spawn(global, opts, Gate::Fifo)?;
+pub fn create(ctx: &Settings, opts: &CreateOptions) -> Result<()> {
+    let spawned = spawn(ctx, opts, Gate::Fifo)?;
     drop(spawned);
     Ok(())
 }
@@ -68,6 +68,9 @@ struct Rollback {
     dir: Option<StateDir>,
     cgroup: Option<Cgroup>,
     child: Option<Pid>,
+    /// Without a mount namespace of its own, the init mounts in the caller's: the rootfs and
+    /// the id of the mount that was there before, so that what the init stacked on it goes.
+    shared_ns_rootfs: Option<(PathBuf, Option<u64>)>,
 }
 
 impl Drop for Rollback {
@@ -75,6 +78,13 @@ impl Drop for Rollback {
         if let Some(pid) = self.child.take() {
             let _ = kill(pid, Signal::SIGKILL);
             let _ = waitpid(pid, None);
+        }
+        if let Some((rootfs, before)) = self.shared_ns_rootfs.take() {
+            if let Some(now) = crate::sys::mount_id(&rootfs).filter(|id| Some(*id) != before) {
+                if let Err(e) = crate::sys::unmount_if_still(&rootfs, now) {
+                    tracing::warn!("after a failed create: {e}");
+                }
+            }
         }
         if let Some(cg) = self.cgroup.take() {
             if let Ok(pids) = cg.pids() {
@@ -93,7 +103,7 @@ impl Drop for Rollback {
 }
 
 /// Create the container; `gate` says who will start it.
-pub fn spawn(global: &GlobalOpts, opts: &CreateOptions, gate: Gate) -> Result<Spawned> {
+pub fn spawn(ctx: &Settings, opts: &CreateOptions, gate: Gate) -> Result<Spawned> {
     let cfg = config::load(&opts.bundle)?;
     let process = cfg.process();
     let terminal = process.terminal().unwrap_or(false);
@@ -109,11 +119,12 @@ pub fn spawn(global: &GlobalOpts, opts: &CreateOptions, gate: Gate) -> Result<Sp
         crate::sealed::ensure_sealed(None).map_err(|e| anyhow!(e))?;
     }
 
-    let dir = StateDir::create(&global.root, &opts.id)?;
+    let dir = StateDir::create(&ctx.root, &opts.id)?;
     let mut rb = Rollback {
         dir: Some(dir),
         cgroup: None,
         child: None,
+        shared_ns_rootfs: None,
     };
     let dir_path = rb.dir.as_ref().map(|d| d.path.clone()).unwrap_or_default();
 
@@ -127,7 +138,7 @@ pub fn spawn(global: &GlobalOpts, opts: &CreateOptions, gate: Gate) -> Result<Sp
         .cgroups_path()
         .as_ref()
         .map(|p| p.to_string_lossy().into_owned());
-    let cg = setup_cgroup(global, linux, cg_path.as_deref(), &opts.id, &mut rb)?;
+    let cg = setup_cgroup(ctx, linux, cg_path.as_deref(), &opts.id, &mut rb)?;
     let cgroup_mount = cg.as_ref().and_then(|cg| cgroup_mount_source(&cfg, cg));
 
     // The start fifo: `start` opens it for reading, which lets the init exec.
@@ -169,7 +180,7 @@ pub fn spawn(global: &GlobalOpts, opts: &CreateOptions, gate: Gate) -> Result<Sp
             .with_context(|| format!("joining pid namespace {}", path.display()))?;
     }
 
-    let filter = compile_seccomp(global, &cfg)?;
+    let filter = compile_seccomp(ctx, &cfg)?;
     let notify = notify_socket(&cfg, filter.as_ref())?;
     let idmapped = crate::idmap::prepare(&cfg).map_err(|e| anyhow!(e))?;
     let (parent_sock, child_sock) = sync::pair().context("creating sync socketpair")?;
@@ -199,6 +210,10 @@ pub fn spawn(global: &GlobalOpts, opts: &CreateOptions, gate: Gate) -> Result<Sp
     // (owned by root then) would refuse: there the init makes itself non-dumpable on "go".
     if nix::unistd::geteuid().is_root() {
         crate::sys::set_non_dumpable().context("making the runtime non-dumpable")?;
+    }
+    let own_mount_ns = cfg.has_namespace(LinuxNamespaceType::Mount);
+    if !own_mount_ns {
+        rb.shared_ns_rootfs = Some((cfg.rootfs.clone(), crate::sys::mount_id(&cfg.rootfs)));
     }
     let flags = namespaces::clone_flags(&namespaces_list);
     // The init's stack: the child runs on it in its own copy of our memory (no CLONE_VM).
@@ -273,6 +288,11 @@ pub fn spawn(global: &GlobalOpts, opts: &CreateOptions, gate: Gate) -> Result<Sp
         annotations: cfg.spec.annotations().clone().unwrap_or_default(),
         owner: String::new(),
         cgroup: cg,
+        shared_ns_rootfs_mount: if own_mount_ns {
+            None
+        } else {
+            crate::sys::mount_id(&cfg.rootfs)
+        },
     };
     let dir = rb.dir.take().ok_or_else(|| anyhow!("state dir lost"))?;
     if let Err(e) = dir.save(&state) {
@@ -287,6 +307,7 @@ pub fn spawn(global: &GlobalOpts, opts: &CreateOptions, gate: Gate) -> Result<Sp
     }
     rb.child = None;
     rb.cgroup = None;
+    rb.shared_ns_rootfs = None;
     Ok(Spawned {
         dir,
         state,
@@ -296,21 +317,11 @@ pub fn spawn(global: &GlobalOpts, opts: &CreateOptions, gate: Gate) -> Result<Sp
     })
 }
 
-/// Whether this command runs rootless: `--rootless true|false`, or `auto` (the default) when the
-/// caller is not root.
-pub fn is_rootless(global: &GlobalOpts) -> bool {
-    match global.rootless.as_str() {
-        "true" => true,
-        "false" => false,
-        _ => !nix::unistd::geteuid().is_root(),
-    }
-}
-
 /// Make the container's cgroup and give it its limits. Rootless, a cgroup we may not create is
 /// skipped with a warning (as runc does) unless the config asks for limits, which would then
 /// silently not hold: that is an error.
 fn setup_cgroup(
-    global: &GlobalOpts,
+    ctx: &Settings,
     linux: &oci_spec::runtime::Linux,
     cg_path: Option<&str>,
     id: &str,
@@ -324,7 +335,7 @@ fn setup_cgroup(
             berth_cgroups::Error::Create { source, .. }
                 if matches!(source.kind(), std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem)
         );
-        if is_rootless(global) && denied {
+        if ctx.rootless && denied {
             let r = linux.resources().clone().unwrap_or_default();
             let limits = r.memory().is_some()
                 || r.cpu().is_some()
@@ -368,14 +379,11 @@ pub fn hook_state(id: &str, pid: i32, cfg: &Config, status: &str) -> String {
 
 /// Compile the config's seccomp profile (from the cache under `<root>/seccomp-cache` when the
 /// same profile was compiled before), before anything is created inside the container.
-pub fn compile_seccomp(
-    global: &GlobalOpts,
-    cfg: &Config,
-) -> Result<Option<crate::seccomp::Filter>> {
+pub fn compile_seccomp(ctx: &Settings, cfg: &Config) -> Result<Option<crate::seccomp::Filter>> {
     let Some(profile) = cfg.spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) else {
         return Ok(None);
     };
-    let filter = crate::seccomp::compile_cached(profile, &global.root.join("seccomp-cache"))
+    let filter = crate::seccomp::compile_cached(profile, &ctx.root.join("seccomp-cache"))
         .map_err(|e| anyhow!("linux.seccomp: {e}"))?;
     if filter.uses_notify() && profile.listener_path().is_none() {
         bail!("linux.seccomp: SCMP_ACT_NOTIFY needs linux.seccomp.listenerPath");

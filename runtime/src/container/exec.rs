@@ -16,7 +16,7 @@ use nix::unistd::{fork, ForkResult, Pid};
 use oci_spec::runtime::{LinuxCapabilities, Process};
 
 use super::create::write_pid_file;
-use crate::cli::GlobalOpts;
+use super::Settings;
 use crate::config;
 use crate::state::{self, ContainerState, Status};
 use crate::sync::{self, Message};
@@ -42,6 +42,10 @@ pub struct ExecOptions {
     pub caps: Vec<String>,
     pub no_new_privs: bool,
     pub preserve_fds: u32,
+    /// Exec into a paused container too (the process stays frozen until it is resumed).
+    pub ignore_paused: bool,
+    /// Sub-cgroups of the container's cgroup to run in: `path` or `controller[,controller]:path`.
+    pub cgroup: Vec<String>,
 }
 
 /// The process to run: the process file, or the container's own process with the flags applied.
@@ -157,6 +161,9 @@ type Joins = Vec<(File, CloneFlags)>;
 fn namespaces_of(st: &ContainerState) -> Result<(Option<File>, Joins)> {
     let order = [
         ("user", CloneFlags::CLONE_NEWUSER),
+        // Joined from inside the user namespace (it owns the time namespace), before the
+        // process has more than one thread; the process sees the container's clock offsets.
+        ("time", CloneFlags::from_bits_retain(libc::CLONE_NEWTIME)),
         ("ipc", CloneFlags::CLONE_NEWIPC),
         ("uts", CloneFlags::CLONE_NEWUTS),
         ("net", CloneFlags::CLONE_NEWNET),
@@ -187,11 +194,15 @@ fn namespaces_of(st: &ContainerState) -> Result<(Option<File>, Joins)> {
 }
 
 /// `exec`: returns the exit code (0 with --detach).
-pub fn exec(global: &GlobalOpts, opts: &ExecOptions) -> Result<u8> {
-    let st = state::read(&global.root, &opts.id)?;
-    match st.status(&global.root.join(&opts.id)) {
+pub fn exec(ctx: &Settings, opts: &ExecOptions) -> Result<u8> {
+    let st = state::read(&ctx.root, &opts.id)?;
+    match st.status(&ctx.root.join(&opts.id)) {
         Status::Running | Status::Created => {}
-        Status::Paused => bail!("cannot exec in a paused container"),
+        // Its process joins the frozen cgroup and waits there until `resume`, as with runc.
+        Status::Paused if opts.ignore_paused => {}
+        Status::Paused => {
+            bail!("cannot exec in a paused container (use --ignore-paused to override)")
+        }
         Status::Stopped => bail!("cannot exec in a stopped container: container not running"),
         other => bail!("cannot exec in a container in the {other} state"),
     }
@@ -218,17 +229,30 @@ pub fn exec(global: &GlobalOpts, opts: &ExecOptions) -> Result<u8> {
         Some(p) if terminal => Some(tty::connect(p).map_err(|e| anyhow!(e))?),
         _ => None,
     };
+    let cgroup = match (&st.cgroup, opts.cgroup.is_empty()) {
+        (Some(cg), true) => Some(cg.clone()),
+        (Some(cg), false) => Some(
+            cg.sub_cgroup(&opts.cgroup)
+                .with_context(|| format!("--cgroup {}", opts.cgroup.join(" --cgroup ")))?,
+        ),
+        (None, true) => None,
+        (None, false) => bail!("--cgroup: container {} has no cgroup", opts.id),
+    };
     let (pidns, joins) = namespaces_of(&st)?;
     // Without a user namespace the child moves itself into the cgroup (see
     // `Cgroup::join_self`); in one, it may not write the host's cgroup files.
-    let join_cgroup = st
-        .cgroup
+    let join_cgroup = cgroup
         .as_ref()
         .filter(|_| !joins.iter().any(|(_, f)| *f == CloneFlags::CLONE_NEWUSER));
+    let (initial_cpus, _) = crate::sched::exec_affinity(&process);
+    if let Some(list) = initial_cpus {
+        let mask = crate::sched::cpu_mask(list).map_err(|e| anyhow!(e))?;
+        tracing::debug!("exec: initial CPU affinity: 0x{mask:x}");
+    }
     if let Some(f) = &pidns {
         setns(f, CloneFlags::CLONE_NEWPID).context("joining the container's pid namespace")?;
     }
-    let filter = super::create::compile_seccomp(global, &cfg)?;
+    let filter = super::create::compile_seccomp(ctx, &cfg)?;
     // A NOTIFY filter's agent is reached now, on the host, before the child joins the
     // container's mount namespace; the child sends it the listener fd, as the init does.
     let notify = super::create::notify_socket(&cfg, filter.as_ref())?;
@@ -249,21 +273,25 @@ pub fn exec(global: &GlobalOpts, opts: &ExecOptions) -> Result<u8> {
                 let _ = old.thread_set_mask();
             }
             drop(parent_sock);
-            let code = match exec_child(
-                &child_sock,
-                &process,
-                ChildJoins {
-                    cgroup: join_cgroup,
-                    namespaces: &joins,
-                },
-                console.as_ref(),
-                opts.preserve_fds,
-                Seccomp {
-                    filter: filter.as_ref(),
-                    notify: notify.as_ref(),
-                },
-                cfg.spec.linux().as_ref(),
-            ) {
+            // Before it joins the container's cgroup, the process runs on the initial CPUs.
+            let initial = initial_cpus.map(crate::sched::set_affinity).transpose();
+            let code = match initial.and_then(|_| {
+                exec_child(
+                    &child_sock,
+                    &process,
+                    ChildJoins {
+                        cgroup: join_cgroup,
+                        namespaces: &joins,
+                    },
+                    console.as_ref(),
+                    opts.preserve_fds,
+                    Seccomp {
+                        filter: filter.as_ref(),
+                        notify: notify.as_ref(),
+                    },
+                    cfg.spec.linux().as_ref(),
+                )
+            }) {
                 Ok(never) => match never {},
                 Err(msg) => {
                     let _ = sync::send(&child_sock, &Message::Error(msg));
@@ -280,7 +308,8 @@ pub fn exec(global: &GlobalOpts, opts: &ExecOptions) -> Result<u8> {
                 Some(f) if f.uses_notify() => Some(agent_body(&st, &cfg, &opts.id, child)?),
                 _ => None,
             };
-            let res = exec_parent(&st, child, &parent_sock, opts, agent, join_cgroup.is_some());
+            let parent_places = cgroup.as_ref().filter(|_| join_cgroup.is_none());
+            let res = exec_parent(child, &parent_sock, opts, agent, parent_places);
             if res.is_err() {
                 let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
                 let _ = nix::sys::wait::waitpid(child, None);
@@ -309,15 +338,16 @@ fn agent_body(st: &ContainerState, cfg: &config::Config, id: &str, child: Pid) -
     String::from_utf8(body).context("the seccomp agent's message is not UTF-8")
 }
 
+/// The parent's side of exec: place the child in `cgroup` when it cannot join it itself, let
+/// it go, wait until it has exec'd (or says why not), write the pid file.
 fn exec_parent(
-    st: &ContainerState,
     child: Pid,
     sock: &OwnedFd,
     opts: &ExecOptions,
     agent: Option<String>,
-    child_joins_cgroup: bool,
+    cgroup: Option<&berth_cgroups::Cgroup>,
 ) -> Result<u8> {
-    if let (Some(cg), false) = (&st.cgroup, child_joins_cgroup) {
+    if let Some(cg) = cgroup {
         cg.add_process(child.as_raw())
             .with_context(|| format!("placing process {child} in the container's cgroup"))?;
     }
@@ -398,6 +428,11 @@ fn exec_child(
     let in_userns = joins
         .iter()
         .any(|(_, flag)| *flag == CloneFlags::CLONE_NEWUSER);
+    if let (_, Some(list)) = crate::sched::exec_affinity(process) {
+        // In the container's cgroup now: the final CPUs, kept across execve (set before the
+        // process's seccomp filter could refuse it).
+        crate::sched::set_affinity(list)?;
+    }
     let no_new_privs = identity::become_process(process, in_userns, filter, notify)?;
     let program = init::find_executable(&args[0], &env)?;
     let argv: Vec<CString> = args

@@ -24,14 +24,23 @@ pub use ops::{
 };
 pub use run::run;
 
-use crate::cli::GlobalOpts;
 use crate::hooks::HookKind;
 use crate::signals;
 use crate::state::{self, ContainerState, OciState, StateDir, StateError, Status};
 
+/// What every container operation needs from the caller: where the containers' state lives and
+/// whether this runtime runs rootless. The command line builds it from its global flags.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The directory holding one state directory per container (`--root`).
+    pub root: std::path::PathBuf,
+    /// Whether to run rootless: cgroups that cannot be created are then skipped.
+    pub rootless: bool,
+}
+
 /// `start`: let a created container's init exec its process.
-pub fn start(global: &GlobalOpts, id: &str) -> Result<()> {
-    let dir = StateDir::open(&global.root, id)?;
+pub fn start(ctx: &Settings, id: &str) -> Result<()> {
+    let dir = StateDir::open(&ctx.root, id)?;
     let st = dir.load()?;
     match st.status(&dir.path) {
         Status::Created => {}
@@ -100,17 +109,17 @@ pub fn run_hooks(st: &ContainerState, kind: HookKind, status: &str) -> Result<()
 }
 
 /// `state`: the OCI state of a container.
-pub fn state(global: &GlobalOpts, id: &str) -> Result<OciState> {
-    let st = state::read(&global.root, id)?;
-    let status = st.status(&global.root.join(id));
+pub fn state(ctx: &Settings, id: &str) -> Result<OciState> {
+    let st = state::read(&ctx.root, id)?;
+    let status = st.status(&ctx.root.join(id));
     Ok(st.to_oci(status))
 }
 
 /// `kill`: send a signal to the init, or with `all` to every process in the cgroup.
-pub fn kill(global: &GlobalOpts, id: &str, signal: &str, all: bool) -> Result<()> {
+pub fn kill(ctx: &Settings, id: &str, signal: &str, all: bool) -> Result<()> {
     let sig = signals::parse(signal).map_err(|e| anyhow!(e))?;
-    let st = state::read(&global.root, id)?;
-    let status = st.status(&global.root.join(id));
+    let st = state::read(&ctx.root, id)?;
+    let status = st.status(&ctx.root.join(id));
     if status == Status::Stopped {
         bail!("container not running");
     }
@@ -145,8 +154,8 @@ fn signal_all(st: &ContainerState, sig: i32) -> Result<()> {
 }
 
 /// `delete`: remove a stopped (or, with `force`, any) container's cgroup and state.
-pub fn delete(global: &GlobalOpts, id: &str, force: bool) -> Result<()> {
-    let dir = match StateDir::open(&global.root, id) {
+pub fn delete(ctx: &Settings, id: &str, force: bool) -> Result<()> {
+    let dir = match StateDir::open(&ctx.root, id) {
         Ok(d) => d,
         Err(StateError::NotExist(_)) if force => return Ok(()),
         Err(e) => return Err(e.into()),
@@ -166,16 +175,26 @@ pub fn delete(global: &GlobalOpts, id: &str, force: bool) -> Result<()> {
         _ => {}
     }
     destroy(&st)?;
-    // Poststop hook failures are only warnings (runtime-spec).
-    if let Err(e) = run_hooks(&st, HookKind::Poststop, "stopped") {
-        tracing::warn!("{e:#}");
-    }
     dir.remove()?;
+    // As runc: the container is gone whatever the poststop hooks do; they run in order until
+    // one fails, which is logged as an error, and the delete succeeds.
+    if let Err(e) = run_hooks(&st, HookKind::Poststop, "stopped") {
+        tracing::error!("{e:#}");
+    }
     Ok(())
 }
 
-/// Kill whatever is left of the container and remove its cgroup.
+/// Kill whatever is left of the container, remove its cgroup and, for a container that had no
+/// mount namespace of its own, the mounts it left over its rootfs in the caller's namespace.
 pub fn destroy(st: &ContainerState) -> Result<()> {
+    kill_and_remove_cgroup(st)?;
+    if let Some(id) = st.shared_ns_rootfs_mount {
+        crate::sys::unmount_if_still(&st.rootfs, id).map_err(|e| anyhow!(e))?;
+    }
+    Ok(())
+}
+
+fn kill_and_remove_cgroup(st: &ContainerState) -> Result<()> {
     if st.init_alive() {
         let _ = send_signal(Pid::from_raw(st.pid), Signal::SIGKILL);
     }
@@ -196,7 +215,9 @@ pub fn destroy(st: &ContainerState) -> Result<()> {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        cg.destroy()
+        // Child cgroups the container (or its owner, for `exec --cgroup`) made inside its own
+        // go with it, as with runc; nothing outside it is touched.
+        cg.destroy_with_descendants()
             .with_context(|| format!("removing cgroup {}", cg.cgroups_path()))?;
     } else {
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -215,12 +236,12 @@ pub enum ListFormat {
 }
 
 /// `list`: every container under --root.
-pub fn list(global: &GlobalOpts, format: ListFormat, quiet: bool) -> Result<()> {
+pub fn list(ctx: &Settings, format: ListFormat, quiet: bool) -> Result<()> {
     let mut states = Vec::new();
-    for id in state::list_ids(&global.root)? {
-        match state::read(&global.root, &id) {
+    for id in state::list_ids(&ctx.root)? {
+        match state::read(&ctx.root, &id) {
             Ok(st) => {
-                let status = st.status(&global.root.join(&id));
+                let status = st.status(&ctx.root.join(&id));
                 states.push(st.to_oci(status));
             }
             Err(StateError::NotExist(_)) => continue,

@@ -8,7 +8,7 @@ use berth_cgroups::Cgroup;
 use oci_spec::runtime::LinuxResources;
 use serde_json::json;
 
-use crate::cli::GlobalOpts;
+use super::Settings;
 use crate::state::{self, ContainerState, StateDir, Status};
 
 fn cgroup_of(st: &ContainerState) -> Result<&Cgroup> {
@@ -18,9 +18,9 @@ fn cgroup_of(st: &ContainerState) -> Result<&Cgroup> {
 }
 
 /// `ps`: the container's pids as JSON, or `ps` output (default `-ef`) cut to its processes.
-pub fn ps(global: &GlobalOpts, id: &str, json_format: bool, ps_args: &[String]) -> Result<()> {
-    let st = state::read(&global.root, id)?;
-    let pids = if st.status(&global.root.join(id)) == Status::Stopped {
+pub fn ps(ctx: &Settings, id: &str, json_format: bool, ps_args: &[String]) -> Result<()> {
+    let st = state::read(&ctx.root, id)?;
+    let pids = if st.status(&ctx.root.join(id)) == Status::Stopped {
         Vec::new()
     } else {
         cgroup_of(&st)?
@@ -69,8 +69,8 @@ pub fn ps(global: &GlobalOpts, id: &str, json_format: bool, ps_args: &[String]) 
 }
 
 /// `pause`: freeze every process of the container.
-pub fn pause(global: &GlobalOpts, id: &str) -> Result<()> {
-    let dir = StateDir::open(&global.root, id)?;
+pub fn pause(ctx: &Settings, id: &str) -> Result<()> {
+    let dir = StateDir::open(&ctx.root, id)?;
     let st = dir.load()?;
     match st.status(&dir.path) {
         Status::Running | Status::Created => {}
@@ -82,8 +82,8 @@ pub fn pause(global: &GlobalOpts, id: &str) -> Result<()> {
 }
 
 /// `resume`: thaw a paused container.
-pub fn resume(global: &GlobalOpts, id: &str) -> Result<()> {
-    let dir = StateDir::open(&global.root, id)?;
+pub fn resume(ctx: &Settings, id: &str) -> Result<()> {
+    let dir = StateDir::open(&ctx.root, id)?;
     let st = dir.load()?;
     if st.status(&dir.path) != Status::Paused {
         bail!("container not paused");
@@ -209,8 +209,8 @@ pub fn update_resources(json_text: Option<&[u8]>, flags: &UpdateFlags) -> Result
 }
 
 /// `update`: change the limits of a container's cgroup.
-pub fn update(global: &GlobalOpts, id: &str, resources: &LinuxResources) -> Result<()> {
-    let dir = StateDir::open(&global.root, id)?;
+pub fn update(ctx: &Settings, id: &str, resources: &LinuxResources) -> Result<()> {
+    let dir = StateDir::open(&ctx.root, id)?;
     let st = dir.load()?;
     if st.status(&dir.path) == Status::Stopped {
         bail!("container not running");
@@ -247,9 +247,9 @@ pub fn stats_json(cg: &Cgroup) -> Result<serde_json::Value> {
 
 /// `events`: one stats event with `stats_only`, else a stream every `interval` (stats, and
 /// "oom" when the OOM kill count grows) until the container stops.
-pub fn events(global: &GlobalOpts, id: &str, stats_only: bool, interval: Duration) -> Result<()> {
-    let st = state::read(&global.root, id)?;
-    if st.status(&global.root.join(id)) == Status::Stopped {
+pub fn events(ctx: &Settings, id: &str, stats_only: bool, interval: Duration) -> Result<()> {
+    let st = state::read(&ctx.root, id)?;
+    if st.status(&ctx.root.join(id)) == Status::Stopped {
         bail!("container not running");
     }
     let cg = cgroup_of(&st)?;
@@ -270,7 +270,7 @@ pub fn events(global: &GlobalOpts, id: &str, stats_only: bool, interval: Duratio
         .and_then(|m| m.oom_kill)
         .unwrap_or(0);
     loop {
-        if st.status(&global.root.join(id)) == Status::Stopped {
+        if st.status(&ctx.root.join(id)) == Status::Stopped {
             return Ok(());
         }
         let stats = match stats_json(cg) {

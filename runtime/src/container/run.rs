@@ -12,14 +12,14 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
+use super::Settings;
 use super::{create::spawn, destroy, run_hooks, CreateOptions, Gate};
-use crate::cli::GlobalOpts;
 use crate::hooks::HookKind;
 use crate::sync::{self, Message};
 
 /// Create, start and (unless `detach`) wait for the container; returns its exit code.
-pub fn run(global: &GlobalOpts, opts: &CreateOptions, detach: bool, keep: bool) -> Result<u8> {
-    let spawned = spawn(global, opts, Gate::Sync)?;
+pub fn run(ctx: &Settings, opts: &CreateOptions, detach: bool, keep: bool) -> Result<u8> {
+    let spawned = spawn(ctx, opts, Gate::Sync)?;
     let pid = Pid::from_raw(spawned.state.pid);
 
     let mut console_master = None;
@@ -52,7 +52,7 @@ pub fn run(global: &GlobalOpts, opts: &CreateOptions, detach: bool, keep: bool) 
     if !keep {
         destroy(&spawned.state)?;
         if let Err(e) = run_hooks(&spawned.state, HookKind::Poststop, "stopped") {
-            tracing::warn!("{e:#}");
+            tracing::error!("{e:#}");
         }
         spawned.dir.remove()?;
     }
