@@ -6,6 +6,7 @@
 //! (tar streams are depth-first), and dropped whenever an entry may have replaced a directory on
 //! the cached path.
 
+use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -72,7 +73,11 @@ pub struct ApplyStats {
 /// `root/etc/passwd`). The final component of an entry is never followed.
 ///
 /// The stream is decompressed on a helper thread while this thread writes; it is read to its end
-/// (so a gzip/zstd checksum is verified) and must contain the tar end-of-archive marker.
+/// (so a gzip/zstd checksum is verified). A tar normally ends with zero blocks; one that ends
+/// right after its last entry's data (no end blocks, the entry's zero padding complete, partial
+/// or missing, as umoci 0.4's `insert` writes them) is accepted as Go's archive/tar accepts it,
+/// with a warning. A stream that ends inside a header or inside an entry's data is refused
+/// ([`LayerError::Corrupt`], naming the entry and the offset), as is an empty one.
 /// Nothing is fsynced: the caller syncs when it commits.
 ///
 /// On error, `root` is left partially applied — entries before the failing one are on disk, the
@@ -111,55 +116,58 @@ fn apply_impl<R: Read + Send + 'static>(
         })
     })
     .map_err(|e| LayerError::io(root, "start the layer reader thread", e))?;
-    let mut stream = EofWatch {
-        inner: stream,
-        eof: false,
-    };
+    let pos = Position::default();
     let mut ap = Applier {
         root: resolver,
         opts,
+        pos: &pos,
         cache: None,
         unpacked: HashSet::new(),
         dir_times: HashMap::new(),
         buf: vec![0; COPY_BUFFER],
         stats: ApplyStats::default(),
         last: String::new(),
+        last_data_end: None,
     };
-    {
-        let mut archive = tar::Archive::new(&mut stream);
-        let entries = archive.entries().map_err(|e| LayerError::Corrupt {
-            context: "starting to read the tar".into(),
-            source: e,
-        })?;
-        for entry in entries {
-            let mut entry = entry.map_err(|e| LayerError::Corrupt {
-                context: if ap.last.is_empty() {
-                    "reading the first entry header".into()
-                } else {
-                    format!("reading the entry header after {:?}", ap.last)
-                },
+    let mut archive = tar::Archive::new(Tracked {
+        inner: stream,
+        pos: &pos,
+    });
+    let end = read_entries(&mut archive, &mut ap)?;
+    let mut stream = archive.into_inner();
+    let at = pos.offset.get();
+    match end {
+        End::Marker => {
+            stream.inner.drain().map_err(|e| LayerError::Corrupt {
+                context: "reading past the tar end-of-archive marker".into(),
                 source: e,
             })?;
-            ap.apply_entry(&mut entry)?;
         }
-    }
-    if stream.eof {
-        return Err(LayerError::Corrupt {
-            context: if ap.last.is_empty() {
-                "empty stream".into()
+        End::Eof if at == 0 => {
+            return Err(LayerError::Corrupt {
+                context: "empty stream".into(),
+                source: io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "no tar header and no end-of-archive marker",
+                ),
+            });
+        }
+        // Go's archive/tar (containerd, umoci) takes the end of the stream at an entry
+        // boundary, or inside the zero padding after an entry's data, as the end of the
+        // archive; umoci 0.4's `insert` writes such layers. Every entry is complete: accept.
+        End::Eof | End::EofInPadding => tracing::warn!(
+            root = %root.display(),
+            last_entry = %ap.last,
+            end = at,
+            missing = if end == End::EofInPadding {
+                "the last entry's padding and the end-of-archive blocks"
             } else {
-                format!("stream ends after {:?}", ap.last)
+                "the end-of-archive blocks"
             },
-            source: io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "no tar end-of-archive marker (truncated layer?)",
-            ),
-        });
+            "layer tar ends right after its last entry, without end-of-archive blocks; \
+             its entries are complete, applied"
+        ),
     }
-    stream.inner.drain().map_err(|e| LayerError::Corrupt {
-        context: "reading past the tar end-of-archive marker".into(),
-        source: e,
-    })?;
     ap.restore_dir_times()?;
     tracing::debug!(
         root = %root.display(),
@@ -170,19 +178,99 @@ fn apply_impl<R: Read + Send + 'static>(
     Ok(ap.stats)
 }
 
-/// Notes whether the tar parser hit the end of the stream (rather than the zero blocks that end
-/// an archive): the tar crate reports both as "no more entries".
-struct EofWatch {
-    inner: ReadAhead,
-    eof: bool,
+/// How the tar stream ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// At a zero block: the end-of-archive marker.
+    Marker,
+    /// At the end of the stream, on an entry boundary (or before any byte).
+    Eof,
+    /// At the end of the stream, after an entry's data but before the end of its padding.
+    EofInPadding,
 }
 
-impl Read for EofWatch {
+/// Applies every entry of `archive`, and says how the stream ended. A stream that ends inside a
+/// header or inside an entry's data is an error naming the entry and the offset.
+fn read_entries(
+    archive: &mut tar::Archive<Tracked<'_>>,
+    ap: &mut Applier<'_>,
+) -> Result<End, LayerError> {
+    let pos = ap.pos;
+    let entries = archive.entries().map_err(|e| LayerError::Corrupt {
+        context: "starting to read the tar".into(),
+        source: e,
+    })?;
+    for entry in entries {
+        let mut entry = match entry {
+            Ok(entry) => entry,
+            // The tar crate reports the end of the stream anywhere but at a header boundary as
+            // an error; inside the last entry's padding it is an end like Go's archive/tar's.
+            Err(e) if pos.eof.get() => {
+                let at = pos.offset.get();
+                return match ap.last_data_end {
+                    Some(d) if d <= at && at < padded(d) => Ok(End::EofInPadding),
+                    _ => Err(ap.truncated(at, e)),
+                };
+            }
+            Err(e) => {
+                return Err(LayerError::Corrupt {
+                    context: if ap.last.is_empty() {
+                        "reading the first entry header".into()
+                    } else {
+                        format!("reading the entry header after {:?}", ap.last)
+                    },
+                    source: e,
+                })
+            }
+        };
+        ap.apply_entry(&mut entry)?;
+        // Where the entry's data ends in the stream. A file the apply read is read to its end
+        // (exact even for a GNU sparse file, whose data follows extension headers); for other
+        // entries, the header's data size (the on-archive size for a sparse one).
+        let size = if entry.header().entry_type().is_gnu_sparse() {
+            entry.header().entry_size().unwrap_or(0)
+        } else {
+            entry.size()
+        };
+        let computed = entry.raw_file_position().saturating_add(size);
+        ap.last_data_end = Some(computed.max(pos.offset.get()));
+    }
+    Ok(if pos.eof.get() { End::Eof } else { End::Marker })
+}
+
+/// `offset` rounded up to the next tar block.
+fn padded(offset: u64) -> u64 {
+    offset.saturating_add(BLOCK - 1) / BLOCK * BLOCK
+}
+
+/// Tar block size.
+const BLOCK: u64 = 512;
+
+/// How far the tar parser has read the uncompressed stream, shared between the reader the
+/// parser owns and the code that reports how and where the stream ended.
+#[derive(Default)]
+struct Position {
+    /// Bytes handed to the parser so far.
+    offset: Cell<u64>,
+    /// A read returned 0: the stream has ended. (The tar crate reports both this and the
+    /// zero blocks that end an archive as "no more entries".)
+    eof: Cell<bool>,
+}
+
+/// The uncompressed stream, counting what the parser reads (the tar crate reads exactly the
+/// blocks it parses, so the count is the parser's offset in the archive).
+struct Tracked<'a> {
+    inner: ReadAhead,
+    pos: &'a Position,
+}
+
+impl Read for Tracked<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         if n == 0 && !buf.is_empty() {
-            self.eof = true;
+            self.pos.eof.set(true);
         }
+        self.pos.offset.set(self.pos.offset.get() + n as u64);
         Ok(n)
     }
 }
@@ -218,6 +306,8 @@ enum Kind {
 struct Applier<'a> {
     root: Root,
     opts: &'a ApplyOptions,
+    /// How far the stream has been read, for error messages.
+    pos: &'a Position,
     /// The last parent directory resolved, by cleaned path.
     cache: Option<(Vec<u8>, OwnedFd)>,
     /// Cleaned paths this layer created (whiteouts only hide lower layers' content).
@@ -228,6 +318,8 @@ struct Applier<'a> {
     stats: ApplyStats,
     /// Name of the entry being (or last) applied, for error messages.
     last: String,
+    /// Offset in the stream where the last entry's data ends (before its padding).
+    last_data_end: Option<u64>,
 }
 
 fn invalid(entry: &str, reason: impl Into<String>) -> LayerError {
@@ -257,6 +349,29 @@ fn parse_pax_time(v: &[u8]) -> Option<TimeSpec> {
 }
 
 impl Applier<'_> {
+    /// The error for a stream that ended at `at`, inside a header or an entry's data, when the
+    /// parser wanted more (`e`).
+    fn truncated(&self, at: u64, e: io::Error) -> LayerError {
+        let context = match self.last_data_end {
+            Some(end) if at < end => format!(
+                "stream ends at byte {at}, inside the data of {:?} (which ends at byte {end})",
+                self.last
+            ),
+            Some(_) => format!(
+                "stream ends at byte {at}, inside the header after {:?}",
+                self.last
+            ),
+            None => format!("stream ends at byte {at}, inside the first entry header"),
+        };
+        LayerError::Corrupt {
+            context,
+            source: io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("truncated layer ({e})"),
+            ),
+        }
+    }
+
     fn apply_entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<(), LayerError> {
         let raw = entry.path_bytes().into_owned();
         self.last = String::from_utf8_lossy(&raw).into_owned();
@@ -537,7 +652,10 @@ impl Applier<'_> {
                 context: format!("reading the content of {name:?}"),
                 source: io::Error::new(
                     io::ErrorKind::UnexpectedEof,
-                    format!("stream ended after {got} of {want} bytes (truncated layer?)"),
+                    format!(
+                        "stream ends at byte {} after {got} of its {want} bytes (truncated layer)",
+                        self.pos.offset.get()
+                    ),
                 ),
             });
         }
