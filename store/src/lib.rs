@@ -47,9 +47,6 @@ pub mod pull;
 pub mod push;
 mod store;
 
-/// The registry client the pull/push pipelines use (re-exported for berthd and the CLI).
-pub use berth_distribution as distribution;
-
 pub use store::{
     CleanupReport, ContentWriter, SnapshotterChoice, Store, StoreConfig, LABEL_GC_EXPIRE,
     LABEL_RESUMABLE_LEASE, LABEL_TEMPORARY_LEASE,

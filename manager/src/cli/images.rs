@@ -151,7 +151,7 @@ pub struct RegistryArgs {
 impl RegistryArgs {
     /// The options for the registry of `reference`.
     fn options(&self, reference: &str) -> Result<dpb::RegistryOptions> {
-        use berth_store::distribution::{Credentials, DockerConfig, Reference};
+        use berth_distribution::{Credentials, DockerConfig, Reference};
         let r = Reference::parse(reference)?;
         let creds = match &self.user {
             Some(u) => Some(Credentials::parse(u).context("--user")?),

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use berth_store::distribution::{ClientOptions, TlsOptions};
+use berth_distribution::{ClientOptions, TlsOptions};
 use serde::Deserialize;
 
 /// One `[registries."host"]` section.

@@ -7,10 +7,10 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
+use berth_distribution::{ClientOptions, Credentials};
 use berth_proto::berth::services::distribution::v1 as pb;
 use berth_proto::berth::services::distribution::v1::distribution_server::Distribution;
 use berth_proto::containerd::types::Platform as PbPlatform;
-use berth_store::distribution::{ClientOptions, Credentials};
 use berth_store::oci::Platform;
 use berth_store::pull::{Progress, ProgressFn, PullOptions};
 use berth_store::push::PushOptions;
@@ -58,7 +58,7 @@ fn client_options(r: Option<pb::RegistryOptions>) -> Result<ClientOptions, Statu
 
 /// The registry part of a reference (the key of its `[registries."..."]` section).
 fn registry_of(reference: &str) -> Result<String, Status> {
-    berth_store::distribution::Reference::parse(reference)
+    berth_distribution::Reference::parse(reference)
         .map(|r| r.registry)
         .map_err(|e| Status::invalid_argument(e.to_string()))
 }
