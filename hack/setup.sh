@@ -15,6 +15,9 @@ packages=(
   openssl
   # `berth-runc ps` and the task tests call ps(1)
   procps
+  # container networks: the CNI plugins (bridge, host-local, portmap, firewall) and the
+  # iptables they and berth-network's isolation rules drive
+  containernetworking-plugins iptables
   # the registry auth test writes its bcrypt htpasswd line with Python's crypt module
   python3
   # benchmarks (GNU time reports peak RSS)
