@@ -4,3 +4,4 @@
 //! resolver reads.
 
 pub mod cni;
+pub mod netns;
