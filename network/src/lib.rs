@@ -5,3 +5,4 @@
 
 pub mod cni;
 pub mod netns;
+pub mod subnet;
