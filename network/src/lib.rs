@@ -4,5 +4,6 @@
 //! resolver reads.
 
 pub mod cni;
+pub mod config;
 pub mod netns;
 pub mod subnet;
