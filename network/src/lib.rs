@@ -6,4 +6,5 @@
 pub mod cni;
 pub mod config;
 pub mod netns;
+pub mod ports;
 pub mod subnet;
