@@ -5,6 +5,7 @@
 
 pub mod cni;
 pub mod config;
+pub mod isolation;
 pub mod netns;
 pub mod ports;
 pub mod subnet;
