@@ -5,6 +5,7 @@
 
 pub mod cni;
 pub mod config;
+pub mod files;
 pub mod isolation;
 pub mod netns;
 pub mod ports;
