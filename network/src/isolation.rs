@@ -118,10 +118,11 @@ fn rules(network: &str, bridge: &str, internal: bool) -> Vec<(&'static str, Vec<
 
 struct Ipt<'a> {
     network: &'a str,
+    table: &'a str,
 }
 
 impl Ipt<'_> {
-    /// Runs `iptables -w -t filter ARGS`; Ok(false) when it exits 1 (a -C that did not match,
+    /// Runs `iptables -w -t TABLE ARGS`; Ok(false) when it exits 1 (a -C that did not match,
     /// a -S of a missing chain).
     fn run(&self, args: &[String]) -> Result<(bool, String), IsolationError> {
         let err = |reason: String| IsolationError {
@@ -130,7 +131,7 @@ impl Ipt<'_> {
             reason,
         };
         let out = Command::new("iptables")
-            .args(["-w", "-t", "filter"])
+            .args(["-w", "-t", self.table])
             .args(args)
             .output()
             .map_err(|e| err(e.to_string()))?;
@@ -208,7 +209,10 @@ fn jump() -> Vec<String> {
 /// Idempotent.
 pub fn install(network: &str, bridge: &str, internal: bool) -> Result<(), IsolationError> {
     let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let ipt = Ipt { network };
+    let ipt = Ipt {
+        network,
+        table: "filter",
+    };
     ipt.ensure_chain(CHAIN1)?;
     ipt.ensure_chain(CHAIN2)?;
     for (chain, rule) in rules(network, bridge, internal) {
@@ -225,7 +229,10 @@ pub fn install(network: &str, bridge: &str, internal: bool) -> Result<(), Isolat
 /// plugin.
 pub fn remove(network: &str, bridge: &str) -> Result<(), IsolationError> {
     let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let ipt = Ipt { network };
+    let ipt = Ipt {
+        network,
+        table: "filter",
+    };
     for internal in [false, true] {
         for (chain, rule) in rules(network, bridge, internal) {
             ipt.delete_all(chain, &rule)?;
@@ -248,6 +255,71 @@ pub fn remove(network: &str, bridge: &str) -> Result<(), IsolationError> {
         }
     }
     Ok(())
+}
+
+/// Removes the bridge plugin's masquerade rule and chain of one container, if DEL left them.
+/// Returns how many it removed.
+///
+/// The bridge plugin (1.1.1, Debian's) finds the addresses to un-masquerade on DEL by reading
+/// them from the container's interface: when the interface or the netns is already gone (a
+/// crashed container, a removed netns), its `POSTROUTING -s IP -j CNI-<hash>` rule and chain
+/// stay forever. They carry the comment `name: "NETWORK" id: "CONTAINER"`, which finds them.
+/// Call after [`crate::cni::Cni::del`].
+pub fn remove_masquerade_leftovers(
+    network: &str,
+    container_id: &str,
+) -> Result<usize, IsolationError> {
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let ipt = Ipt {
+        network,
+        table: "nat",
+    };
+    let comment = format!("name: \"{network}\" id: \"{container_id}\"");
+    // How iptables -S prints that comment: quoted, inner quotes escaped.
+    let printed = format!("--comment \"{}\"", comment.replace('"', "\\\""));
+    let rules = ipt.must(&["-S".into(), "POSTROUTING".into()])?;
+    let mut removed = 0;
+    for line in rules
+        .lines()
+        .filter(|l| l.starts_with("-A POSTROUTING ") && l.contains(&printed))
+    {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let after = |flag: &str| {
+            words
+                .windows(2)
+                .rev()
+                .find(|w| w[0] == flag)
+                .map(|w| w[1].to_string())
+        };
+        let (Some(source), Some(target)) = (after("-s"), after("-j")) else {
+            continue;
+        };
+        ipt.must(&[
+            "-D".into(),
+            "POSTROUTING".into(),
+            "-s".into(),
+            source,
+            "-m".into(),
+            "comment".into(),
+            "--comment".into(),
+            comment.clone(),
+            "-j".into(),
+            target.clone(),
+        ])?;
+        removed += 1;
+        if target.starts_with("CNI-") && ipt.chain_exists(&target)? {
+            ipt.must(&["-F".into(), target.clone()])?;
+            ipt.must(&["-X".into(), target])?;
+        }
+    }
+    if removed > 0 {
+        tracing::info!(
+            network,
+            container_id,
+            "removed masquerade rules the bridge plugin left behind"
+        );
+    }
+    Ok(removed)
 }
 
 #[cfg(test)]

@@ -126,6 +126,7 @@ impl TestNet {
         if let Some(i) = att.iter().position(|(rt, _)| rt.container_id == id) {
             let (rt, ns) = att.remove(i);
             self.cni.del(&self.list, &rt).unwrap();
+            isolation::remove_masquerade_leftovers(&self.net.name, id).unwrap();
             ns.remove().unwrap();
         }
     }
@@ -147,6 +148,7 @@ impl Drop for TestNet {
     fn drop(&mut self) {
         for (rt, ns) in self.attached.lock().unwrap().drain(..) {
             let _ = self.cni.del(&self.list, &rt);
+            let _ = isolation::remove_masquerade_leftovers(&self.net.name, &rt.container_id);
             let _ = ns.remove();
         }
         let _ = isolation::remove(&self.net.name, &self.net.bridge);
@@ -364,4 +366,73 @@ fn networks_are_isolated_and_internal_has_no_way_out() {
         .filter(|l| names.iter().any(|n| l.contains(n.as_str())))
         .collect();
     assert!(left.is_empty(), "rules left: {left:?}");
+}
+
+#[test]
+fn check_and_missing_plugins_name_the_plugin() {
+    let t = TestNet::new(false);
+    // Isolation is idempotent: a second install adds nothing.
+    isolation::install(&t.net.name, &t.net.bridge, false).unwrap();
+    let count = || {
+        iptables_lines()
+            .iter()
+            .filter(|l| l.contains(&format!("berth network {}", t.net.name)))
+            .count()
+    };
+    assert_eq!(count(), 2);
+
+    // A plugin path without portmap: ADD fails before touching anything.
+    let cid = format!("{}-m", t.net.name);
+    let ns = Netns::create(&t.netns_dir(), &cid).unwrap();
+    let partial = tempfile::tempdir().unwrap();
+    for p in ["bridge", "host-local", "firewall"] {
+        std::os::unix::fs::symlink(Path::new("/usr/lib/cni").join(p), partial.path().join(p))
+            .unwrap();
+    }
+    let cni = Cni::new(t.dir.path().join("results")).with_plugin_path(vec![partial.path().into()]);
+    let rt = RuntimeConf::new(&cid, ns.path(), "eth0");
+    let e = cni.add(&t.list, &rt).unwrap_err().to_string();
+    assert!(
+        e.contains("\"portmap\"") && e.contains(&partial.path().display().to_string()),
+        "{e}"
+    );
+    assert!(
+        !sh("ip", &["link", "show", &t.net.bridge]).0,
+        "nothing was made"
+    );
+    ns.remove().unwrap();
+
+    // CHECK after the container's veth vanished: the bridge plugin says so, by name.
+    let cid = format!("{}-k", t.net.name);
+    let (ns, _ip) = t.attach(&cid, &[]);
+    let rt = RuntimeConf::new(&cid, ns.path(), "eth0");
+    t.cni.check(&t.list, &rt).unwrap();
+    let (ok, out) = sh(
+        "nsenter",
+        &[
+            &format!("--net={}", ns.path().display()),
+            "ip",
+            "link",
+            "del",
+            "eth0",
+        ],
+    );
+    assert!(ok, "{out}");
+    let e = t.cni.check(&t.list, &rt).unwrap_err().to_string();
+    assert!(e.contains("CNI plugin \"bridge\" CHECK failed"), "{e}");
+    // DEL succeeds, but Debian's bridge plugin reads the addresses to un-masquerade from the
+    // interface that is gone: its masquerade rule stays until berth removes it.
+    t.cni.del(&t.list, &rt).unwrap();
+    assert!(iptables_lines().iter().any(|l| l.contains(&cid)));
+    assert_eq!(
+        isolation::remove_masquerade_leftovers(&t.net.name, &cid).unwrap(),
+        1
+    );
+    assert_eq!(
+        isolation::remove_masquerade_leftovers(&t.net.name, &cid).unwrap(),
+        0
+    );
+    t.detach(&cid);
+    assert!(t.lease_files().is_empty());
+    assert!(iptables_lines().iter().all(|l| !l.contains(&cid)));
 }
