@@ -5,4 +5,5 @@ pub mod cli;
 pub mod client;
 pub mod daemon;
 pub mod identifiers;
+pub mod networks;
 pub mod tasks;

@@ -80,6 +80,13 @@ pub mod berth {
                 tonic::include_proto!("berth.services.distribution.v1");
             }
         }
+        /// Networks.
+        pub mod networks {
+            /// Version 1: bridge networks on the CNI plugins.
+            pub mod v1 {
+                tonic::include_proto!("berth.services.networks.v1");
+            }
+        }
     }
 }
 

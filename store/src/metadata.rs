@@ -35,8 +35,10 @@ const SNAPSHOTS: Tbl = TableDefinition::new("snapshots");
 const LEASES: Tbl = TableDefinition::new("leases");
 const CONTAINERS: Tbl = TableDefinition::new("containers");
 const COUNTERS: Tbl = TableDefinition::new("counters");
-const ALL: [Tbl; 7] = [
-    NAMESPACES, IMAGES, CONTENT, SNAPSHOTS, LEASES, CONTAINERS, COUNTERS,
+/// Records of the engine's own kinds (networks, ...), keyed by namespace, kind and name.
+const RECORDS: Tbl = TableDefinition::new("records");
+const ALL: [Tbl; 8] = [
+    NAMESPACES, IMAGES, CONTENT, SNAPSHOTS, LEASES, CONTAINERS, COUNTERS, RECORDS,
 ];
 
 /// Longest namespace name containerd accepts.
@@ -453,6 +455,14 @@ pub trait MetaRead {
     fn containers(&self, ns: &str) -> Result<Vec<Container>> {
         scan_decode(self, CONTAINERS, ns)
     }
+    /// The record `name` of `kind` in `ns` (JSON), if any.
+    fn record(&self, ns: &str, kind: &str, name: &str) -> Result<Option<Vec<u8>>> {
+        self.raw_get(RECORDS, &key3(ns, kind, name))
+    }
+    /// Every record of `kind` in `ns`, by name.
+    fn records(&self, ns: &str, kind: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        self.raw_scan(RECORDS, &format!("{ns}\0{kind}\0"))
+    }
 }
 
 fn scan_decode<T: DeserializeOwned, R: MetaRead + ?Sized>(
@@ -727,6 +737,18 @@ impl WriteTx {
             return Err(StoreError::NotFound(format!("container {id:?}")));
         }
         Ok(())
+    }
+
+    /// Writes record `name` of `kind` in `ns` (JSON bytes), replacing any.
+    pub fn put_record(&self, ns: &str, kind: &str, name: &str, value: &[u8]) -> Result<()> {
+        self.ensure_namespace(ns)?;
+        check_name(kind, name)?;
+        self.raw_put(RECORDS, &key3(ns, kind, name), value)
+    }
+
+    /// Deletes record `name` of `kind` in `ns`; whether it existed.
+    pub fn delete_record(&self, ns: &str, kind: &str, name: &str) -> Result<bool> {
+        self.raw_delete(RECORDS, &key3(ns, kind, name))
     }
 }
 

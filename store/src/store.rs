@@ -668,6 +668,77 @@ impl Store {
             .write(|tx| tx.delete_container(&ctx.namespace, id))
     }
 
+    // ---- engine records (networks, ...) ----
+
+    /// Record `name` of `kind` in the namespace, decoded; `None` if missing.
+    pub fn record<T: serde::de::DeserializeOwned>(
+        &self,
+        ctx: &Ctx,
+        kind: &str,
+        name: &str,
+    ) -> Result<Option<T>> {
+        let bytes = self
+            .inner
+            .meta
+            .read(|r| r.record(&ctx.namespace, kind, name))?;
+        bytes
+            .map(|b| {
+                serde_json::from_slice(&b).map_err(|source| StoreError::Corrupt {
+                    what: format!("{kind} record {name:?}"),
+                    source,
+                })
+            })
+            .transpose()
+    }
+
+    /// Every record of `kind` in the namespace, decoded, by name.
+    pub fn records<T: serde::de::DeserializeOwned>(
+        &self,
+        ctx: &Ctx,
+        kind: &str,
+    ) -> Result<Vec<(String, T)>> {
+        let rows = self.inner.meta.read(|r| r.records(&ctx.namespace, kind))?;
+        rows.into_iter()
+            .map(|(name, b)| {
+                let v = serde_json::from_slice(&b).map_err(|source| StoreError::Corrupt {
+                    what: format!("{kind} record {name:?}"),
+                    source,
+                })?;
+                Ok((name, v))
+            })
+            .collect()
+    }
+
+    /// Creates record `name` of `kind` in the namespace; `AlreadyExists` if taken.
+    pub fn record_create<T: serde::Serialize>(
+        &self,
+        ctx: &Ctx,
+        kind: &str,
+        name: &str,
+        value: &T,
+    ) -> Result<()> {
+        let bytes = serde_json::to_vec(value).map_err(|source| StoreError::Corrupt {
+            what: format!("{kind} record {name:?}"),
+            source,
+        })?;
+        self.inner.meta.write(|tx| {
+            if tx.record(&ctx.namespace, kind, name)?.is_some() {
+                return Err(StoreError::AlreadyExists(format!("{kind} {name:?}")));
+            }
+            tx.put_record(&ctx.namespace, kind, name, &bytes)
+        })
+    }
+
+    /// Deletes record `name` of `kind`; `NotFound` if missing.
+    pub fn record_delete(&self, ctx: &Ctx, kind: &str, name: &str) -> Result<()> {
+        self.inner.meta.write(|tx| {
+            if !tx.delete_record(&ctx.namespace, kind, name)? {
+                return Err(StoreError::NotFound(format!("{kind} {name:?}")));
+            }
+            Ok(())
+        })
+    }
+
     // ---- GC and recovery ----
 
     /// Garbage collection: removes expired leases, then every blob and snapshot that no image,

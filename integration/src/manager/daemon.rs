@@ -23,6 +23,12 @@ pub struct Berthd {
     /// /sys/fs/cgroup/unified is an empty tmpfs: crun 1.8 refuses this host's hybrid layout
     /// otherwise (see shared/runc-contract.md). Nothing changes on the host.
     hide_unified: bool,
+    /// Run berthd (its shims, containers, bridges, iptables rules) in a network namespace of
+    /// the test's own with only loopback: nothing it does reaches the host's network, and
+    /// everything goes with the namespace.
+    netns: Option<PathBuf>,
+    /// Extra environment for berthd.
+    env: Vec<(String, String)>,
 }
 
 /// What a command printed and how it ended.
@@ -95,6 +101,36 @@ impl Berthd {
         Ok(d)
     }
 
+    /// Starts berthd in a network namespace of its own (see [`Berthd::netns`]), with `env`
+    /// added to its environment.
+    pub fn start_in_netns(env: &[(&str, &str)]) -> Result<Berthd> {
+        let mut d = Self::new_inner(None)?;
+        let ns = berth_network::netns::Netns::create(&d.dir().join("netns"), "net")
+            .context("creating the test's network namespace")?;
+        d.netns = Some(ns.path().to_path_buf());
+        d.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        d.spawn()?;
+        Ok(d)
+    }
+
+    /// The network namespace berthd runs in, if it has one of its own.
+    pub fn netns(&self) -> Option<&Path> {
+        self.netns.as_deref()
+    }
+
+    /// Runs `args` in berthd's network namespace (nsenter), e.g. to reach a port it published
+    /// on 127.0.0.1 or to list its veths.
+    pub fn in_netns(&self, args: &[&str]) -> Out {
+        let mut cmd = Command::new("nsenter");
+        if let Some(ns) = &self.netns {
+            cmd.arg(format!("--net={}", ns.display()));
+        }
+        self.run(cmd.args(args))
+    }
+
     fn start_inner(toml: Option<&str>) -> Result<Berthd> {
         let mut d = Self::new_inner(toml)?;
         d.spawn()?;
@@ -121,6 +157,8 @@ impl Berthd {
             child: None,
             config,
             hide_unified: false,
+            netns: None,
+            env: Vec::new(),
         })
     }
 
@@ -167,6 +205,30 @@ impl Berthd {
         let mut cmd = Command::new(bins::berthd());
         if let Some(c) = &self.config {
             cmd.arg("--config").arg(c);
+        }
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        // Open (close-on-exec) until berthd has started.
+        let netns_file = match &self.netns {
+            Some(ns) => {
+                Some(std::fs::File::open(ns).with_context(|| format!("opening {}", ns.display()))?)
+            }
+            None => None,
+        };
+        if let Some(f) = &netns_file {
+            use std::os::fd::AsRawFd;
+            use std::os::unix::process::CommandExt;
+            let fd = f.as_raw_fd();
+            // SAFETY: only setns between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
         }
         if self.hide_unified {
             use nix::mount::{mount, MsFlags};

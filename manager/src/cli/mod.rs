@@ -7,6 +7,8 @@ pub mod images;
 pub mod leases;
 pub mod logs;
 pub mod namespaces;
+pub mod netflags;
+pub mod networks;
 pub mod output;
 pub mod run;
 pub mod seccomp;
@@ -71,9 +73,12 @@ pub enum Command {
     #[command(subcommand)]
     Leases(leases::Cmd),
     /// Run a container from an image; exits with its exit code.
-    Run(run::Args),
+    Run(Box<run::Args>),
     /// A container's output (kept for `run -d`): `-f` follows until the task exits.
     Logs(logs::Args),
+    /// Bridge networks containers join with `run --net`.
+    #[command(subcommand, visible_alias = "networks")]
+    Network(networks::Cmd),
     /// Container records.
     #[command(subcommand, visible_alias = "c")]
     Containers(containers::Cmd),
@@ -122,10 +127,11 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Snapshots(c) => snapshots::run(&env, c).await,
         Command::Leases(c) => leases::run(&env, c).await,
         Command::Run(a) => {
-            let code = run::run(&env, a).await?;
+            let code = run::run(&env, *a).await?;
             std::process::exit(code)
         }
         Command::Containers(c) => containers::run(&env, c).await,
+        Command::Network(c) => networks::run(&env, c).await,
         Command::Logs(a) => logs::run(&env, a).await,
         Command::Events { filters } => events::run(&env, filters).await,
         Command::Tasks(c) => {

@@ -65,6 +65,9 @@ pub struct Args {
     /// Runtime binary or name (berth-runc, runc, crun, or a path).
     #[arg(long, default_value = "io.containerd.runc.v2")]
     pub runtime: String,
+    /// Networks and ports.
+    #[command(flatten)]
+    pub net: super::netflags::NetFlags,
     /// The image.
     pub image: String,
     /// The container id.
@@ -349,6 +352,7 @@ pub async fn run(env: &Env, a: Args) -> Result<i32> {
     crate::identifiers::validate(&a.id).map_err(|e| anyhow::anyhow!("container id: {e}"))?;
     let (cfg, chain) = image_config(env, &a.image).await?;
     let mut spec = spec(&env.namespace, &a, &cfg["config"])?;
+    let labels = super::netflags::apply(&a.net, &cfg["config"], &mut spec)?;
     if a.tty {
         super::stdio::set_console_size(&mut spec["process"]);
     }
@@ -393,6 +397,7 @@ pub async fn run(env: &Env, a: Args) -> Result<i32> {
                 }),
                 snapshotter: SNAPSHOTTER.into(),
                 snapshot_key: a.id.clone(),
+                labels,
                 ..Default::default()
             }),
         })

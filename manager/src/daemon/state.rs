@@ -20,6 +20,7 @@ struct Inner {
     runtime: Option<String>,
     root: PathBuf,
     state_dir: PathBuf,
+    networks: Arc<crate::networks::Networks>,
 }
 
 impl State {
@@ -28,8 +29,14 @@ impl State {
     pub fn open(config: &Config) -> Result<State> {
         let store = Store::open(&StoreConfig::new(&config.root))
             .with_context(|| format!("opening the stores under {}", config.root.display()))?;
+        let networks = Arc::new(crate::networks::Networks::new(
+            store.clone(),
+            &config.root,
+            &config.state,
+        ));
         Ok(State {
             inner: Arc::new(Inner {
+                networks,
                 store,
                 registries: config.registries.clone(),
                 runtime: config.runtime.clone(),
@@ -52,6 +59,11 @@ impl State {
     /// The configured default runtime (`--runtime` or the config file's `runtime`).
     pub fn default_runtime(&self) -> Option<&str> {
         self.inner.runtime.as_deref()
+    }
+
+    /// The networks (records and attachments).
+    pub fn networks(&self) -> &Arc<crate::networks::Networks> {
+        &self.inner.networks
     }
 
     /// The persistent root.

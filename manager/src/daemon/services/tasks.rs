@@ -297,9 +297,36 @@ impl Tasks for TasksService {
         let spec = rec.spec.as_ref().ok_or_else(|| {
             Status::failed_precondition(format!("container {:?} has no spec", rec.id))
         })?;
-        let spec: serde_json::Value = serde_json::from_slice(&spec.value).map_err(|e| {
+        let mut spec: serde_json::Value = serde_json::from_slice(&spec.value).map_err(|e| {
             Status::invalid_argument(format!("container {:?}: spec is not JSON: {e}", rec.id))
         })?;
+        // Networks the container asked for (berth run's labels): its namespace, addresses,
+        // ports and resolver files, before the runtime sees the spec.
+        let plan =
+            crate::networks::Plan::from_labels(&rec.labels).map_err(crate::networks::status)?;
+        let attached = match plan {
+            Some(plan) => {
+                let (nets, c2, id) = (self.state.networks().clone(), c.clone(), rec.id.clone());
+                let (s2, attached) = tokio::task::spawn_blocking(move || {
+                    let mut spec = spec;
+                    nets.attach(&c2, &id, &plan, &mut spec).map(|a| (spec, a))
+                })
+                .await
+                .map_err(join_error)?
+                .map_err(crate::networks::status)?;
+                spec = s2;
+                attached.is_some()
+            }
+            None => false,
+        };
+        let detach_on_error =
+            move |nets: std::sync::Arc<crate::networks::Networks>, ns: String, id: String| {
+                if attached {
+                    if let Err(e) = nets.detach(&ns, &id) {
+                        tracing::warn!("undoing the networks of {id}: {e}");
+                    }
+                }
+            };
         let mut rootfs: Vec<Mount> = r.rootfs.into_iter().map(store_mount).collect();
         if rootfs.is_empty() && !rec.snapshot_key.is_empty() {
             let store = self.state.store().clone();
@@ -334,6 +361,11 @@ impl Tasks for TasksService {
         }
         let b2 = b.clone();
         let rootfs2 = rootfs.clone();
+        let (nets, ns2, id2) = (
+            self.state.networks().clone(),
+            c.namespace.clone(),
+            rec.id.clone(),
+        );
         let info = blocking(move || {
             bundle::create(CreateTask {
                 bundle: &b2,
@@ -346,7 +378,14 @@ impl Tasks for TasksService {
                 shim: shim_bin,
             })
         })
-        .await?;
+        .await;
+        let info = match info {
+            Ok(info) => info,
+            Err(e) => {
+                let _ = tokio::task::spawn_blocking(move || detach_on_error(nets, ns2, id2)).await;
+                return Err(e);
+            }
+        };
         publish(
             &c.namespace,
             "/tasks/create",
@@ -506,6 +545,16 @@ impl Tasks for TasksService {
         let _ = shim::request(&b.dir, "shutdown").await;
         let b2 = b.clone();
         blocking(move || bundle::remove(&b2)).await?;
+        // The container's networks go with its task: addresses, ports, namespace.
+        let (nets, ns, id2) = (
+            self.state.networks().clone(),
+            c.namespace.clone(),
+            id.clone(),
+        );
+        tokio::task::spawn_blocking(move || nets.detach(&ns, &id2))
+            .await
+            .map_err(join_error)?
+            .map_err(crate::networks::status)?;
         let exit = exit.unwrap_or(Exit {
             code: 255,
             at: std::time::SystemTime::now(),

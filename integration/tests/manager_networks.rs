@@ -1,0 +1,482 @@
+//! Networks through berthd on the real CNI plugins: containers on bridge networks reach each
+//! other, published ports answer on 127.0.0.1, other networks are cut off, `--net
+//! none|host|container:ID`, addresses and rules released on removal and kept across a berthd
+//! crash, and bad input refused with nothing left behind.
+//!
+//! Every berthd here runs in a network namespace of the test's own (only loopback at first):
+//! its bridges, veths and iptables rules live and die there, and no packet can leave the
+//! machine. Traffic goes only to 127.0.0.1 and to containers on the test's own bridges.
+
+use berth_integration::manager::image::{self, Entry, Image, Layer};
+use berth_integration::manager::{unique, Berthd};
+
+const IMAGE: &str = "docker.io/berth/berth-net:v1";
+const PAGE: &str = "hello from the web container\n";
+
+/// berthd in its own network namespace with the test image; cleans the namespace's tasks and
+/// containers on drop, pass or fail.
+struct Daemon {
+    d: Berthd,
+    ns: String,
+}
+
+impl std::ops::Deref for Daemon {
+    type Target = Berthd;
+    fn deref(&self) -> &Berthd {
+        &self.d
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        drop(berth_integration::manager::tasks::Cleanup::new(
+            &self.d, &self.ns,
+        ));
+    }
+}
+
+fn daemon_with(ns: &str, env: &[(&str, &str)]) -> Daemon {
+    let d = Berthd::start_in_netns(env).unwrap();
+    let mut entries = vec![Entry::Dir("bin", 0o755)];
+    for a in [
+        "bin/echo",
+        "bin/sleep",
+        "bin/true",
+        "bin/httpd",
+        "bin/nc",
+        "bin/hostname",
+    ] {
+        entries.push(Entry::Symlink(a, "busybox"));
+    }
+    entries.push(Entry::Dir("www", 0o755));
+    entries.push(Entry::File(
+        "www/index.html",
+        0o644,
+        PAGE.as_bytes().to_vec(),
+    ));
+    let img = Image::new(
+        IMAGE,
+        vec![
+            image::base_layer().unwrap(),
+            Layer::build(&entries).unwrap(),
+        ],
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let tar = dir.path().join("i.tar");
+    img.write_oci_archive(&tar).unwrap();
+    d.ctr(ns, &["images", "import", tar.to_str().unwrap()]).ok();
+    Daemon {
+        d,
+        ns: ns.to_string(),
+    }
+}
+
+fn daemon(ns: &str) -> Daemon {
+    daemon_with(ns, &[])
+}
+
+/// A web server container on `net`, publishing its port 80 as `publish` when given.
+fn web(d: &Daemon, id: &str, net: &str, publish: Option<&str>) {
+    let mut args = vec!["run", "-d", "--net", net];
+    if let Some(p) = publish {
+        args.extend(["-p", p]);
+    }
+    args.extend([IMAGE, id, "httpd", "-f", "-p", "80", "-h", "/www"]);
+    d.berth(&d.ns, &args).ok();
+}
+
+fn remove(d: &Daemon, id: &str) {
+    d.berth(&d.ns, &["tasks", "kill", "-s", "KILL", id]).ok();
+    d.berth(&d.ns, &["tasks", "wait", id]);
+    d.berth(&d.ns, &["tasks", "rm", id]).ok();
+    d.berth(&d.ns, &["containers", "rm", id]).ok();
+}
+
+/// The network's `inspect` JSON.
+fn inspect(d: &Daemon, net: &str) -> serde_json::Value {
+    d.berth(&d.ns, &["network", "inspect", net]).json()[0].clone()
+}
+
+/// The address of container `id` on network `net`.
+fn address_of(d: &Daemon, net: &str, id: &str) -> String {
+    let n = inspect(d, net);
+    n["Containers"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["Id"] == id))
+        .and_then(|c| c["IPv4Address"].as_str())
+        .unwrap_or_else(|| panic!("{id} is not on {net}: {n}"))
+        .to_string()
+}
+
+/// An HTTP GET of `/` sent with nc (Debian's static busybox wget crashes in its resolver).
+fn get(host: &str, port: u16) -> String {
+    format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {host} {port}")
+}
+
+/// The body of a page, if `response` is a 200 carrying it.
+fn page_of(response: &str) -> Option<String> {
+    (response.starts_with("HTTP/1.1 200") || response.starts_with("HTTP/1.0 200")).then(|| {
+        response
+            .split("\r\n\r\n")
+            .nth(1)
+            .unwrap_or_default()
+            .to_string()
+    })
+}
+
+/// GET http://host:port/ from a fresh container on `net`: the body, or None.
+fn fetch_from(d: &Daemon, net: &str, host: &str, port: u16) -> Option<String> {
+    let id = unique("client");
+    let out = d.berth(
+        &d.ns,
+        &[
+            "run",
+            "--rm",
+            "--net",
+            net,
+            IMAGE,
+            &id,
+            "sh",
+            "-c",
+            &get(host, port),
+        ],
+    );
+    page_of(&out.stdout)
+}
+
+/// [`fetch_from`] retried for a few seconds: a server started with `run -d` may not listen
+/// yet.
+fn fetch_eventually(d: &Daemon, net: &str, host: &str, port: u16) -> Option<String> {
+    for _ in 0..10 {
+        if let Some(page) = fetch_from(d, net, host, port) {
+            return Some(page);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    None
+}
+
+/// GET http://127.0.0.1:port/ from berthd's network namespace (the "host").
+fn fetch_on_host(d: &Daemon, port: u16) -> Option<String> {
+    let cmd = get("127.0.0.1", port).replace("| nc", "| busybox nc");
+    page_of(&d.in_netns(&["sh", "-c", &cmd]).stdout)
+}
+
+/// What a clean netns holds once every container is gone: no veth, no rule naming `ids`.
+#[track_caller]
+fn assert_released(d: &Daemon, ids: &[&str]) {
+    let veths = d.in_netns(&["ip", "-o", "link", "show", "type", "veth"]);
+    assert_eq!(veths.ok().trim(), "", "veths left");
+    for table in ["nat", "filter"] {
+        let rules = d.in_netns(&["iptables-save", "-t", table]);
+        for id in ids {
+            assert!(
+                !rules.ok().contains(id),
+                "{table} rules still name {id}:\n{}",
+                rules.stdout
+            );
+        }
+    }
+    let netns: Vec<_> = std::fs::read_dir(d.state().join("netns"))
+        .map(|r| r.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(netns.is_empty(), "network namespaces left: {netns:?}");
+    let attachments = d.state().join("networks").join(&d.ns);
+    let left: Vec<_> = std::fs::read_dir(&attachments)
+        .map(|r| r.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "attachments left: {left:?}");
+}
+
+#[test]
+fn containers_on_a_network_reach_each_other_and_published_ports_answer() {
+    let ns = unique("bnet");
+    let d = daemon(&ns);
+    d.berth(
+        &ns,
+        &["network", "create", "--subnet", "10.213.10.0/24", "web"],
+    )
+    .ok();
+    d.berth(
+        &ns,
+        &["network", "create", "--subnet", "10.213.11.0/24", "other"],
+    )
+    .ok();
+    let srv = unique("srv");
+    web(&d, &srv, "web", Some("127.0.0.1:8080:80"));
+    let ip = address_of(&d, "web", &srv);
+    assert!(ip.starts_with("10.213.10."), "{ip}");
+    // From another container on the same network.
+    let got = fetch_eventually(&d, "web", &ip, 80);
+    assert_eq!(got.as_deref(), Some(PAGE));
+    // From the host (berthd's network namespace) through the port published on 127.0.0.1.
+    assert_eq!(fetch_on_host(&d, 8080).as_deref(), Some(PAGE));
+    // From a container on another network: cut off.
+    assert_eq!(fetch_from(&d, "other", &ip, 80), None);
+    // --net container:ID shares the server's namespace: its httpd is on localhost.
+    let got = fetch_from(&d, &format!("container:{srv}"), "127.0.0.1", 80);
+    assert_eq!(got.as_deref(), Some(PAGE));
+    // /etc/hosts names the container; /etc/hostname is its host name.
+    let c = unique("named");
+    let out = d.berth(
+        &ns,
+        &[
+            "run",
+            "--rm",
+            "--net",
+            "web",
+            "--hostname",
+            "db1",
+            IMAGE,
+            &c,
+            "sh",
+            "-c",
+            "hostname; cat /etc/hosts; cat /etc/resolv.conf",
+        ],
+    );
+    let out = out.ok();
+    assert!(out.starts_with("db1\n"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.contains("10.213.10.") && l.contains("db1")),
+        "{out}"
+    );
+    assert!(
+        !out.contains("nameserver 127."),
+        "loopback name servers must go: {out}"
+    );
+    // The published port is listed.
+    let n = inspect(&d, "web");
+    assert_eq!(
+        n["Containers"][0]["Ports"][0], "127.0.0.1:8080->80/tcp",
+        "{n}"
+    );
+    remove(&d, &srv);
+    assert_eq!(inspect(&d, "web")["Containers"], serde_json::json!([]));
+    assert_released(&d, &[&srv]);
+    d.berth(&ns, &["network", "rm", "web", "other"]).ok();
+    let ls = d.berth(&ns, &["network", "ls"]);
+    assert!(!ls.ok().contains("web"), "{}", ls.stdout);
+}
+
+#[test]
+fn none_host_and_the_default_bridge() {
+    let ns = unique("bmodes");
+    let d = daemon(&ns);
+    // none (the default): only lo.
+    let c = unique("none");
+    let out = d.berth(&ns, &["run", "--rm", IMAGE, &c, "cat", "/proc/net/dev"]);
+    let ifaces: Vec<&str> = out
+        .ok()
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next())
+        .map(str::trim)
+        .collect();
+    assert_eq!(ifaces, vec!["lo"]);
+    // bridge: berth's default network, made on first use.
+    let srv = unique("srv");
+    web(&d, &srv, "bridge", None);
+    let ip = address_of(&d, "bridge", &srv);
+    let n = inspect(&d, "bridge");
+    assert_eq!(n["Bridge"], "berth0", "{n}");
+    assert_eq!(
+        fetch_eventually(&d, "bridge", &ip, 80).as_deref(),
+        Some(PAGE)
+    );
+    // host: the interfaces of berthd's namespace, the bridge among them.
+    let c = unique("host");
+    let out = d.berth(
+        &ns,
+        &[
+            "run",
+            "--rm",
+            "--net",
+            "host",
+            IMAGE,
+            &c,
+            "cat",
+            "/proc/net/dev",
+        ],
+    );
+    assert!(out.ok().contains("berth0"), "{}", out.stdout);
+    remove(&d, &srv);
+    assert_released(&d, &[&srv]);
+}
+
+#[test]
+fn twenty_concurrent_containers_get_distinct_addresses_and_release_them() {
+    let ns = unique("bmany");
+    let d = daemon(&ns);
+    d.berth(
+        &ns,
+        &["network", "create", "--subnet", "10.213.20.0/24", "many"],
+    )
+    .ok();
+    let ids: Vec<String> = (0..20).map(|i| unique(&format!("m{i}"))).collect();
+    std::thread::scope(|s| {
+        for id in &ids {
+            let d = &d;
+            s.spawn(move || {
+                d.berth(
+                    &d.ns,
+                    &["run", "-d", "--net", "many", IMAGE, id, "sleep", "1000"],
+                )
+                .ok();
+            });
+        }
+    });
+    let n = inspect(&d, "many");
+    let mut ips: Vec<String> = n["Containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["IPv4Address"].as_str().unwrap().to_string())
+        .collect();
+    ips.sort();
+    ips.dedup();
+    assert_eq!(ips.len(), 20, "{n}");
+    let leases = |d: &Daemon| -> usize {
+        std::fs::read_dir(d.root().join("networks/ipam"))
+            .map(|r| {
+                r.flatten()
+                    .flat_map(|net| {
+                        std::fs::read_dir(net.path())
+                            .into_iter()
+                            .flatten()
+                            .flatten()
+                    })
+                    .filter(|f| f.file_name().to_string_lossy().starts_with("10."))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    assert_eq!(leases(&d), 20);
+    std::thread::scope(|s| {
+        for id in &ids {
+            let d = &d;
+            s.spawn(move || remove(d, id));
+        }
+    });
+    assert_eq!(leases(&d), 0, "addresses still leased");
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    assert_released(&d, &refs);
+}
+
+#[test]
+fn published_ports_and_addresses_survive_a_berthd_crash() {
+    let ns = unique("bcrash");
+    let mut d = daemon(&ns);
+    d.berth(
+        &ns,
+        &["network", "create", "--subnet", "10.213.30.0/24", "keep"],
+    )
+    .ok();
+    let srv = unique("srv");
+    web(&d, &srv, "keep", Some("127.0.0.1:8081:80"));
+    let ip = address_of(&d, "keep", &srv);
+    d.d.crash();
+    d.d.restart().unwrap();
+    assert_eq!(fetch_on_host(&d, 8081).as_deref(), Some(PAGE));
+    assert_eq!(address_of(&d, "keep", &srv), ip);
+    remove(&d, &srv);
+    assert_released(&d, &[&srv]);
+    // The address is free again: a new container may take it.
+    let again = unique("again");
+    let out = d.berth(
+        &ns,
+        &[
+            "run", "-d", "--net", "keep", "--ip", &ip, IMAGE, &again, "sleep", "100",
+        ],
+    );
+    out.ok();
+    remove(&d, &again);
+}
+
+#[test]
+fn bad_network_input_is_refused_and_leaves_nothing() {
+    let ns = unique("bbad");
+    let d = daemon(&ns);
+    d.berth(
+        &ns,
+        &["network", "create", "--subnet", "10.213.40.0/24", "a"],
+    )
+    .ok();
+    for (args, needle) in [
+        (
+            vec!["network", "create", "--subnet", "10.213.40.128/25", "b"],
+            "overlaps",
+        ),
+        (
+            vec!["network", "create", "--subnet", "10.213.300.0/24", "b"],
+            "10.213.300.0/24",
+        ),
+        (
+            vec!["network", "create", "--subnet", "10.213.41.0/24", "a"],
+            "already exists",
+        ),
+        (vec!["network", "create", "bridge"], "reserved"),
+        (vec!["network", "rm", "nosuch"], "nosuch"),
+        (vec!["network", "rm", "bridge"], "cannot be removed"),
+    ] {
+        let out = d.berth(&ns, &args);
+        assert!(out.err().contains(needle), "{args:?}: {}", out.stderr);
+    }
+    // A container asking for a network that does not exist: nothing is created.
+    let c = unique("c");
+    let out = d.berth(
+        &ns,
+        &["run", "-d", "--net", "nosuch", IMAGE, &c, "sleep", "100"],
+    );
+    assert!(out.err().contains("nosuch"), "{}", out.stderr);
+    // A host port already published by another container.
+    let srv = unique("srv");
+    web(&d, &srv, "a", Some("127.0.0.1:8082:80"));
+    let c2 = unique("c2");
+    let out = d.berth(
+        &ns,
+        &[
+            "run",
+            "-d",
+            "--net",
+            "a",
+            "-p",
+            "127.0.0.1:8082:80",
+            IMAGE,
+            &c2,
+            "sleep",
+            "100",
+        ],
+    );
+    assert!(out.err().contains("8082"), "{}", out.stderr);
+    // A network in use cannot be removed.
+    let out = d.berth(&ns, &["network", "rm", "a"]);
+    assert!(out.err().contains(&srv), "{}", out.stderr);
+    remove(&d, &srv);
+    for id in [&c, &c2] {
+        let _ = d.berth(&ns, &["tasks", "rm", id]);
+        let _ = d.berth(&ns, &["containers", "rm", id]);
+    }
+    assert_released(&d, &[&c, &c2, &srv]);
+    d.berth(&ns, &["network", "rm", "a"]).ok();
+}
+
+#[test]
+fn a_missing_cni_plugin_is_named_and_nothing_is_left() {
+    let ns = unique("bplug");
+    let empty = tempfile::tempdir().unwrap();
+    let path = empty.path().display().to_string();
+    let d = daemon_with(&ns, &[("BERTH_CNI_PATH", &path)]);
+    d.berth(
+        &ns,
+        &["network", "create", "--subnet", "10.213.50.0/24", "n"],
+    )
+    .ok();
+    let c = unique("c");
+    let out = d.berth(&ns, &["run", "-d", "--net", "n", IMAGE, &c, "sleep", "100"]);
+    let err = out.err();
+    assert!(err.contains("bridge") && err.contains(&path), "{err}");
+    let _ = d.berth(&ns, &["containers", "rm", &c]);
+    assert_released(&d, &[&c]);
+}

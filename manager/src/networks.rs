@@ -1,0 +1,808 @@
+//! Networks, daemon side: the records of bridge networks (per namespace, in the metadata
+//! store) and the attachment of a container to them when its task is created — a persistent
+//! network namespace, CNI ADD on each network, published ports, `/etc/hosts`,
+//! `/etc/resolv.conf` and `/etc/hostname` — undone when the task is deleted. The plumbing is
+//! `berth-network`'s (Debian's CNI plugins); this module knows no gRPC.
+//!
+//! Where things live:
+//! - `<root>/networks/ipam/`: host-local's leases (persistent: addresses survive restarts);
+//! - `<state>/netns/<ns>--<id>`: a container's network namespace (a bind-mounted nsfs file);
+//! - `<state>/networks/<ns>/<id>/`: its hosts, resolv.conf, hostname and `attachment.json`
+//!   (what was set up, so that a restarted berthd can tear it down and report it);
+//! - `<state>/networks/cni-cache/`: the plugins' cached results (the firewall plugin's DEL
+//!   needs them).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use berth_network::cni::{Cni, RuntimeConf};
+use berth_network::config::{Network, DEFAULT_BRIDGE};
+use berth_network::files::{self, DnsOptions, HostEntry};
+use berth_network::isolation;
+use berth_network::netns::{self, Netns};
+use berth_network::ports::{self, PortMapping, PortSpec};
+use berth_network::subnet::{self, InUse, Subnet};
+use berth_store::{Ctx, Store};
+use serde::{Deserialize, Serialize};
+
+/// The record kind of networks in the metadata store.
+pub const KIND: &str = "network";
+/// The network containers join when they ask for none by name (`--net bridge`).
+pub const DEFAULT_NETWORK: &str = "bridge";
+
+/// Container label (set by `berth run`): the networks to join, JSON `[{"name", "aliases",
+/// "ip"}]`. Without it the container keeps what its spec says (a fresh namespace with only
+/// `lo`, or the host's).
+pub const NETWORKS_LABEL: &str = "berth.io/networks";
+/// Container label: the ports to publish, JSON `["[HOST_IP:][HOST_PORT:]PORT[/PROTO]", ...]`.
+pub const PORTS_LABEL: &str = "berth.io/ports";
+/// Container label: the hostname written to /etc/hostname and /etc/hosts.
+pub const HOSTNAME_LABEL: &str = "berth.io/hostname";
+/// Container label: name servers (`--dns`), comma-separated.
+pub const DNS_LABEL: &str = "berth.io/dns";
+/// Container label: extra /etc/hosts lines (`--add-host NAME:IP`), JSON list.
+pub const EXTRA_HOSTS_LABEL: &str = "berth.io/extra-hosts";
+/// Container label: join the network namespace of this other container (`--net container:ID`).
+pub const NETNS_OF_LABEL: &str = "berth.io/netns-of";
+
+/// What goes wrong, with the thing named.
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+type Result<T, E = NetworkError> = std::result::Result<T, E>;
+
+/// The gRPC status of a network error.
+pub fn status(e: NetworkError) -> tonic::Status {
+    match e {
+        NetworkError::InvalidArgument(m) => tonic::Status::invalid_argument(m),
+        NetworkError::NotFound(m) => tonic::Status::not_found(m),
+        NetworkError::AlreadyExists(m) => tonic::Status::already_exists(m),
+        NetworkError::FailedPrecondition(m) => tonic::Status::failed_precondition(m),
+        NetworkError::Internal(m) => tonic::Status::internal(m),
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> NetworkError {
+    NetworkError::Internal(e.to_string())
+}
+
+fn store_err(e: berth_store::StoreError) -> NetworkError {
+    if e.is_not_found() {
+        NetworkError::NotFound(e.to_string())
+    } else if e.is_already_exists() {
+        NetworkError::AlreadyExists(e.to_string())
+    } else {
+        NetworkError::Internal(e.to_string())
+    }
+}
+
+/// A network as berthd records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkRecord {
+    pub name: String,
+    pub id: String,
+    pub subnet: String,
+    pub gateway: String,
+    pub bridge: String,
+    pub internal: bool,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// The name the CNI plugins know it by (keys host-local's leases and their iptables
+    /// chains): unique on the host, unlike the record's name, which is per namespace.
+    pub cni_name: String,
+}
+
+impl NetworkRecord {
+    /// The `berth-network` definition.
+    fn network(&self) -> Result<Network> {
+        let subnet: Subnet = self.subnet.parse().map_err(internal)?;
+        let gateway: Ipv4Addr = self.gateway.parse().map_err(internal)?;
+        Ok(Network {
+            name: self.cni_name.clone(),
+            id: self.id.clone(),
+            bridge: self.bridge.clone(),
+            subnet,
+            gateway,
+            internal: self.internal,
+            labels: self.labels.clone(),
+        })
+    }
+}
+
+/// One network a container asks to join.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Join {
+    pub name: String,
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// A fixed address (`--ip`); empty: host-local picks one.
+    #[serde(default)]
+    pub ip: String,
+}
+
+/// What a container's task was given; kept in `attachment.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Attachment {
+    pub namespace: String,
+    pub container_id: String,
+    pub netns: PathBuf,
+    pub joined: Vec<Joined>,
+    pub ports: Vec<PortMapping>,
+}
+
+/// One network joined.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Joined {
+    /// The record as it was when joined (a DEL needs its plugins' config even if the record
+    /// changed since).
+    pub network: NetworkRecord,
+    pub ifname: String,
+    pub ip: String,
+    pub aliases: Vec<String>,
+    /// Whether the container's published ports go through this network.
+    #[serde(default)]
+    pub publishes: bool,
+}
+
+/// How a container's task joins networks, from its labels; `None`: as its spec says.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    pub joins: Vec<Join>,
+    pub ports: Vec<PortSpec>,
+    pub hostname: String,
+    pub dns: Vec<IpAddr>,
+    pub extra_hosts: Vec<HostEntry>,
+    /// `--net container:ID`: that container's namespace instead of one of our own.
+    pub netns_of: Option<String>,
+}
+
+impl Plan {
+    /// Reads the labels `berth run` sets; `Ok(None)` when there are none.
+    pub fn from_labels(labels: &BTreeMap<String, String>) -> Result<Option<Plan>> {
+        let bad = |label: &str, e: &dyn std::fmt::Display| {
+            NetworkError::InvalidArgument(format!("container label {label}: {e}"))
+        };
+        let netns_of = labels.get(NETNS_OF_LABEL).cloned();
+        let joins: Vec<Join> = match labels.get(NETWORKS_LABEL) {
+            Some(v) => serde_json::from_str(v).map_err(|e| bad(NETWORKS_LABEL, &e))?,
+            None => Vec::new(),
+        };
+        if joins.is_empty() && netns_of.is_none() {
+            return Ok(None);
+        }
+        let ports: Vec<String> = match labels.get(PORTS_LABEL) {
+            Some(v) => serde_json::from_str(v).map_err(|e| bad(PORTS_LABEL, &e))?,
+            None => Vec::new(),
+        };
+        let ports = ports
+            .iter()
+            .map(|p| p.parse::<PortSpec>().map_err(|e| bad(PORTS_LABEL, &e)))
+            .collect::<Result<Vec<_>>>()?;
+        let dns = match labels.get(DNS_LABEL) {
+            Some(v) => v
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(|s| {
+                    s.parse::<IpAddr>()
+                        .map_err(|_| bad(DNS_LABEL, &format!("{s:?} is not an IP address")))
+                })
+                .collect::<Result<Vec<_>>>()?,
+            None => Vec::new(),
+        };
+        let extra: Vec<String> = match labels.get(EXTRA_HOSTS_LABEL) {
+            Some(v) => serde_json::from_str(v).map_err(|e| bad(EXTRA_HOSTS_LABEL, &e))?,
+            None => Vec::new(),
+        };
+        let extra_hosts = extra
+            .iter()
+            .map(|h| HostEntry::parse_extra(h).map_err(|e| bad(EXTRA_HOSTS_LABEL, &e)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some(Plan {
+            joins,
+            ports,
+            hostname: labels.get(HOSTNAME_LABEL).cloned().unwrap_or_default(),
+            dns,
+            extra_hosts,
+            netns_of,
+        }))
+    }
+}
+
+/// berthd's networks: records, attachments, the plugins.
+pub struct Networks {
+    store: Store,
+    ipam_dir: PathBuf,
+    netns_dir: PathBuf,
+    dir: PathBuf,
+    cni: Cni,
+    /// One attach or detach at a time: ports and addresses are chosen against what exists.
+    lock: Mutex<()>,
+}
+
+impl Networks {
+    /// Networks under berthd's `root` (persistent) and `state` (per boot) directories.
+    pub fn new(store: Store, root: &Path, state: &Path) -> Networks {
+        let dir = state.join("networks");
+        let mut cni = Cni::new(dir.join("cni-cache"));
+        if let Some(path) = std::env::var_os("BERTH_CNI_PATH") {
+            cni = cni.with_plugin_path(std::env::split_paths(&path).collect());
+        }
+        Networks {
+            store,
+            ipam_dir: root.join("networks").join("ipam"),
+            netns_dir: state.join("netns"),
+            dir,
+            cni,
+            lock: Mutex::new(()),
+        }
+    }
+
+    fn guard(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.lock.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every network of every namespace (subnets and bridges are the host's, whoever owns
+    /// the record).
+    fn all_records(&self) -> Result<Vec<(String, NetworkRecord)>> {
+        let mut out = Vec::new();
+        for ns in self.store.namespaces().map_err(store_err)? {
+            let ns = ns.name;
+            let ctx = Ctx {
+                namespace: ns.clone(),
+                lease: None,
+            };
+            for (_, r) in self
+                .store
+                .records::<NetworkRecord>(&ctx, KIND)
+                .map_err(store_err)?
+            {
+                out.push((ns.clone(), r));
+            }
+        }
+        Ok(out)
+    }
+
+    fn subnets_in_use(&self, except_default: bool) -> Result<Vec<InUse>> {
+        let routes = subnet::host_routes().map_err(internal)?;
+        // A bridge's own route is its network's, not a conflict with it.
+        let records = self.all_records()?;
+        let bridges: Vec<&str> = records.iter().map(|(_, r)| r.bridge.as_str()).collect();
+        let mut used: Vec<InUse> = InUse::from_routes(
+            &routes
+                .into_iter()
+                .filter(|r| !bridges.contains(&r.iface.as_str()))
+                .collect::<Vec<_>>(),
+        );
+        for (ns, r) in &records {
+            if except_default && r.bridge == DEFAULT_BRIDGE {
+                continue;
+            }
+            if let Ok(s) = r.subnet.parse() {
+                used.push(InUse {
+                    subnet: s,
+                    owner: format!("network {} of namespace {ns}", r.name),
+                });
+            }
+        }
+        Ok(used)
+    }
+
+    /// Creates a network. `subnet` empty: the next free /16 of Docker's pools; `gateway`
+    /// empty: the subnet's first address.
+    pub fn create(
+        &self,
+        ctx: &Ctx,
+        name: &str,
+        subnet: &str,
+        gateway: &str,
+        is_internal: bool,
+        labels: BTreeMap<String, String>,
+    ) -> Result<NetworkRecord> {
+        let _g = self.guard();
+        if name == DEFAULT_NETWORK || name == "host" || name == "none" {
+            return Err(NetworkError::AlreadyExists(format!(
+                "network {name:?}: the name is reserved for berth's own modes"
+            )));
+        }
+        if self
+            .store
+            .record::<NetworkRecord>(ctx, KIND, name)
+            .map_err(store_err)?
+            .is_some()
+        {
+            return Err(NetworkError::AlreadyExists(format!(
+                "network with name {name} already exists"
+            )));
+        }
+        crate::identifiers::validate(name)
+            .map_err(|e| NetworkError::InvalidArgument(format!("network name: {e}")))?;
+        let used = self.subnets_in_use(false)?;
+        let subnet: Subnet = if subnet.is_empty() {
+            subnet::pick_default(&used).map_err(internal)?
+        } else {
+            let s: Subnet = subnet
+                .parse()
+                .map_err(|e| NetworkError::InvalidArgument(format!("--subnet: {e}")))?;
+            subnet::check_free(s, &used)
+                .map_err(|e| NetworkError::InvalidArgument(format!("--subnet: {e}")))?;
+            s
+        };
+        let id = new_id();
+        let mut net = Network::new(&format!("b-{}", &id[..12]), &id, subnet)
+            .map_err(|e| NetworkError::InvalidArgument(e.to_string()))?;
+        if !gateway.is_empty() {
+            net.gateway = gateway.parse().map_err(|_| {
+                NetworkError::InvalidArgument(format!(
+                    "--gateway {gateway:?} is not an IPv4 address"
+                ))
+            })?;
+            net.validate()
+                .map_err(|e| NetworkError::InvalidArgument(format!("--gateway: {e}")))?;
+        }
+        net.internal = is_internal;
+        let rec = NetworkRecord {
+            name: name.to_string(),
+            id,
+            subnet: net.subnet.to_string(),
+            gateway: net.gateway.to_string(),
+            bridge: net.bridge.clone(),
+            internal: is_internal,
+            labels,
+            cni_name: net.name.clone(),
+        };
+        self.store
+            .record_create(ctx, KIND, name, &rec)
+            .map_err(store_err)?;
+        Ok(rec)
+    }
+
+    /// The default network of the namespace, made on first use: bridge `berth0`, 172.17.0.0/16
+    /// unless that collides with a host route or another network (then the next free /16).
+    /// Every namespace's `bridge` is the same bridge and subnet.
+    pub fn ensure_default(&self, ctx: &Ctx) -> Result<NetworkRecord> {
+        if let Some(r) = self
+            .store
+            .record::<NetworkRecord>(ctx, KIND, DEFAULT_NETWORK)
+            .map_err(store_err)?
+        {
+            return Ok(r);
+        }
+        let existing = self
+            .all_records()?
+            .into_iter()
+            .map(|(_, r)| r)
+            .find(|r| r.bridge == DEFAULT_BRIDGE);
+        let rec = match existing {
+            Some(mut r) => {
+                r.labels.clear();
+                r
+            }
+            None => {
+                let used = self.subnets_in_use(true)?;
+                let subnet = subnet::pick_default(&used).map_err(internal)?;
+                let id = new_id();
+                let mut net = Network::new(DEFAULT_NETWORK, &id, subnet).map_err(internal)?;
+                net.bridge = DEFAULT_BRIDGE.to_string();
+                NetworkRecord {
+                    name: DEFAULT_NETWORK.into(),
+                    id,
+                    subnet: net.subnet.to_string(),
+                    gateway: net.gateway.to_string(),
+                    bridge: net.bridge,
+                    internal: false,
+                    labels: BTreeMap::new(),
+                    cni_name: DEFAULT_NETWORK.into(),
+                }
+            }
+        };
+        match self.store.record_create(ctx, KIND, DEFAULT_NETWORK, &rec) {
+            Ok(()) => Ok(rec),
+            // Made by a concurrent caller meanwhile.
+            Err(e) if e.is_already_exists() => self.get(ctx, DEFAULT_NETWORK),
+            Err(e) => Err(store_err(e)),
+        }
+    }
+
+    /// One network; `bridge` is made on first use.
+    pub fn get(&self, ctx: &Ctx, name: &str) -> Result<NetworkRecord> {
+        if name == DEFAULT_NETWORK {
+            return self.ensure_default(ctx);
+        }
+        self.store
+            .record::<NetworkRecord>(ctx, KIND, name)
+            .map_err(store_err)?
+            .ok_or_else(|| NetworkError::NotFound(format!("network {name} not found")))
+    }
+
+    /// Every network of the namespace (`bridge` included).
+    pub fn list(&self, ctx: &Ctx) -> Result<Vec<NetworkRecord>> {
+        self.ensure_default(ctx)?;
+        Ok(self
+            .store
+            .records::<NetworkRecord>(ctx, KIND)
+            .map_err(store_err)?
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect())
+    }
+
+    /// The containers attached to `network` of the namespace now, with what they got.
+    pub fn endpoints(&self, ctx: &Ctx, network: &str) -> Result<Vec<(Attachment, Joined)>> {
+        let mut out = Vec::new();
+        for a in self.attachments(&ctx.namespace)? {
+            for j in &a.joined {
+                if j.network.name == network {
+                    out.push((a.clone(), j.clone()));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes a network that no container uses; the default one cannot be removed.
+    pub fn remove(&self, ctx: &Ctx, name: &str) -> Result<()> {
+        let _g = self.guard();
+        if name == DEFAULT_NETWORK {
+            return Err(NetworkError::FailedPrecondition(format!(
+                "{name} is a pre-defined network and cannot be removed"
+            )));
+        }
+        let rec = self.get(ctx, name)?;
+        let users: Vec<String> = self
+            .endpoints(ctx, name)?
+            .into_iter()
+            .map(|(a, _)| a.container_id)
+            .collect();
+        if !users.is_empty() {
+            return Err(NetworkError::FailedPrecondition(format!(
+                "network {name} has active endpoints: {}",
+                users.join(", ")
+            )));
+        }
+        isolation::remove(&rec.cni_name, &rec.bridge).map_err(internal)?;
+        delete_bridge(&rec.bridge);
+        self.store
+            .record_delete(ctx, KIND, name)
+            .map_err(store_err)?;
+        let _ = std::fs::remove_dir_all(self.ipam_dir.join(&rec.cni_name));
+        Ok(())
+    }
+
+    fn container_dir(&self, ns: &str, id: &str) -> PathBuf {
+        self.dir.join(ns).join(id)
+    }
+
+    fn netns_name(ns: &str, id: &str) -> String {
+        // "--" cannot be confused: namespaces and ids are validated identifiers, but a
+        // namespace ending in '-' followed by an id starting with '-' is impossible.
+        format!("{ns}--{id}")
+    }
+
+    /// The attachments of namespace `ns` (every container of it that joined a network).
+    pub fn attachments(&self, ns: &str) -> Result<Vec<Attachment>> {
+        let dir = self.dir.join(ns);
+        let mut out = Vec::new();
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Ok(out);
+        };
+        for e in entries.flatten() {
+            if let Ok(text) = std::fs::read(e.path().join("attachment.json")) {
+                match serde_json::from_slice::<Attachment>(&text) {
+                    Ok(a) => out.push(a),
+                    Err(err) => {
+                        tracing::warn!(path = %e.path().display(), "unreadable attachment: {err}")
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The attachment of one container, if it has one.
+    pub fn attachment(&self, ns: &str, id: &str) -> Option<Attachment> {
+        let text = std::fs::read(self.container_dir(ns, id).join("attachment.json")).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+
+    /// Every published port of every container on the host, for conflict checks.
+    fn ports_taken(&self) -> Vec<PortMapping> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter(|e| e.file_name() != "cni-cache")
+            .filter_map(|e| self.attachments(&e.file_name().to_string_lossy()).ok())
+            .flatten()
+            .flat_map(|a| a.ports)
+            .collect()
+    }
+
+    /// Sets up the container's networks for its task, changing `spec` to use them: the
+    /// network namespace path, bind mounts of /etc/hosts, /etc/resolv.conf and /etc/hostname.
+    /// On failure nothing is left behind.
+    pub fn attach(
+        &self,
+        ctx: &Ctx,
+        id: &str,
+        plan: &Plan,
+        spec: &mut serde_json::Value,
+    ) -> Result<Option<Attachment>> {
+        let _g = self.guard();
+        if let Some(other) = &plan.netns_of {
+            let path = self.netns_of(ctx, other)?;
+            set_spec_netns(spec, &path);
+            return Ok(None);
+        }
+        let mut records = Vec::new();
+        for j in &plan.joins {
+            records.push((j.clone(), self.get(ctx, &j.name)?));
+        }
+        if !plan.ports.is_empty() && records.iter().all(|(_, r)| r.internal) {
+            return Err(NetworkError::InvalidArgument(
+                "ports cannot be published from a container only on internal networks".into(),
+            ));
+        }
+        let ports = ports::resolve(&plan.ports, &self.ports_taken())
+            .map_err(|e| NetworkError::InvalidArgument(e.to_string()))?;
+        let cdir = self.container_dir(&ctx.namespace, id);
+        std::fs::create_dir_all(&cdir).map_err(internal)?;
+        let mut undo = Undo {
+            cni: &self.cni,
+            dir: cdir.clone(),
+            netns: None,
+            added: Vec::new(),
+            armed: true,
+        };
+        let ns = Netns::create(&self.netns_dir, &Self::netns_name(&ctx.namespace, id))
+            .map_err(internal)?;
+        undo.netns = Some(ns.clone());
+        let mut joined = Vec::new();
+        for (i, (join, rec)) in records.iter().enumerate() {
+            let net = rec.network()?;
+            let list = net.conflist(&self.ipam_dir).map_err(internal)?;
+            isolation::install(&rec.cni_name, &rec.bridge, rec.internal).map_err(internal)?;
+            let ifname = format!("eth{i}");
+            let mut rt = RuntimeConf::new(id, ns.path(), &ifname);
+            if !join.ip.is_empty() {
+                let ip: Ipv4Addr = join.ip.parse().map_err(|_| {
+                    NetworkError::InvalidArgument(format!(
+                        "--ip {:?} is not an IPv4 address",
+                        join.ip
+                    ))
+                })?;
+                if !net.subnet.contains(ip) {
+                    return Err(NetworkError::InvalidArgument(format!(
+                        "--ip {ip} is not in network {}'s subnet {}",
+                        rec.name, rec.subnet
+                    )));
+                }
+                // Plugins that do not know IP must not fail on it.
+                rt.args.push(("IgnoreUnknown".into(), "1".into()));
+                rt.args.push(("IP".into(), ip.to_string()));
+            }
+            // Ports are published on the first network that can carry them.
+            let publishes = i
+                == records
+                    .iter()
+                    .position(|(_, r)| !r.internal)
+                    .unwrap_or(usize::MAX);
+            if publishes {
+                rt = rt.with_port_mappings(&ports);
+            }
+            let result = self.cni.add(&list, &rt).map_err(|e| {
+                NetworkError::FailedPrecondition(format!("network {}: {e}", rec.name))
+            })?;
+            undo.added.push((list, rt));
+            let ip = result
+                .container_ips(&ifname)
+                .first()
+                .map(|ip| ip.to_string())
+                .unwrap_or_default();
+            joined.push(Joined {
+                network: rec.clone(),
+                ifname,
+                ip,
+                aliases: join.aliases.clone(),
+                publishes,
+            });
+        }
+        let hostname = if plan.hostname.is_empty() {
+            id.get(..12).unwrap_or(id).to_string()
+        } else {
+            plan.hostname.clone()
+        };
+        let own: Vec<IpAddr> = joined.iter().filter_map(|j| j.ip.parse().ok()).collect();
+        let aliases: Vec<String> = joined.iter().flat_map(|j| j.aliases.clone()).collect();
+        let hosts = files::hosts(&own, &hostname, &aliases, &plan.extra_hosts);
+        let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        let resolved = std::fs::read_to_string("/run/systemd/resolve/resolv.conf").ok();
+        let base = files::choose_host_resolv_conf(&host_resolv, resolved.as_deref());
+        let resolv = files::resolv_conf(
+            base,
+            &DnsOptions {
+                nameservers: plan.dns.clone(),
+                ..DnsOptions::default()
+            },
+        );
+        write_file(&cdir.join("hosts"), &hosts)?;
+        write_file(&cdir.join("resolv.conf"), &resolv)?;
+        write_file(&cdir.join("hostname"), &format!("{hostname}\n"))?;
+        let attachment = Attachment {
+            namespace: ctx.namespace.clone(),
+            container_id: id.to_string(),
+            netns: ns.path().to_path_buf(),
+            joined,
+            ports,
+        };
+        let data = serde_json::to_vec_pretty(&attachment).map_err(internal)?;
+        let tmp = cdir.join("attachment.json.tmp");
+        std::fs::write(&tmp, data)
+            .and_then(|()| std::fs::rename(&tmp, cdir.join("attachment.json")))
+            .map_err(internal)?;
+        set_spec_netns(spec, ns.path());
+        spec["hostname"] = serde_json::Value::String(hostname);
+        for (file, dest) in [
+            ("hosts", "/etc/hosts"),
+            ("resolv.conf", "/etc/resolv.conf"),
+            ("hostname", "/etc/hostname"),
+        ] {
+            add_bind(spec, &cdir.join(file), dest);
+        }
+        undo.armed = false;
+        Ok(Some(attachment))
+    }
+
+    /// The network namespace of another container of the namespace (`--net container:ID`):
+    /// its attachment's, else its running init's.
+    fn netns_of(&self, ctx: &Ctx, other: &str) -> Result<PathBuf> {
+        if let Some(a) = self.attachment(&ctx.namespace, other) {
+            return Ok(a.netns);
+        }
+        Err(NetworkError::FailedPrecondition(format!(
+            "container {other} has no network namespace of berthd's to join (it must run on a network)"
+        )))
+    }
+
+    /// Tears down what [`Networks::attach`] set up for container `id` (idempotent).
+    pub fn detach(&self, ns: &str, id: &str) -> Result<()> {
+        let _g = self.guard();
+        let cdir = self.container_dir(ns, id);
+        let Some(a) = self.attachment(ns, id) else {
+            let _ = std::fs::remove_dir_all(&cdir);
+            return Ok(());
+        };
+        let mut first_err = None;
+        for j in a.joined.iter().rev() {
+            let list = match j
+                .network
+                .network()
+                .and_then(|n| n.conflist(&self.ipam_dir).map_err(internal))
+            {
+                Ok(l) => l,
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                    continue;
+                }
+            };
+            let mut rt = RuntimeConf::new(id, &a.netns, &j.ifname);
+            if j.publishes {
+                rt = rt.with_port_mappings(&a.ports);
+            }
+            if let Err(e) = self.cni.del(&list, &rt) {
+                first_err.get_or_insert(NetworkError::Internal(format!(
+                    "network {}: {e}",
+                    j.network.name
+                )));
+            }
+            if let Err(e) = isolation::remove_masquerade_leftovers(&j.network.cni_name, id) {
+                tracing::warn!("network {}: {e}", j.network.name);
+            }
+        }
+        if let Err(e) = netns::remove_path(&a.netns) {
+            first_err.get_or_insert(internal(e));
+        }
+        if let Err(e) = std::fs::remove_dir_all(&cdir) {
+            first_err.get_or_insert(internal(e));
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Undoes a half-made attachment.
+struct Undo<'a> {
+    cni: &'a Cni,
+    dir: PathBuf,
+    netns: Option<Netns>,
+    added: Vec<(berth_network::cni::NetworkConfigList, RuntimeConf)>,
+    armed: bool,
+}
+
+impl Drop for Undo<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        for (list, rt) in self.added.iter().rev() {
+            if let Err(e) = self.cni.del(list, rt) {
+                tracing::warn!("undoing a failed attach: {e}");
+            }
+            let _ = isolation::remove_masquerade_leftovers(&list.name, &rt.container_id);
+        }
+        if let Some(ns) = &self.netns {
+            let _ = ns.remove();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn write_file(path: &Path, text: &str) -> Result<()> {
+    std::fs::write(path, text).map_err(|e| internal(format!("writing {}: {e}", path.display())))
+}
+
+/// Points the spec's network namespace at `path` (adding the entry if missing).
+fn set_spec_netns(spec: &mut serde_json::Value, path: &Path) {
+    let entry = serde_json::json!({"type": "network", "path": path});
+    match spec["linux"]["namespaces"].as_array_mut() {
+        Some(list) => {
+            list.retain(|n| n["type"] != "network");
+            list.push(entry);
+        }
+        None => spec["linux"]["namespaces"] = serde_json::json!([entry]),
+    }
+}
+
+/// Adds a read-write bind of `source` at `dest`, replacing any mount already there.
+fn add_bind(spec: &mut serde_json::Value, source: &Path, dest: &str) {
+    let m = serde_json::json!({
+        "destination": dest, "type": "bind", "source": source,
+        "options": ["rbind", "rprivate"]
+    });
+    match spec["mounts"].as_array_mut() {
+        Some(list) => {
+            list.retain(|x| x["destination"] != dest);
+            list.push(m);
+        }
+        None => spec["mounts"] = serde_json::json!([m]),
+    }
+}
+
+/// Removes a bridge device (a network's, once the network is gone); a missing one is fine.
+fn delete_bridge(bridge: &str) {
+    let out = std::process::Command::new("ip")
+        .args(["link", "delete", bridge, "type", "bridge"])
+        .output();
+    if let Ok(o) = out {
+        if !o.status.success() {
+            tracing::debug!(
+                "ip link delete {bridge}: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+        }
+    }
+}
+
+/// A new 64-hex-digit id.
+fn new_id() -> String {
+    let mut bytes = [0u8; 32];
+    for b in bytes.iter_mut() {
+        *b = fastrand::u8(..);
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
