@@ -718,3 +718,66 @@ fn berth_events_report_the_oom_killer() {
     }
     assert_clean(&d, &ns);
 }
+
+#[test]
+fn resize_pty_and_close_io_refuse_what_they_cannot_do() {
+    use berth_proto::containerd::services::tasks::v1 as pb;
+    use berth_proto::containerd::services::tasks::v1::tasks_client::TasksClient;
+    let ns = unique("bres");
+    let d = daemon(&ns);
+    let (plain, tty) = (unique("c"), unique("c"));
+    d.berth(&ns, &["run", "-d", IMAGE, &plain, "sleep", "100"])
+        .ok();
+    d.berth(&ns, &["run", "-d", "-t", IMAGE, &tty, "sh"]).ok();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let ch = berth_manager::client::connect(d.socket()).await.unwrap();
+        let ic = berth_manager::client::NamespaceInterceptor::new(&ns, None).unwrap();
+        let mut c = TasksClient::with_interceptor(ch, ic);
+        let resize = |id: &str, width, height| pb::ResizePtyRequest {
+            container_id: id.to_string(),
+            exec_id: String::new(),
+            width,
+            height,
+        };
+        // A task without a terminal: nothing to resize, and it says so.
+        let e = c.resize_pty(resize(&plain, 80, 24)).await.unwrap_err();
+        assert_eq!(
+            e.code(),
+            berth_proto::tonic::Code::FailedPrecondition,
+            "{e:?}"
+        );
+        assert!(e.message().contains("no terminal"), "{e:?}");
+        // A size no terminal has.
+        let e = c.resize_pty(resize(&tty, 70_000, 24)).await.unwrap_err();
+        assert_eq!(e.code(), berth_proto::tonic::Code::InvalidArgument, "{e:?}");
+        // An unknown container.
+        let e = c.resize_pty(resize("nosuch", 80, 24)).await.unwrap_err();
+        assert_eq!(e.code(), berth_proto::tonic::Code::NotFound, "{e:?}");
+        let e = c
+            .close_io(pb::CloseIoRequest {
+                container_id: "nosuch".into(),
+                exec_id: String::new(),
+                stdin: true,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), berth_proto::tonic::Code::NotFound, "{e:?}");
+        // The real thing works.
+        c.resize_pty(resize(&tty, 100, 30)).await.unwrap();
+    });
+    let (out, code) = berth_on_a_terminal(
+        &d,
+        &ns,
+        &format!("tasks exec {tty} busybox stty -F /dev/pts/0 size"),
+        "",
+    );
+    assert_eq!((code, out.as_str()), (0, "30 100\n"), "{out}");
+    for id in [&plain, &tty] {
+        kill_and_remove(&d, &ns, id);
+    }
+    assert_clean(&d, &ns);
+}
