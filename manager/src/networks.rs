@@ -141,6 +141,12 @@ pub struct Attachment {
     pub netns: PathBuf,
     pub joined: Vec<Joined>,
     pub ports: Vec<PortMapping>,
+    /// The container's host name (first name of its own /etc/hosts lines).
+    #[serde(default)]
+    pub hostname: String,
+    /// `--add-host` lines, `NAME:IP`.
+    #[serde(default)]
+    pub extra_hosts: Vec<String>,
 }
 
 /// One network joined.
@@ -625,9 +631,6 @@ impl Networks {
         } else {
             plan.hostname.clone()
         };
-        let own: Vec<IpAddr> = joined.iter().filter_map(|j| j.ip.parse().ok()).collect();
-        let aliases: Vec<String> = joined.iter().flat_map(|j| j.aliases.clone()).collect();
-        let hosts = files::hosts(&own, &hostname, &aliases, &plan.extra_hosts);
         let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
         let resolved = std::fs::read_to_string("/run/systemd/resolve/resolv.conf").ok();
         let base = files::choose_host_resolv_conf(&host_resolv, resolved.as_deref());
@@ -638,7 +641,6 @@ impl Networks {
                 ..DnsOptions::default()
             },
         );
-        write_file(&cdir.join("hosts"), &hosts)?;
         write_file(&cdir.join("resolv.conf"), &resolv)?;
         write_file(&cdir.join("hostname"), &format!("{hostname}\n"))?;
         let attachment = Attachment {
@@ -647,12 +649,22 @@ impl Networks {
             netns: ns.path().to_path_buf(),
             joined,
             ports,
+            hostname: hostname.clone(),
+            extra_hosts: plan
+                .extra_hosts
+                .iter()
+                .map(|h| format!("{}:{}", h.names.join(" "), h.ip))
+                .collect(),
         };
+        // This container's /etc/hosts names every container it shares a network with; theirs
+        // now name it too (names resolve through the hosts file, see `refresh_hosts`).
+        write_file(&cdir.join("hosts"), "")?;
         let data = serde_json::to_vec_pretty(&attachment).map_err(internal)?;
         let tmp = cdir.join("attachment.json.tmp");
         std::fs::write(&tmp, data)
             .and_then(|()| std::fs::rename(&tmp, cdir.join("attachment.json")))
             .map_err(internal)?;
+        self.refresh_hosts(&ctx.namespace);
         set_spec_netns(spec, ns.path());
         spec["hostname"] = serde_json::Value::String(hostname);
         for (file, dest) in [
@@ -664,6 +676,53 @@ impl Networks {
         }
         undo.armed = false;
         Ok(Some(attachment))
+    }
+
+    /// Rewrites the /etc/hosts of every attached container of namespace `ns`: its own names,
+    /// `--add-host` lines, and for every container it shares a network with, that container's
+    /// address on the shared network with its id, host name and aliases. Written in place
+    /// (the file is bind-mounted into the container, so its inode must stay), so a container
+    /// started later is found by the ones already running.
+    fn refresh_hosts(&self, ns: &str) {
+        let Ok(all) = self.attachments(ns) else {
+            return;
+        };
+        for a in &all {
+            let own: Vec<IpAddr> = a.joined.iter().filter_map(|j| j.ip.parse().ok()).collect();
+            let aliases: Vec<String> = a.joined.iter().flat_map(|j| j.aliases.clone()).collect();
+            let mut extra: Vec<HostEntry> = a
+                .extra_hosts
+                .iter()
+                .filter_map(|h| HostEntry::parse_extra(h).ok())
+                .collect();
+            for b in all.iter().filter(|b| b.container_id != a.container_id) {
+                for jb in &b.joined {
+                    if !a.joined.iter().any(|ja| ja.network.id == jb.network.id) {
+                        continue;
+                    }
+                    let Ok(ip) = jb.ip.parse::<IpAddr>() else {
+                        continue;
+                    };
+                    let mut names = vec![b.container_id.clone()];
+                    if !b.hostname.is_empty() && b.hostname != b.container_id {
+                        names.push(b.hostname.clone());
+                    }
+                    names.extend(jb.aliases.iter().cloned());
+                    extra.push(HostEntry { ip, names });
+                }
+            }
+            let text = files::hosts(&own, &a.hostname, &aliases, &extra);
+            let path = self.container_dir(ns, &a.container_id).join("hosts");
+            // In place: truncate and write the same inode.
+            if let Err(e) = std::fs::OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(&path)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()))
+            {
+                tracing::warn!("updating {}: {e}", path.display());
+            }
+        }
     }
 
     /// The network namespace of another container of the namespace (`--net container:ID`):
@@ -718,6 +777,7 @@ impl Networks {
         if let Err(e) = std::fs::remove_dir_all(&cdir) {
             first_err.get_or_insert(internal(e));
         }
+        self.refresh_hosts(ns);
         match first_err {
             Some(e) => Err(e),
             None => Ok(()),
