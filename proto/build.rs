@@ -23,6 +23,7 @@ const FILES: &[&str] = &[
     "containerd/services/events/v1/events.proto",
     "berth/services/images/v1/archive.proto",
     "berth/services/distribution/v1/distribution.proto",
+    "berth/services/volumes/v1/volumes.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -14,12 +14,14 @@ pub mod namespaces;
 pub mod snapshots;
 pub mod tasks;
 pub mod version;
+pub mod volumes;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Result;
 use berth_proto::berth::services::distribution::v1::distribution_server::DistributionServer;
 use berth_proto::berth::services::images::v1::archives_server::ArchivesServer;
+use berth_proto::berth::services::volumes::v1::volumes_server::VolumesServer;
 use berth_proto::containerd::services::containers::v1::containers_server::ContainersServer;
 use berth_proto::containerd::services::content::v1::content_server::ContentServer;
 use berth_proto::containerd::services::diff::v1::diff_server::DiffServer;
@@ -100,6 +102,12 @@ pub fn router(state: State) -> Result<Router> {
         .add_service(svc!(
             DistributionServer,
             distribution::DistributionService {
+                state: state.clone()
+            }
+        ))
+        .add_service(svc!(
+            VolumesServer,
+            volumes::VolumesService {
                 state: state.clone()
             }
         ))
