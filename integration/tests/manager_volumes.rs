@@ -171,6 +171,8 @@ fn data_outlives_containers_ro_refuses_writes_and_in_use_volumes_stay() {
 
     // Once the container is gone the volume goes, and its data with it.
     d.berth(&ns, &["containers", "rm", &kept]).ok();
+    // (its anonymous volume for the image's /vol goes with prune)
+    d.berth(&ns, &["volume", "prune"]).ok();
     assert_eq!(d.berth(&ns, &["volume", "rm", "v1"]).ok(), "v1\n");
     assert!(!volume_dir(&d, &ns, "v1").exists());
     let out = d.berth(&ns, &["volume", "inspect", "v1"]);
