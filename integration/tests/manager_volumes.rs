@@ -111,20 +111,39 @@ fn data_outlives_containers_ro_refuses_writes_and_in_use_volumes_stay() {
         "{out:?}"
     );
     let ls = d.berth(&ns, &["volume", "ls"]).ok().to_string();
-    assert!(ls.contains("local") && ls.contains("v1") && ls.contains("a=b"), "{ls}");
+    assert!(
+        ls.contains("local") && ls.contains("v1") && ls.contains("a=b"),
+        "{ls}"
+    );
 
     // One container writes, the next reads.
     let out = d.berth(
         &ns,
         &[
-            "run", "--rm", "-v", "v1:/data", IMAGE, &unique("c"), "sh", "-c",
+            "run",
+            "--rm",
+            "-v",
+            "v1:/data",
+            IMAGE,
+            &unique("c"),
+            "sh",
+            "-c",
             "echo written > /data/mine",
         ],
     );
     out.ok();
     let out = d.berth(
         &ns,
-        &["run", "--rm", "-v", "v1:/data", IMAGE, &unique("c"), "cat", "/data/mine"],
+        &[
+            "run",
+            "--rm",
+            "-v",
+            "v1:/data",
+            IMAGE,
+            &unique("c"),
+            "cat",
+            "/data/mine",
+        ],
     );
     assert_eq!(out.ok(), "written\n");
     assert_eq!(
@@ -136,7 +155,14 @@ fn data_outlives_containers_ro_refuses_writes_and_in_use_volumes_stay() {
     let out = d.berth(
         &ns,
         &[
-            "run", "--rm", "-v", "v1:/data:ro", IMAGE, &unique("c"), "sh", "-c",
+            "run",
+            "--rm",
+            "-v",
+            "v1:/data:ro",
+            IMAGE,
+            &unique("c"),
+            "sh",
+            "-c",
             "echo x > /data/other",
         ],
     );
@@ -145,8 +171,15 @@ fn data_outlives_containers_ro_refuses_writes_and_in_use_volumes_stay() {
     let out = d.berth(
         &ns,
         &[
-            "run", "--rm", "--mount", "type=volume,src=v1,dst=/data,readonly", IMAGE,
-            &unique("c"), "sh", "-c", "cat /data/mine; echo x > /data/other",
+            "run",
+            "--rm",
+            "--mount",
+            "type=volume,src=v1,dst=/data,readonly",
+            IMAGE,
+            &unique("c"),
+            "sh",
+            "-c",
+            "cat /data/mine; echo x > /data/other",
         ],
     );
     assert_ne!(out.code, 0, "{out:?}");
@@ -155,11 +188,13 @@ fn data_outlives_containers_ro_refuses_writes_and_in_use_volumes_stay() {
 
     // A container record that names it keeps it: rm is refused, naming the container.
     let kept = unique("c");
-    d.berth(&ns, &["run", "-v", "v1:/data", IMAGE, &kept, "true"]).ok();
+    d.berth(&ns, &["run", "-v", "v1:/data", IMAGE, &kept, "true"])
+        .ok();
     let out = d.berth(&ns, &["volume", "rm", "v1"]);
     assert_ne!(out.code, 0);
     assert!(
-        out.stderr.contains(&format!("volume \"v1\" is in use by container(s) {kept}")),
+        out.stderr
+            .contains(&format!("volume \"v1\" is in use by container(s) {kept}")),
         "{out:?}"
     );
     let prune = d.berth(&ns, &["volume", "prune", "--all"]);
@@ -180,7 +215,16 @@ fn data_outlives_containers_ro_refuses_writes_and_in_use_volumes_stay() {
     // A new volume of the same name starts empty (and is filled from the image again).
     let out = d.berth(
         &ns,
-        &["run", "--rm", "-v", "v1:/data", IMAGE, &unique("c"), "ls", "/data"],
+        &[
+            "run",
+            "--rm",
+            "-v",
+            "v1:/data",
+            IMAGE,
+            &unique("c"),
+            "ls",
+            "/data",
+        ],
     );
     assert_eq!(out.ok(), "hello\nlink\nsub\n");
     d.berth(&ns, &["volume", "rm", "v1"]).ok();
@@ -195,7 +239,14 @@ fn copy_up_fills_an_empty_volume_from_the_image_once() {
     let out = d.berth(
         &ns,
         &[
-            "run", "--rm", "-v", "fresh:/data", IMAGE, &unique("c"), "sh", "-c",
+            "run",
+            "--rm",
+            "-v",
+            "fresh:/data",
+            IMAGE,
+            &unique("c"),
+            "sh",
+            "-c",
             "cat /data/hello /data/sub/deep; busybox readlink /data/link; \
              busybox stat -c '%a %u' /data /data/hello /data/sub; \
              rm /data/hello; echo mine > /data/new",
@@ -210,18 +261,39 @@ fn copy_up_fills_an_empty_volume_from_the_image_once() {
     // Not empty any more: not filled again, the container's changes stay.
     let out = d.berth(
         &ns,
-        &["run", "--rm", "-v", "fresh:/data", IMAGE, &unique("c"), "ls", "/data"],
+        &[
+            "run",
+            "--rm",
+            "-v",
+            "fresh:/data",
+            IMAGE,
+            &unique("c"),
+            "ls",
+            "/data",
+        ],
     );
     assert_eq!(out.ok(), "link\nnew\nsub\n");
     // nocopy: an empty volume stays empty.
     let out = d.berth(
         &ns,
-        &["run", "--rm", "-v", "empty:/data:nocopy", IMAGE, &unique("c"), "ls", "/data"],
+        &[
+            "run",
+            "--rm",
+            "-v",
+            "empty:/data:nocopy",
+            IMAGE,
+            &unique("c"),
+            "ls",
+            "/data",
+        ],
     );
     assert_eq!(out.ok(), "");
 
     // The image's VOLUME gets an anonymous volume, filled from the image; --rm removes it.
-    let out = d.berth(&ns, &["run", "--rm", IMAGE, &unique("c"), "cat", "/vol/seed"]);
+    let out = d.berth(
+        &ns,
+        &["run", "--rm", IMAGE, &unique("c"), "cat", "/vol/seed"],
+    );
     assert_eq!(out.ok(), "seed\n");
     assert_eq!(volumes(&d, &ns), vec!["empty", "fresh"]);
     // Without --rm it stays with the container; prune takes it once the container is gone.
@@ -237,9 +309,15 @@ fn copy_up_fills_an_empty_volume_from_the_image_once() {
     d.berth(&ns, &["containers", "rm", &kept]).ok();
     let pruned = d.berth(&ns, &["volume", "prune"]).ok().to_string();
     assert!(pruned.contains(&anon[0]), "{pruned}");
-    assert!(!pruned.contains("fresh"), "named volumes need --all: {pruned}");
+    assert!(
+        !pruned.contains("fresh"),
+        "named volumes need --all: {pruned}"
+    );
     let pruned = d.berth(&ns, &["volume", "prune", "-a"]).ok().to_string();
-    assert!(pruned.contains("fresh") && pruned.contains("empty"), "{pruned}");
+    assert!(
+        pruned.contains("fresh") && pruned.contains("empty"),
+        "{pruned}"
+    );
     assert_clean(&d, &ns);
 }
 
@@ -253,15 +331,27 @@ fn binds_tmpfs_and_driver_options() {
     let out = d.berth(
         &ns,
         &[
-            "run", "--rm", "-v", &format!("{h}:/h"), "--mount",
-            &format!("type=bind,source={h},target=/hro,readonly"), "--tmpfs",
-            "/t:size=1m", IMAGE, &unique("c"), "sh", "-c",
+            "run",
+            "--rm",
+            "-v",
+            &format!("{h}:/h"),
+            "--mount",
+            &format!("type=bind,source={h},target=/hro,readonly"),
+            "--tmpfs",
+            "/t:size=1m",
+            IMAGE,
+            &unique("c"),
+            "sh",
+            "-c",
             "cat /h/in; echo out > /h/out; echo x > /hro/y || echo refused; \
              busybox grep ' /t ' /proc/self/mounts",
         ],
     );
     let o = out.ok();
-    assert!(o.starts_with("from the host\nrefused\ntmpfs /t tmpfs"), "{out:?}");
+    assert!(
+        o.starts_with("from the host\nrefused\ntmpfs /t tmpfs"),
+        "{out:?}"
+    );
     assert!(o.contains("size=1024k"), "{o}");
     assert_eq!(
         std::fs::read_to_string(host.path().join("out")).unwrap(),
@@ -274,29 +364,71 @@ fn binds_tmpfs_and_driver_options() {
     // Driver options: a tmpfs volume, a bind volume.
     d.berth(
         &ns,
-        &["volume", "create", "-o", "type=tmpfs", "-o", "device=tmpfs", "-o", "o=size=2m", "tv"],
+        &[
+            "volume",
+            "create",
+            "-o",
+            "type=tmpfs",
+            "-o",
+            "device=tmpfs",
+            "-o",
+            "o=size=2m",
+            "tv",
+        ],
     )
     .ok();
     let out = d.berth(
         &ns,
         &[
-            "run", "--rm", "-v", "tv:/tv", IMAGE, &unique("c"), "sh", "-c",
+            "run",
+            "--rm",
+            "-v",
+            "tv:/tv",
+            IMAGE,
+            &unique("c"),
+            "sh",
+            "-c",
             "busybox grep ' /tv ' /proc/self/mounts",
         ],
     );
-    assert!(out.ok().contains("tmpfs /tv tmpfs") && out.ok().contains("size=2048k"), "{out:?}");
+    assert!(
+        out.ok().contains("tmpfs /tv tmpfs") && out.ok().contains("size=2048k"),
+        "{out:?}"
+    );
     d.berth(
         &ns,
-        &["volume", "create", "-o", "type=none", "-o", "o=bind", "-o", &format!("device={h}"), "bv"],
+        &[
+            "volume",
+            "create",
+            "-o",
+            "type=none",
+            "-o",
+            "o=bind",
+            "-o",
+            &format!("device={h}"),
+            "bv",
+        ],
     )
     .ok();
     let out = d.berth(
         &ns,
-        &["run", "--rm", "-v", "bv:/bv", IMAGE, &unique("c"), "cat", "/bv/in"],
+        &[
+            "run",
+            "--rm",
+            "-v",
+            "bv:/bv",
+            IMAGE,
+            &unique("c"),
+            "cat",
+            "/bv/in",
+        ],
     );
     assert_eq!(out.ok(), "from the host\n");
     d.berth(&ns, &["volume", "rm", "tv", "bv"]).ok();
-    assert!(host.path().join("in").exists(), "removing a bind volume keeps the host's data");
+    assert!(
+        host.path().join("in").exists(),
+        "removing a bind volume keeps the host's data"
+    );
     assert_clean(&d, &ns);
 }
 
@@ -305,16 +437,35 @@ fn bad_volume_input_is_refused_by_name_and_leaves_nothing() {
     let ns = unique("volbad");
     let d = daemon(&ns);
     let cases: &[(&[&str], &str)] = &[
-        (&["volume", "create", "../x"], "volume name \"../x\" is invalid"),
-        (&["volume", "create", "a/b"], "volume name \"a/b\" is invalid"),
+        (
+            &["volume", "create", "../x"],
+            "volume name \"../x\" is invalid",
+        ),
+        (
+            &["volume", "create", "a/b"],
+            "volume name \"a/b\" is invalid",
+        ),
         (&["volume", "rm", "nosuch"], "volume \"nosuch\": not found"),
-        (&["volume", "inspect", "nosuch"], "volume \"nosuch\": not found"),
+        (
+            &["volume", "inspect", "nosuch"],
+            "volume \"nosuch\": not found",
+        ),
         (
             &["volume", "create", "-o", "type=nfs", "nfsvol"],
             "volume type \"nfs\" is not supported",
         ),
         (
-            &["volume", "create", "-o", "type=none", "-o", "o=bind", "-o", "device=/no/such/dir", "bvol"],
+            &[
+                "volume",
+                "create",
+                "-o",
+                "type=none",
+                "-o",
+                "o=bind",
+                "-o",
+                "device=/no/such/dir",
+                "bvol",
+            ],
             "/no/such/dir",
         ),
     ];
@@ -337,11 +488,22 @@ fn bad_volume_input_is_refused_by_name_and_leaves_nothing() {
         ),
         // The named volume would be made first: the missing bind is found before anything.
         (
-            &["-v", "newvol:/data", "--mount", "type=bind,src=/no/such/path,dst=/x"],
+            &[
+                "-v",
+                "newvol:/data",
+                "--mount",
+                "type=bind,src=/no/such/path,dst=/x",
+            ],
             "bind source path \"/no/such/path\" does not exist",
         ),
-        (&["-v", "v:/d", "--tmpfs", "/d"], "duplicate mount point /d"),
-        (&["--mount", "type=bind,src=/tmp,dst=/x,tmpfs-size=1m"], "tmpfs-size is only for type=tmpfs"),
+        (
+            &["-v", "vv:/d", "--tmpfs", "/d"],
+            "duplicate mount point /d",
+        ),
+        (
+            &["--mount", "type=bind,src=/tmp,dst=/x,tmpfs-size=1m"],
+            "tmpfs-size is only for type=tmpfs",
+        ),
     ];
     for (flags, want) in run_cases {
         let id = unique("c");
@@ -357,7 +519,15 @@ fn bad_volume_input_is_refused_by_name_and_leaves_nothing() {
     // A run that fails after making its volumes removes them again.
     let out = d.berth(
         &ns,
-        &["run", "--rm", "-v", "made:/data", IMAGE, &unique("c"), "/no/such/cmd"],
+        &[
+            "run",
+            "--rm",
+            "-v",
+            "made:/data",
+            IMAGE,
+            &unique("c"),
+            "/no/such/cmd",
+        ],
     );
     assert_eq!(out.code, 127, "{out:?}");
     assert_clean(&d, &ns);
