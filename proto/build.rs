@@ -24,6 +24,7 @@ const FILES: &[&str] = &[
     "berth/services/images/v1/archive.proto",
     "berth/services/distribution/v1/distribution.proto",
     "berth/services/networks/v1/networks.proto",
+    "berth/services/volumes/v1/volumes.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

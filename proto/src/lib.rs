@@ -87,6 +87,13 @@ pub mod berth {
                 tonic::include_proto!("berth.services.networks.v1");
             }
         }
+        /// Volumes.
+        pub mod volumes {
+            /// Version 1: named volumes of a namespace.
+            pub mod v1 {
+                tonic::include_proto!("berth.services.volumes.v1");
+            }
+        }
     }
 }
 

@@ -46,6 +46,7 @@ pub mod images;
 pub mod pull;
 pub mod push;
 mod store;
+pub mod volumes;
 
 pub use store::{
     CleanupReport, ContentWriter, SnapshotterChoice, Store, StoreConfig, LABEL_GC_EXPIRE,

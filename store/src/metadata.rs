@@ -37,8 +37,10 @@ const CONTAINERS: Tbl = TableDefinition::new("containers");
 const COUNTERS: Tbl = TableDefinition::new("counters");
 /// Records of the engine's own kinds (networks, ...), keyed by namespace, kind and name.
 const RECORDS: Tbl = TableDefinition::new("records");
-const ALL: [Tbl; 8] = [
-    NAMESPACES, IMAGES, CONTENT, SNAPSHOTS, LEASES, CONTAINERS, COUNTERS, RECORDS,
+/// Named volumes (`ns \0 name`); see [`crate::volumes`].
+const VOLUMES: Tbl = TableDefinition::new("volumes");
+const ALL: [Tbl; 9] = [
+    NAMESPACES, IMAGES, CONTENT, SNAPSHOTS, LEASES, CONTAINERS, COUNTERS, RECORDS, VOLUMES,
 ];
 
 /// Longest namespace name containerd accepts.
@@ -261,6 +263,25 @@ pub struct Container {
     pub updated_at: SystemTime,
 }
 
+/// A named volume's record; its data is `<root>/volumes/<ns>/<name>/_data` (see
+/// [`crate::volumes`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Volume {
+    /// Its name (`[a-zA-Z0-9][a-zA-Z0-9_.-]+`).
+    pub name: String,
+    /// Driver: always `local`.
+    pub driver: String,
+    /// Labels.
+    #[serde(default)]
+    pub labels: Labels,
+    /// The `local` driver's options (`type`, `device`, `o`).
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+    /// Creation time.
+    #[serde(with = "time_nanos", default = "epoch")]
+    pub created_at: SystemTime,
+}
+
 fn epoch() -> SystemTime {
     SystemTime::UNIX_EPOCH
 }
@@ -463,6 +484,17 @@ pub trait MetaRead {
     fn records(&self, ns: &str, kind: &str) -> Result<Vec<(String, Vec<u8>)>> {
         self.raw_scan(RECORDS, &format!("{ns}\0{kind}\0"))
     }
+    /// One volume.
+    fn volume(&self, ns: &str, name: &str) -> Result<Option<Volume>> {
+        let k = key2(ns, name);
+        self.raw_get(VOLUMES, &k)?
+            .map(|b| decode(&k, &b))
+            .transpose()
+    }
+    /// Volumes of a namespace, by name.
+    fn volumes(&self, ns: &str) -> Result<Vec<Volume>> {
+        scan_decode(self, VOLUMES, ns)
+    }
 }
 
 fn scan_decode<T: DeserializeOwned, R: MetaRead + ?Sized>(
@@ -611,6 +643,7 @@ impl WriteTx {
             (SNAPSHOTS, "snapshots"),
             (LEASES, "leases"),
             (CONTAINERS, "containers"),
+            (VOLUMES, "volumes"),
         ] {
             if !self.raw_scan(t, &prefix)?.is_empty() {
                 still.push(what);
@@ -729,6 +762,25 @@ impl WriteTx {
         }
         let k = key2(ns, &c.id);
         self.raw_put(CONTAINERS, &k, &encode(&k, c)?)
+    }
+
+    /// Creates a volume record; `AlreadyExists` if the name is taken.
+    pub fn create_volume(&self, ns: &str, v: &Volume) -> Result<()> {
+        self.ensure_namespace(ns)?;
+        check_name("volume", &v.name)?;
+        if self.volume(ns, &v.name)?.is_some() {
+            return Err(StoreError::AlreadyExists(format!("volume {:?}", v.name)));
+        }
+        let k = key2(ns, &v.name);
+        self.raw_put(VOLUMES, &k, &encode(&k, v)?)
+    }
+
+    /// Deletes a volume record; `NotFound` if missing.
+    pub fn delete_volume(&self, ns: &str, name: &str) -> Result<()> {
+        if !self.raw_delete(VOLUMES, &key2(ns, name))? {
+            return Err(StoreError::NotFound(format!("volume {name:?}")));
+        }
+        Ok(())
     }
 
     /// Deletes a container; `NotFound` if missing.

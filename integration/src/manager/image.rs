@@ -153,12 +153,22 @@ pub struct Image {
 impl Image {
     /// Assembles config and manifest for `layers`.
     pub fn new(name: &str, layers: Vec<Layer>) -> Result<Image> {
+        Image::with_config(
+            name,
+            layers,
+            serde_json::json!({ "Cmd": ["/bin/sh"], "Env": ["PATH=/bin"] }),
+        )
+    }
+
+    /// Assembles config and manifest for `layers`, with `cfg` as the config's `config`
+    /// (Cmd, Env, Volumes, ...).
+    pub fn with_config(name: &str, layers: Vec<Layer>, cfg: serde_json::Value) -> Result<Image> {
         let diff_ids: Vec<&str> = layers.iter().map(|l| l.diff_id.as_str()).collect();
         let config = serde_json::to_vec(&serde_json::json!({
             "architecture": host_arch(),
             "os": "linux",
             "created": "2024-01-01T00:00:00Z",
-            "config": { "Cmd": ["/bin/sh"], "Env": ["PATH=/bin"] },
+            "config": cfg,
             "rootfs": { "type": "layers", "diff_ids": diff_ids },
             "history": layers.iter().map(|_| serde_json::json!({"created_by": "berth test"})).collect::<Vec<_>>(),
         }))?;

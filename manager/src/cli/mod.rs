@@ -6,6 +6,7 @@ pub mod events;
 pub mod images;
 pub mod leases;
 pub mod logs;
+pub mod mounts;
 pub mod namespaces;
 pub mod netflags;
 pub mod networks;
@@ -15,6 +16,7 @@ pub mod seccomp;
 pub mod snapshots;
 pub mod stdio;
 pub mod tasks;
+pub mod volumes;
 
 use std::path::PathBuf;
 
@@ -85,6 +87,9 @@ pub enum Command {
     /// Tasks: a container's running processes.
     #[command(subcommand, visible_alias = "t")]
     Tasks(tasks::Cmd),
+    /// Named volumes.
+    #[command(subcommand, visible_alias = "volumes")]
+    Volume(volumes::Cmd),
     /// Print the daemon's events as they happen.
     Events {
         /// containerd-style filters (`topic=="/tasks/exit"`, `namespace==default`).
@@ -133,6 +138,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Containers(c) => containers::run(&env, c).await,
         Command::Network(c) => networks::run(&env, c).await,
         Command::Logs(a) => logs::run(&env, a).await,
+        Command::Volume(c) => volumes::run(&env, c).await,
         Command::Events { filters } => events::run(&env, filters).await,
         Command::Tasks(c) => {
             let code = tasks::run(&env, c).await?;

@@ -2,8 +2,6 @@
 //! layers the rootfs, then a container and its task on berthd; output is streamed through FIFOs
 //! and the process's exit code becomes berth's.
 
-use std::path::Path;
-
 use anyhow::{bail, Context, Result};
 use berth_proto::containerd::services::containers::v1 as cpb;
 use berth_proto::containerd::services::containers::v1::containers_client::ContainersClient;
@@ -47,9 +45,17 @@ pub struct Args {
     /// UID[:GID] to run as.
     #[arg(long, short = 'u')]
     pub user: Option<String>,
-    /// Bind mounts, SRC:DST[:ro].
+    /// Mounts, Docker's syntax: `type=volume|bind|tmpfs,source=…,target=…[,readonly]…`
+    /// (or SRC:DST[:ro], a bind).
     #[arg(long)]
     pub mount: Vec<String>,
+    /// Volumes and binds: `NAME:/path[:ro]` (made when missing, filled from the image when
+    /// empty), `/host/path:/path[:ro|rw]`, or `/path` (an anonymous volume).
+    #[arg(long = "volume", short = 'v')]
+    pub volume: Vec<String>,
+    /// A tmpfs at `/path[:size=…,mode=…]`.
+    #[arg(long)]
+    pub tmpfs: Vec<String>,
     /// Memory limit: bytes, or with a unit b, k, m, g (1024-based, as Docker's `--memory`).
     #[arg(long, value_parser = parse_size)]
     pub memory: Option<i64>,
@@ -181,7 +187,7 @@ pub fn spec(ns: &str, a: &Args, cfg: &Value) -> Result<Value> {
     } else {
         uid
     };
-    let mut mounts = vec![
+    let mounts = vec![
         json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
         json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
         json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
@@ -190,20 +196,8 @@ pub fn spec(ns: &str, a: &Args, cfg: &Value) -> Result<Value> {
         json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}),
         json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}),
     ];
-    for m in &a.mount {
-        let parts: Vec<&str> = m.split(':').collect();
-        let (src, dst, ro) = match parts.as_slice() {
-            [s, d] => (*s, *d, false),
-            [s, d, "ro"] => (*s, *d, true),
-            _ => bail!("--mount {m:?}: expected SRC:DST[:ro]"),
-        };
-        if !Path::new(src).is_absolute() || !Path::new(dst).is_absolute() {
-            bail!("--mount {m:?}: both paths must be absolute");
-        }
-        let mut opts = vec!["rbind"];
-        opts.push(if ro { "ro" } else { "rw" });
-        mounts.push(json!({"destination": dst, "type": "bind", "source": src, "options": opts}));
-    }
+    // -v, --mount and --tmpfs: checked here, added by `mounts::apply`.
+    super::mounts::plan(&a.volume, &a.mount, &a.tmpfs, cfg)?;
     let mut resources = json!({"devices": [{"allow": false, "access": "rwm"}]});
     if let Some(m) = a.memory {
         if m <= 0 {
@@ -326,8 +320,9 @@ async fn image_config(env: &Env, name: &str) -> Result<(Value, String)> {
     Ok((cfg, chain))
 }
 
-/// Removes the container and its snapshot (best effort: used on failure and for --rm).
-async fn remove(env: &Env, id: &str) {
+/// Removes the container and its snapshot, then `volumes` (best effort: used on failure and
+/// for --rm).
+async fn remove(env: &Env, id: &str, volumes: &[String]) {
     // Independent of each other: both at once.
     let mut containers = ContainersClient::new(env.ns.clone());
     let mut snapshots = SnapshotsClient::new(env.ns.clone());
@@ -338,6 +333,7 @@ async fn remove(env: &Env, id: &str) {
             key: id.into(),
         })
     );
+    super::mounts::remove_volumes(env, volumes).await;
 }
 
 /// Runs `berth run`; returns the exit code berth should exit with.
@@ -365,17 +361,30 @@ pub async fn run(env: &Env, a: Args) -> Result<i32> {
     {
         bail!("container {:?}: already exists", a.id);
     }
-    let mut mounts = SnapshotsClient::new(env.ns.clone())
+    let vols = super::mounts::apply(
+        env,
+        &a.volume,
+        &a.mount,
+        &a.tmpfs,
+        &cfg["config"],
+        &mut spec,
+    )
+    .await?;
+    let prepared = SnapshotsClient::new(env.ns.clone())
         .prepare(spb::PrepareSnapshotRequest {
             snapshotter: SNAPSHOTTER.into(),
             key: a.id.clone(),
             parent: chain,
             labels: Default::default(),
         })
-        .await
-        .map_err(rpc_error(format!("preparing the rootfs of {}", a.id)))?
-        .into_inner()
-        .mounts;
+        .await;
+    let mut mounts = match prepared {
+        Ok(r) => r.into_inner().mounts,
+        Err(e) => {
+            super::mounts::remove_volumes(env, &vols.created).await;
+            return Err(rpc_error(format!("preparing the rootfs of {}", a.id))(e));
+        }
+    };
     if a.rm && !a.detach {
         // Removed on exit: its writable layer need not survive a host crash (see VOLATILE).
         for m in mounts.iter_mut().filter(|m| m.r#type == "overlay") {
@@ -397,7 +406,11 @@ pub async fn run(env: &Env, a: Args) -> Result<i32> {
                 }),
                 snapshotter: SNAPSHOTTER.into(),
                 snapshot_key: a.id.clone(),
-                labels,
+                labels: {
+                    let mut l = vols.labels.clone();
+                    l.extend(labels);
+                    l
+                },
                 ..Default::default()
             }),
         })
@@ -409,6 +422,7 @@ pub async fn run(env: &Env, a: Args) -> Result<i32> {
                 key: a.id.clone(),
             })
             .await;
+        super::mounts::remove_volumes(env, &vols.created).await;
         return Err(rpc_error(format!("creating container {}", a.id))(e));
     }
     let io = if a.detach {
@@ -438,7 +452,7 @@ pub async fn run(env: &Env, a: Args) -> Result<i32> {
         })
         .await;
     if let Err(e) = created {
-        remove(env, &a.id).await;
+        remove(env, &a.id, &vols.created).await;
         if e.message().contains("executable file not found") {
             eprintln!("berth: {}", e.message());
             return Ok(127);
@@ -472,7 +486,7 @@ pub async fn run(env: &Env, a: Args) -> Result<i32> {
                 container_id: a.id.clone(),
             })
             .await;
-        remove(env, &a.id).await;
+        remove(env, &a.id, &vols.created).await;
         return Err(rpc_error(format!("starting {}", a.id))(e));
     }
     if a.detach {
@@ -500,7 +514,7 @@ pub async fn run(env: &Env, a: Args) -> Result<i32> {
         .await
         .map_err(rpc_error(format!("deleting the task of {}", a.id)))?;
     if a.rm {
-        remove(env, &a.id).await;
+        remove(env, &a.id, &vols.anonymous).await;
     }
     Ok(code)
 }

@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod mounts;
 pub mod runtime;
 pub mod shim;
+pub mod volumes;
 
 use std::path::{Path, PathBuf};
 

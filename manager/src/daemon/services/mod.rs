@@ -15,6 +15,7 @@ pub mod networks;
 pub mod snapshots;
 pub mod tasks;
 pub mod version;
+pub mod volumes;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -22,6 +23,7 @@ use anyhow::Result;
 use berth_proto::berth::services::distribution::v1::distribution_server::DistributionServer;
 use berth_proto::berth::services::images::v1::archives_server::ArchivesServer;
 use berth_proto::berth::services::networks::v1::networks_server::NetworksServer;
+use berth_proto::berth::services::volumes::v1::volumes_server::VolumesServer;
 use berth_proto::containerd::services::containers::v1::containers_server::ContainersServer;
 use berth_proto::containerd::services::content::v1::content_server::ContentServer;
 use berth_proto::containerd::services::diff::v1::diff_server::DiffServer;
@@ -108,6 +110,12 @@ pub fn router(state: State) -> Result<Router> {
         .add_service(svc!(
             NetworksServer,
             networks::NetworksService {
+                state: state.clone()
+            }
+        ))
+        .add_service(svc!(
+            VolumesServer,
+            volumes::VolumesService {
                 state: state.clone()
             }
         ))
