@@ -217,11 +217,13 @@ fn create_start_kill_delete() -> Result<()> {
     );
 
     rt.start(&id)?.ok();
+    // The shell creates the file before it writes to it: wait for the whole line.
     assert!(
-        wait_for(WAIT, || marker.exists()),
-        "the command did not run after start"
+        wait_for(WAIT, || fs::read_to_string(&marker)
+            .is_ok_and(|t| t == "yes\n")),
+        "the command did not run after start: {:?}",
+        fs::read_to_string(&marker)
     );
-    assert_eq!(fs::read_to_string(&marker)?, "yes\n");
     let state = rt.state(&id)?;
     assert_eq!(state["status"], "running", "{state}");
     assert_eq!(

@@ -241,7 +241,10 @@ fn init(a: &InitArgs<'_>) -> Result<Infallible, Failure> {
 
     sync::send(a.sync, &Message::Ready)
         .map_err(|e| format!("telling the runtime we are ready: {e}"))?;
-    match &a.gate {
+    // The fifo's write end stays open (close-on-exec) until execve: `start` reads to its end,
+    // so it returns (and runs poststart hooks) only once startContainer hooks ran and the
+    // process was executed, as the runtime-spec orders them.
+    let _fifo = match &a.gate {
         StartGate::Fifo(fifo) => {
             // Blocks until `start` opens the fifo for reading.
             let f = nix::fcntl::open(
@@ -252,12 +255,13 @@ fn init(a: &InitArgs<'_>) -> Result<Infallible, Failure> {
             .map_err(|e| Failure::Exec(format!("opening exec fifo: {e}")))?;
             nix::unistd::write(&f, b"0")
                 .map_err(|e| Failure::Exec(format!("writing exec fifo: {e}")))?;
+            Some(f)
         }
         StartGate::Sync => match sync::recv(a.sync) {
-            Ok(Some(Message::Go)) => {}
+            Ok(Some(Message::Go)) => None,
             _ => return Err(Failure::Exec("the runtime went away before start".into())),
         },
-    }
+    };
     if let Some(hooks) = cfg.spec.hooks().as_ref() {
         if !HookKind::StartContainer.of(hooks).is_empty() {
             hooks::run_with_env(

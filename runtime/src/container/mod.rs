@@ -73,6 +73,20 @@ pub fn start(ctx: &Settings, id: &str) -> Result<()> {
             bail!("container init did not answer on the exec fifo");
         }
     }
+    // Then until the init's end of the fifo closes: at execve (it is close-on-exec), after
+    // its startContainer hooks, so that poststart hooks run after them (or when it died).
+    loop {
+        let mut fds = [PollFd::new(fifo.as_fd(), PollFlags::POLLIN)];
+        let _ = poll(&mut fds, PollTimeout::from(100u16));
+        match nix::unistd::read(&fifo, &mut buf) {
+            Ok(0) => break,
+            Ok(_) | Err(Errno::EAGAIN) | Err(Errno::EINTR) => {}
+            Err(e) => return Err(anyhow!("reading {}: {e}", fifo_path.display())),
+        }
+        if !st.init_alive() {
+            break;
+        }
+    }
     std::fs::remove_file(&fifo_path)
         .with_context(|| format!("removing {}", fifo_path.display()))?;
     if let Err(e) = run_hooks(&st, HookKind::Poststart, "running") {
