@@ -250,25 +250,99 @@ fn containers_on_a_network_reach_each_other_and_published_ports_answer() {
     // hosts file berthd keeps up to date; and a container started later is found by the
     // ones already running.
     let alias_srv = unique("alias");
-    d.berth(&ns, &["run", "-d", "--net", "web", "--network-alias", "www", IMAGE, &alias_srv,
-                   "httpd", "-f", "-p", "80", "-h", "/www"]).ok();
+    d.berth(
+        &ns,
+        &[
+            "run",
+            "-d",
+            "--net",
+            "web",
+            "--network-alias",
+            "www",
+            IMAGE,
+            &alias_srv,
+            "httpd",
+            "-f",
+            "-p",
+            "80",
+            "-h",
+            "/www",
+        ],
+    )
+    .ok();
     let alias_ip = address_of(&d, "web", &alias_srv);
     let lookup = |name: &str| format!("grep -w {name} /etc/hosts | cut -f1 | head -1");
     let c = unique("byname");
-    let out = d.berth(&ns, &["run", "--rm", "--net", "web", IMAGE, &c, "sh", "-c",
-        &format!("ip=$({}); {}", lookup(&srv), get("$ip", 80))]);
-    assert_eq!(page_of(&out.stdout).as_deref(), Some(PAGE), "{}", out.stderr);
-    let out = d.berth(&ns, &["run", "--rm", "--net", "web", IMAGE, &c, "sh", "-c", &lookup("www")]);
+    let out = d.berth(
+        &ns,
+        &[
+            "run",
+            "--rm",
+            "--net",
+            "web",
+            IMAGE,
+            &c,
+            "sh",
+            "-c",
+            &format!("ip=$({}); {}", lookup(&srv), get("$ip", 80)),
+        ],
+    );
+    assert_eq!(
+        page_of(&out.stdout).as_deref(),
+        Some(PAGE),
+        "{}",
+        out.stderr
+    );
+    let out = d.berth(
+        &ns,
+        &[
+            "run",
+            "--rm",
+            "--net",
+            "web",
+            IMAGE,
+            &c,
+            "sh",
+            "-c",
+            &lookup("www"),
+        ],
+    );
     assert_eq!(out.ok().trim(), alias_ip);
     let watcher = unique("watcher");
-    d.berth(&ns, &["run", "-d", "--net", "web", IMAGE, &watcher, "sleep", "1000"]).ok();
+    d.berth(
+        &ns,
+        &[
+            "run", "-d", "--net", "web", IMAGE, &watcher, "sleep", "1000",
+        ],
+    )
+    .ok();
     let late = unique("late");
-    d.berth(&ns, &["run", "-d", "--net", "web", IMAGE, &late, "sleep", "1000"]).ok();
+    d.berth(
+        &ns,
+        &["run", "-d", "--net", "web", IMAGE, &late, "sleep", "1000"],
+    )
+    .ok();
     let late_ip = address_of(&d, "web", &late);
-    let out = d.berth(&ns, &["tasks", "exec", &watcher, "sh", "-c", &lookup(&late)]);
+    let out = d.berth(
+        &ns,
+        &["tasks", "exec", &watcher, "sh", "-c", &lookup(&late)],
+    );
     assert_eq!(out.ok().trim(), late_ip);
     // Not on the other network.
-    let out = d.berth(&ns, &["run", "--rm", "--net", "other", IMAGE, &c, "sh", "-c", &lookup(&srv)]);
+    let out = d.berth(
+        &ns,
+        &[
+            "run",
+            "--rm",
+            "--net",
+            "other",
+            IMAGE,
+            &c,
+            "sh",
+            "-c",
+            &lookup(&srv),
+        ],
+    );
     assert_eq!(out.ok().trim(), "");
     for id in [&alias_srv, &watcher, &late] {
         remove(&d, id);
