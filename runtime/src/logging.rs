@@ -11,9 +11,9 @@ use std::sync::{Mutex, OnceLock};
 
 use anyhow::{Context, Result};
 use tracing::field::{Field, Visit};
-use tracing::{Event, Level, Subscriber};
-use tracing_subscriber::layer::{Context as LayerContext, Layer};
-use tracing_subscriber::prelude::*;
+use tracing::level_filters::LevelFilter;
+use tracing::span::{Attributes, Id, Record};
+use tracing::{Event, Level, Metadata, Subscriber};
 
 /// Log line formats of `--log-format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,7 +61,7 @@ pub fn init(log: Option<&Path>, format: LogFormat, debug: bool) -> Result<()> {
         format,
         max_level,
     });
-    let _ = tracing_subscriber::registry().with(LogLayer).try_init();
+    let _ = tracing::subscriber::set_global_default(LogSubscriber);
     Ok(())
 }
 
@@ -76,7 +76,10 @@ pub fn report_error(msg: &str) {
     let _ = std::io::stderr().write_all(line.as_bytes());
 }
 
-struct LogLayer;
+/// The runtime's only subscriber: it writes events and ignores spans (the runtime opens none).
+/// Implemented on `tracing` itself rather than tracing-subscriber's registry, whose span
+/// storage (sharded-slab) cost pages at every start for nothing.
+struct LogSubscriber;
 
 #[derive(Default)]
 struct MessageVisitor {
@@ -102,8 +105,26 @@ impl Visit for MessageVisitor {
     }
 }
 
-impl<S: Subscriber> Layer<S> for LogLayer {
-    fn on_event(&self, event: &Event<'_>, _ctx: LayerContext<'_, S>) {
+impl Subscriber for LogSubscriber {
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        SINK.get()
+            .is_some_and(|sink| *metadata.level() <= sink.max_level)
+    }
+
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        SINK.get()
+            .map(|sink| LevelFilter::from_level(sink.max_level))
+    }
+
+    fn new_span(&self, _span: &Attributes<'_>) -> Id {
+        Id::from_u64(1)
+    }
+
+    fn record(&self, _span: &Id, _values: &Record<'_>) {}
+
+    fn record_follows_from(&self, _span: &Id, _follows: &Id) {}
+
+    fn event(&self, event: &Event<'_>) {
         let Some(sink) = SINK.get() else { return };
         let level = *event.metadata().level();
         if level > sink.max_level {
@@ -124,6 +145,10 @@ impl<S: Subscriber> Layer<S> for LogLayer {
             }
         }
     }
+
+    fn enter(&self, _span: &Id) {}
+
+    fn exit(&self, _span: &Id) {}
 }
 
 fn level_name(level: Level) -> &'static str {
