@@ -236,6 +236,9 @@ pub struct Networks {
     cni: Cni,
     /// One attach or detach at a time: ports and addresses are chosen against what exists.
     lock: Mutex<()>,
+    /// Networks (by id) whose isolation rules this berthd has installed since it started:
+    /// checked once per network, not on every attach (each check is several iptables runs).
+    isolated: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Networks {
@@ -253,6 +256,7 @@ impl Networks {
             dir,
             cni,
             lock: Mutex::new(()),
+            isolated: Mutex::new(Default::default()),
         }
     }
 
@@ -479,11 +483,25 @@ impl Networks {
             )));
         }
         isolation::remove(&rec.cni_name, &rec.bridge).map_err(internal)?;
+        self.isolated
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&rec.id);
         delete_bridge(&rec.bridge);
         self.store
             .record_delete(ctx, KIND, name)
             .map_err(store_err)?;
         let _ = std::fs::remove_dir_all(self.ipam_dir.join(&rec.cni_name));
+        Ok(())
+    }
+
+    /// Installs a network's isolation rules, once per network and berthd run.
+    fn isolate(&self, rec: &NetworkRecord) -> Result<()> {
+        let mut done = self.isolated.lock().unwrap_or_else(|e| e.into_inner());
+        if !done.contains(&rec.id) {
+            isolation::install(&rec.cni_name, &rec.bridge, rec.internal).map_err(internal)?;
+            done.insert(rec.id.clone());
+        }
         Ok(())
     }
 
@@ -580,7 +598,7 @@ impl Networks {
         for (i, (join, rec)) in records.iter().enumerate() {
             let net = rec.network()?;
             let list = net.conflist(&self.ipam_dir).map_err(internal)?;
-            isolation::install(&rec.cni_name, &rec.bridge, rec.internal).map_err(internal)?;
+            self.isolate(rec)?;
             let ifname = format!("eth{i}");
             let mut rt = RuntimeConf::new(id, ns.path(), &ifname);
             if !join.ip.is_empty() {
