@@ -5,10 +5,10 @@
 //! and a /24 of 10.213.0.0/16 that no host route covers, so tests can run in parallel. A
 //! guard DELs, removes isolation rules, deletes the bridge and the netns even on failure.
 //!
-//! The firewall plugin's CNI-FORWARD/CNI-ADMIN chains and portmap's CNI-HOSTPORT-* chains
-//! (and their jumps) persist after DEL by the plugins' design, shared by every network on the
-//! host; the tests therefore check that no iptables line mentions anything of theirs (the
-//! container ids, addresses, bridge) rather than comparing the global rule count.
+//! Each test runs in a network namespace of its own ([`in_own_netns`]), so what the plugins
+//! leave by design (the firewall plugin's CNI-FORWARD/CNI-ADMIN chains, portmap's
+//! CNI-HOSTPORT-* chains, ip_forward) goes with it. Within a test, the checks are that no
+//! iptables line mentions anything of its own (container ids, addresses, bridge) after DEL.
 
 use std::collections::HashSet;
 use std::io::{Read, Write};
@@ -26,6 +26,25 @@ use berth_network::isolation;
 use berth_network::netns::{self, Netns};
 use berth_network::ports::{self, PortMapping, Protocol};
 use berth_network::subnet::{self, InUse, Subnet};
+
+/// Runs `body` on a thread in a network namespace of its own (only `lo`, up): the bridges,
+/// veths, iptables chains and sysctls the plugins make there (the firewall plugin's and
+/// portmap's chains persist after DEL by design, and the bridge plugin turns on ip_forward)
+/// go with the namespace when the test ends, pass or fail; the host is never touched.
+/// Processes the body starts (the plugins, iptables) inherit the thread's namespace.
+fn in_own_netns(body: fn()) {
+    let outcome = std::thread::spawn(move || {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+            .expect("unsharing a network namespace for the test");
+        let (ok, out) = sh("ip", &["link", "set", "lo", "up"]);
+        assert!(ok, "ip link set lo up: {out}");
+        body();
+    })
+    .join();
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 static TAKEN: Mutex<Vec<u8>> = Mutex::new(Vec::new());
@@ -242,6 +261,10 @@ fn eth0_addr(ns: &Path) -> String {
 
 #[test]
 fn routed_network_add_connect_publish_check_del() {
+    in_own_netns(routed_network_add_connect_publish_check_del_here);
+}
+
+fn routed_network_add_connect_publish_check_del_here() {
     let t = TestNet::new(false);
     let cid = format!("{}-c1", t.net.name);
     let lo = Some(IpAddr::V4(Ipv4Addr::LOCALHOST));
@@ -302,6 +325,10 @@ fn routed_network_add_connect_publish_check_del() {
 
 #[test]
 fn networks_are_isolated_and_internal_has_no_way_out() {
+    in_own_netns(networks_are_isolated_and_internal_has_no_way_out_here);
+}
+
+fn networks_are_isolated_and_internal_has_no_way_out_here() {
     let a = TestNet::new(false);
     let c = TestNet::new(false);
     let internal = TestNet::new(true);
@@ -370,6 +397,10 @@ fn networks_are_isolated_and_internal_has_no_way_out() {
 
 #[test]
 fn check_and_missing_plugins_name_the_plugin() {
+    in_own_netns(check_and_missing_plugins_name_the_plugin_here);
+}
+
+fn check_and_missing_plugins_name_the_plugin_here() {
     let t = TestNet::new(false);
     // Isolation is idempotent: a second install adds nothing.
     isolation::install(&t.net.name, &t.net.bridge, false).unwrap();
