@@ -13,27 +13,8 @@ use berth_integration::manager::{unique, Berthd};
 const IMAGE: &str = "docker.io/berth/berth-net:v1";
 const PAGE: &str = "hello from the web container\n";
 
-/// berthd in its own network namespace with the test image; cleans the namespace's tasks and
-/// containers on drop, pass or fail.
-struct Daemon {
-    d: Berthd,
-    ns: String,
-}
-
-impl std::ops::Deref for Daemon {
-    type Target = Berthd;
-    fn deref(&self) -> &Berthd {
-        &self.d
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        drop(berth_integration::manager::tasks::Cleanup::new(
-            &self.d, &self.ns,
-        ));
-    }
-}
+/// berthd for one test's namespace, cleaned up on drop.
+use berth_integration::manager::tasks::NsDaemon as Daemon;
 
 fn daemon_with(ns: &str, env: &[(&str, &str)]) -> Daemon {
     let d = Berthd::start_in_netns(env).unwrap();

@@ -6,27 +6,8 @@ use berth_integration::manager::{mounts_under, unique, Berthd};
 
 const IMAGE: &str = "docker.io/berth/berth-run:v1";
 
-/// berthd for one test's namespace; on drop (pass or fail) the namespace's tasks, containers,
-/// supervisors and cgroups go (the `Cleanup` guard) before berthd stops.
-struct Daemon {
-    d: Berthd,
-    ns: String,
-}
-
-impl std::ops::Deref for Daemon {
-    type Target = Berthd;
-    fn deref(&self) -> &Berthd {
-        &self.d
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        drop(berth_integration::manager::tasks::Cleanup::new(
-            &self.d, &self.ns,
-        ));
-    }
-}
+/// berthd for one test's namespace, cleaned up on drop.
+use berth_integration::manager::tasks::NsDaemon as Daemon;
 
 fn daemon(ns: &str) -> Daemon {
     let d = Berthd::start().unwrap();

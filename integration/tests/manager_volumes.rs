@@ -9,26 +9,8 @@ use berth_integration::manager::{mounts_under, unique, Berthd};
 
 const IMAGE: &str = "docker.io/berth/berth-volumes:v1";
 
-/// berthd for one test's namespace; on drop the namespace's tasks, containers and supervisors go.
-struct Daemon {
-    d: Berthd,
-    ns: String,
-}
-
-impl std::ops::Deref for Daemon {
-    type Target = Berthd;
-    fn deref(&self) -> &Berthd {
-        &self.d
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        drop(berth_integration::manager::tasks::Cleanup::new(
-            &self.d, &self.ns,
-        ));
-    }
-}
+/// berthd for one test's namespace, cleaned up on drop.
+use berth_integration::manager::tasks::NsDaemon as Daemon;
 
 /// An image with content at /data (a file 0640, a symlink, a 0700 dir) and a VOLUME at /vol.
 fn daemon(ns: &str) -> Daemon {

@@ -135,3 +135,26 @@ pub fn remove_namespace_cgroups(ns: &str) {
         }
     }
 }
+
+/// berthd for one test's namespace: derefs to the [`Berthd`]; on drop (pass or fail) the
+/// namespace's tasks, containers, supervisors and cgroups go (the [`Cleanup`] guard) before
+/// berthd stops.
+pub struct NsDaemon {
+    /// The daemon.
+    pub d: Berthd,
+    /// The test's namespace.
+    pub ns: String,
+}
+
+impl std::ops::Deref for NsDaemon {
+    type Target = Berthd;
+    fn deref(&self) -> &Berthd {
+        &self.d
+    }
+}
+
+impl Drop for NsDaemon {
+    fn drop(&mut self) {
+        drop(Cleanup::new(&self.d, &self.ns));
+    }
+}
