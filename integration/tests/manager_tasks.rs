@@ -351,9 +351,12 @@ fn ctr_run_t_gets_a_terminal_that_follows_ctrs_size() {
     let d = daemon(&ns);
     let _g = Cleanup::new(&d, &ns);
     let id = unique("c");
-    // ctr sends the size (ResizePty) after the start: wait for it inside, then show it.
+    // ctr sends the size (ResizePty) after the start: wait for it inside, then show it. (Under
+    // load one full-suite run saw `stty size` fail once on the fresh terminal: it is retried
+    // like a size not set yet.)
     let inner = "busybox tty; for i in $(busybox seq 100); do s=$(busybox stty size); \
-                 [ \"$s\" != \"0 0\" ] && break; busybox sleep 0.05; done; echo size $s; exit 3";
+                 [ -n \"$s\" ] && [ \"$s\" != \"0 0\" ] && break; busybox sleep 0.05; done; \
+                 echo size $s; exit 3";
     let cmd = format!(
         "stty cols 91 rows 27; exec ctr -a {} -n {ns} run --rm -t {IMAGE} {id} sh -c '{inner}'",
         d.socket().display()
