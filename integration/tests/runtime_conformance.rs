@@ -202,7 +202,7 @@ fn seccomp_notify_reaches_the_agent_during_create() -> Result<()> {
             }
         };
         stream.set_nonblocking(false)?;
-        receive_fd(&stream)
+        berth_integration::runtime::receive_seccomp_listener(&stream)
     });
     rt.create(&id, &bundle)?.ok();
     // create has returned and the container was never started: the agent has it all already.
@@ -226,31 +226,6 @@ fn seccomp_notify_reaches_the_agent_during_create() -> Result<()> {
     rt.exec(&["delete", "--force", &id])?.ok();
     guard.assert_no_leftovers();
     Ok(())
-}
-
-/// One SCM_RIGHTS fd and the message body from the runtime.
-fn receive_fd(stream: &std::os::unix::net::UnixStream) -> Result<(std::os::fd::OwnedFd, String)> {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut cmsg = nix::cmsg_space!([RawFd; 1]);
-    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-    let msg = nix::sys::socket::recvmsg::<()>(
-        stream.as_raw_fd(),
-        &mut iov,
-        Some(&mut cmsg),
-        nix::sys::socket::MsgFlags::empty(),
-    )?;
-    let mut fd = None;
-    for c in msg.cmsgs()? {
-        if let nix::sys::socket::ControlMessageOwned::ScmRights(fds) = c {
-            for raw in fds {
-                fd.get_or_insert(unsafe { OwnedFd::from_raw_fd(raw) });
-            }
-        }
-    }
-    let n = msg.bytes;
-    let fd = fd.context("no listener fd arrived")?;
-    Ok((fd, String::from_utf8_lossy(&buf[..n]).into_owned()))
 }
 
 #[test]

@@ -99,28 +99,7 @@ fn a_broken_profile_is_refused_and_leaves_nothing() -> Result<()> {
 /// Receive one listener fd and the state on an accepted connection; the fd is closed at once
 /// (the kernel then fails the notified syscalls with ENOSYS).
 fn receive_listener(stream: &std::os::unix::net::UnixStream) -> Result<String> {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut cmsg = nix::cmsg_space!([RawFd; 1]);
-    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-    let msg = nix::sys::socket::recvmsg::<()>(
-        stream.as_raw_fd(),
-        &mut iov,
-        Some(&mut cmsg),
-        nix::sys::socket::MsgFlags::empty(),
-    )?;
-    let mut got_fd = false;
-    for c in msg.cmsgs()? {
-        if let nix::sys::socket::ControlMessageOwned::ScmRights(fds) = c {
-            for fd in fds {
-                got_fd = true;
-                drop(unsafe { OwnedFd::from_raw_fd(fd) });
-            }
-        }
-    }
-    let n = msg.bytes;
-    anyhow::ensure!(got_fd, "no listener fd arrived");
-    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+    berth_integration::runtime::receive_seccomp_listener(stream).map(|(_fd, body)| body)
 }
 
 /// A one-shot seccomp agent on a unix socket at `path`.

@@ -39,3 +39,31 @@ pub fn wait_for(timeout: std::time::Duration, mut cond: impl FnMut() -> bool) ->
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
+
+/// What the runtime sends a seccomp agent on an accepted connection: the listener fd (one
+/// SCM_RIGHTS message; any extra fds are closed) and the message body (the process state).
+pub fn receive_seccomp_listener(
+    stream: &std::os::unix::net::UnixStream,
+) -> anyhow::Result<(std::os::fd::OwnedFd, String)> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut cmsg = nix::cmsg_space!([RawFd; 1]);
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let msg = nix::sys::socket::recvmsg::<()>(
+        stream.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        nix::sys::socket::MsgFlags::empty(),
+    )?;
+    let mut fd = None;
+    for c in msg.cmsgs()? {
+        if let nix::sys::socket::ControlMessageOwned::ScmRights(fds) = c {
+            for raw in fds {
+                fd.get_or_insert(unsafe { OwnedFd::from_raw_fd(raw) });
+            }
+        }
+    }
+    let n = msg.bytes;
+    let fd = fd.ok_or_else(|| anyhow::anyhow!("no listener fd arrived"))?;
+    Ok((fd, String::from_utf8_lossy(&buf[..n]).into_owned()))
+}
