@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # What a network costs `berth run --rm IMAGE ID /bin/true`: --net none (only lo), --net bridge
-# (netns, veth, CNI ADD/DEL through bridge + host-local + portmap + firewall) and --net bridge
+# (netns, veth, CNI ADD/DEL through bridge + host-local; portmap too when publishing) and --net bridge
 # with one published port, in one hyperfine run. berthd runs in a network namespace of the
 # bench's own: its bridge, veths and iptables rules go with it, and nothing leaves the machine.
 #

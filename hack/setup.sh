@@ -15,9 +15,11 @@ packages=(
   openssl
   # `berth-runc ps` and the task tests call ps(1)
   procps
-  # container networks: the CNI plugins (bridge, host-local, portmap, firewall) and the
-  # iptables they and berth-network's isolation rules drive
+  # container networks: the CNI plugins (bridge, host-local, portmap) and the iptables they
+  # and berth-network's per-network rules drive
   containernetworking-plugins iptables
+  # names on user-defined networks: aardvark-dns (podman's resolver) on each gateway
+  aardvark-dns
   # the registry auth test writes its bcrypt htpasswd line with Python's crypt module
   python3
   # benchmarks (GNU time reports peak RSS)

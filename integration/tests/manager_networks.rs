@@ -227,9 +227,13 @@ fn containers_on_a_network_reach_each_other_and_published_ports_answer() {
         !out.contains("nameserver 127."),
         "loopback name servers must go: {out}"
     );
-    // Names: the server by its id (and alias) from a client started after it, through the
-    // hosts file berthd keeps up to date; and a container started later is found by the
-    // ones already running.
+    assert!(
+        out.contains("nameserver 10.213.10.1\n"),
+        "the network's resolver on its gateway: {out}"
+    );
+    // Names: the server by its id (and alias) from a client started after it, through
+    // aardvark-dns on the gateway; and a container started later is found by the ones
+    // already running.
     let alias_srv = unique("alias");
     d.berth(
         &ns,
@@ -252,7 +256,8 @@ fn containers_on_a_network_reach_each_other_and_published_ports_answer() {
     )
     .ok();
     let alias_ip = address_of(&d, "web", &alias_srv);
-    let lookup = |name: &str| format!("grep -w {name} /etc/hosts | cut -f1 | head -1");
+    let lookup =
+        |name: &str| format!("nslookup -type=a {name} | sed -n 's/^Address: //p' | head -1");
     let c = unique("byname");
     let out = d.berth(
         &ns,
@@ -458,12 +463,41 @@ fn published_ports_and_addresses_survive_a_berthd_crash() {
     let srv = unique("srv");
     web(&d, &srv, "keep", Some("127.0.0.1:8081:80"));
     let ip = address_of(&d, "keep", &srv);
+    let client = unique("client");
+    d.berth(
+        &ns,
+        &[
+            "run", "-d", "--net", "keep", IMAGE, &client, "sleep", "1000",
+        ],
+    )
+    .ok();
     d.d.crash();
     d.d.restart().unwrap();
     assert_eq!(fetch_on_host(&d, 8081).as_deref(), Some(PAGE));
     assert_eq!(address_of(&d, "keep", &srv), ip);
+    // Names still resolve: the resolver outlived berthd.
+    let out = d.berth(
+        &ns,
+        &[
+            "tasks", "exec", &client, "busybox", "nslookup", "-type=a", &srv,
+        ],
+    );
+    assert!(
+        out.ok().contains(&format!("Address: {ip}")),
+        "{}",
+        out.stdout
+    );
+    remove(&d, &client);
     remove(&d, &srv);
-    assert_released(&d, &[&srv]);
+    assert_released(&d, &[&srv, &client]);
+    // The network's file went with its last container (and the resolver with its last file).
+    let dns_files: Vec<_> = std::fs::read_dir(d.state().join("networks/dns"))
+        .map(|r| r.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        dns_files.iter().all(|f| f == "aardvark.pid"),
+        "{dns_files:?}"
+    );
     // The address is free again: a new container may take it.
     let again = unique("again");
     let out = d.berth(
@@ -561,4 +595,27 @@ fn a_missing_cni_plugin_is_named_and_nothing_is_left() {
     assert!(err.contains("bridge") && err.contains(&path), "{err}");
     let _ = d.berth(&ns, &["containers", "rm", &c]);
     assert_released(&d, &[&c]);
+}
+
+#[test]
+fn a_missing_resolver_is_named_and_nothing_is_left() {
+    let ns = unique("bdns");
+    let d = daemon_with(&ns, &[("BERTH_AARDVARK_DNS", "/nonexistent/aardvark-dns")]);
+    d.berth(
+        &ns,
+        &["network", "create", "--subnet", "10.213.51.0/24", "n"],
+    )
+    .ok();
+    let c = unique("c");
+    let out = d.berth(&ns, &["run", "-d", "--net", "n", IMAGE, &c, "sleep", "100"]);
+    let err = out.err();
+    assert!(
+        err.contains("aardvark-dns not found") && err.contains("/nonexistent/aardvark-dns"),
+        "{err}"
+    );
+    let _ = d.berth(&ns, &["containers", "rm", &c]);
+    assert_released(&d, &[&c]);
+    // The default network has no names and needs no resolver.
+    let out = d.berth(&ns, &["run", "--rm", "--net", "bridge", IMAGE, &c, "true"]);
+    out.ok();
 }

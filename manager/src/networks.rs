@@ -9,8 +9,10 @@
 //! - `<state>/netns/<ns>--<id>`: a container's network namespace (a bind-mounted nsfs file);
 //! - `<state>/networks/<ns>/<id>/`: its hosts, resolv.conf, hostname and `attachment.json`
 //!   (what was set up, so that a restarted berthd can tear it down and report it);
-//! - `<state>/networks/cni-cache/`: the plugins' cached results (the firewall plugin's DEL
-//!   needs them).
+//! - `<state>/networks/dns/`: aardvark-dns's file per user-defined network (names of its
+//!   containers) and pid file: it serves names on the networks' gateways, port 53;
+//! - `<state>/networks/cni-cache/`: the plugins' cached results (CNI's cache, which DEL and
+//!   CHECK read as `prevResult`).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -19,8 +21,9 @@ use std::sync::Mutex;
 
 use berth_network::cni::{Cni, RuntimeConf};
 use berth_network::config::{Network, DEFAULT_BRIDGE};
+use berth_network::dns::{Aardvark, DnsEntry};
 use berth_network::files::{self, DnsOptions, HostEntry};
-use berth_network::isolation;
+use berth_network::firewall;
 use berth_network::netns::{self, Netns};
 use berth_network::ports::{self, PortMapping, PortSpec};
 use berth_network::subnet::{self, InUse, Subnet};
@@ -234,11 +237,12 @@ pub struct Networks {
     netns_dir: PathBuf,
     dir: PathBuf,
     cni: Cni,
+    dns: Aardvark,
     /// One attach or detach at a time: ports and addresses are chosen against what exists.
     lock: Mutex<()>,
-    /// Networks (by id) whose isolation rules this berthd has installed since it started:
+    /// Networks (by id) whose host rules this berthd has installed since it started:
     /// checked once per network, not on every attach (each check is several iptables runs).
-    isolated: Mutex<std::collections::HashSet<String>>,
+    installed: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Networks {
@@ -253,10 +257,11 @@ impl Networks {
             store,
             ipam_dir: root.join("networks").join("ipam"),
             netns_dir: state.join("netns"),
+            dns: Aardvark::new(&dir.join("dns"), 53),
             dir,
             cni,
             lock: Mutex::new(()),
-            isolated: Mutex::new(Default::default()),
+            installed: Mutex::new(Default::default()),
         }
     }
 
@@ -482,8 +487,11 @@ impl Networks {
                 users.join(", ")
             )));
         }
-        isolation::remove(&rec.cni_name, &rec.bridge).map_err(internal)?;
-        self.isolated
+        firewall::remove(&rec.network()?).map_err(internal)?;
+        self.dns
+            .remove(&rec.cni_name)
+            .map_err(|e| NetworkError::Internal(e.to_string()))?;
+        self.installed
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&rec.id);
@@ -495,11 +503,12 @@ impl Networks {
         Ok(())
     }
 
-    /// Installs a network's isolation rules, once per network and berthd run.
-    fn isolate(&self, rec: &NetworkRecord) -> Result<()> {
-        let mut done = self.isolated.lock().unwrap_or_else(|e| e.into_inner());
+    /// Installs a network's host rules (isolation, masquerade, forward accepts), once per
+    /// network and berthd run.
+    fn install_rules(&self, rec: &NetworkRecord) -> Result<()> {
+        let mut done = self.installed.lock().unwrap_or_else(|e| e.into_inner());
         if !done.contains(&rec.id) {
-            isolation::install(&rec.cni_name, &rec.bridge, rec.internal).map_err(internal)?;
+            firewall::install(&rec.network()?).map_err(internal)?;
             done.insert(rec.id.clone());
         }
         Ok(())
@@ -597,8 +606,7 @@ impl Networks {
         let mut joined = Vec::new();
         for (i, (join, rec)) in records.iter().enumerate() {
             let net = rec.network()?;
-            let list = net.conflist(&self.ipam_dir).map_err(internal)?;
-            self.isolate(rec)?;
+            self.install_rules(rec)?;
             let ifname = format!("eth{i}");
             let mut rt = RuntimeConf::new(id, ns.path(), &ifname);
             if !join.ip.is_empty() {
@@ -627,6 +635,9 @@ impl Networks {
             if publishes {
                 rt = rt.with_port_mappings(&ports);
             }
+            let list = net
+                .conflist(&self.ipam_dir, publishes && !ports.is_empty())
+                .map_err(internal)?;
             let result = self.cni.add(&list, &rt).map_err(|e| {
                 NetworkError::FailedPrecondition(format!("network {}: {e}", rec.name))
             })?;
@@ -649,18 +660,35 @@ impl Networks {
         } else {
             plan.hostname.clone()
         };
+        // On a user-defined network, names are aardvark-dns's on the first one's gateway
+        // (Docker's rule: the default network has no names); `--dns` replaces it.
+        let mut nameservers = plan.dns.clone();
+        if nameservers.is_empty() {
+            nameservers.extend(
+                joined
+                    .iter()
+                    .find(|j| j.network.name != DEFAULT_NETWORK)
+                    .and_then(|j| j.network.gateway.parse::<IpAddr>().ok()),
+            );
+        }
         let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
         let resolved = std::fs::read_to_string("/run/systemd/resolve/resolv.conf").ok();
         let base = files::choose_host_resolv_conf(&host_resolv, resolved.as_deref());
         let resolv = files::resolv_conf(
             base,
             &DnsOptions {
-                nameservers: plan.dns.clone(),
+                nameservers,
                 ..DnsOptions::default()
             },
         );
         write_file(&cdir.join("resolv.conf"), &resolv)?;
         write_file(&cdir.join("hostname"), &format!("{hostname}\n"))?;
+        let own: Vec<IpAddr> = joined.iter().filter_map(|j| j.ip.parse().ok()).collect();
+        let aliases: Vec<String> = joined.iter().flat_map(|j| j.aliases.clone()).collect();
+        write_file(
+            &cdir.join("hosts"),
+            &files::hosts(&own, &hostname, &aliases, &plan.extra_hosts),
+        )?;
         let attachment = Attachment {
             namespace: ctx.namespace.clone(),
             container_id: id.to_string(),
@@ -674,15 +702,18 @@ impl Networks {
                 .map(|h| format!("{}:{}", h.names.join(" "), h.ip))
                 .collect(),
         };
-        // This container's /etc/hosts names every container it shares a network with; theirs
-        // now name it too (names resolve through the hosts file, see `refresh_hosts`).
-        write_file(&cdir.join("hosts"), "")?;
         let data = serde_json::to_vec_pretty(&attachment).map_err(internal)?;
         let tmp = cdir.join("attachment.json.tmp");
         std::fs::write(&tmp, data)
             .and_then(|()| std::fs::rename(&tmp, cdir.join("attachment.json")))
             .map_err(internal)?;
-        self.refresh_hosts(&ctx.namespace);
+        let networks: Vec<&NetworkRecord> = attachment.joined.iter().map(|j| &j.network).collect();
+        if let Err(e) = self.refresh_dns(&ctx.namespace, &networks) {
+            // Undo drops the attachment; the other containers' names stay served.
+            let _ = std::fs::remove_file(cdir.join("attachment.json"));
+            let _ = self.refresh_dns(&ctx.namespace, &networks);
+            return Err(e);
+        }
         set_spec_netns(spec, ns.path());
         spec["hostname"] = serde_json::Value::String(hostname);
         for (file, dest) in [
@@ -696,51 +727,37 @@ impl Networks {
         Ok(Some(attachment))
     }
 
-    /// Rewrites the /etc/hosts of every attached container of namespace `ns`: its own names,
-    /// `--add-host` lines, and for every container it shares a network with, that container's
-    /// address on the shared network with its id, host name and aliases. Written in place
-    /// (the file is bind-mounted into the container, so its inode must stay), so a container
-    /// started later is found by the ones already running.
-    fn refresh_hosts(&self, ns: &str) {
-        let Ok(all) = self.attachments(ns) else {
-            return;
-        };
-        for a in &all {
-            let own: Vec<IpAddr> = a.joined.iter().filter_map(|j| j.ip.parse().ok()).collect();
-            let aliases: Vec<String> = a.joined.iter().flat_map(|j| j.aliases.clone()).collect();
-            let mut extra: Vec<HostEntry> = a
-                .extra_hosts
-                .iter()
-                .filter_map(|h| HostEntry::parse_extra(h).ok())
-                .collect();
-            for b in all.iter().filter(|b| b.container_id != a.container_id) {
-                for jb in &b.joined {
-                    if !a.joined.iter().any(|ja| ja.network.id == jb.network.id) {
-                        continue;
-                    }
-                    let Ok(ip) = jb.ip.parse::<IpAddr>() else {
+    /// Tells aardvark-dns the names of every container of namespace `ns` on each of
+    /// `networks` (user-defined ones; the default network has no names, as Docker's): its
+    /// id, host name and aliases, at its address there. A container started later is thus
+    /// found by the ones already running.
+    fn refresh_dns(&self, ns: &str, networks: &[&NetworkRecord]) -> Result<()> {
+        let all = self.attachments(ns)?;
+        for rec in networks.iter().filter(|r| r.name != DEFAULT_NETWORK) {
+            let gateway: Ipv4Addr = rec.gateway.parse().map_err(internal)?;
+            let mut entries = Vec::new();
+            for a in &all {
+                for j in a.joined.iter().filter(|j| j.network.id == rec.id) {
+                    let Ok(ipv4) = j.ip.parse::<Ipv4Addr>() else {
                         continue;
                     };
-                    let mut names = vec![b.container_id.clone()];
-                    if !b.hostname.is_empty() && b.hostname != b.container_id {
-                        names.push(b.hostname.clone());
+                    let mut names = vec![a.container_id.clone()];
+                    if !a.hostname.is_empty() && a.hostname != a.container_id {
+                        names.push(a.hostname.clone());
                     }
-                    names.extend(jb.aliases.iter().cloned());
-                    extra.push(HostEntry { ip, names });
+                    names.extend(j.aliases.iter().cloned());
+                    entries.push(DnsEntry {
+                        id: a.container_id.clone(),
+                        ipv4,
+                        names,
+                    });
                 }
             }
-            let text = files::hosts(&own, &a.hostname, &aliases, &extra);
-            let path = self.container_dir(ns, &a.container_id).join("hosts");
-            // In place: truncate and write the same inode.
-            if let Err(e) = std::fs::OpenOptions::new()
-                .write(true)
-                .truncate(true)
-                .open(&path)
-                .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()))
-            {
-                tracing::warn!("updating {}: {e}", path.display());
-            }
+            self.dns
+                .update(&rec.cni_name, gateway, &entries)
+                .map_err(|e| NetworkError::FailedPrecondition(e.to_string()))?;
         }
+        Ok(())
     }
 
     /// The network namespace of another container of the namespace (`--net container:ID`):
@@ -764,10 +781,11 @@ impl Networks {
         };
         let mut first_err = None;
         for j in a.joined.iter().rev() {
+            let publish = j.publishes && !a.ports.is_empty();
             let list = match j
                 .network
                 .network()
-                .and_then(|n| n.conflist(&self.ipam_dir).map_err(internal))
+                .and_then(|n| n.conflist(&self.ipam_dir, publish).map_err(internal))
             {
                 Ok(l) => l,
                 Err(e) => {
@@ -785,9 +803,6 @@ impl Networks {
                     j.network.name
                 )));
             }
-            if let Err(e) = isolation::remove_masquerade_leftovers(&j.network.cni_name, id) {
-                tracing::warn!("network {}: {e}", j.network.name);
-            }
         }
         if let Err(e) = netns::remove_path(&a.netns) {
             first_err.get_or_insert(internal(e));
@@ -795,7 +810,10 @@ impl Networks {
         if let Err(e) = std::fs::remove_dir_all(&cdir) {
             first_err.get_or_insert(internal(e));
         }
-        self.refresh_hosts(ns);
+        let networks: Vec<&NetworkRecord> = a.joined.iter().map(|j| &j.network).collect();
+        if let Err(e) = self.refresh_dns(ns, &networks) {
+            tracing::warn!("container {id}: {e}");
+        }
         match first_err {
             Some(e) => Err(e),
             None => Ok(()),
@@ -821,7 +839,6 @@ impl Drop for Undo<'_> {
             if let Err(e) = self.cni.del(list, rt) {
                 tracing::warn!("undoing a failed attach: {e}");
             }
-            let _ = isolation::remove_masquerade_leftovers(&list.name, &rt.container_id);
         }
         if let Some(ns) = &self.netns {
             let _ = ns.remove();

@@ -572,9 +572,9 @@ impl Cni {
     /// Detaches a container: runs every plugin's DEL in reverse order with the cached ADD
     /// result (if there is one), continuing past failures, then drops the cache entry.
     /// Succeeds when the container was never attached or is already detached. A missing
-    /// plugin binary is still an error: its state cannot be removed without it. With the
-    /// bridge plugin, follow with [`crate::isolation::remove_masquerade_leftovers`]: its DEL
-    /// forgets the masquerade rule when the container's interface is already gone.
+    /// plugin binary is still an error: its state cannot be removed without it. (Debian's
+    /// bridge plugin forgets its per-container masquerade rule on DEL when the interface is
+    /// already gone: berth runs it with `ipMasq` off, see [`crate::firewall`].)
     pub fn del(&self, list: &NetworkConfigList, rt: &RuntimeConf) -> Result<(), CniError> {
         list.validate()?;
         rt.validate()?;

@@ -1,10 +1,12 @@
 //! A berth network's definition and the CNI conflist it becomes.
 //!
-//! The chain is short on purpose: `bridge` (with host-local IPAM) makes the veth, the address
-//! and the routes; `portmap` publishes ports; `firewall` (iptables backend) accepts the
-//! container's forwarded traffic where the host's FORWARD policy would drop it. The IPAM
-//! leases live under a directory the caller gives (berthd's state dir), never /var/lib/cni;
-//! nothing is read from or written to /etc/cni.
+//! The chain is short on purpose, as each plugin is a Go binary run per container: `bridge`
+//! (with host-local IPAM) makes the veth, the address and the routes, and `portmap`, only for a
+//! container that publishes ports, adds its DNAT rules. Masquerade and forward-accept rules are
+//! per network, not per container (see [`crate::firewall`]), so the bridge plugin runs with
+//! `ipMasq` off and the firewall plugin is not needed. The IPAM leases live under a directory
+//! the caller gives (berthd's state dir), never /var/lib/cni; nothing is read from or written
+//! to /etc/cni.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -169,9 +171,14 @@ impl Network {
             })
     }
 
-    /// The CNI conflist for this network. host-local keeps its leases under
-    /// `<ipam_dir>/<name>/`.
-    pub fn conflist(&self, ipam_dir: &Path) -> Result<NetworkConfigList, ConfigError> {
+    /// The CNI conflist for this network, with portmap when `publish` (a container that
+    /// publishes ports on it; its DEL must use the same list). host-local keeps its leases
+    /// under `<ipam_dir>/<name>/`.
+    pub fn conflist(
+        &self,
+        ipam_dir: &Path,
+        publish: bool,
+    ) -> Result<NetworkConfigList, ConfigError> {
         self.validate()?;
         if !ipam_dir.is_absolute() {
             return Err(ConfigError::IpamDir {
@@ -188,7 +195,7 @@ impl Network {
             "type": "bridge",
             "bridge": self.bridge,
             "isGateway": true,
-            "ipMasq": !self.internal,
+            "ipMasq": false,
             "hairpinMode": true,
             "ipam": {
                 "type": "host-local",
@@ -200,14 +207,13 @@ impl Network {
                 "dataDir": ipam_dir.display().to_string(),
             },
         })];
-        if !self.internal {
+        if publish && !self.internal {
             plugins.push(json!({
                 "type": "portmap",
                 "capabilities": { "portMappings": true },
                 "snat": true,
             }));
         }
-        plugins.push(json!({ "type": "firewall", "backend": "iptables" }));
         Ok(NetworkConfigList {
             cni_version: CNI_VERSION.into(),
             name: self.name.clone(),
@@ -236,15 +242,17 @@ mod tests {
 
     #[test]
     fn conflist_for_a_routed_network() {
-        let l = net().conflist(Path::new("/var/lib/berth/ipam")).unwrap();
+        let l = net()
+            .conflist(Path::new("/var/lib/berth/ipam"), true)
+            .unwrap();
         assert_eq!(l.name, "web");
         assert_eq!(l.cni_version, "1.0.0");
         let types: Vec<_> = l.plugins.iter().map(|p| p["type"].clone()).collect();
-        assert_eq!(types, vec!["bridge", "portmap", "firewall"]);
+        assert_eq!(types, vec!["bridge", "portmap"]);
         let b = &l.plugins[0];
         assert_eq!(b["bridge"], "br-0123456789ab");
         assert_eq!(b["isGateway"], true);
-        assert_eq!(b["ipMasq"], true);
+        assert_eq!(b["ipMasq"], false, "masquerade is per network");
         assert_eq!(b["hairpinMode"], true);
         assert_eq!(b["ipam"]["type"], "host-local");
         assert_eq!(b["ipam"]["dataDir"], "/var/lib/berth/ipam");
@@ -253,17 +261,19 @@ mod tests {
         assert_eq!(b["ipam"]["routes"][0]["dst"], "0.0.0.0/0");
         assert_eq!(l.plugins[1]["capabilities"]["portMappings"], true);
         assert_eq!(l.plugins[1]["snat"], true);
-        assert_eq!(l.plugins[2]["backend"], "iptables");
         l.validate().unwrap();
+        let l = net().conflist(Path::new("/x"), false).unwrap();
+        let types: Vec<_> = l.plugins.iter().map(|p| p["type"].clone()).collect();
+        assert_eq!(types, vec!["bridge"], "no portmap without ports");
     }
 
     #[test]
     fn conflist_for_an_internal_network() {
         let mut n = net();
         n.internal = true;
-        let l = n.conflist(Path::new("/x")).unwrap();
+        let l = n.conflist(Path::new("/x"), true).unwrap();
         let types: Vec<_> = l.plugins.iter().map(|p| p["type"].clone()).collect();
-        assert_eq!(types, vec!["bridge", "firewall"]);
+        assert_eq!(types, vec!["bridge"]);
         assert_eq!(l.plugins[0]["ipMasq"], false);
         assert_eq!(l.plugins[0]["ipam"]["routes"], json!([]));
     }
@@ -290,6 +300,6 @@ mod tests {
             "network \"web\": gateway 10.6.0.1 is not a usable host address of subnet 10.5.0.0/24"
         );
         assert!(Network::new("web", ID, "10.5.0.0/31".parse().unwrap()).is_err());
-        assert!(net().conflist(Path::new("rel")).is_err());
+        assert!(net().conflist(Path::new("rel"), false).is_err());
     }
 }

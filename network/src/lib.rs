@@ -1,12 +1,13 @@
 //! Container networking for berthd, with no knowledge of gRPC, HTTP or the daemon: a plain
-//! synchronous API over Debian's CNI plugins (bridge, host-local, portmap, firewall),
-//! persistent network namespaces, subnets, published ports and the files a container's
-//! resolver reads.
+//! synchronous API over Debian's CNI plugins (bridge, host-local, portmap), berth's own
+//! iptables rules per network, persistent network namespaces, subnets, published ports, the
+//! files a container's resolver reads and the aardvark-dns that answers it.
 
 pub mod cni;
 pub mod config;
+pub mod dns;
 pub mod files;
-pub mod isolation;
+pub mod firewall;
 pub mod netns;
 pub mod ports;
 pub mod subnet;

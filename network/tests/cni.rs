@@ -6,8 +6,7 @@
 //! guard DELs, removes isolation rules, deletes the bridge and the netns even on failure.
 //!
 //! Each test runs in a network namespace of its own ([`in_own_netns`]), so what the plugins
-//! leave by design (the firewall plugin's CNI-FORWARD/CNI-ADMIN chains, portmap's
-//! CNI-HOSTPORT-* chains, ip_forward) goes with it. Within a test, the checks are that no
+//! leave by design (portmap's CNI-HOSTPORT-* chains, ip_forward) goes with it. Within a test, the checks are that no
 //! iptables line mentions anything of its own (container ids, addresses, bridge) after DEL.
 
 use std::collections::HashSet;
@@ -22,14 +21,14 @@ use std::time::Duration;
 
 use berth_network::cni::{Cni, NetworkConfigList, RuntimeConf};
 use berth_network::config::Network;
-use berth_network::isolation;
+use berth_network::firewall;
 use berth_network::netns::{self, Netns};
 use berth_network::ports::{self, PortMapping, Protocol};
 use berth_network::subnet::{self, InUse, Subnet};
 
 /// Runs `body` on a thread in a network namespace of its own (only `lo`, up): the bridges,
-/// veths, iptables chains and sysctls the plugins make there (the firewall plugin's and
-/// portmap's chains persist after DEL by design, and the bridge plugin turns on ip_forward)
+/// veths, iptables chains and sysctls the plugins make there (portmap's chains persist after
+/// DEL by design, and the bridge plugin turns on ip_forward)
 /// go with the namespace when the test ends, pass or fail; the host is never touched.
 /// Processes the body starts (the plugins, iptables) inherit the thread's namespace.
 fn in_own_netns(body: fn()) {
@@ -93,7 +92,9 @@ fn iptables_lines() -> Vec<String> {
 struct TestNet {
     dir: tempfile::TempDir,
     net: Network,
+    /// The chain for containers without published ports, and with them.
     list: NetworkConfigList,
+    list_ports: NetworkConfigList,
     cni: Cni,
     attached: Mutex<Vec<(RuntimeConf, Netns)>>,
 }
@@ -109,13 +110,15 @@ impl TestNet {
         let mut net = Network::new(&name, &id, test_subnet()).unwrap();
         net.bridge = name.clone();
         net.internal = internal;
-        let list = net.conflist(&dir.path().join("ipam")).unwrap();
+        let list = net.conflist(&dir.path().join("ipam"), false).unwrap();
+        let list_ports = net.conflist(&dir.path().join("ipam"), true).unwrap();
         let cni = Cni::new(dir.path().join("results"));
-        isolation::install(&net.name, &net.bridge, internal).unwrap();
+        firewall::install(&net).unwrap();
         TestNet {
             dir,
             net,
             list,
+            list_ports,
             cni,
             attached: Mutex::new(Vec::new()),
         }
@@ -130,7 +133,7 @@ impl TestNet {
         let ns = Netns::create(&self.netns_dir(), id).unwrap();
         let rt = RuntimeConf::new(id, ns.path(), "eth0").with_port_mappings(ports);
         self.attached.lock().unwrap().push((rt.clone(), ns.clone()));
-        let res = self.cni.add(&self.list, &rt).unwrap();
+        let res = self.cni.add(self.list_for(&rt), &rt).unwrap();
         let ips = res.container_ips("eth0");
         assert_eq!(ips.len(), 1, "one address on eth0: {res:?}");
         let IpAddr::V4(ip) = ips[0] else {
@@ -140,12 +143,20 @@ impl TestNet {
         (ns, ip)
     }
 
+    /// The list a container was (or is to be) added with: DEL must use the same.
+    fn list_for(&self, rt: &RuntimeConf) -> &NetworkConfigList {
+        if rt.capability_args.contains_key("portMappings") {
+            &self.list_ports
+        } else {
+            &self.list
+        }
+    }
+
     fn detach(&self, id: &str) {
         let mut att = self.attached.lock().unwrap();
         if let Some(i) = att.iter().position(|(rt, _)| rt.container_id == id) {
             let (rt, ns) = att.remove(i);
-            self.cni.del(&self.list, &rt).unwrap();
-            isolation::remove_masquerade_leftovers(&self.net.name, id).unwrap();
+            self.cni.del(self.list_for(&rt), &rt).unwrap();
             ns.remove().unwrap();
         }
     }
@@ -166,11 +177,10 @@ impl TestNet {
 impl Drop for TestNet {
     fn drop(&mut self) {
         for (rt, ns) in self.attached.lock().unwrap().drain(..) {
-            let _ = self.cni.del(&self.list, &rt);
-            let _ = isolation::remove_masquerade_leftovers(&self.net.name, &rt.container_id);
+            let _ = self.cni.del(self.list_for(&rt), &rt);
             let _ = ns.remove();
         }
-        let _ = isolation::remove(&self.net.name, &self.net.bridge);
+        let _ = firewall::remove(&self.net);
         let _ = sh("ip", &["link", "del", &self.net.bridge]);
         let _ = netns::release_dir(&self.netns_dir());
     }
@@ -277,6 +287,21 @@ fn routed_network_add_connect_publish_check_del_here() {
     };
     let (ns, ip) = t.attach(&cid, &[mapping]);
 
+    // Outbound masquerade and forward accepts are the network's, checked by their rules.
+    let lines = iptables_lines();
+    let comment = format!("-m comment --comment \"berth network {}\"", t.net.name);
+    let br = &t.net.bridge;
+    for rule in [
+        format!("-A POSTROUTING -s {} ! -o {br} {comment} -j MASQUERADE", t.net.subnet),
+        format!("-A BERTH-FORWARD -i {br} {comment} -j ACCEPT"),
+        format!("-A BERTH-FORWARD -o {br} -m conntrack --ctstate RELATED,ESTABLISHED {comment} -j ACCEPT"),
+        format!("-A BERTH-FORWARD -o {br} -m conntrack --ctstate DNAT {comment} -j ACCEPT"),
+        "-A FORWARD -j BERTH-FORWARD".to_string(),
+        "-A BERTH-FORWARD -j BERTH-ISOLATION-1".to_string(),
+    ] {
+        assert!(lines.contains(&rule), "missing {rule:?} in {lines:#?}");
+    }
+
     assert!(eth0_addr(ns.path()).contains(&format!("{ip}/24")));
     assert!(
         default_route_in(&ns),
@@ -378,9 +403,9 @@ fn networks_are_isolated_and_internal_has_no_way_out_here() {
 
     // Control: without c's rules (a's alone send nothing to stage 2 for c), a reaches c, so
     // the failure above was the isolation rules and not a broken setup.
-    isolation::remove(&c.net.name, &c.net.bridge).unwrap();
+    firewall::remove(&c.net).unwrap();
     assert_eq!(from_a(ip_c).unwrap(), "hello");
-    isolation::install(&c.net.name, &c.net.bridge, false).unwrap();
+    firewall::install(&c.net).unwrap();
     assert!(from_a(ip_c).is_err());
 
     let names: HashSet<String> = [&a, &c, &internal]
@@ -402,27 +427,27 @@ fn check_and_missing_plugins_name_the_plugin() {
 
 fn check_and_missing_plugins_name_the_plugin_here() {
     let t = TestNet::new(false);
-    // Isolation is idempotent: a second install adds nothing.
-    isolation::install(&t.net.name, &t.net.bridge, false).unwrap();
+    // Installing is idempotent: a second install adds nothing.
+    firewall::install(&t.net).unwrap();
     let count = || {
         iptables_lines()
             .iter()
             .filter(|l| l.contains(&format!("berth network {}", t.net.name)))
             .count()
     };
-    assert_eq!(count(), 2);
+    assert_eq!(count(), 6);
 
     // A plugin path without portmap: ADD fails before touching anything.
     let cid = format!("{}-m", t.net.name);
     let ns = Netns::create(&t.netns_dir(), &cid).unwrap();
     let partial = tempfile::tempdir().unwrap();
-    for p in ["bridge", "host-local", "firewall"] {
+    for p in ["bridge", "host-local"] {
         std::os::unix::fs::symlink(Path::new("/usr/lib/cni").join(p), partial.path().join(p))
             .unwrap();
     }
     let cni = Cni::new(t.dir.path().join("results")).with_plugin_path(vec![partial.path().into()]);
     let rt = RuntimeConf::new(&cid, ns.path(), "eth0");
-    let e = cni.add(&t.list, &rt).unwrap_err().to_string();
+    let e = cni.add(&t.list_ports, &rt).unwrap_err().to_string();
     assert!(
         e.contains("\"portmap\"") && e.contains(&partial.path().display().to_string()),
         "{e}"
@@ -451,18 +476,9 @@ fn check_and_missing_plugins_name_the_plugin_here() {
     assert!(ok, "{out}");
     let e = t.cni.check(&t.list, &rt).unwrap_err().to_string();
     assert!(e.contains("CNI plugin \"bridge\" CHECK failed"), "{e}");
-    // DEL succeeds, but Debian's bridge plugin reads the addresses to un-masquerade from the
-    // interface that is gone: its masquerade rule stays until berth removes it.
+    // DEL of a container whose interface is gone still succeeds, and (masquerade being per
+    // network) leaves no rule of the container's behind.
     t.cni.del(&t.list, &rt).unwrap();
-    assert!(iptables_lines().iter().any(|l| l.contains(&cid)));
-    assert_eq!(
-        isolation::remove_masquerade_leftovers(&t.net.name, &cid).unwrap(),
-        1
-    );
-    assert_eq!(
-        isolation::remove_masquerade_leftovers(&t.net.name, &cid).unwrap(),
-        0
-    );
     t.detach(&cid);
     assert!(t.lease_files().is_empty());
     assert!(iptables_lines().iter().all(|l| !l.contains(&cid)));

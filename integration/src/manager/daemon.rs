@@ -407,6 +407,9 @@ fn unescape(s: &str) -> String {
 impl Drop for Berthd {
     fn drop(&mut self) {
         self.stop_with(Signal::SIGTERM);
+        // The names resolver outlives berthd by design (running containers keep their
+        // names across a restart); the test's goes with the test.
+        berth_network::dns::Aardvark::new(&self.state().join("networks").join("dns"), 53).stop();
         for m in mounts_under(self.dir.path()) {
             let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
         }
