@@ -220,8 +220,7 @@ pub fn parse(src: &str) -> Result<Dockerfile, ParseError> {
                 "[WARNING]: Empty continuation line found in:\n    {line}"
             ));
         }
-        let mut node =
-            node_from_line(&line, d.escape).map_err(|m| ParseError::new(start_line, m))?;
+        let mut node = node_from_line(&line).map_err(|m| ParseError::new(start_line, m))?;
         if can_contain_heredoc(&node) {
             for mut heredoc in heredocs_from_line(&line) {
                 let mut terminated = false;
@@ -293,7 +292,7 @@ fn is_blank(c: char) -> bool {
 
 /// Splits a logical line into keyword, flags and arguments, and reads the JSON form
 /// where the instruction has one.
-pub(crate) fn node_from_line(line: &str, escape: char) -> Result<Node, String> {
+pub(crate) fn node_from_line(line: &str) -> Result<Node, String> {
     let line_trimmed = line.trim();
     let (raw_keyword, rest) = match line_trimmed.find(is_blank) {
         Some(p) => (
@@ -326,7 +325,7 @@ pub(crate) fn node_from_line(line: &str, escape: char) -> Result<Node, String> {
             .map_or("", |p| node.args[p..].trim_start());
         node.json = parse_json(cmd)?;
     } else if keyword == "onbuild" && !node.args.is_empty() {
-        node.child = Some(Box::new(node_from_line(&node.args, escape)?));
+        node.child = Some(Box::new(node_from_line(&node.args)?));
     }
     Ok(node)
 }
