@@ -39,9 +39,6 @@ pub enum PlanError {
     /// Stages depend on each other in a loop.
     #[error("circular dependency detected on stage: {0}")]
     Cycle(String),
-    /// `COPY --from=N` / `--mount from=N` with N past the last stage.
-    #[error("invalid stage index {0}")]
-    BadStageIndex(usize),
     /// An ONBUILD trigger of a base image does not parse.
     #[error("failed to parse onbuild trigger {trigger:?} of {image}: {message}")]
     OnBuild {

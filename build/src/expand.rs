@@ -99,6 +99,36 @@ impl Lexer {
     }
 }
 
+impl Lexer {
+    /// Expands the body of an unquoted heredoc: `$V` and `${V...}` are substituted and
+    /// a backslash escapes `$` and `\`; quotes are ordinary characters, as in a shell
+    /// here-document.
+    pub fn process_heredoc(&self, body: &str, env: &dyn Lookup) -> Result<String, ExpandError> {
+        let mut st = State::new(body, '\\', env);
+        let mut out = String::new();
+        while let Some(c) = st.peek() {
+            match c {
+                '\\' => {
+                    st.next();
+                    match st.peek() {
+                        Some(n) if n == '$' || n == '\\' => {
+                            st.next();
+                            out.push(n);
+                        }
+                        _ => out.push('\\'),
+                    }
+                }
+                '$' => out.push_str(&st.dollar()?),
+                c => {
+                    st.next();
+                    out.push(c);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
 #[derive(Default)]
 struct Words {
     words: Vec<String>,
@@ -466,6 +496,16 @@ mod tests {
             );
         }
         assert_eq!(lex.process_word("${EMPTY?}", &env()).as_deref(), Ok(""));
+    }
+
+    #[test]
+    fn heredoc_bodies() {
+        let lex = Lexer::default();
+        assert_eq!(
+            lex.process_heredoc("echo \"$A\" '${UNSET:-x}' \\$A \\\\ \\n\n", &env())
+                .as_deref(),
+            Ok("echo \"hello\" 'x' $A \\ \\n\n")
+        );
     }
 
     #[test]
