@@ -1,7 +1,8 @@
 //! Shell-word expansion as BuildKit's Dockerfile shell lexer does it.
 //!
 //! Supported: `$NAME`, `${NAME}`, `${NAME:-word}`, `${NAME-word}`, `${NAME:+word}`,
-//! `${NAME+word}`, `${NAME:?msg}`, `${NAME?msg}`, single quotes (literal), double quotes
+//! `${NAME+word}`, `${NAME:?msg}`, `${NAME?msg}`, `${NAME#pat}`, `${NAME##pat}`,
+//! `${NAME%pat}`, `${NAME%%pat}` (as in recent Dockerfile syntax), single quotes (literal), double quotes
 //! (where the escape character only escapes `"`, `$` and itself), the escape character
 //! outside quotes (the next character is literal), and unset variables expanding to
 //! nothing. The `word` of a modifier is itself expanded.
@@ -342,6 +343,19 @@ impl<'a> State<'a> {
             },
             m => (false, m),
         };
+        if !colon && (modifier == '#' || modifier == '%') {
+            let longest = self.peek() == Some(modifier);
+            if longest {
+                self.next();
+            }
+            let (pattern, _) = self.process_stop_on(Some('}'))?;
+            return Ok(trim_pattern(
+                &value.unwrap_or_default(),
+                &pattern,
+                modifier == '#',
+                longest,
+            ));
+        }
         if !matches!(modifier, '-' | '+' | '?') {
             let shown = if colon {
                 format!(":{modifier}")
@@ -372,6 +386,50 @@ impl<'a> State<'a> {
             }
         }
     }
+}
+
+/// `${V#p}`, `${V##p}`, `${V%p}`, `${V%%p}`: removes the shortest/longest prefix or
+/// suffix of `value` matching the shell pattern `pattern` (`*`, `?`).
+fn trim_pattern(value: &str, pattern: &str, prefix: bool, longest: bool) -> String {
+    let v: Vec<char> = value.chars().collect();
+    let p: Vec<char> = pattern.chars().collect();
+    let n = v.len();
+    let cuts: Vec<usize> = match (prefix, longest) {
+        (true, false) => (0..=n).collect(),
+        (true, true) => (0..=n).rev().collect(),
+        (false, false) => (0..=n).rev().collect(),
+        (false, true) => (0..=n).collect(),
+    };
+    for cut in cuts {
+        let (part, keep) = if prefix {
+            (&v[..cut], &v[cut..])
+        } else {
+            (&v[cut..], &v[..cut])
+        };
+        if shell_glob(&p, part) {
+            return keep.iter().collect();
+        }
+    }
+    value.to_string()
+}
+
+/// Whole-string match of a shell pattern where `*` is any run and `?` any character.
+fn shell_glob(p: &[char], s: &[char]) -> bool {
+    // m[j] = p[i..] matches s[j..], computed from the end of the pattern.
+    let mut next = vec![false; s.len() + 1];
+    next[s.len()] = true;
+    for pc in p.iter().rev() {
+        let mut cur = vec![false; s.len() + 1];
+        for j in (0..=s.len()).rev() {
+            cur[j] = match pc {
+                '*' => next[j] || (j < s.len() && cur[j + 1]),
+                '?' => j < s.len() && next[j + 1],
+                c => j < s.len() && s[j] == *c && next[j + 1],
+            };
+        }
+        next = cur;
+    }
+    next[0]
 }
 
 #[cfg(test)]
@@ -442,6 +500,28 @@ mod tests {
     }
 
     #[test]
+    fn pattern_trimming() {
+        let lex = Lexer::default();
+        let mut e = env();
+        e.insert("F".into(), "/home/u/book.tar.bz2".into());
+        e.insert("V".into(), "v1.2.3".into());
+        let cases = [
+            ("${F#*/}", "home/u/book.tar.bz2"),
+            ("${F##*/}", "book.tar.bz2"),
+            ("${F%.*}", "/home/u/book.tar"),
+            ("${F%%.*}", "/home/u/book"),
+            ("${V#v}", "1.2.3"),
+            ("${V#x}", "v1.2.3"),
+            ("${V%.?}", "v1.2"),
+            ("${UNSET#x}", ""),
+            ("${F##*/$UNSET}", "book.tar.bz2"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(lex.process_word(input, &e).as_deref(), Ok(want), "{input}");
+        }
+    }
+
+    #[test]
     fn backtick_escape() {
         let lex = Lexer::new('`');
         let e = env();
@@ -475,7 +555,7 @@ mod tests {
             ("${A", "syntax error: missing '}'"),
             ("${UNSET:-abc", "syntax error: missing '}'"),
             ("${}", "bad substitution"),
-            ("${A%x}", "unsupported modifier (%) in substitution"),
+            ("${A/x/y}", "unsupported modifier (/) in substitution"),
             ("${A:=x}", "unsupported modifier (:=) in substitution"),
             ("${UNSET:?must be set}", "UNSET: must be set"),
             ("${EMPTY:?}", "EMPTY: is not allowed to be unset"),

@@ -746,10 +746,9 @@ fn instruction(node: &Node, escape: char) -> Result<Instruction, String> {
 
 fn strip_onbuild(original: &str) -> &str {
     let t = original.trim_start();
-    if t.len() >= 7 && t[..7].eq_ignore_ascii_case("onbuild") {
-        t[7..].trim_start()
-    } else {
-        t
+    match (t.get(..7), t.get(7..)) {
+        (Some(kw), Some(rest)) if kw.eq_ignore_ascii_case("onbuild") => rest.trim_start(),
+        _ => t,
     }
 }
 

@@ -56,6 +56,27 @@ pub struct BuildOptions {
     pub build_args: BTreeMap<String, String>,
     /// `--target`: a stage name; the last stage when `None`.
     pub target: Option<String>,
+    /// Automatic global ARGs such as `TARGETPLATFORM`, `TARGETARCH` or `BUILDPLATFORM`
+    /// (see [`platform_args`]): usable in FROM lines without a declaration, and in a
+    /// stage after `ARG NAME`. Never reported as unused.
+    pub platform_args: BTreeMap<String, String>,
+}
+
+/// BuildKit's automatic platform ARGs for a build platform and a target platform, each
+/// written `os/arch[/variant]` (e.g. `linux/amd64`, `linux/arm/v7`).
+pub fn platform_args(build: &str, target: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for (prefix, platform) in [("BUILD", build), ("TARGET", target)] {
+        let mut parts = platform.splitn(3, '/');
+        let os = parts.next().unwrap_or_default();
+        let arch = parts.next().unwrap_or_default();
+        let variant = parts.next().unwrap_or_default();
+        out.insert(format!("{prefix}PLATFORM"), platform.to_string());
+        out.insert(format!("{prefix}OS"), os.to_string());
+        out.insert(format!("{prefix}ARCH"), arch.to_string());
+        out.insert(format!("{prefix}VARIANT"), variant.to_string());
+    }
+    out
 }
 
 /// Gives the config of external base images (for their Env, used in expansion, and
@@ -231,8 +252,12 @@ pub fn plan(
     let mut warnings = stages.warnings.clone();
     let mut consumed: BTreeSet<String> = BTreeSet::new();
 
-    // Global ARGs.
-    let mut meta: Vec<(String, Option<String>)> = Vec::new();
+    // Global ARGs, after the automatic platform ones.
+    let mut meta: Vec<(String, Option<String>)> = opts
+        .platform_args
+        .iter()
+        .map(|(k, v)| (k.clone(), Some(v.clone())))
+        .collect();
     for cmd in &stages.meta_args {
         let Instruction::Arg(decls) = &cmd.instruction else {
             continue;
@@ -439,7 +464,11 @@ pub fn plan(
     let unused: Vec<&str> = opts
         .build_args
         .keys()
-        .filter(|k| !consumed.contains(*k) && !PROXY_ARGS.contains(&k.as_str()))
+        .filter(|k| {
+            !consumed.contains(*k)
+                && !PROXY_ARGS.contains(&k.as_str())
+                && !opts.platform_args.contains_key(*k)
+        })
         .map(String::as_str)
         .collect();
     if !unused.is_empty() {
@@ -986,6 +1015,7 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             target: target.map(str::to_string),
+            ..BuildOptions::default()
         }
     }
 
@@ -1363,6 +1393,51 @@ LABEL k=\"v w\"
         );
         assert!(last.steps[0].onbuild);
         assert!(last.config.on_build.is_empty());
+    }
+
+    #[test]
+    fn automatic_platform_args() {
+        let o = BuildOptions {
+            platform_args: platform_args("linux/amd64", "linux/arm/v7"),
+            ..BuildOptions::default()
+        };
+        let src = "FROM --platform=$BUILDPLATFORM golang AS build\nARG TARGETARCH TARGETVARIANT\nENV GOARCH=$TARGETARCH V=${TARGETVARIANT#v} OS=$TARGETOS\n";
+        let p = plan_dockerfile(src, &o, &NoImages).expect("plans");
+        let s = p.stage(0).expect("stage");
+        assert_eq!(s.platform.as_deref(), Some("linux/amd64"));
+        assert_eq!(s.config.env_value("GOARCH"), Some("arm"));
+        assert_eq!(s.config.env_value("V"), Some("7"));
+        assert_eq!(
+            s.config.env_value("OS"),
+            Some(""),
+            "not declared in the stage"
+        );
+        assert!(p.warnings.is_empty());
+    }
+
+    #[test]
+    fn docker_reference_style_expansion() {
+        // Our own cases in the spirit of the reference's examples: a variable set by ENV
+        // is used by later instructions, an escaped `$` stays literal, and a
+        // replacement within one ENV line uses the value from before that line.
+        let src = "\
+FROM busybox
+ENV DIR=/opt/app
+WORKDIR ${DIR}
+ADD . $DIR
+COPY \\$DIR /lit
+ENV who=alice
+ENV who=bob greeting=hi-$who
+ENV final=$who
+";
+        let p = plan_src(src, &BuildOptions::default()).expect("plans");
+        let s = p.stage(0).expect("stage");
+        assert_eq!(s.config.working_dir, "/opt/app");
+        let h = created(&p, 0);
+        assert_eq!(h[2], "ADD . /opt/app # buildkit");
+        assert_eq!(h[3], "COPY $DIR /lit # buildkit");
+        assert_eq!(s.config.env_value("greeting"), Some("hi-alice"));
+        assert_eq!(s.config.env_value("final"), Some("bob"));
     }
 
     #[test]
