@@ -732,6 +732,34 @@ mod tests {
     }
 
     #[test]
+    fn heredoc_edge_cases() {
+        let src = "FROM a\nRUN \"<<NOHEREDOC\"\nRUN <<EMPTY\nEMPTY\nRUN 3<<FD cat <&3\nx\nFD\nRUN <<'EOF' | python\nprint(\"$HOME\")\nEOF\nRUN <<X\r\n# not a comment \\\r\nX\r\nADD <<EOF foo.txt /bar/\ninline\nEOF\n";
+        let df = parse(src).expect("parses");
+        let n = &df.nodes;
+        assert_eq!(n.len(), 7);
+        assert!(n[1].heredocs.is_empty(), "a quoted marker is a plain word");
+        assert_eq!(n[2].heredocs[0].content, "");
+        assert_eq!((n[2].start_line, n[2].end_line), (3, 4));
+        assert_eq!(n[3].heredocs[0].fd, 3);
+        assert_eq!(n[3].heredocs[0].content, "x\n");
+        assert_eq!(n[4].heredocs[0].name, "EOF");
+        assert!(!n[4].heredocs[0].expand);
+        assert_eq!(n[4].args, "<<'EOF' | python");
+        assert_eq!(
+            n[5].heredocs[0].content, "# not a comment \\\r\n",
+            "heredoc lines are raw"
+        );
+        assert_eq!(n[6].heredocs[0].content, "inline\n");
+        assert_eq!(n[6].start_line, 14);
+        // A heredoc marker on an instruction that takes none is not one: the body lines
+        // become instructions of their own.
+        let df = parse("FROM a\nUSER <<INVALID\nINVALID\n").expect("parses");
+        assert_eq!(df.nodes.len(), 3);
+        assert_eq!(df.nodes[2].keyword, "invalid");
+        assert_eq!(df.nodes[2].start_line, 3);
+    }
+
+    #[test]
     fn markers() {
         assert!(parse_heredoc_marker("<<EOF").is_some());
         assert!(parse_heredoc_marker("<<").is_none());
