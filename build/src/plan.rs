@@ -31,7 +31,8 @@ use crate::config::{onbuild_triggers, ConfigBuilder, ImageConfig};
 use crate::error::{ParseError, PlanError};
 use crate::expand::{Lexer, Lookup};
 use crate::instructions::{
-    self, ArgDecl, Command, Instruction, KeyValue, Mount, MountType, NetworkMode, Stages, Transfer,
+    self, ArgDecl, Command, CommandLine, InlineFile, Instruction, KeyValue, Mount, MountType,
+    NetworkMode, Stages, Transfer,
 };
 
 /// Build args that are always allowed, reach RUN without an ARG, and are not recorded
@@ -139,6 +140,9 @@ pub struct Step {
     pub sources: Vec<Source>,
     /// RUN only: the argv to execute (SHELL or `/bin/sh -c` put in front of the shell form).
     pub argv: Vec<String>,
+    /// RUN only: files the executor must provide read-only, mode 0755, under
+    /// `/dev/pipes/<name>` (a lone heredoc script starting with `#!` is run that way).
+    pub pipes: Vec<InlineFile>,
     /// RUN only: the process environment (config Env, then ARGs in scope not shadowed by
     /// it, then proxy build args).
     pub env: Vec<String>,
@@ -687,6 +691,7 @@ impl StageCtx<'_> {
     ) -> Result<Step, PlanError> {
         let line = cmd.line;
         let mut argv = Vec::new();
+        let mut pipes = Vec::new();
         let mut env = Vec::new();
         let instruction = match &cmd.instruction {
             Instruction::Arg(decls) => {
@@ -753,13 +758,7 @@ impl StageCtx<'_> {
                     .map(|m| instructions::parse_mount(m, Some(&expander)))
                     .collect::<Result<_, _>>()
                     .map_err(|m| err_at(line, m))?;
-                argv = if r.command.shell_form {
-                    let mut v = self.builder.config.shell_or_default();
-                    v.extend(r.command.args.iter().cloned());
-                    v
-                } else {
-                    r.command.args.clone()
-                };
+                (argv, pipes) = run_argv(&r.command, self.builder.config.shell_or_default());
                 env = self.builder.config.env.clone();
                 for (k, v) in &self.args {
                     if self.builder.config.env_value(k).is_none() {
@@ -795,6 +794,7 @@ impl StageCtx<'_> {
             created_by,
             sources,
             argv,
+            pipes,
             env,
             config: self.builder.config.clone(),
             onbuild,
@@ -838,6 +838,40 @@ impl StageCtx<'_> {
         }
         Ok(out)
     }
+}
+
+/// The argv of a RUN, with BuildKit's heredoc handling for the shell form: a command
+/// that is only a heredoc marker runs the heredoc's body with the shell (or, when the
+/// body starts with `#!`, as the script `/dev/pipes/<name>`); any other command with
+/// heredocs gets the bodies and terminators appended, for the shell to read.
+fn run_argv(cmd: &CommandLine, shell: Vec<String>) -> (Vec<String>, Vec<InlineFile>) {
+    if !cmd.shell_form {
+        return (cmd.args.clone(), Vec::new());
+    }
+    let text = cmd.args.first().cloned().unwrap_or_default();
+    let mut argv = shell;
+    match cmd.files.first() {
+        None => argv.push(text),
+        Some(first) if crate::parser::parse_heredoc_marker(&text).is_some() => {
+            if first.data.starts_with("#!") {
+                return (
+                    vec![format!("/dev/pipes/{}", first.name)],
+                    vec![first.clone()],
+                );
+            }
+            argv.push(first.data.clone());
+        }
+        Some(_) => {
+            let mut full = text;
+            for f in &cmd.files {
+                full.push('\n');
+                full.push_str(&f.data);
+                full.push_str(&f.name);
+            }
+            argv.push(full);
+        }
+    }
+    (argv, Vec::new())
 }
 
 fn json_array(v: &[String]) -> String {
@@ -1356,6 +1390,23 @@ LABEL k=\"v w\"
             panic!("not RUN")
         };
         assert_eq!(r.command.files[0].data, "echo $NAME\n");
+    }
+
+    #[test]
+    fn run_heredoc_argv() {
+        let src = "FROM a\nRUN <<EOF\necho $A\nEOF\nRUN <<-py\n\t#!/usr/bin/env python3\n\tprint(1)\npy\nRUN cat <<EOF > /x\nhello\nEOF\nRUN [\"true\"]\n";
+        let p = plan_src(src, &BuildOptions::default()).expect("plans");
+        let steps = &p.stage(0).expect("stage").steps;
+        assert_eq!(steps[0].argv, vec!["/bin/sh", "-c", "echo $A\n"]);
+        assert!(steps[0].pipes.is_empty());
+        assert_eq!(steps[1].argv, vec!["/dev/pipes/py"]);
+        assert_eq!(steps[1].pipes[0].data, "#!/usr/bin/env python3\nprint(1)\n");
+        assert_eq!(
+            steps[2].argv,
+            vec!["/bin/sh", "-c", "cat <<EOF > /x\nhello\nEOF"]
+        );
+        assert_eq!(steps[3].argv, vec!["true"]);
+        assert_eq!(steps[3].created_by, "RUN true # buildkit");
     }
 
     #[test]
