@@ -3,7 +3,7 @@
 //! Each instruction is checked the way BuildKit checks it (argument counts, allowed
 //! flags, JSON-only SHELL, HEALTHCHECK options, RUN `--mount` options, ONBUILD triggers)
 //! and errors carry Docker's wording and the instruction's line. Values are kept as
-//! written (unexpanded); [`crate::plan`] expands the ones Docker expands.
+//! written (unexpanded); [`mod@crate::plan`] expands the ones Docker expands.
 
 use std::collections::BTreeMap;
 

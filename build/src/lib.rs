@@ -1,26 +1,48 @@
 //! Dockerfile parsing and build planning for berthd — no execution.
 //!
-//! The crate turns a Dockerfile, build arguments and a target into a [`plan::Plan`]:
-//! a list of stages, each with its base and a list of expanded steps, plus the order in
-//! which stages can be built and which of them may run in parallel. An executor (outside
-//! this crate) runs the plan; this crate never touches containers or images.
+//! The crate turns a Dockerfile, build arguments and a target into a [`Plan`]: the stages
+//! the target needs, each with its base and its expanded steps, an order in which to
+//! build them and the groups that may be built in parallel. An executor (outside this
+//! crate) runs the plan; this crate never touches containers, images or the network.
 //!
-//! Pipeline, one module per concern:
-//! 1. [`parser`]: text → [`parser::Dockerfile`] (directives, continuations, comments,
-//!    heredocs, flags, JSON form; every node keeps its line numbers).
-//! 2. [`instructions`]: nodes → typed [`instructions::Instruction`]s, checking arity and
-//!    flags with Docker's messages. Values are kept unexpanded.
-//! 3. [`expand`]: BuildKit's shell-word expansion (`$V`, `${V:-w}`, quotes, escapes),
-//!    applied by the planner to the instructions Docker expands.
-//! 4. [`plan`]: stages, ARG scoping, stage references, dependency graph, pruning for the
-//!    target, cycle detection, topological order and parallel groups, expanded steps with
-//!    their history text, and [`plan::cache_key`].
-//! 5. [`config`]: the image-config effects of steps (Env, Cmd, Entrypoint, ...), with
-//!    Docker's JSON field names, and the ONBUILD triggers of base images.
-//! 6. [`ignore`]: `.dockerignore` matching and context walking.
+//! # Pipeline
 //!
-//! Errors follow Docker's/BuildKit's wording, prefixed with
-//! `dockerfile parse error line N:` when tied to a line ([`error::ParseError`]).
+//! One module per concern, each usable on its own:
+//!
+//! 1. [`parser`]: text → [`parser::Dockerfile`], a flat list of [`parser::Node`]s.
+//!    Handles parser directives (`# escape=`, `# syntax=`, `# check=`), comments, line
+//!    continuations with the escape character, empty continuation lines (warning),
+//!    heredocs (`<<EOF`, `<<-EOF`, quoted delimiters, several per line, fd prefixes),
+//!    `--flags`, and the JSON (exec) form; every node keeps its start and end line.
+//! 2. [`instructions`]: nodes → typed [`Instruction`]s grouped into [`Stages`] (global
+//!    ARGs + one [`instructions::Stage`] per FROM), with Docker's/BuildKit's checks and
+//!    messages. Values stay unexpanded.
+//! 3. [`expand`]: BuildKit's shell-word expansion ([`expand::Lexer`]) and the list of
+//!    instructions the builder expands ([`expand::expands`]).
+//! 4. [`mod@plan`]: [`plan()`] / [`plan_dockerfile`] apply ARG scoping, resolve stage
+//!    references, build the dependency graph, prune what the target does not need,
+//!    refuse cycles and unknown targets, order the stages, and expand each needed
+//!    stage's instructions into [`Step`]s carrying their history text (`created_by`),
+//!    sources, RUN argv/env and the config after the step. [`cache_key`] hashes a step
+//!    onto its parent's key.
+//! 5. [`config`]: [`ImageConfig`] (Docker's JSON field names) and [`ConfigBuilder`],
+//!    the config effects of instructions; [`config::onbuild_triggers`] parses a base
+//!    image's `OnBuild` so the planner runs those triggers right after FROM.
+//! 6. [`ignore`]: `.dockerignore` ([`ignore::Matcher`]): parse, match, walk a context.
+//!
+//! # Design choices
+//!
+//! - Our own parser: the crates.io Dockerfile parsers mishandle heredocs and/or the
+//!   escape directive (see the commit that added this crate).
+//! - Instructions are parsed unexpanded and expanded only during planning, because the
+//!   values depend on build args, the target's ARG scope and base-image ENV; stages the
+//!   target does not need are never expanded, so their errors do not fail the build (as
+//!   in BuildKit).
+//! - External images are never fetched here: [`plan::ImageResolver`] lets the caller
+//!   supply base-image configs (for ENV and ONBUILD); [`plan::NoImages`] plans with
+//!   empty ones.
+//! - Errors tied to a line display as `dockerfile parse error line N: message`
+//!   ([`ParseError`]); planning adds [`PlanError`] (unknown target, cycles).
 
 pub mod config;
 pub mod error;
@@ -30,4 +52,11 @@ pub mod instructions;
 pub mod parser;
 pub mod plan;
 
+pub use config::{ConfigBuilder, HealthConfig, ImageConfig};
 pub use error::{ExpandError, ParseError, PlanError, WalkError};
+pub use ignore::Matcher;
+pub use instructions::{parse_dockerfile, Instruction, Stages};
+pub use plan::{
+    cache_key, plan, plan_dockerfile, platform_args, Base, BuildOptions, ImageResolver, NoImages,
+    Plan, PlannedStage, Source, Step,
+};
