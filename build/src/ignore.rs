@@ -508,6 +508,18 @@ mod tests {
     }
 
     #[test]
+    fn walk_missing_root_is_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = dir.path().join("nope");
+        let err = Matcher::default().walk(&missing).expect_err("missing root");
+        assert!(
+            err.to_string().starts_with("walking build context at "),
+            "{err}"
+        );
+        assert_eq!(err.source.kind(), std::io::ErrorKind::NotFound);
+    }
+
+    #[test]
     fn exception_lookahead() {
         let m = Matcher::parse("a\n!a/b/c\n!x/**/y\n").expect("parses");
         assert!(m.exception_may_match_inside("a"));

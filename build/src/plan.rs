@@ -1392,6 +1392,49 @@ LABEL k=\"v w\"
         assert_eq!(r.command.files[0].data, "echo $NAME\n");
     }
 
+    /// Records which images the planner asked for.
+    struct Recorder {
+        asked: std::cell::RefCell<Vec<(String, Option<String>)>>,
+    }
+
+    impl ImageResolver for Recorder {
+        fn config(&self, image: &str, platform: Option<&str>) -> Option<ImageConfig> {
+            self.asked
+                .borrow_mut()
+                .push((image.to_string(), platform.map(str::to_string)));
+            (image == "debian").then(|| ImageConfig {
+                env: vec!["PATH=/usr/bin".into()],
+                working_dir: "/root".into(),
+                ..ImageConfig::default()
+            })
+        }
+    }
+
+    #[test]
+    fn base_configs_are_asked_only_for_needed_stages() {
+        let src = "\
+FROM --platform=linux/arm64 debian AS app
+ENV PATH=$PATH:/opt/bin
+WORKDIR sub
+FROM private.example/secret-base AS unused
+FROM app
+";
+        let r = Recorder {
+            asked: Default::default(),
+        };
+        let p = plan_dockerfile(src, &BuildOptions::default(), &r).expect("plans");
+        assert_eq!(
+            *r.asked.borrow(),
+            vec![("debian".to_string(), Some("linux/arm64".to_string()))]
+        );
+        assert_eq!(p.pruned, vec![1]);
+        let last = p.target_stage().expect("target");
+        assert_eq!(last.base, Base::Stage(0));
+        assert_eq!(last.config.env_value("PATH"), Some("/usr/bin:/opt/bin"));
+        assert_eq!(last.config.working_dir, "/root/sub");
+        assert!(last.steps.is_empty());
+    }
+
     #[test]
     fn run_heredoc_argv() {
         let src = "FROM a\nRUN <<EOF\necho $A\nEOF\nRUN <<-py\n\t#!/usr/bin/env python3\n\tprint(1)\npy\nRUN cat <<EOF > /x\nhello\nEOF\nRUN [\"true\"]\n";
