@@ -88,10 +88,15 @@ fn compile(p: &str) -> Result<Vec<Token>, IgnoreError> {
         match c {
             '*' if chars.get(i) == Some(&'*') => {
                 i += 1;
-                if chars.get(i) == Some(&'/') {
+                let slash = chars.get(i) == Some(&'/');
+                if slash {
                     i += 1;
                 }
-                tokens.push(if i >= chars.len() {
+                // A leading `**` not followed by `/` before a literal rest is a plain
+                // suffix match in patternmatcher (`**foo` matches `xfoo`).
+                let literal_rest = chars[i..].iter().all(|c| !"*?[\\".contains(*c));
+                let leading_suffix = tokens.is_empty() && !slash && literal_rest;
+                tokens.push(if i >= chars.len() || leading_suffix {
                     Token::All
                 } else {
                     Token::DirStar
@@ -409,6 +414,12 @@ mod tests {
             ("a/**/b", "a/x/y/b", true),
             ("a/**/b", "a/x/y/bc", false),
             ("**", "anything/at/all", true),
+            ("**foo", "a/xfoo", true),
+            ("**/foo", "a/xfoo", false),
+            ("**/foo", "foo", true),
+            ("a**b", "axb", false),
+            ("a**b", "ax/b", true),
+            ("**/foo/**", "x/foo/y/z", true),
             ("node_modules", "node_modules/x/y.js", true),
             ("node_modules", "src/node_modules", false),
             ("/build", "build/out", true),
