@@ -599,12 +599,12 @@ mod tests {
             "dockerfile parse error line 3: FROM isn't allowed as an ONBUILD trigger"
         );
         let bad = ImageConfig {
-            on_build: s(&["NOPE x"]),
+            on_build: s(&["XYZZY x"]),
             ..ImageConfig::default()
         };
         assert_eq!(
             onbuild_triggers(&bad, 3).expect_err("unknown").message,
-            "unknown instruction: NOPE"
+            "unknown instruction: XYZZY"
         );
     }
 

@@ -740,8 +740,107 @@ fn instruction(node: &Node, escape: char) -> Result<Instruction, String> {
                 None => return Err("SHELL requires the arguments to be in JSON form".to_string()),
             }
         }
-        _ => return Err(format!("unknown instruction: {}", node.raw_keyword)),
+        _ => {
+            return Err(with_suggestion(
+                format!("unknown instruction: {}", node.raw_keyword),
+                &node.raw_keyword,
+                &INSTRUCTIONS,
+                false,
+            ))
+        }
     })
+}
+
+const INSTRUCTIONS: [&str; 18] = [
+    "ADD",
+    "ARG",
+    "CMD",
+    "COPY",
+    "ENTRYPOINT",
+    "ENV",
+    "EXPOSE",
+    "FROM",
+    "HEALTHCHECK",
+    "LABEL",
+    "MAINTAINER",
+    "ONBUILD",
+    "RUN",
+    "SHELL",
+    "STOPSIGNAL",
+    "USER",
+    "VOLUME",
+    "WORKDIR",
+];
+
+const MOUNT_KEYS: [&str; 16] = [
+    "type",
+    "from",
+    "source",
+    "target",
+    "readonly",
+    "id",
+    "sharing",
+    "required",
+    "mode",
+    "uid",
+    "gid",
+    "src",
+    "dst",
+    "ro",
+    "rw",
+    "readwrite",
+];
+
+/// Appends BuildKit's ` (did you mean X?)` when an option is within edit distance 2 of
+/// `value` (the closest, first in `options` order on ties). Without `case_sensitive`,
+/// the suggestion takes the case of `value` when that is all-lower or all-upper.
+fn with_suggestion(message: String, value: &str, options: &[&str], case_sensitive: bool) -> String {
+    let norm = |s: &str| {
+        if case_sensitive {
+            s.to_string()
+        } else {
+            s.to_lowercase()
+        }
+    };
+    let v = norm(value);
+    let mut best: Option<(usize, &str)> = None;
+    for opt in options {
+        let o = norm(opt);
+        if o == v {
+            return message;
+        }
+        let d = levenshtein(&v, &o);
+        if d < best.map_or(3, |(bd, _)| bd) {
+            best = Some((d, opt));
+        }
+    }
+    let Some((_, opt)) = best else {
+        return message;
+    };
+    let shown = if case_sensitive {
+        opt.to_string()
+    } else if value == value.to_lowercase() {
+        opt.to_lowercase()
+    } else if value == value.to_uppercase() {
+        opt.to_uppercase()
+    } else {
+        opt.to_string()
+    };
+    format!("{message} (did you mean {shown}?)")
+}
+
+fn levenshtein(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
 }
 
 fn strip_onbuild(original: &str) -> &str {
@@ -1066,7 +1165,14 @@ pub fn parse_mount(value: &str, expander: Option<Expander>) -> Result<Mount, Str
                     "tmpfs" => MountType::Tmpfs,
                     "secret" => MountType::Secret,
                     "ssh" => MountType::Ssh,
-                    _ => return Err(format!("unsupported mount type {v:?}")),
+                    _ => {
+                        return Err(with_suggestion(
+                            format!("unsupported mount type {v:?}"),
+                            &v,
+                            &["bind", "cache", "tmpfs", "secret", "ssh"],
+                            true,
+                        ))
+                    }
                 }
             }
             "from" => m.from = Some(v),
@@ -1122,7 +1228,14 @@ pub fn parse_mount(value: &str, expander: Option<Expander>) -> Result<Mount, Str
                     m.kind.as_str()
                 ))
             }
-            _ => return Err(format!("unexpected key '{key}' in '{field}'")),
+            _ => {
+                return Err(with_suggestion(
+                    format!("unexpected key '{key}' in '{field}'"),
+                    &key,
+                    &MOUNT_KEYS,
+                    true,
+                ))
+            }
         }
     }
     let file_info_allowed = matches!(
@@ -1263,6 +1376,14 @@ mod tests {
     fn mount_errors() {
         let cases = [
             ("type=foo", "unsupported mount type \"foo\""),
+            (
+                "type=cahce",
+                "unsupported mount type \"cahce\" (did you mean cache?)",
+            ),
+            (
+                "type=cache,traget=/x",
+                "unexpected key 'traget' in 'traget=/x' (did you mean target?)",
+            ),
             ("target", "invalid field 'target' must be a key=value pair"),
             (
                 "type=bind,required",
@@ -1296,7 +1417,11 @@ mod tests {
                 "type=secret,id=a,source=b",
                 "both source and id can't be set",
             ),
-            ("type=bind,foo=bar", "unexpected key 'foo' in 'foo=bar'"),
+            ("type=bind,xyz=bar", "unexpected key 'xyz' in 'xyz=bar'"),
+            (
+                "type=bind,foo=bar",
+                "unexpected key 'foo' in 'foo=bar' (did you mean from?)",
+            ),
             (
                 "type=bind,from=$X",
                 "'from' doesn't support variable expansion, define alias stage instead",
@@ -1508,8 +1633,10 @@ mod tests {
     #[test]
     fn errors_with_lines() {
         let cases = [
-            ("FROM a\nFOO bar\n", "dockerfile parse error line 2: unknown instruction: FOO"),
-            ("FROM a\nrunn x\n", "dockerfile parse error line 2: unknown instruction: runn"),
+            ("FROM a\nXYZZY bar\n", "dockerfile parse error line 2: unknown instruction: XYZZY"),
+            ("FROM a\nFOO bar\n", "dockerfile parse error line 2: unknown instruction: FOO (did you mean FROM?)"),
+            ("FROM a\nrunn x\n", "dockerfile parse error line 2: unknown instruction: runn (did you mean run?)"),
+            ("FROM a\nCoppy x y\n", "dockerfile parse error line 2: unknown instruction: Coppy (did you mean COPY?)"),
             ("FROM\n", "dockerfile parse error line 1: FROM requires either one or three arguments"),
             ("FROM a b\n", "dockerfile parse error line 1: FROM requires either one or three arguments"),
             ("FROM a AS b c\n", "dockerfile parse error line 1: FROM requires either one or three arguments"),
@@ -1557,7 +1684,7 @@ mod tests {
             ("FROM a\nONBUILD ONBUILD RUN x\n", "dockerfile parse error line 2: Chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed"),
             ("FROM a\nONBUILD FROM b\n", "dockerfile parse error line 2: FROM isn't allowed as an ONBUILD trigger"),
             ("FROM a\nONBUILD maintainer me\n", "dockerfile parse error line 2: MAINTAINER isn't allowed as an ONBUILD trigger"),
-            ("FROM a\nONBUILD BAD x\n", "dockerfile parse error line 2: unknown instruction: BAD"),
+            ("FROM a\nONBUILD BAD x\n", "dockerfile parse error line 2: unknown instruction: BAD (did you mean ADD?)"),
             ("FROM a\nRUN \\\n  --mount=type=cache true\nRUN --mount=type=secret true\n", "dockerfile parse error line 4: invalid secret mount. one of source, target required"),
         ];
         for (src, want) in cases {
