@@ -513,11 +513,13 @@ fn arg_value(
     if let Some(def) = &d.default {
         return Ok(Some(expand_default(def)?));
     }
+    // The last global declaration that has a value (`ARG TARGETOS` at the top does not
+    // hide the automatic value).
     Ok(meta
         .iter()
         .rev()
-        .find(|(k, _)| *k == d.name)
-        .and_then(|(_, v)| v.clone()))
+        .filter(|(k, _)| *k == d.name)
+        .find_map(|(_, v)| v.clone()))
 }
 
 fn set_arg(args: &mut Vec<(String, String)>, name: &str, value: String) {
@@ -1495,7 +1497,7 @@ FROM app
             platform_args: platform_args("linux/amd64", "linux/arm/v7"),
             ..BuildOptions::default()
         };
-        let src = "FROM --platform=$BUILDPLATFORM golang AS build\nARG TARGETARCH TARGETVARIANT\nENV GOARCH=$TARGETARCH V=${TARGETVARIANT#v} OS=$TARGETOS\n";
+        let src = "ARG TARGETARCH\nFROM --platform=$BUILDPLATFORM golang AS build\nARG TARGETARCH TARGETVARIANT\nENV GOARCH=$TARGETARCH V=${TARGETVARIANT#v} OS=$TARGETOS\n";
         let p = plan_dockerfile(src, &o, &NoImages).expect("plans");
         let s = p.stage(0).expect("stage");
         assert_eq!(s.platform.as_deref(), Some("linux/amd64"));
