@@ -573,7 +573,9 @@ fn command_sources(
         Instruction::Arg(decls) => {
             for d in decls {
                 let scope = arg_scope.clone();
-                if let Some(v) = arg_value(d, opts, meta, |w| expand(w, &scope))? {
+                // A default that does not expand is reported when (and only if) the
+                // stage is planned; here it just leaves the ARG unset.
+                if let Ok(Some(v)) = arg_value(d, opts, meta, |w| expand(w, &scope)) {
                     set_arg(arg_scope, &d.name, v);
                 }
             }
@@ -1350,7 +1352,7 @@ LABEL k=\"v w\"
         }
         // Errors in pruned stages do not matter.
         plan_src(
-            "FROM a AS bad\nSTOPSIGNAL NOPE\nFROM b AS good\n",
+            "FROM a AS bad\nSTOPSIGNAL NOPE\nARG X=${Y\nFROM b AS good\n",
             &opts(&[], Some("good")),
         )
         .expect("pruned stage is not expanded");
