@@ -33,6 +33,9 @@ pub enum PlanError {
     /// An instruction failed to parse or expand.
     #[error(transparent)]
     Parse(#[from] ParseError),
+    /// Only global ARGs, no FROM.
+    #[error("dockerfile contains no stages to build")]
+    NoStages,
     /// `--target` names no stage.
     #[error("target stage {0} could not be found")]
     UnknownTarget(String),

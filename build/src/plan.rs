@@ -370,7 +370,7 @@ pub fn plan(
             .stages
             .len()
             .checked_sub(1)
-            .ok_or_else(|| err_at(1, "file with no instructions"))?,
+            .ok_or(PlanError::NoStages)?,
         Some(t) => {
             let lower = t.to_ascii_lowercase();
             headers
@@ -1126,6 +1126,12 @@ COPY --from=docs /index.html /
         assert_eq!(p.order, vec![0, 3, 1]);
         assert_eq!(p.parallel, vec![vec![0, 3], vec![1]]);
         assert_eq!(p.pruned, vec![2, 4]);
+    }
+
+    #[test]
+    fn no_stages() {
+        let e = plan_src("ARG A=1\n", &BuildOptions::default()).expect_err("no FROM");
+        assert_eq!(e.to_string(), "dockerfile contains no stages to build");
     }
 
     #[test]
