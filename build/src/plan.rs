@@ -12,7 +12,11 @@
 //!   anywhere in the file (a later stage too, so cycles are possible and refused);
 //!   anything else is an image.
 //! - The target (last stage by default) and the stages it depends on are planned; the
-//!   others are pruned and never expanded (their errors do not matter).
+//!   others are pruned and never expanded (their errors do not matter) and their base
+//!   images are never passed to the [`ImageResolver`].
+//! - The ONBUILD triggers of a needed stage's base (an image's `OnBuild`, or the
+//!   ONBUILD instructions of a base stage) run first in that stage; a trigger's
+//!   `--from` adds a dependency like any other.
 //!
 //! History text ([`Step::created_by`]), chosen to look like BuildKit's:
 //! - `RUN [|N K=V ...] argv... # buildkit`: argv is the shell plus the command for the
@@ -385,14 +389,63 @@ pub fn plan(
         return Err(PlanError::Cycle(display(root)));
     }
 
-    // Needed stages, order, parallel groups.
-    let mut needed = BTreeSet::new();
-    let mut todo = vec![target];
-    while let Some(i) = todo.pop() {
-        if needed.insert(i) {
-            todo.extend(deps[i].iter().copied());
+    // Base configs and ONBUILD triggers of the needed stages. Triggers may add
+    // dependencies (`ONBUILD COPY --from=x`), which may make more stages needed, so this
+    // runs to a fixed point; images of stages that stay unneeded are never resolved.
+    let mut base_configs: BTreeMap<usize, ImageConfig> = BTreeMap::new();
+    let mut triggers: BTreeMap<usize, Vec<(Command, Vec<Source>)>> = BTreeMap::new();
+    let needed = loop {
+        let needed = reachable(target, &deps);
+        let mut changed = false;
+        for &i in &needed {
+            if triggers.contains_key(&i) {
+                continue;
+            }
+            let h = &headers[i];
+            let on_build = match &h.base {
+                Base::Scratch => Vec::new(),
+                Base::Image(r) => {
+                    let cfg = images.config(r, h.platform.as_deref()).unwrap_or_default();
+                    let on_build = cfg.on_build.clone();
+                    base_configs.insert(i, cfg);
+                    on_build
+                }
+                // A stage's config carries exactly its own ONBUILD instructions.
+                Base::Stage(j) => stages.stages[*j]
+                    .commands
+                    .iter()
+                    .filter_map(|c| match &c.instruction {
+                        Instruction::Onbuild(e) => Some(e.clone()),
+                        _ => None,
+                    })
+                    .collect(),
+            };
+            let cfg = ImageConfig {
+                on_build,
+                ..ImageConfig::default()
+            };
+            let line = stages.stages[i].line;
+            let mut with_sources = Vec::new();
+            for cmd in onbuild_triggers(&cfg, line)? {
+                let srcs = command_sources(&cmd, &lex, &mut Vec::new(), opts, &meta, &headers)?;
+                for s in &srcs {
+                    if let Source::Stage(j) = s {
+                        changed |= deps[i].insert(*j);
+                    }
+                }
+                with_sources.push((cmd, srcs));
+            }
+            triggers.insert(i, with_sources);
         }
-    }
+        if !changed {
+            break needed;
+        }
+        if let Some(root) = find_cycle(&deps) {
+            return Err(PlanError::Cycle(display(root)));
+        }
+    };
+
+    // Order and parallel groups.
     let pruned: Vec<usize> = (0..headers.len()).filter(|i| !needed.contains(i)).collect();
     let order = topo_order(&needed, &deps);
     let mut level: BTreeMap<usize, usize> = BTreeMap::new();
@@ -418,11 +471,10 @@ pub fn plan(
             Base::Scratch => ImageConfig::scratch(),
             Base::Image(r) => {
                 stage_images.insert(r.clone());
-                images.config(r, h.platform.as_deref()).unwrap_or_default()
+                base_configs.remove(&i).unwrap_or_default()
             }
             Base::Stage(j) => planned.get(j).map(|p| p.config.clone()).unwrap_or_default(),
         };
-        let triggers = onbuild_triggers(&base_cfg, st.line)?;
         let mut ctx = StageCtx {
             lex: &lex,
             opts,
@@ -432,10 +484,8 @@ pub fn plan(
             consumed: &mut consumed,
         };
         let mut steps = Vec::new();
-        for cmd in &triggers {
-            let mut scratch_scope = ctx.args.clone();
-            let srcs = command_sources(cmd, &lex, &mut scratch_scope, opts, &meta, &headers)?;
-            steps.push(ctx.step(cmd, srcs, true)?);
+        for (cmd, srcs) in triggers.remove(&i).unwrap_or_default() {
+            steps.push(ctx.step(&cmd, srcs, true)?);
         }
         for (cmd, srcs) in st.commands.iter().zip(&sources[i]) {
             steps.push(ctx.step(cmd, srcs.clone(), false)?);
@@ -600,6 +650,18 @@ fn command_sources(
     }
     out.dedup();
     Ok(out)
+}
+
+/// The stages `target` needs, itself included.
+fn reachable(target: usize, deps: &[BTreeSet<usize>]) -> BTreeSet<usize> {
+    let mut needed = BTreeSet::new();
+    let mut todo = vec![target];
+    while let Some(i) = todo.pop() {
+        if needed.insert(i) {
+            todo.extend(deps[i].iter().copied());
+        }
+    }
+    needed
 }
 
 /// The first stage (in index order) from which a dependency cycle is reachable.
@@ -1542,6 +1604,39 @@ ENV final=$who
         assert_eq!(h[3], "COPY $DIR /lit # buildkit");
         assert_eq!(s.config.env_value("greeting"), Some("hi-alice"));
         assert_eq!(s.config.env_value("final"), Some("bob"));
+    }
+
+    #[test]
+    fn onbuild_trigger_dependencies() {
+        // A base image's trigger copies from a stage: that stage becomes a dependency
+        // (and so is planned first) even though no instruction of the file names it.
+        let mut images = BTreeMap::new();
+        images.insert(
+            "toolbox".to_string(),
+            ImageConfig {
+                on_build: vec!["COPY --from=assets /a /a".into()],
+                ..ImageConfig::default()
+            },
+        );
+        let src = "FROM toolbox AS app\nRUN true\nFROM alpine AS assets\nRUN make\nFROM scratch AS other\n";
+        let p = plan_dockerfile(src, &opts(&[], Some("app")), &images).expect("plans");
+        assert_eq!(p.order, vec![1, 0]);
+        assert_eq!(p.pruned, vec![2]);
+        let app = p.stage(0).expect("app");
+        assert_eq!(app.deps, BTreeSet::from([1]));
+        assert_eq!(app.steps[0].sources, vec![Source::Stage(1)]);
+        assert!(app.steps[0].onbuild);
+        // Stage triggers: a later stage FROM a stage with ONBUILD gets that dependency.
+        let src = "FROM a AS x\nONBUILD COPY --from=y /f /f\nFROM x AS z\nFROM b AS y\n";
+        let p = plan_dockerfile(src, &opts(&[], Some("z")), &NoImages).expect("plans");
+        assert_eq!(p.stage(1).expect("z").deps, BTreeSet::from([0, 2]));
+        assert_eq!(p.order, vec![0, 2, 1]);
+        // A trigger that closes a loop is a cycle.
+        let src = "FROM a AS x\nONBUILD COPY --from=z /f /f\nFROM x AS z\n";
+        assert_eq!(
+            plan_dockerfile(src, &BuildOptions::default(), &NoImages).expect_err("cycle"),
+            PlanError::Cycle("z".into())
+        );
     }
 
     #[test]
