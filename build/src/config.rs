@@ -201,6 +201,43 @@ impl ImageConfig {
         }
     }
 
+    /// The JSON names of the fields this struct models.
+    pub const FIELDS: [&'static str; 12] = [
+        "User",
+        "ExposedPorts",
+        "Env",
+        "Entrypoint",
+        "Cmd",
+        "Healthcheck",
+        "Volumes",
+        "WorkingDir",
+        "Labels",
+        "StopSignal",
+        "Shell",
+        "OnBuild",
+    ];
+
+    /// This config written over `base` (a full image `config` object, e.g. the base
+    /// image's): the modeled fields are replaced (or removed when empty here), every
+    /// other field of `base` (`ArgsEscaped`, `Hostname`, ...) is kept.
+    pub fn merged_into(&self, base: &serde_json::Value) -> serde_json::Value {
+        let mut out = match base {
+            serde_json::Value::Object(m) => m.clone(),
+            _ => serde_json::Map::new(),
+        };
+        let ours = match serde_json::to_value(self) {
+            Ok(serde_json::Value::Object(m)) => m,
+            _ => serde_json::Map::new(),
+        };
+        for field in Self::FIELDS {
+            match ours.get(field) {
+                Some(v) => out.insert(field.to_string(), v.clone()),
+                None => out.remove(field),
+            };
+        }
+        serde_json::Value::Object(out)
+    }
+
     /// The shell for shell-form commands: `Shell` or `/bin/sh -c`.
     pub fn shell_or_default(&self) -> Vec<String> {
         self.shell.clone().unwrap_or_else(default_shell)
@@ -606,6 +643,52 @@ mod tests {
             onbuild_triggers(&bad, 3).expect_err("unknown").message,
             "unknown instruction: XYZZY"
         );
+    }
+
+    #[test]
+    fn merged_into_keeps_unmodeled_fields() {
+        let base = serde_json::json!({
+            "Hostname": "",
+            "ArgsEscaped": true,
+            "Env": ["PATH=/bin"],
+            "Cmd": ["sh"],
+            "Labels": {"old": "1"}
+        });
+        let mut cfg: ImageConfig = serde_json::from_value(base.clone()).expect("reads");
+        let mut b = ConfigBuilder::new(cfg.clone());
+        b.apply(&Instruction::Entrypoint(exec(&["/app"])))
+            .expect("applies");
+        cfg = b.config;
+        let merged = cfg.merged_into(&base);
+        assert_eq!(merged["ArgsEscaped"], true);
+        assert_eq!(merged["Hostname"], "");
+        assert_eq!(merged["Entrypoint"], serde_json::json!(["/app"]));
+        assert!(merged.get("Cmd").is_none(), "the inherited CMD was reset");
+        assert_eq!(merged["Labels"]["old"], "1");
+        let mut names: Vec<String> = serde_json::to_value(ImageConfig {
+            user: "u".into(),
+            exposed_ports: [("1/tcp".to_string(), Empty {})].into(),
+            env: s(&["A=1"]),
+            entrypoint: Some(s(&["e"])),
+            cmd: Some(s(&["c"])),
+            healthcheck: Some(HealthConfig::default()),
+            volumes: [("/v".to_string(), Empty {})].into(),
+            working_dir: "/w".into(),
+            labels: [("l".to_string(), "v".to_string())].into(),
+            stop_signal: "SIGTERM".into(),
+            shell: Some(s(&["sh"])),
+            on_build: s(&["RUN x"]),
+        })
+        .expect("json")
+        .as_object()
+        .expect("object")
+        .keys()
+        .cloned()
+        .collect();
+        names.sort();
+        let mut fields: Vec<String> = ImageConfig::FIELDS.iter().map(|f| f.to_string()).collect();
+        fields.sort();
+        assert_eq!(names, fields, "FIELDS lists every serialized field");
     }
 
     #[test]
