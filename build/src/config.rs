@@ -359,7 +359,7 @@ impl ConfigBuilder {
                 })
             }
             Instruction::Shell(sh) => c.shell = Some(sh.clone()),
-            Instruction::Onbuild(expr) => c.on_build.push(expr.clone()),
+            Instruction::Onbuild(o) => c.on_build.push(o.expression.clone()),
             Instruction::From(_)
             | Instruction::Run(_)
             | Instruction::Copy(_)
@@ -469,7 +469,7 @@ pub fn onbuild_triggers(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::instructions::{CommandLine, KeyValue};
+    use crate::instructions::{CommandLine, KeyValue, OnBuild};
 
     fn s(v: &[&str]) -> Vec<String> {
         v.iter().map(|x| x.to_string()).collect()
@@ -521,7 +521,10 @@ mod tests {
             Instruction::StopSignal("SIGTERM".into()),
             Instruction::Shell(s(&["/bin/bash", "-c"])),
             Instruction::Entrypoint(shell(&["run.sh"])),
-            Instruction::Onbuild("RUN make".into()),
+            Instruction::Onbuild(OnBuild {
+                expression: "RUN make".into(),
+                trigger: Box::new(Instruction::User("ignored".into())),
+            }),
         ];
         for st in &steps {
             b.apply(st).expect("applies");

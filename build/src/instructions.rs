@@ -228,6 +228,16 @@ pub enum Healthcheck {
     },
 }
 
+/// ONBUILD: a trigger for builds that use this image as their base.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OnBuild {
+    /// The trigger as stored in the image's `OnBuild` (the text after `ONBUILD`, with
+    /// any heredoc bodies and terminators appended).
+    pub expression: String,
+    /// The wrapped instruction, parsed (never ONBUILD, FROM or MAINTAINER).
+    pub trigger: Box<Instruction>,
+}
+
 /// A typed Dockerfile instruction (values unexpanded).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Instruction {
@@ -261,8 +271,8 @@ pub enum Instruction {
     StopSignal(String),
     /// HEALTHCHECK.
     Healthcheck(Healthcheck),
-    /// ONBUILD: the trigger text, stored in the image's `OnBuild`.
-    Onbuild(String),
+    /// ONBUILD: the wrapped instruction and its text.
+    Onbuild(OnBuild),
     /// MAINTAINER (deprecated; becomes the `maintainer` label).
     Maintainer(String),
     /// SHELL (JSON form only).
@@ -374,7 +384,7 @@ pub fn stages(df: &Dockerfile) -> Result<Stages, ParseError> {
 pub fn parse_node(node: &Node, escape: char) -> Result<Command, ParseError> {
     let instruction = instruction(node, escape).map_err(|m| ParseError::new(node.start_line, m))?;
     let original = match &instruction {
-        Instruction::Onbuild(expr) => expr.clone(),
+        Instruction::Onbuild(o) => o.expression.clone(),
         _ => node.original.trim().to_string(),
     };
     Ok(Command {
@@ -718,14 +728,17 @@ fn instruction(node: &Node, escape: char) -> Result<Instruction, String> {
             // The trigger must itself be a valid instruction.
             let mut child = (**child).clone();
             child.heredocs = node.heredocs.clone();
-            instruction(&child, escape)?;
+            let trigger = instruction(&child, escape)?;
             let mut expr = strip_onbuild(&node.original).to_string();
             for h in &node.heredocs {
                 expr.push('\n');
                 expr.push_str(&h.content);
                 expr.push_str(&h.name);
             }
-            Instruction::Onbuild(expr)
+            Instruction::Onbuild(OnBuild {
+                expression: expr,
+                trigger: Box::new(trigger),
+            })
         }
         "shell" => {
             no_flags(node)?;
@@ -1543,7 +1556,26 @@ mod tests {
         );
         assert_eq!(
             parse_one("onbuild run echo hi"),
-            Instruction::Onbuild("run echo hi".into())
+            Instruction::Onbuild(OnBuild {
+                expression: "run echo hi".into(),
+                trigger: Box::new(Instruction::Run(Run {
+                    command: CommandLine {
+                        args: s(&["echo hi"]),
+                        shell_form: true,
+                        files: vec![],
+                    },
+                    mount_specs: vec![],
+                    mounts: vec![],
+                    network: None,
+                    security: None,
+                })),
+            })
+        );
+        let Instruction::Onbuild(o) = parse_one("ONBUILD COPY --from=x a /b") else {
+            panic!("not ONBUILD")
+        };
+        assert!(
+            matches!(*o.trigger, Instruction::Copy(Transfer { ref from, .. }) if from.as_deref() == Some("x"))
         );
     }
 
@@ -1695,10 +1727,14 @@ mod tests {
     #[test]
     fn onbuild_keeps_heredoc_in_expression() {
         let st = parse_dockerfile("FROM a\nONBUILD RUN <<EOF\necho hi\nEOF\n").expect("parses");
-        assert_eq!(
-            st.stages[0].commands[0].instruction,
-            Instruction::Onbuild("RUN <<EOF\necho hi\nEOF".into())
-        );
+        let Instruction::Onbuild(o) = &st.stages[0].commands[0].instruction else {
+            panic!("not ONBUILD")
+        };
+        assert_eq!(o.expression, "RUN <<EOF\necho hi\nEOF");
+        let Instruction::Run(r) = &*o.trigger else {
+            panic!("not RUN")
+        };
+        assert_eq!(r.command.files[0].data, "echo hi\n");
     }
 
     #[test]

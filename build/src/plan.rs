@@ -415,7 +415,7 @@ pub fn plan(
                     .commands
                     .iter()
                     .filter_map(|c| match &c.instruction {
-                        Instruction::Onbuild(e) => Some(e.clone()),
+                        Instruction::Onbuild(o) => Some(o.expression.clone()),
                         _ => None,
                     })
                     .collect(),
@@ -1034,7 +1034,7 @@ fn created_by(
             "HEALTHCHECK {}",
             serde_json::to_string(&config.healthcheck).unwrap_or_default()
         ),
-        Instruction::Onbuild(e) => format!("ONBUILD {e}"),
+        Instruction::Onbuild(o) => format!("ONBUILD {}", o.expression),
         Instruction::Maintainer(m) => format!("MAINTAINER {m}"),
         Instruction::From(f) => format!("FROM {}", f.image),
     }
