@@ -333,12 +333,20 @@ fn containers_on_a_network_reach_each_other_and_published_ports_answer() {
     for id in [&alias_srv, &watcher, &late] {
         remove(&d, id);
     }
-    // The published port is listed.
+    // The published port is listed, by the network and by the container.
     let n = inspect(&d, "web");
     assert_eq!(
         n["Containers"][0]["Ports"][0], "127.0.0.1:8080->80/tcp",
         "{n}"
     );
+    let info = d.berth(&ns, &["containers", "info", &srv]).json();
+    let settings = &info["network_settings"];
+    assert_eq!(
+        settings["ports"],
+        serde_json::json!(["127.0.0.1:8080->80/tcp"]),
+        "{info}"
+    );
+    assert_eq!(settings["networks"]["web"]["ip"], ip.as_str(), "{info}");
     remove(&d, &srv);
     assert_eq!(inspect(&d, "web")["Containers"], serde_json::json!([]));
     assert_released(&d, &[&srv]);
@@ -618,4 +626,90 @@ fn a_missing_resolver_is_named_and_nothing_is_left() {
     // The default network has no names and needs no resolver.
     let out = d.berth(&ns, &["run", "--rm", "--net", "bridge", IMAGE, &c, "true"]);
     out.ok();
+}
+
+#[test]
+fn connect_and_disconnect_a_running_container() {
+    let ns = unique("bconn");
+    let d = daemon(&ns);
+    d.berth(
+        &ns,
+        &["network", "create", "--subnet", "10.213.60.0/24", "front"],
+    )
+    .ok();
+    d.berth(
+        &ns,
+        &["network", "create", "--subnet", "10.213.61.0/24", "back"],
+    )
+    .ok();
+    let srv = unique("srv");
+    web(&d, &srv, "back", None);
+    let srv_ip = address_of(&d, "back", &srv);
+    let cli = unique("cli");
+    d.berth(
+        &ns,
+        &["run", "-d", "--net", "front", IMAGE, &cli, "sleep", "1000"],
+    )
+    .ok();
+    let exec = |script: &str| {
+        d.berth(&ns, &["tasks", "exec", &cli, "sh", "-c", script])
+            .stdout
+    };
+    let fetch = format!("{} || true", get(&srv_ip, 80));
+    assert_eq!(page_of(&exec(&fetch)), None, "not connected yet");
+
+    d.berth(&ns, &["network", "connect", "--alias", "api", "back", &cli])
+        .ok();
+    let cli_ip = address_of(&d, "back", &cli);
+    assert!(cli_ip.starts_with("10.213.61."), "{cli_ip}");
+    let addrs = exec("ip -o -4 addr show");
+    assert!(
+        addrs.contains("eth0") && addrs.contains(&format!("eth1    inet {cli_ip}/24"))
+            || addrs.contains(&format!("{cli_ip}/24")),
+        "{addrs}"
+    );
+    assert_eq!(page_of(&exec(&fetch)).as_deref(), Some(PAGE));
+    // Names on the new network both ways: the server by id, the client by its alias.
+    let lookup =
+        |name: &str| format!("nslookup -type=a {name} | sed -n 's/^Address: //p' | head -1");
+    assert_eq!(exec(&lookup(&srv)).trim(), srv_ip);
+    let out = d.berth(&ns, &["tasks", "exec", &srv, "sh", "-c", &lookup("api")]);
+    assert_eq!(out.ok().trim(), cli_ip);
+    // Recorded in the container, so its next task joins both.
+    let info = d.berth(&ns, &["containers", "info", &cli]).json();
+    let label = info["labels"]["berth.io/networks"].as_str().unwrap_or("");
+    assert!(
+        label.contains("\"front\"") && label.contains("\"back\""),
+        "{info}"
+    );
+
+    // Bad input: twice, an unknown network, a container on no bridge network.
+    let out = d.berth(&ns, &["network", "connect", "back", &cli]);
+    let err = out.err();
+    assert!(err.contains("already connected to network back"), "{err}");
+    let out = d.berth(&ns, &["network", "connect", "nosuch", &cli]);
+    let err = out.err();
+    assert!(err.contains("nosuch"), "{err}");
+    let lone = unique("lone");
+    d.berth(&ns, &["run", "-d", IMAGE, &lone, "sleep", "1000"])
+        .ok();
+    let out = d.berth(&ns, &["network", "connect", "back", &lone]);
+    let err = out.err();
+    assert!(err.contains("not on a bridge network"), "{err}");
+    remove(&d, &lone);
+
+    d.berth(&ns, &["network", "disconnect", "back", &cli]).ok();
+    assert_eq!(page_of(&exec(&fetch)), None, "disconnected");
+    assert!(!exec("ip -o -4 addr show").contains(&cli_ip));
+    let on_back: Vec<String> = inspect(&d, "back")["Containers"]
+        .as_array()
+        .map(|cs| cs.iter().map(|c| c["Id"].to_string()).collect())
+        .unwrap_or_default();
+    assert!(!on_back.iter().any(|c| c.contains(&cli)), "{on_back:?}");
+    let out = d.berth(&ns, &["network", "disconnect", "back", &cli]);
+    let err = out.err();
+    assert!(err.contains("not connected to network back"), "{err}");
+    remove(&d, &cli);
+    remove(&d, &srv);
+    assert_released(&d, &[&cli, &srv]);
 }

@@ -150,6 +150,9 @@ pub struct Attachment {
     /// `--add-host` lines, `NAME:IP`.
     #[serde(default)]
     pub extra_hosts: Vec<String>,
+    /// `--dns` name servers (empty: the first user-defined network's resolver).
+    #[serde(default)]
+    pub dns: Vec<IpAddr>,
 }
 
 /// One network joined.
@@ -604,91 +607,20 @@ impl Networks {
             .map_err(internal)?;
         undo.netns = Some(ns.clone());
         let mut joined = Vec::new();
+        let publishing = records.iter().position(|(_, r)| !r.internal);
         for (i, (join, rec)) in records.iter().enumerate() {
-            let net = rec.network()?;
-            self.install_rules(rec)?;
-            let ifname = format!("eth{i}");
-            let mut rt = RuntimeConf::new(id, ns.path(), &ifname);
-            if !join.ip.is_empty() {
-                let ip: Ipv4Addr = join.ip.parse().map_err(|_| {
-                    NetworkError::InvalidArgument(format!(
-                        "--ip {:?} is not an IPv4 address",
-                        join.ip
-                    ))
-                })?;
-                if !net.subnet.contains(ip) {
-                    return Err(NetworkError::InvalidArgument(format!(
-                        "--ip {ip} is not in network {}'s subnet {}",
-                        rec.name, rec.subnet
-                    )));
-                }
-                // Plugins that do not know IP must not fail on it.
-                rt.args.push(("IgnoreUnknown".into(), "1".into()));
-                rt.args.push(("IP".into(), ip.to_string()));
-            }
             // Ports are published on the first network that can carry them.
-            let publishes = i
-                == records
-                    .iter()
-                    .position(|(_, r)| !r.internal)
-                    .unwrap_or(usize::MAX);
-            if publishes {
-                rt = rt.with_port_mappings(&ports);
-            }
-            let list = net
-                .conflist(&self.ipam_dir, publishes && !ports.is_empty())
-                .map_err(internal)?;
-            let result = self.cni.add(&list, &rt).map_err(|e| {
-                NetworkError::FailedPrecondition(format!("network {}: {e}", rec.name))
-            })?;
-            undo.added.push((list, rt));
-            let ip = result
-                .container_ips(&ifname)
-                .first()
-                .map(|ip| ip.to_string())
-                .unwrap_or_default();
-            joined.push(Joined {
-                network: rec.clone(),
-                ifname,
-                ip,
-                aliases: join.aliases.clone(),
-                publishes,
-            });
+            let publish = (publishing == Some(i)).then_some(ports.as_slice());
+            let (j, added) =
+                self.join_one(id, ns.path(), &format!("eth{i}"), join, rec, publish)?;
+            undo.added.push(added);
+            joined.push(j);
         }
         let hostname = if plan.hostname.is_empty() {
             id.get(..12).unwrap_or(id).to_string()
         } else {
             plan.hostname.clone()
         };
-        // On a user-defined network, names are aardvark-dns's on the first one's gateway
-        // (Docker's rule: the default network has no names); `--dns` replaces it.
-        let mut nameservers = plan.dns.clone();
-        if nameservers.is_empty() {
-            nameservers.extend(
-                joined
-                    .iter()
-                    .find(|j| j.network.name != DEFAULT_NETWORK)
-                    .and_then(|j| j.network.gateway.parse::<IpAddr>().ok()),
-            );
-        }
-        let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-        let resolved = std::fs::read_to_string("/run/systemd/resolve/resolv.conf").ok();
-        let base = files::choose_host_resolv_conf(&host_resolv, resolved.as_deref());
-        let resolv = files::resolv_conf(
-            base,
-            &DnsOptions {
-                nameservers,
-                ..DnsOptions::default()
-            },
-        );
-        write_file(&cdir.join("resolv.conf"), &resolv)?;
-        write_file(&cdir.join("hostname"), &format!("{hostname}\n"))?;
-        let own: Vec<IpAddr> = joined.iter().filter_map(|j| j.ip.parse().ok()).collect();
-        let aliases: Vec<String> = joined.iter().flat_map(|j| j.aliases.clone()).collect();
-        write_file(
-            &cdir.join("hosts"),
-            &files::hosts(&own, &hostname, &aliases, &plan.extra_hosts),
-        )?;
         let attachment = Attachment {
             namespace: ctx.namespace.clone(),
             container_id: id.to_string(),
@@ -701,12 +633,13 @@ impl Networks {
                 .iter()
                 .map(|h| format!("{}:{}", h.names.join(" "), h.ip))
                 .collect(),
+            dns: plan.dns.clone(),
         };
-        let data = serde_json::to_vec_pretty(&attachment).map_err(internal)?;
-        let tmp = cdir.join("attachment.json.tmp");
-        std::fs::write(&tmp, data)
-            .and_then(|()| std::fs::rename(&tmp, cdir.join("attachment.json")))
-            .map_err(internal)?;
+        write_file(&cdir.join("hostname"), &format!("{hostname}\n"))?;
+        let (hosts, resolv) = container_files(&attachment);
+        write_file(&cdir.join("hosts"), &hosts)?;
+        write_file(&cdir.join("resolv.conf"), &resolv)?;
+        self.save(&cdir, &attachment)?;
         let networks: Vec<&NetworkRecord> = attachment.joined.iter().map(|j| &j.network).collect();
         if let Err(e) = self.refresh_dns(&ctx.namespace, &networks) {
             // Undo drops the attachment; the other containers' names stay served.
@@ -725,6 +658,200 @@ impl Networks {
         }
         undo.armed = false;
         Ok(Some(attachment))
+    }
+
+    /// Joins the container's netns `netns` to network `rec` as interface `ifname` (CNI ADD,
+    /// after the network's host rules), publishing `ports` through it if given. Returns what
+    /// was joined and what undoes it.
+    fn join_one(
+        &self,
+        id: &str,
+        netns: &Path,
+        ifname: &str,
+        join: &Join,
+        rec: &NetworkRecord,
+        ports: Option<&[PortMapping]>,
+    ) -> Result<(Joined, Added)> {
+        let net = rec.network()?;
+        self.install_rules(rec)?;
+        let mut rt = RuntimeConf::new(id, netns, ifname);
+        if !join.ip.is_empty() {
+            let ip: Ipv4Addr = join.ip.parse().map_err(|_| {
+                NetworkError::InvalidArgument(format!("--ip {:?} is not an IPv4 address", join.ip))
+            })?;
+            if !net.subnet.contains(ip) {
+                return Err(NetworkError::InvalidArgument(format!(
+                    "--ip {ip} is not in network {}'s subnet {}",
+                    rec.name, rec.subnet
+                )));
+            }
+            // Plugins that do not know IP must not fail on it.
+            rt.args.push(("IgnoreUnknown".into(), "1".into()));
+            rt.args.push(("IP".into(), ip.to_string()));
+        }
+        if let Some(ports) = ports {
+            rt = rt.with_port_mappings(ports);
+        }
+        let publishes = ports.is_some();
+        let list = net
+            .conflist(&self.ipam_dir, ports.is_some_and(|p| !p.is_empty()))
+            .map_err(internal)?;
+        let result = self
+            .cni
+            .add(&list, &rt)
+            .map_err(|e| NetworkError::FailedPrecondition(format!("network {}: {e}", rec.name)))?;
+        let ip = result
+            .container_ips(ifname)
+            .first()
+            .map(|ip| ip.to_string())
+            .unwrap_or_default();
+        let joined = Joined {
+            network: rec.clone(),
+            ifname: ifname.to_string(),
+            ip,
+            aliases: join.aliases.clone(),
+            publishes,
+        };
+        Ok((joined, (list, rt)))
+    }
+
+    /// Writes `attachment.json` (temp file, then rename).
+    fn save(&self, cdir: &Path, a: &Attachment) -> Result<()> {
+        let data = serde_json::to_vec_pretty(a).map_err(internal)?;
+        let tmp = cdir.join("attachment.json.tmp");
+        std::fs::write(&tmp, data)
+            .and_then(|()| std::fs::rename(&tmp, cdir.join("attachment.json")))
+            .map_err(internal)
+    }
+
+    /// The joins recorded in container `id`'s labels, with the container.
+    fn recorded_joins(
+        &self,
+        ctx: &Ctx,
+        id: &str,
+    ) -> Result<(berth_store::metadata::Container, Vec<Join>)> {
+        let c = self.store.container(ctx, id).map_err(store_err)?;
+        if let Some(other) = c.labels.get(NETNS_OF_LABEL) {
+            return Err(NetworkError::FailedPrecondition(format!(
+                "container {id} shares the network namespace of container {other}: it cannot be connected to or disconnected from networks"
+            )));
+        }
+        let joins: Vec<Join> = match c.labels.get(NETWORKS_LABEL) {
+            Some(v) => serde_json::from_str(v).map_err(|e| {
+                NetworkError::InvalidArgument(format!("container label {NETWORKS_LABEL}: {e}"))
+            })?,
+            None => Vec::new(),
+        };
+        if joins.is_empty() {
+            return Err(NetworkError::FailedPrecondition(format!(
+                "container {id} is not on a bridge network (--net none or host): it cannot be connected to or disconnected from networks"
+            )));
+        }
+        Ok((c, joins))
+    }
+
+    fn record_joins(
+        &self,
+        ctx: &Ctx,
+        mut c: berth_store::metadata::Container,
+        joins: &[Join],
+    ) -> Result<()> {
+        let text = serde_json::to_string(joins).map_err(internal)?;
+        c.labels.insert(NETWORKS_LABEL.to_string(), text);
+        self.store.container_update(ctx, &c).map_err(store_err)?;
+        Ok(())
+    }
+
+    /// Rewrites a running container's hosts and resolv.conf in place (they are bind-mounted,
+    /// so their inodes must stay) and its attachment, then the names of `networks`.
+    fn update_attachment(&self, a: &Attachment, networks: &[&NetworkRecord]) -> Result<()> {
+        let cdir = self.container_dir(&a.namespace, &a.container_id);
+        self.save(&cdir, a)?;
+        let (hosts, resolv) = container_files(a);
+        rewrite_in_place(&cdir.join("hosts"), &hosts)?;
+        rewrite_in_place(&cdir.join("resolv.conf"), &resolv)?;
+        self.refresh_dns(&a.namespace, networks)
+    }
+
+    /// Connects container `id` to network `join.name`, as `docker network connect` does:
+    /// recorded in the container's labels (its next task joins it too) and, when its task
+    /// runs on berth's networks, joined now as the next `ethN`, with its names served.
+    pub fn connect(&self, ctx: &Ctx, id: &str, join: &Join) -> Result<()> {
+        let _g = self.guard();
+        let rec = self.get(ctx, &join.name)?;
+        let (c, mut joins) = self.recorded_joins(ctx, id)?;
+        if joins.iter().any(|j| j.name == join.name) {
+            return Err(NetworkError::AlreadyExists(format!(
+                "container {id} is already connected to network {}",
+                join.name
+            )));
+        }
+        let live = self.attachment(&ctx.namespace, id);
+        let mut undo = None;
+        if let Some(mut a) = live {
+            let ifname = (0..)
+                .map(|i| format!("eth{i}"))
+                .find(|n| a.joined.iter().all(|j| &j.ifname != n))
+                .unwrap_or_default();
+            let (joined, added) = self.join_one(id, &a.netns.clone(), &ifname, join, &rec, None)?;
+            a.joined.push(joined);
+            let networks: Vec<&NetworkRecord> = a.joined.iter().map(|j| &j.network).collect();
+            if let Err(e) = self.update_attachment(&a, &networks) {
+                self.undo_join(&added);
+                return Err(e);
+            }
+            undo = Some(added);
+        }
+        joins.push(join.clone());
+        if let Err(e) = self.record_joins(ctx, c, &joins) {
+            if let Some(added) = undo {
+                self.undo_join(&added);
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Disconnects container `id` from network `name` (labels, and the running task's
+    /// interface on it with its address and names).
+    pub fn disconnect(&self, ctx: &Ctx, id: &str, name: &str) -> Result<()> {
+        let _g = self.guard();
+        let (c, mut joins) = self.recorded_joins(ctx, id)?;
+        let Some(pos) = joins.iter().position(|j| j.name == name) else {
+            return Err(NetworkError::FailedPrecondition(format!(
+                "container {id} is not connected to network {name}"
+            )));
+        };
+        if let Some(mut a) = self.attachment(&ctx.namespace, id) {
+            if let Some(k) = a.joined.iter().position(|j| j.network.name == name) {
+                let j = a.joined.remove(k);
+                let publish = j.publishes && !a.ports.is_empty();
+                let list = j
+                    .network
+                    .network()?
+                    .conflist(&self.ipam_dir, publish)
+                    .map_err(internal)?;
+                let mut rt = RuntimeConf::new(id, &a.netns, &j.ifname);
+                if j.publishes {
+                    rt = rt.with_port_mappings(&a.ports);
+                }
+                self.cni.del(&list, &rt).map_err(|e| {
+                    NetworkError::Internal(format!("network {}: {e}", j.network.name))
+                })?;
+                let mut networks: Vec<&NetworkRecord> =
+                    a.joined.iter().map(|j| &j.network).collect();
+                networks.push(&j.network);
+                self.update_attachment(&a, &networks)?;
+            }
+        }
+        joins.remove(pos);
+        self.record_joins(ctx, c, &joins)
+    }
+
+    fn undo_join(&self, (list, rt): &Added) {
+        if let Err(e) = self.cni.del(list, rt) {
+            tracing::warn!("undoing a failed connect: {e}");
+        }
     }
 
     /// Tells aardvark-dns the names of every container of namespace `ns` on each of
@@ -821,12 +948,59 @@ impl Networks {
     }
 }
 
+/// A CNI ADD done: the list and runtime config its DEL needs.
+type Added = (berth_network::cni::NetworkConfigList, RuntimeConf);
+
+/// A container's /etc/hosts (its own names and `--add-host` lines; others' names are
+/// aardvark-dns's) and /etc/resolv.conf (the first user-defined network's resolver on its
+/// gateway unless `--dns` names servers; the host's search and options).
+fn container_files(a: &Attachment) -> (String, String) {
+    let own: Vec<IpAddr> = a.joined.iter().filter_map(|j| j.ip.parse().ok()).collect();
+    let aliases: Vec<String> = a.joined.iter().flat_map(|j| j.aliases.clone()).collect();
+    let extra: Vec<HostEntry> = a
+        .extra_hosts
+        .iter()
+        .filter_map(|h| HostEntry::parse_extra(h).ok())
+        .collect();
+    let hosts = files::hosts(&own, &a.hostname, &aliases, &extra);
+    let mut nameservers = a.dns.clone();
+    if nameservers.is_empty() {
+        nameservers.extend(
+            a.joined
+                .iter()
+                .find(|j| j.network.name != DEFAULT_NETWORK)
+                .and_then(|j| j.network.gateway.parse::<IpAddr>().ok()),
+        );
+    }
+    let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let resolved = std::fs::read_to_string("/run/systemd/resolve/resolv.conf").ok();
+    let base = files::choose_host_resolv_conf(&host_resolv, resolved.as_deref());
+    let resolv = files::resolv_conf(
+        base,
+        &DnsOptions {
+            nameservers,
+            ..DnsOptions::default()
+        },
+    );
+    (hosts, resolv)
+}
+
+/// Replaces a file's content keeping its inode (it is bind-mounted into a container).
+fn rewrite_in_place(path: &Path, text: &str) -> Result<()> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()))
+        .map_err(|e| internal(format!("rewriting {}: {e}", path.display())))
+}
+
 /// Undoes a half-made attachment.
 struct Undo<'a> {
     cni: &'a Cni,
     dir: PathBuf,
     netns: Option<Netns>,
-    added: Vec<(berth_network::cni::NetworkConfigList, RuntimeConf)>,
+    added: Vec<Added>,
     armed: bool,
 }
 

@@ -91,7 +91,9 @@ pub async fn run(env: &Env, cmd: Cmd) -> Result<()> {
                 .into_inner()
                 .container
                 .unwrap_or_default();
-            output::json(&json(&x))?;
+            let mut out = json(&x);
+            out["network_settings"] = network_settings(env, &id).await?;
+            output::json(&out)?;
         }
         Cmd::Rm { ids } => {
             for id in ids {
@@ -118,4 +120,30 @@ pub async fn run(env: &Env, cmd: Cmd) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The networks container `id`'s task is on now, Docker's `NetworkSettings` in short:
+/// `{"networks": {NAME: {"ip", "aliases"}}, "ports": ["HOST_IP:HOST_PORT->PORT/PROTO"]}`
+/// (empty when it has no task or no network of berthd's).
+async fn network_settings(env: &Env, id: &str) -> Result<serde_json::Value> {
+    use berth_proto::berth::services::networks::v1 as npb;
+    use berth_proto::berth::services::networks::v1::networks_client::NetworksClient;
+    let nets = NetworksClient::new(env.ns.clone())
+        .list(npb::ListNetworksRequest {})
+        .await
+        .map_err(rpc_error("listing networks"))?
+        .into_inner()
+        .networks;
+    let mut networks = serde_json::Map::new();
+    let mut ports = Vec::new();
+    for n in nets {
+        for e in n.endpoints.iter().filter(|e| e.container_id == id) {
+            networks.insert(
+                n.name.clone(),
+                serde_json::json!({"ip": e.ip, "aliases": e.aliases}),
+            );
+            ports.extend(e.ports.iter().cloned());
+        }
+    }
+    Ok(serde_json::json!({"networks": networks, "ports": ports}))
 }

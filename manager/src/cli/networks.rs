@@ -1,4 +1,4 @@
-//! `berth network create|ls|inspect|rm`: bridge networks of the namespace.
+//! `berth network create|ls|inspect|rm|connect|disconnect`: bridge networks of the namespace.
 
 use anyhow::Result;
 use berth_proto::berth::services::networks::v1 as pb;
@@ -44,6 +44,26 @@ pub enum Cmd {
         /// Their names.
         #[arg(required = true)]
         names: Vec<String>,
+    },
+    /// Connect a container to a network (at once if its task runs, and for its next task).
+    Connect {
+        /// A fixed IPv4 address in the network's subnet.
+        #[arg(long)]
+        ip: Option<String>,
+        /// Other names of the container on this network.
+        #[arg(long = "alias")]
+        aliases: Vec<String>,
+        /// The network.
+        network: String,
+        /// The container.
+        container: String,
+    },
+    /// Disconnect a container from a network.
+    Disconnect {
+        /// The network.
+        network: String,
+        /// The container.
+        container: String,
     },
 }
 
@@ -155,6 +175,33 @@ pub async fn run(env: &Env, cmd: Cmd) -> Result<()> {
                     .map_err(rpc_error(format!("removing network {name}")))?;
                 println!("{name}");
             }
+        }
+        Cmd::Connect {
+            ip,
+            aliases,
+            network,
+            container,
+        } => {
+            c.connect_container(pb::ConnectRequest {
+                network: network.clone(),
+                container_id: container.clone(),
+                aliases,
+                ip: ip.unwrap_or_default(),
+            })
+            .await
+            .map_err(rpc_error(format!(
+                "connecting container {container} to network {network}"
+            )))?;
+        }
+        Cmd::Disconnect { network, container } => {
+            c.disconnect_container(pb::DisconnectRequest {
+                network: network.clone(),
+                container_id: container.clone(),
+            })
+            .await
+            .map_err(rpc_error(format!(
+                "disconnecting container {container} from network {network}"
+            )))?;
         }
     }
     Ok(())

@@ -1,6 +1,6 @@
 //! `berth.services.networks.v1.Networks`: the namespace's bridge networks (create, get, list,
-//! delete). A thin front over [`crate::networks`]; containers join networks through their
-//! labels when their task is created.
+//! delete, connect, disconnect). A thin front over [`crate::networks`]; containers join
+//! networks through their labels when their task is created, or through connect.
 
 use berth_proto::berth::services::networks::v1 as pb;
 use berth_proto::berth::services::networks::v1::networks_server::Networks;
@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 use crate::daemon::errors::join_error;
 use crate::daemon::meta::ctx;
 use crate::daemon::state::State;
-use crate::networks::{status, NetworkRecord};
+use crate::networks::{status, Join, NetworkRecord};
 
 /// The networks service.
 pub struct NetworksService {
@@ -139,5 +139,40 @@ impl Networks for NetworksService {
         self.run(move |n| n.remove(&c, &name).map_err(status))
             .await?;
         Ok(Response::new(pb::DeleteNetworkResponse {}))
+    }
+
+    async fn connect_container(
+        &self,
+        req: Request<pb::ConnectRequest>,
+    ) -> Result<Response<pb::ConnectResponse>, Status> {
+        let c = ctx(&req)?;
+        let r = req.into_inner();
+        if r.network.is_empty() || r.container_id.is_empty() {
+            return Err(Status::invalid_argument(
+                "connect needs a network and a container",
+            ));
+        }
+        let join = Join {
+            name: r.network,
+            aliases: r.aliases,
+            ip: r.ip,
+        };
+        self.run(move |n| n.connect(&c, &r.container_id, &join).map_err(status))
+            .await?;
+        Ok(Response::new(pb::ConnectResponse {}))
+    }
+
+    async fn disconnect_container(
+        &self,
+        req: Request<pb::DisconnectRequest>,
+    ) -> Result<Response<pb::DisconnectResponse>, Status> {
+        let c = ctx(&req)?;
+        let r = req.into_inner();
+        self.run(move |n| {
+            n.disconnect(&c, &r.container_id, &r.network)
+                .map_err(status)
+        })
+        .await?;
+        Ok(Response::new(pb::DisconnectResponse {}))
     }
 }
