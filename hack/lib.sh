@@ -111,10 +111,12 @@ wait_sock() { for _ in $(seq 500); do [ -S "$1" ] && return 0; sleep 0.02; done;
 # CONFIG ARCHIVE (CONFIG: the image config's "config" object; DIR removed).
 _oci_diff_ids=()
 _oci_layers=()
+_oci_layer_paths=()
 oci_begin() {
   mkdir -p "$1/blobs/sha256"
   _oci_diff_ids=()
   _oci_layers=()
+  _oci_layer_paths=()
 }
 _oci_blob() { # FILE -> moved into DIR's blobs; prints "DIGEST SIZE"
   local dg size
@@ -131,6 +133,7 @@ oci_add_layer() {
   read -r dg size < <(_oci_blob "$dir" "$tarf.gz")
   _oci_diff_ids+=("\"sha256:$diff_id\"")
   _oci_layers+=("{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar+gzip\",\"digest\":\"sha256:$dg\",\"size\":$size}")
+  _oci_layer_paths+=("\"blobs/sha256/$dg\"")
 }
 _join() { local IFS=,; echo "$*"; }
 oci_finish() {
@@ -143,7 +146,10 @@ oci_finish() {
   printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%s,"annotations":{"io.containerd.image.name":"%s","org.opencontainers.image.ref.name":"%s"}}]}' \
     "$mdg" "$msize" "$name" "$ref" > "$dir/index.json"
   printf '{"imageLayoutVersion":"1.0.0"}' > "$dir/oci-layout"
-  tar -C "$dir" -cf "$out" oci-layout index.json blobs
+  # docker-save's manifest.json beside the OCI index, so `docker load` takes the same archive.
+  printf '[{"Config":"blobs/sha256/%s","RepoTags":["%s"],"Layers":[%s]}]' \
+    "$cdg" "$name" "$(_join "${_oci_layer_paths[@]}")" > "$dir/manifest.json"
+  tar -C "$dir" -cf "$out" oci-layout index.json manifest.json blobs
   rm -rf "$dir"
 }
 
@@ -212,3 +218,34 @@ TOML
   bench_track_pid "$containerd_pid"
   wait_sock "$containerd_sock"
 }
+
+# Debian's dockerd (20.10, with the containerd it starts itself and runc), on temp dirs, in a
+# network namespace of its own with only loopback ($docker_netns): docker0 and its iptables
+# rules live and die there, and a name its store lacks cannot reach Docker Hub. Its
+# containers' cgroups go under `berth-bench-docker` (removed by bench_cleanup).
+start_dockerd() {
+  bench_need_tools dockerd
+  local d
+  for d in /run/containerd/s /run/containerd; do
+    [ -e "$d" ] || _bench_run_dirs+=("$d")
+  done
+  docker_sock=$tmp/docker.sock
+  docker_netns=$tmp/docker-netns
+  touch "$docker_netns"
+  unshare --net="$docker_netns" true
+  bench_on_cleanup _unmount_docker_netns
+  nsenter --net="$docker_netns" ip link set lo up
+  bench_cgroup_ns berth-bench-docker
+  mkdir -p "$tmp/docker"
+  nsenter --net="$docker_netns" dockerd --data-root "$tmp/docker/root" \
+    --exec-root "$tmp/docker/exec" --pidfile "$tmp/docker/dockerd.pid" \
+    -H "unix://$docker_sock" --cgroup-parent /berth-bench-docker --log-level warn \
+    >"$tmp/dockerd.log" 2>&1 &
+  dockerd_pid=$!
+  bench_track_pid "$dockerd_pid"
+  wait_sock "$docker_sock"
+  DOCKER="/usr/bin/docker -H unix://$docker_sock"
+  for _ in $(seq 100); do $DOCKER version >/dev/null 2>&1 && return 0; sleep 0.1; done
+  echo "bench: dockerd did not answer; its log:" >&2; cat "$tmp/dockerd.log" >&2; exit 1
+}
+_unmount_docker_netns() { umount "$docker_netns" 2>/dev/null || true; }
