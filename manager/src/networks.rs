@@ -27,6 +27,7 @@ use berth_network::firewall;
 use berth_network::netns::{self, Netns};
 use berth_network::ports::{self, PortMapping, PortSpec};
 use berth_network::subnet::{self, InUse, Subnet};
+use berth_store::check::young;
 use berth_store::{Ctx, Store};
 use serde::{Deserialize, Serialize};
 
@@ -1074,4 +1075,99 @@ fn new_id() -> String {
         *b = fastrand::u8(..);
     }
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What `berth check` finds in berthd's network state: namespaces, attachments and address
+/// leases that belong to no container, as `(kind, what, detail, repaired)`.
+impl Networks {
+    /// Checks (and with `repair` removes) network pieces no container record owns: netns
+    /// files under `<state>/netns`, attachments of removed containers, host-local leases no
+    /// attachment holds.
+    pub fn check(
+        &self,
+        repair: bool,
+        grace: std::time::Duration,
+    ) -> Vec<(&'static str, String, String, bool)> {
+        let mut out = Vec::new();
+        let mut netns_used = std::collections::HashSet::new();
+        let mut leases_used = std::collections::HashSet::new();
+        let namespaces: Vec<String> = std::fs::read_dir(&self.dir)
+            .map(|r| {
+                r.flatten()
+                    .filter(|e| e.path().is_dir())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n != "cni-cache" && n != "dns")
+                    .collect()
+            })
+            .unwrap_or_default();
+        for ns in namespaces {
+            let ctx = Ctx::new(ns.clone());
+            for a in self.attachments(&ns).unwrap_or_default() {
+                let what = format!("{ns}/{}", a.container_id);
+                let owned = self.store.container(&ctx, &a.container_id).is_ok();
+                if !owned {
+                    let repaired = repair && self.detach(&ns, &a.container_id).is_ok();
+                    out.push((
+                        "orphan-attachment",
+                        what,
+                        "network attachment of a container that no longer exists".into(),
+                        repaired,
+                    ));
+                    continue;
+                }
+                if !a.netns.exists() {
+                    out.push((
+                        "broken-attachment",
+                        what.clone(),
+                        format!("its network namespace {} is gone", a.netns.display()),
+                        false,
+                    ));
+                }
+                netns_used.insert(a.netns.clone());
+                for j in &a.joined {
+                    leases_used.insert((j.network.cni_name.clone(), j.ip.clone()));
+                }
+            }
+        }
+        if let Ok(entries) = std::fs::read_dir(&self.netns_dir) {
+            for e in entries.flatten() {
+                let p = e.path();
+                if netns_used.contains(&p) || young(&p, grace) {
+                    continue;
+                }
+                let repaired = repair && netns::remove_path(&p).is_ok();
+                out.push((
+                    "orphan-netns",
+                    p.display().to_string(),
+                    "no container's attachment names it".into(),
+                    repaired,
+                ));
+            }
+        }
+        if let Ok(nets) = std::fs::read_dir(&self.ipam_dir) {
+            for net in nets.flatten() {
+                let name = net.file_name().to_string_lossy().into_owned();
+                let Ok(files) = std::fs::read_dir(net.path()) else {
+                    continue;
+                };
+                for f in files.flatten() {
+                    let ip = f.file_name().to_string_lossy().into_owned();
+                    if ip.parse::<IpAddr>().is_err()
+                        || leases_used.contains(&(name.clone(), ip.clone()))
+                        || young(&f.path(), grace)
+                    {
+                        continue;
+                    }
+                    let repaired = repair && std::fs::remove_file(f.path()).is_ok();
+                    out.push((
+                        "orphan-address-lease",
+                        format!("{name}/{ip}"),
+                        format!("{} is held by no container", f.path().display()),
+                        repaired,
+                    ));
+                }
+            }
+        }
+        out
+    }
 }

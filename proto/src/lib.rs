@@ -94,6 +94,13 @@ pub mod berth {
                 tonic::include_proto!("berth.services.volumes.v1");
             }
         }
+        /// Check.
+        pub mod check {
+            /// Version 1: verify (and repair) the daemon's stores and state.
+            pub mod v1 {
+                tonic::include_proto!("berth.services.check.v1");
+            }
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 //! unpack) and garbage collection. Plain synchronous Rust, no gRPC: the API layer calls these
 //! from `spawn_blocking` and maps [`StoreError::kind`] onto status codes.
 
+pub mod check;
 pub mod content;
 pub mod digest;
 pub mod error;

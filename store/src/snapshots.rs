@@ -111,6 +111,8 @@ pub trait Snapshotter: Send + Sync {
     fn usage(&self, ctx: &Ctx, key: &str) -> Result<Usage>;
     /// Removes directories no record points to (left by crashes); returns them.
     fn cleanup(&self) -> Result<Vec<PathBuf>>;
+    /// The directory holding one directory per snapshot, named by its record's id.
+    fn snapshots_dir(&self) -> PathBuf;
     /// Where a layer diff for active snapshot `key` is applied, and with which whiteout mode.
     fn apply_target(&self, ctx: &Ctx, key: &str) -> Result<(PathBuf, WhiteoutMode)>;
     /// True if a layer applied into a parentless active snapshot may be committed onto any
@@ -582,6 +584,10 @@ impl Snapshotter for FsSnapshotter {
         let mut u = Usage::default();
         disk_usage(&dir, &mut seen, &mut u)?;
         Ok(u)
+    }
+
+    fn snapshots_dir(&self) -> PathBuf {
+        self.root.join("snapshots")
     }
 
     fn cleanup(&self) -> Result<Vec<PathBuf>> {

@@ -43,14 +43,18 @@ pub struct StoreConfig {
     pub root: PathBuf,
     /// Snapshotter choice.
     pub snapshotter: SnapshotterChoice,
+    /// Run [`Store::cleanup`] when opening (berthd does; `berthd check` must see the store
+    /// as the crash left it).
+    pub recover: bool,
 }
 
 impl StoreConfig {
-    /// Defaults for `root`: automatic snapshotter choice.
+    /// Defaults for `root`: automatic snapshotter choice, recovery on open.
     pub fn new(root: impl Into<PathBuf>) -> StoreConfig {
         StoreConfig {
             root: root.into(),
             snapshotter: SnapshotterChoice::Auto,
+            recover: true,
         }
     }
 }
@@ -140,12 +144,14 @@ impl Store {
                 gc_lock: RwLock::new(()),
             }),
         };
-        let report = store.cleanup()?;
-        info!(
-            snapshotter = store.snapshotter().name(),
-            ?report,
-            "store opened"
-        );
+        if cfg.recover {
+            let report = store.cleanup()?;
+            info!(
+                snapshotter = store.snapshotter().name(),
+                ?report,
+                "store opened"
+            );
+        }
         Ok(store)
     }
 

@@ -355,6 +355,7 @@ mod tests {
     fn create_use_remove_prune() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(&StoreConfig {
+            recover: true,
             root: dir.path().to_path_buf(),
             snapshotter: crate::SnapshotterChoice::Native,
         })
@@ -405,6 +406,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let outside = tempfile::tempdir().unwrap();
         let s = Store::open(&StoreConfig {
+            recover: true,
             root: dir.path().to_path_buf(),
             snapshotter: crate::SnapshotterChoice::Native,
         })

@@ -2,6 +2,7 @@
 //! map errors.
 
 pub mod archives;
+pub mod check;
 pub mod containers;
 pub mod content;
 pub mod diff;
@@ -20,6 +21,7 @@ pub mod volumes;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Result;
+use berth_proto::berth::services::check::v1::check_server::CheckServer;
 use berth_proto::berth::services::distribution::v1::distribution_server::DistributionServer;
 use berth_proto::berth::services::images::v1::archives_server::ArchivesServer;
 use berth_proto::berth::services::networks::v1::networks_server::NetworksServer;
@@ -110,6 +112,12 @@ pub fn router(state: State) -> Result<Router> {
         .add_service(svc!(
             NetworksServer,
             networks::NetworksService {
+                state: state.clone()
+            }
+        ))
+        .add_service(svc!(
+            CheckServer,
+            check::CheckService {
                 state: state.clone()
             }
         ))
