@@ -403,13 +403,15 @@ pub fn gzip(data: &[u8]) -> Vec<u8> {
 /// Size of the metadata record in [`bomb`].
 pub const BOMB_RECORD: u64 = 512 << 20;
 
-/// A ~0.5 MB gzip stream whose tar holds a PAX extended header claiming (and holding) 512 MiB
-/// of records, then one small file: a parser that reads metadata records into memory
-/// whole needs 512 MiB for it.
+/// A small zstd stream (tens of KB) whose tar holds a PAX extended header claiming (and
+/// holding) 512 MiB of records, then one small file: a parser that reads metadata records into
+/// memory whole needs 512 MiB for it.
 pub fn bomb() -> &'static [u8] {
     static BOMB: OnceLock<Vec<u8>> = OnceLock::new();
     BOMB.get_or_init(|| {
-        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let Ok(mut e) = zstd::stream::Encoder::new(Vec::new(), 3) else {
+            return Vec::new();
+        };
         let mut h = Header::new_ustar();
         h.as_old_mut().name[..9].copy_from_slice(b"PaxHeader");
         h.set_entry_type(EntryType::XHeader);

@@ -1024,6 +1024,13 @@ fn write_seeds() {
         "seed-plain.tar.gz",
         &berth_fuzz::tars::gzip(&layer),
     );
+    // Found by layer_apply: 512 MiB of PAX records in a small compressed layer were read into
+    // memory whole.
+    put(
+        "layer_apply",
+        "crash-pax-bomb.tar.zst",
+        berth_fuzz::tars::bomb(),
+    );
     let mut r = Rng::with_seed(11);
     for i in 0..6 {
         put(
