@@ -267,7 +267,7 @@ const BLOCK: u64 = 512;
 /// bound a small gzip layer whose PAX header claims gigabytes of records (zeros compress a
 /// thousandfold) takes that much memory. Real records are a path, a link target and a few
 /// extended attributes (at most 64 KiB each on Linux): kilobytes.
-pub(crate) const MAX_ENTRY_METADATA: u64 = 16 << 20;
+pub const MAX_ENTRY_METADATA: u64 = 16 << 20;
 
 struct Position {
     /// Bytes handed to the parser so far.
