@@ -62,6 +62,7 @@ pub struct Report {
     pub failures: Vec<String>,
     pub corpus: usize,
     pub outcomes: usize,
+    /// Replay and fuzzing.
     pub seconds: f64,
     pub seed: u64,
 }
@@ -320,6 +321,7 @@ pub fn run(
     };
 
     // 1. Replay the corpus.
+    let began = Instant::now();
     let files = load_corpus(t.name);
     let mut corpus = Corpus {
         inputs: Vec::with_capacity(files.len()),
@@ -357,7 +359,7 @@ pub fn run(
         failures,
         corpus: corpus.inputs.len(),
         outcomes: outcomes.len(),
-        seconds: start.elapsed().as_secs_f64(),
+        seconds: began.elapsed().as_secs_f64(),
         seed,
     };
     say(&format!(
