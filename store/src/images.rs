@@ -26,6 +26,10 @@ use crate::Ctx;
 
 /// Largest JSON document (manifest, index, config) read into memory.
 pub const MAX_JSON: u64 = 16 << 20;
+/// Most bytes of JSON documents (index, manifests, configs, docker-save's `json` files) an
+/// imported archive may hold: they are kept in memory until the import ends. Real archives hold
+/// kilobytes per image.
+pub const MAX_ARCHIVE_JSON: u64 = 64 << 20;
 /// Content label: a layer blob's uncompressed digest.
 pub const LABEL_UNCOMPRESSED: &str = "containerd.io/uncompressed";
 /// Snapshot label naming the chain ID a snapshot is being extracted for.
@@ -286,6 +290,8 @@ struct Unpacked {
     json: HashMap<String, Vec<u8>>,
     /// symlink path → target path (docker save links duplicate layers).
     links: HashMap<String, String>,
+    /// Bytes held in `json`.
+    json_bytes: u64,
 }
 
 fn clean_path(p: &str) -> String {
@@ -488,9 +494,19 @@ fn read_archive(store: &Store, ctx: &Ctx, archive: impl Read) -> Result<Unpacked
             let got = write_blob(store, ctx, &path, &mut entry, size, Some(d))?;
             out.files.insert(path, got);
         } else if is_json && size <= MAX_JSON {
+            if out.json_bytes.saturating_add(size) > MAX_ARCHIVE_JSON {
+                return Err(StoreError::InvalidArgument(format!(
+                    "archive holds more than {} MiB of JSON documents (at {path:?}); they are \
+                     kept in memory during the import",
+                    MAX_ARCHIVE_JSON >> 20
+                )));
+            }
             let mut buf = Vec::with_capacity(size as usize);
             entry.read_to_end(&mut buf).map_err(|e| corrupt(e, &path))?;
-            out.json.insert(path, buf);
+            out.json_bytes += buf.len() as u64;
+            if let Some(old) = out.json.insert(path, buf) {
+                out.json_bytes -= old.len() as u64;
+            }
         } else {
             let got = write_blob(store, ctx, &path, &mut entry, size, None)?;
             out.files.insert(path, got);

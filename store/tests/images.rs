@@ -445,6 +445,32 @@ fn huge_metadata_records_in_an_archive_are_refused() {
     assert_clean_after_failure(&t, &ctx);
 }
 
+/// Found by reading read_archive after the PAX bomb: every `*.json` member of up to 16 MiB was
+/// kept in memory, with no bound on how many, so an archive of many large JSON members took
+/// as much memory as it was long. The JSON kept is now bounded (64 MiB).
+#[test]
+fn archives_with_too_much_json_are_refused() {
+    let t = open_store(SnapshotterChoice::Native);
+    let ctx = Ctx::new("default");
+    let mut a = Lazy::new();
+    for i in 0..6 {
+        a = a.entry(
+            &format!("c{i}.json"),
+            tar::EntryType::Regular,
+            15 << 20,
+            b' ',
+        );
+    }
+    let e = t
+        .store
+        .import(&ctx, &mut a, &ImportOptions::default())
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+    assert!(e.to_string().contains("MiB of JSON documents"), "{e}");
+    assert!(a.read < 80 << 20, "read {} bytes of the archive", a.read);
+    assert_clean_after_failure(&t, &ctx);
+}
+
 #[test]
 fn corrupt_blob_is_refused_by_digest() {
     let t = open_store(SnapshotterChoice::Native);
