@@ -40,7 +40,9 @@ pub struct DiffStats {
 ///
 /// An entry counts as changed when its type, mode, owner, mtime, size, xattrs, symlink target,
 /// device number or content differ (content is compared byte for byte when all else is equal).
-/// Entries are in sorted order, so the same trees give the same bytes.
+/// Entries are in sorted order, so the same trees give the same bytes. A file whose name starts
+/// with `.wh.` cannot be expressed (it would read back as a whiteout) and is refused
+/// ([`LayerError::Unrepresentable`]), as are mtimes before 1970 written as 0.
 pub fn diff_trees<W: Write>(lower: &Path, upper: &Path, out: W) -> Result<DiffStats, LayerError> {
     let lfd = open_root(lower)?;
     let ufd = open_root(upper)?;
@@ -53,7 +55,8 @@ pub fn diff_trees<W: Write>(lower: &Path, upper: &Path, out: W) -> Result<DiffSt
 /// file with the `trusted.overlay.whiteout` xattr) becomes `.wh.NAME`, a dir with
 /// `trusted.overlay.opaque=y` is followed by a `.wh..wh..opq` entry. `trusted.overlay.*` xattrs
 /// are not copied. Upper dirs using `redirect_dir` or `metacopy` cannot be expressed as a layer
-/// without the lower dirs and are refused ([`LayerError::Unrepresentable`]).
+/// without the lower dirs and are refused ([`LayerError::Unrepresentable`]), as is a file whose
+/// name starts with `.wh.`.
 pub fn diff_overlay_upper<W: Write>(upper: &Path, out: W) -> Result<DiffStats, LayerError> {
     let ufd = open_root(upper)?;
     let mut t = TarOut::new(out, upper);
@@ -247,6 +250,16 @@ impl<W: Write> TarOut<W> {
         if kind == libc::S_IFSOCK {
             tracing::warn!(path = %String::from_utf8_lossy(path), "skipping a socket");
             return Ok(());
+        }
+        if name.starts_with(WHITEOUT_PREFIX.as_bytes()) {
+            // Written as is, it would be read back as a whiteout: deleting `NAME` from the
+            // layers below (or failing, for `.wh..`) instead of creating the file.
+            return Err(LayerError::Unrepresentable {
+                path: self.top.join(OsStr::from_bytes(path)),
+                reason: format!(
+                    "a name starting with {WHITEOUT_PREFIX:?} would be read back as a whiteout"
+                ),
+            });
         }
         let mut link_to = None;
         if kind != libc::S_IFDIR && st.st_nlink > 1 {

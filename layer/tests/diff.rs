@@ -159,6 +159,35 @@ fn diff_of_identical_trees_is_empty() {
     assert!(tar_names(&diff(&a, &b)).is_empty());
 }
 
+/// Found by fuzz/layer_diff: a container may create a file named `.wh.NAME` (or a layer may
+/// create a directory so named, as the parent of another entry). The diff wrote it as is, and
+/// applying that layer read it back as a whiteout: deleting `NAME` below, or failing for
+/// `.wh...` ("escapes the root"). Such a name cannot be expressed in a layer: refused.
+#[test]
+fn names_that_read_back_as_whiteouts_are_refused() {
+    for name in [".wh.etc", ".wh...", ".wh..wh..opq"] {
+        let t = tempfile::tempdir().unwrap();
+        let (lower, upper) = (t.path().join("l"), t.path().join("u"));
+        for d in [&lower, &upper] {
+            fs::create_dir(d).unwrap();
+            make_base(d);
+        }
+        fs::create_dir(upper.join("sub")).unwrap();
+        fs::write(upper.join("sub").join(name), b"not a whiteout").unwrap();
+        let err = berth_layer::diff_trees(&lower, &upper, Vec::new()).unwrap_err();
+        assert!(
+            matches!(err, berth_layer::LayerError::Unrepresentable { .. })
+                && err.to_string().contains("whiteout"),
+            "{name}: {err}"
+        );
+        let err = berth_layer::diff_overlay_upper(&upper, Vec::new()).unwrap_err();
+        assert!(
+            matches!(err, berth_layer::LayerError::Unrepresentable { .. }),
+            "{name}: {err}"
+        );
+    }
+}
+
 #[test]
 fn diff_overlay_upper_from_a_real_mount() {
     let t = tempfile::tempdir().unwrap();
