@@ -420,15 +420,16 @@ fn image_json() {
 // layer tar apply
 
 /// What a tree looks like, not following symlinks: path → (mode, uid, gid, nlink, size,
-/// mtime, content hash, link target). [`tree`] leaves one subtree out (the layer root).
-type Tree = BTreeMap<String, (u32, u32, u32, u64, u64, i64, u64, Option<PathBuf>)>;
+/// mtime, content hash, link target, device number). [`tree`] leaves out the subtrees in
+/// `skip` (the layer roots).
+type Tree = BTreeMap<String, (u32, u32, u32, u64, u64, i64, u64, Option<PathBuf>, u64)>;
 
-fn tree(root: &Path, skip: &Path) -> Tree {
-    fn walk(root: &Path, skip: &Path, dir: &Path, out: &mut Tree) {
+fn tree(root: &Path, skip: &[&Path]) -> Tree {
+    fn walk(root: &Path, skip: &[&Path], dir: &Path, out: &mut Tree) {
         let Ok(rd) = fs::read_dir(dir) else { return };
         for e in rd.flatten() {
             let p = e.path();
-            if p == skip {
+            if skip.contains(&p.as_path()) {
                 continue;
             }
             let Ok(md) = fs::symlink_metadata(&p) else {
@@ -453,6 +454,7 @@ fn tree(root: &Path, skip: &Path) -> Tree {
                     md.mtime(),
                     content,
                     link,
+                    md.rdev(),
                 ),
             );
             if md.is_dir() {
@@ -476,6 +478,9 @@ struct Sandbox {
     _dir: tempfile::TempDir,
     top: PathBuf,
     root: PathBuf,
+    /// Scratch roots beside `root` for the diff target, left out of the comparison too.
+    lower: PathBuf,
+    check: PathBuf,
     outside: PathBuf,
     before: Tree,
     etc_passwd_links: u64,
@@ -492,6 +497,24 @@ fn passwd_links() -> u64 {
     fs::symlink_metadata("/etc/passwd")
         .map(|m| m.nlink())
         .unwrap_or(0)
+}
+
+/// Makes `dir` afresh, holding what a lower layer left.
+fn fresh(dir: &Path) -> std::io::Result<()> {
+    if dir.exists() {
+        fs::remove_dir_all(dir)?;
+    }
+    fs::create_dir_all(dir.join("etc"))?;
+    fs::create_dir_all(dir.join("lower/dir"))?;
+    fs::write(dir.join("etc/passwd"), b"root:x:0:0::/root:/bin/sh\n")?;
+    fs::write(dir.join("lower/keep"), b"lower")?;
+    // Fixed times, so two fresh trees are equal for a diff.
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_600_000_000);
+    for p in ["etc/passwd", "lower/keep", "lower/dir", "lower", "etc", ""] {
+        fs::File::open(dir.join(p))?
+            .set_times(fs::FileTimes::new().set_accessed(t).set_modified(t))?;
+    }
+    Ok(())
 }
 
 /// Size of the sandbox's tmpfs.
@@ -538,15 +561,19 @@ impl Sandbox {
         let top = dir.path().canonicalize().expect("canonical");
         let mounted = mount_tmpfs(&top).then(|| top.clone());
         let root = top.join("a/b/root");
+        let lower = top.join("a/b/lower");
+        let check = top.join("a/b/check");
         let outside = top.join("outside");
         outside_files(&outside);
         fs::create_dir_all(&root).expect("root");
-        let before = tree(&top, &root);
+        let before = tree(&top, &[&root, &lower, &check]);
         Sandbox {
             mounted,
             _dir: dir,
             top,
             root,
+            lower,
+            check,
             outside,
             before,
             etc_passwd_links: passwd_links(),
@@ -555,24 +582,19 @@ impl Sandbox {
 
     /// A fresh root holding what a lower layer left.
     fn fresh_root(&self) -> std::io::Result<()> {
-        if self.root.exists() {
-            fs::remove_dir_all(&self.root)?;
-        }
-        fs::create_dir_all(self.root.join("etc"))?;
-        fs::create_dir_all(self.root.join("lower/dir"))?;
-        fs::write(self.root.join("etc/passwd"), b"root:x:0:0::/root:/bin/sh\n")?;
-        fs::write(self.root.join("lower/keep"), b"lower")?;
-        Ok(())
+        fresh(&self.root)
     }
 
     /// Nothing outside the root changed.
     fn check_outside(&self) -> Result<(), String> {
-        let mut now = tree(&self.top, &self.root);
+        let mut now = tree(&self.top, &[&self.root, &self.lower, &self.check]);
         let mut before = self.before.clone();
-        // Directory mtimes of a/ and a/b/ change when the root is recreated; the rest is exact.
+        // The mtimes of a/ and a/b/ change when the roots are recreated, and a/b's link count
+        // with the scratch roots beside the root; the rest is exact.
         for t in [&mut now, &mut before] {
             for k in ["a", "a/b"] {
                 if let Some(v) = t.get_mut(k) {
+                    v.3 = 0;
                     v.5 = 0;
                 }
             }
@@ -616,12 +638,139 @@ fn layer_check(sb: &Sandbox, data: &[u8]) -> Outcome {
     } else {
         berth_layer::apply_layer_without_openat2(reader, &sb.root, &opts)
     };
+    // Sometimes the same layer again, on top of itself: every entry then meets one of its own.
+    let res = match res {
+        Ok(_) if h & 8 != 0 => {
+            let reader = std::io::Cursor::new(data.to_vec());
+            berth_layer::apply_layer(reader, &sb.root, &opts).map(|s| (s, 2))
+        }
+        other => other.map(|s| (s, 1)),
+    };
     sb.check_outside()
         .map_err(|e| format!("{e} (apply returned {res:?})"))?;
     Ok(match res {
-        Ok(s) => format!("ok {}", s.entries.min(3)),
+        Ok((s, n)) => format!("ok {} x{n}", s.entries.min(3)),
         Err(e) => label(&e),
     })
+}
+
+/// Applies the input onto a root, diffs the result against the untouched lower tree, applies
+/// that diff onto another copy of the lower tree, and checks the two trees are the same; the
+/// overlay-upper diff of an upper-mode apply must apply cleanly too.
+fn diff_check(sb: &Sandbox, data: &[u8]) -> Outcome {
+    use berth_layer::{ApplyOptions, WhiteoutMode};
+    let setup = |e: std::io::Error| format!("test setup: {e}");
+    let h = hash(data);
+    let opts = |whiteouts| ApplyOptions {
+        whiteouts,
+        same_owner: true,
+        xattrs: h & 2 == 0,
+    };
+    let upper_mode = h & 1 != 0;
+    let cursor = || std::io::Cursor::new(data.to_vec());
+    if upper_mode {
+        // An overlay upper dir starts empty.
+        let _ = fs::remove_dir_all(&sb.root);
+        fs::create_dir_all(&sb.root).map_err(setup)?;
+        if let Err(e) =
+            berth_layer::apply_layer(cursor(), &sb.root, &opts(WhiteoutMode::OverlayUpper))
+        {
+            sb.check_outside()?;
+            return Ok(format!("apply: {}", label(&e)));
+        }
+        let mut out = Vec::new();
+        let res = berth_layer::diff_overlay_upper(&sb.root, &mut out);
+        let _ = fs::remove_dir_all(&sb.check);
+        fs::create_dir_all(&sb.check).map_err(setup)?;
+        let outcome = match res {
+            Ok(_) => {
+                berth_layer::apply_layer(
+                    std::io::Cursor::new(out.clone()),
+                    &sb.check,
+                    &opts(WhiteoutMode::OverlayUpper),
+                )
+                .map_err(|e| {
+                    format!(
+                        "the overlay diff of an applied layer does not apply: {e}; diff: {}",
+                        berth_fuzz::show(&out)
+                    )
+                })?;
+                "upper ok".to_string()
+            }
+            Err(e) => format!("upper diff: {}", label(&e)),
+        };
+        sb.check_outside()?;
+        return Ok(outcome);
+    }
+    fresh(&sb.root).map_err(setup)?;
+    fresh(&sb.lower).map_err(setup)?;
+    if let Err(e) = berth_layer::apply_layer(cursor(), &sb.root, &opts(WhiteoutMode::Delete)) {
+        sb.check_outside()?;
+        return Ok(format!("apply: {}", label(&e)));
+    }
+    let mut out = Vec::new();
+    let stats = match berth_layer::diff_trees(&sb.lower, &sb.root, &mut out) {
+        Ok(s) => s,
+        Err(e) => return Ok(format!("diff: {}", label(&e))),
+    };
+    fresh(&sb.check).map_err(setup)?;
+    berth_layer::apply_layer(
+        std::io::Cursor::new(out.clone()),
+        &sb.check,
+        &opts(WhiteoutMode::Delete),
+    )
+    .map_err(|e| {
+        format!(
+            "the diff of an applied layer does not apply: {e}; diff: {}",
+            berth_fuzz::show(&out)
+        )
+    })?;
+    // Layers carry whole-second mtimes from 1970 on (diff writes an earlier one as 0).
+    let clamp = |mut t: Tree| {
+        for v in t.values_mut() {
+            v.5 = v.5.max(0);
+        }
+        t
+    };
+    let (want, got) = (clamp(tree(&sb.root, &[])), clamp(tree(&sb.check, &[])));
+    if want != got {
+        let diff: Vec<_> = want
+            .iter()
+            .filter(|(k, v)| got.get(*k) != Some(*v))
+            .map(|(k, v)| format!("{k}: {v:?} became {:?}", got.get(k)))
+            .chain(
+                got.keys()
+                    .filter(|k| !want.contains_key(*k))
+                    .map(|k| format!("{k}: appeared")),
+            )
+            .take(4)
+            .collect();
+        return Err(format!(
+            "apply(diff(lower, apply(layer))) differs from apply(layer): {diff:?}"
+        ));
+    }
+    sb.check_outside()?;
+    Ok(format!("round trip {}", stats.entries.min(3)))
+}
+
+#[test]
+fn layer_diff() {
+    let sb = Sandbox::new();
+    let outside = sb.outside.display().to_string();
+    let g = TarGen {
+        outside: &outside,
+        outside_rel: "../../../outside",
+    };
+    fuzz(
+        &Target {
+            name: "layer_diff",
+            dict: &[b"../", b"/", b".wh.", b".wh..wh..opq", b"\0", b"ustar\0"],
+            json: false,
+            generate: 0.6,
+        },
+        |rng, _| g.layer(rng),
+        |data| diff_check(&sb, data),
+    );
 }
 
 #[test]
