@@ -28,13 +28,14 @@ BERTH_FUZZ_SECONDS=$secs cargo test --release -p berth-fuzz --test fuzz -- \
 rc=${PIPESTATUS[0]}
 set -e
 echo
-# The engine prints one line per target:
+# The engine prints one line per target (after "test <name> ... " with one test thread):
 # "fuzz <target>: <n> execs in <s> s, <f> failures, <c> corpus files replayed, ..."
 awk '
 	BEGIN { printf "%-16s %12s %10s %8s\n", "target", "executions", "failures", "seconds" }
-	/^fuzz [a-z_]+: [0-9]+ execs in / {
-		t = $2; sub(":", "", t)
-		printf "%-16s %12s %10s %8s\n", t, $3, $8, $6
+	match($0, /fuzz [a-z_]+: [0-9]+ execs in [0-9.]+ s, [0-9]+ failures/) {
+		split(substr($0, RSTART, RLENGTH), f, " ")
+		t = f[2]; sub(":", "", t)
+		printf "%-16s %12s %10s %8s\n", t, f[3], f[8], f[6]
 		n++
 	}
 	END { if (n == 0) { print "no fuzz target ran" > "/dev/stderr"; exit 1 } }
