@@ -116,7 +116,11 @@ fn apply_impl<R: Read + Send + 'static>(
         })
     })
     .map_err(|e| LayerError::io(root, "start the layer reader thread", e))?;
-    let pos = Position::default();
+    let pos = Position {
+        offset: Cell::new(0),
+        limit: Cell::new(u64::MAX),
+        eof: Cell::new(false),
+    };
     let mut ap = Applier {
         root: resolver,
         opts,
@@ -196,11 +200,21 @@ fn read_entries(
     ap: &mut Applier<'_>,
 ) -> Result<End, LayerError> {
     let pos = ap.pos;
-    let entries = archive.entries().map_err(|e| LayerError::Corrupt {
+    let mut entries = archive.entries().map_err(|e| LayerError::Corrupt {
         context: "starting to read the tar".into(),
         source: e,
     })?;
-    for entry in entries {
+    loop {
+        // To reach the next entry the tar crate skips the rest of the last entry's data and
+        // its padding, then reads the next header and the metadata records before it (PAX
+        // records, GNU long names and link names, sparse maps), which it keeps in memory whole
+        // whatever size their headers claim. Bound that part of the stream.
+        let next_header = ap.last_data_end.map_or(0, padded).max(pos.offset.get());
+        pos.limit
+            .set(next_header.saturating_add(MAX_ENTRY_METADATA));
+        let next = entries.next();
+        pos.limit.set(u64::MAX);
+        let Some(entry) = next else { break };
         let mut entry = match entry {
             Ok(entry) => entry,
             // The tar crate reports the end of the stream anywhere but at a header boundary as
@@ -248,10 +262,19 @@ const BLOCK: u64 = 512;
 
 /// How far the tar parser has read the uncompressed stream, shared between the reader the
 /// parser owns and the code that reports how and where the stream ended.
-#[derive(Default)]
+/// Most bytes of metadata records (PAX extended headers, GNU long names and link names, GNU
+/// sparse maps) before one entry. The tar crate reads them into memory whole, so without a
+/// bound a small gzip layer whose PAX header claims gigabytes of records (zeros compress a
+/// thousandfold) takes that much memory. Real records are a path, a link target and a few
+/// extended attributes (at most 64 KiB each on Linux): kilobytes.
+pub const MAX_ENTRY_METADATA: u64 = 16 << 20;
+
 struct Position {
     /// Bytes handed to the parser so far.
     offset: Cell<u64>,
+    /// The parser may not read past this offset (u64::MAX: no limit): set while it reads an
+    /// entry's header and metadata records.
+    limit: Cell<u64>,
     /// A read returned 0: the stream has ended. (The tar crate reports both this and the
     /// zero blocks that end an archive as "no more entries".)
     eof: Cell<bool>,
@@ -266,7 +289,19 @@ struct Tracked<'a> {
 
 impl Read for Tracked<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
+        let room = self.pos.limit.get().saturating_sub(self.pos.offset.get());
+        if room == 0 && !buf.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "an entry's metadata records (PAX headers, GNU long names, sparse maps) \
+                     run past {} MiB",
+                    MAX_ENTRY_METADATA >> 20
+                ),
+            ));
+        }
+        let take = buf.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..take])?;
         if n == 0 && !buf.is_empty() {
             self.pos.eof.set(true);
         }

@@ -40,7 +40,10 @@ pub struct DiffStats {
 ///
 /// An entry counts as changed when its type, mode, owner, mtime, size, xattrs, symlink target,
 /// device number or content differ (content is compared byte for byte when all else is equal).
-/// Entries are in sorted order, so the same trees give the same bytes.
+/// Entries are in sorted order (but for a directory whose own metadata is unchanged while its
+/// children changed: it follows them), so the same trees give the same bytes. A file whose name starts
+/// with `.wh.` cannot be expressed (it would read back as a whiteout) and is refused
+/// ([`LayerError::Unrepresentable`]), as are mtimes before 1970 written as 0.
 pub fn diff_trees<W: Write>(lower: &Path, upper: &Path, out: W) -> Result<DiffStats, LayerError> {
     let lfd = open_root(lower)?;
     let ufd = open_root(upper)?;
@@ -53,7 +56,8 @@ pub fn diff_trees<W: Write>(lower: &Path, upper: &Path, out: W) -> Result<DiffSt
 /// file with the `trusted.overlay.whiteout` xattr) becomes `.wh.NAME`, a dir with
 /// `trusted.overlay.opaque=y` is followed by a `.wh..wh..opq` entry. `trusted.overlay.*` xattrs
 /// are not copied. Upper dirs using `redirect_dir` or `metacopy` cannot be expressed as a layer
-/// without the lower dirs and are refused ([`LayerError::Unrepresentable`]).
+/// without the lower dirs and are refused ([`LayerError::Unrepresentable`]), as is a file whose
+/// name starts with `.wh.`.
 pub fn diff_overlay_upper<W: Write>(upper: &Path, out: W) -> Result<DiffStats, LayerError> {
     let ufd = open_root(upper)?;
     let mut t = TarOut::new(out, upper);
@@ -248,6 +252,16 @@ impl<W: Write> TarOut<W> {
             tracing::warn!(path = %String::from_utf8_lossy(path), "skipping a socket");
             return Ok(());
         }
+        if name.starts_with(WHITEOUT_PREFIX.as_bytes()) {
+            // Written as is, it would be read back as a whiteout: deleting `NAME` from the
+            // layers below (or failing, for `.wh..`) instead of creating the file.
+            return Err(LayerError::Unrepresentable {
+                path: self.top.join(OsStr::from_bytes(path)),
+                reason: format!(
+                    "a name starting with {WHITEOUT_PREFIX:?} would be read back as a whiteout"
+                ),
+            });
+        }
         let mut link_to = None;
         if kind != libc::S_IFDIR && st.st_nlink > 1 {
             let key = (st.st_dev, st.st_ino);
@@ -403,13 +417,16 @@ impl<W: Write> TarOut<W> {
         upper: BorrowedFd<'_>,
         lower_top: &Path,
         path: &[u8],
-    ) -> Result<(), LayerError> {
+    ) -> Result<bool, LayerError> {
         let lerr = |e: io::Error| {
             LayerError::io(lower_top.join(OsStr::from_bytes(path)), "list directory", e)
         };
         let l = list(lower).map_err(lerr)?;
         let u = list(upper).map_err(|e| self.err(path, "list directory", e))?;
         let (mut i, mut j) = (0, 0);
+        // Whether applying the entries written for this directory's children adds, removes or
+        // replaces a name in it (and so changes its mtime).
+        let mut touched = false;
         while i < l.len() || j < u.len() {
             let ord = match (l.get(i), u.get(j)) {
                 (Some(a), Some(b)) => a.0.cmp(&b.0),
@@ -419,23 +436,29 @@ impl<W: Write> TarOut<W> {
             match ord {
                 std::cmp::Ordering::Less => {
                     self.whiteout(path, &l[i].0)?;
+                    touched = true;
                     i += 1;
                 }
                 std::cmp::Ordering::Greater => {
                     let (name, st) = &u[j];
                     self.add_tree(upper, name, &join(path, name), st)?;
+                    touched = true;
                     j += 1;
                 }
                 std::cmp::Ordering::Equal => {
                     let (name, lst) = &l[i];
                     let ust = &u[j].1;
+                    let before = self.stats.entries;
                     self.diff_entry(lower, upper, lower_top, name, &join(path, name), lst, ust)?;
+                    // A directory kept as one is updated in place; anything else is replaced.
+                    let both_dirs = ifmt(lst) == libc::S_IFDIR && ifmt(ust) == libc::S_IFDIR;
+                    touched |= self.stats.entries != before && !both_dirs;
                     i += 1;
                     j += 1;
                 }
             }
         }
-        Ok(())
+        Ok(touched)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -472,7 +495,15 @@ impl<W: Write> TarOut<W> {
                     .map_err(|e| LayerError::io(lpath(), "open directory", e))?;
                 let usub =
                     open_subdir(upper, name).map_err(|e| self.err(path, "open directory", e))?;
-                return self.diff_dir(lsub.as_fd(), usub.as_fd(), lower_top, path);
+                let touched = self.diff_dir(lsub.as_fd(), usub.as_fd(), lower_top, path)?;
+                if !changed && touched {
+                    // Names in it were added, removed or replaced but its own metadata did not
+                    // change (its mtime was set back): without an entry of its own, applying the
+                    // layer would leave it with the time of the apply. After the children, as
+                    // its time is set last.
+                    self.emit(upper, name, path, ust, &ux)?;
+                }
+                return Ok(());
             }
             libc::S_IFREG => {
                 changed = changed || lst.st_size != ust.st_size;

@@ -512,3 +512,36 @@ fn failure_returns_without_reading_the_rest_of_the_stream() {
         "{err}"
     );
 }
+
+/// A PAX header whose records claim 32 MiB (zeros: a 32 KB gzip layer). The tar crate reads
+/// metadata records into memory whole; the applier stops it at 16 MiB with an error instead of
+/// letting a small layer claim gigabytes of memory (found by fuzz/corpus/layer_apply).
+#[test]
+fn huge_metadata_records_are_refused() {
+    for (kind, name) in [
+        (EntryType::XHeader, "PaxHeader"),
+        (EntryType::GNULongName, "././@LongLink"),
+    ] {
+        let mut h = tar::Header::new_ustar();
+        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        h.set_entry_type(kind);
+        h.set_size(32 << 20);
+        h.set_mode(0o644);
+        h.set_cksum();
+        let mut t = h.as_bytes().to_vec();
+        t.resize(t.len() + (32 << 20), b'0');
+        let mut l = Layer::new();
+        l.file("after", b"x", M::default());
+        t.extend_from_slice(&l.finish());
+        for fallback in [false, true] {
+            let root = tempfile::tempdir().unwrap();
+            let err = apply(gzip(&t), root.path(), &delete_opts(), fallback).unwrap_err();
+            assert!(
+                matches!(err, berth_layer::LayerError::Corrupt { .. })
+                    && err.to_string().contains("metadata records"),
+                "{kind:?}: {err}"
+            );
+            assert!(!root.path().join("after").exists());
+        }
+    }
+}

@@ -3,7 +3,7 @@
 mod common;
 
 use std::fs;
-use std::os::unix::fs::{symlink, PermissionsExt};
+use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use common::*;
@@ -128,9 +128,12 @@ fn diff_trees_round_trips_through_apply() {
             "{must} missing from {names:?}"
         );
     }
+    // data/big is replaced (its owner changed), so data follows it: its mtime is unchanged and
+    // the apply would otherwise change it.
+    let pos = |n: &str| names.iter().position(|x| x.trim_end_matches('/') == n);
+    assert!(pos("data") > pos("data/big"), "{names:?}");
     for never in [
         "etc/unchanged",
-        "data",
         "usr",
         "var/lib/old/deep/f",
         "dir_to_file/sub/x",
@@ -157,6 +160,64 @@ fn diff_of_identical_trees_is_empty() {
         make_base(d);
     }
     assert!(tar_names(&diff(&a, &b)).is_empty());
+}
+
+/// Found by fuzz/layer_diff: a container may create a file named `.wh.NAME` (or a layer may
+/// create a directory so named, as the parent of another entry). The diff wrote it as is, and
+/// applying that layer read it back as a whiteout: deleting `NAME` below, or failing for
+/// `.wh...` ("escapes the root"). Such a name cannot be expressed in a layer: refused.
+#[test]
+fn names_that_read_back_as_whiteouts_are_refused() {
+    for name in [".wh.etc", ".wh...", ".wh..wh..opq"] {
+        let t = tempfile::tempdir().unwrap();
+        let (lower, upper) = (t.path().join("l"), t.path().join("u"));
+        for d in [&lower, &upper] {
+            fs::create_dir(d).unwrap();
+            make_base(d);
+        }
+        fs::create_dir(upper.join("sub")).unwrap();
+        fs::write(upper.join("sub").join(name), b"not a whiteout").unwrap();
+        let err = berth_layer::diff_trees(&lower, &upper, Vec::new()).unwrap_err();
+        assert!(
+            matches!(err, berth_layer::LayerError::Unrepresentable { .. })
+                && err.to_string().contains("whiteout"),
+            "{name}: {err}"
+        );
+        let err = berth_layer::diff_overlay_upper(&upper, Vec::new()).unwrap_err();
+        assert!(
+            matches!(err, berth_layer::LayerError::Unrepresentable { .. }),
+            "{name}: {err}"
+        );
+    }
+}
+
+/// Found by fuzz/layer_diff (corpus crash-33a67fb9c39fea6a): a directory whose children
+/// changed but whose mtime was set back to the lower's (a layer's own entry for it, `touch -d`,
+/// a restored backup) had no entry in the diff, so applying the diff left it with the time of
+/// the apply.
+#[test]
+fn a_directory_with_changed_children_keeps_its_time() {
+    let t = tempfile::tempdir().unwrap();
+    let (lower, upper, target) = (t.path().join("l"), t.path().join("u"), t.path().join("t"));
+    for d in [&lower, &upper, &target] {
+        fs::create_dir(d).unwrap();
+        make_base(d);
+    }
+    fs::write(upper.join("etc/added"), "new").unwrap();
+    fs::remove_file(upper.join("etc/gone")).unwrap();
+    settle_times(&upper);
+    let tar = diff(&lower, &upper);
+    assert_eq!(
+        tar_names(&tar),
+        ["etc/added", "etc/.wh.gone", "etc"],
+        "the directory follows its children"
+    );
+    berth_layer::apply_layer(std::io::Cursor::new(tar), &target, &delete_opts()).unwrap();
+    assert_same_tree(&target, &upper);
+    assert_eq!(
+        fs::metadata(target.join("etc")).unwrap().mtime(),
+        fs::metadata(upper.join("etc")).unwrap().mtime()
+    );
 }
 
 #[test]

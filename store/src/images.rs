@@ -2,13 +2,17 @@
 //! image-layout and `docker save` archives, export to OCI archives, and unpacking into
 //! snapshots.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Read, Write};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use berth_layer::{apply_layer, decompressed, detect_compression, ApplyOptions, Compression};
+use berth_layer::{
+    apply_layer, decompressed, detect_compression, ApplyOptions, Compression, MAX_ENTRY_METADATA,
+};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use tracing::{debug, info, warn};
@@ -22,6 +26,10 @@ use crate::Ctx;
 
 /// Largest JSON document (manifest, index, config) read into memory.
 pub const MAX_JSON: u64 = 16 << 20;
+/// Most bytes of JSON documents (index, manifests, configs, docker-save's `json` files) an
+/// imported archive may hold: they are kept in memory until the import ends. Real archives hold
+/// kilobytes per image.
+pub const MAX_ARCHIVE_JSON: u64 = 64 << 20;
 /// Content label: a layer blob's uncompressed digest.
 pub const LABEL_UNCOMPRESSED: &str = "containerd.io/uncompressed";
 /// Snapshot label naming the chain ID a snapshot is being extracted for.
@@ -282,6 +290,8 @@ struct Unpacked {
     json: HashMap<String, Vec<u8>>,
     /// symlink path → target path (docker save links duplicate layers).
     links: HashMap<String, String>,
+    /// Bytes held in `json`.
+    json_bytes: u64,
 }
 
 fn clean_path(p: &str) -> String {
@@ -373,15 +383,80 @@ fn write_blob(
     Ok((d, size))
 }
 
+/// How far the tar parser has read the archive, and how far it may read (see [`Counted`]).
+struct ArchivePos {
+    offset: Cell<u64>,
+    limit: Cell<u64>,
+}
+
+/// The archive stream as the tar parser reads it, refusing to read past `pos.limit`.
+///
+/// To reach the next entry the tar crate skips the rest of the last entry's data, then reads
+/// the next header and the metadata records before it (PAX records, GNU long names, sparse
+/// maps) into memory whole, whatever size their headers claim: without a limit, an archive
+/// that starts with a PAX header claiming gigabytes made berthd hold all of it in memory.
+struct Counted<R> {
+    inner: R,
+    pos: Rc<ArchivePos>,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let room = self.pos.limit.get().saturating_sub(self.pos.offset.get());
+        if room == 0 && !buf.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "an entry's metadata records (PAX headers, GNU long names, sparse maps) \
+                     run past {} MiB",
+                    MAX_ENTRY_METADATA >> 20
+                ),
+            ));
+        }
+        let take = buf.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..take])?;
+        self.pos.offset.set(self.pos.offset.get() + n as u64);
+        Ok(n)
+    }
+}
+
 fn read_archive(store: &Store, ctx: &Ctx, archive: impl Read) -> Result<Unpacked> {
     let mut out = Unpacked::default();
-    let mut ar = tar::Archive::new(archive);
-    let entries = ar
+    let pos = Rc::new(ArchivePos {
+        offset: Cell::new(0),
+        limit: Cell::new(u64::MAX),
+    });
+    let mut ar = tar::Archive::new(Counted {
+        inner: archive,
+        pos: pos.clone(),
+    });
+    let mut entries = ar
         .entries()
         .map_err(|e| corrupt(e, "reading the first header"))?;
     let mut last = String::from("(start)");
-    for entry in entries {
+    // Where the next header starts: after the last entry's data and its padding.
+    let mut next_header = 0u64;
+    loop {
+        pos.limit.set(
+            next_header
+                .max(pos.offset.get())
+                .saturating_add(MAX_ENTRY_METADATA),
+        );
+        let next = entries.next();
+        pos.limit.set(u64::MAX);
+        let Some(entry) = next else { break };
         let mut entry = entry.map_err(|e| corrupt(e, &format!("header after {last:?}")))?;
+        let on_archive = if entry.header().entry_type().is_gnu_sparse() {
+            entry.header().entry_size().unwrap_or(0)
+        } else {
+            entry.size()
+        };
+        next_header = entry
+            .raw_file_position()
+            .saturating_add(on_archive)
+            .saturating_add(511)
+            / 512
+            * 512;
         let raw = entry
             .path()
             .map_err(|e| corrupt(e, "entry name"))?
@@ -419,9 +494,19 @@ fn read_archive(store: &Store, ctx: &Ctx, archive: impl Read) -> Result<Unpacked
             let got = write_blob(store, ctx, &path, &mut entry, size, Some(d))?;
             out.files.insert(path, got);
         } else if is_json && size <= MAX_JSON {
+            if out.json_bytes.saturating_add(size) > MAX_ARCHIVE_JSON {
+                return Err(StoreError::InvalidArgument(format!(
+                    "archive holds more than {} MiB of JSON documents (at {path:?}); they are \
+                     kept in memory during the import",
+                    MAX_ARCHIVE_JSON >> 20
+                )));
+            }
             let mut buf = Vec::with_capacity(size as usize);
             entry.read_to_end(&mut buf).map_err(|e| corrupt(e, &path))?;
-            out.json.insert(path, buf);
+            out.json_bytes += buf.len() as u64;
+            if let Some(old) = out.json.insert(path, buf) {
+                out.json_bytes -= old.len() as u64;
+            }
         } else {
             let got = write_blob(store, ctx, &path, &mut entry, size, None)?;
             out.files.insert(path, got);

@@ -363,6 +363,114 @@ fn truncated_archive_is_refused() {
     assert_clean_after_failure(&t, &ctx);
 }
 
+/// A stream made of literal parts and long runs of one byte, produced as it is read (so a test
+/// can feed gigabytes without holding them), counting what was read.
+struct Lazy {
+    parts: std::collections::VecDeque<(Vec<u8>, u8, u64)>,
+    read: u64,
+}
+
+impl Lazy {
+    fn new() -> Lazy {
+        Lazy {
+            parts: Default::default(),
+            read: 0,
+        }
+    }
+
+    /// A tar header for `name` of type `kind` and `size`, then `size` bytes of `fill`, padded.
+    fn entry(mut self, name: &str, kind: tar::EntryType, size: u64, fill: u8) -> Lazy {
+        let mut h = tar::Header::new_ustar();
+        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        h.set_entry_type(kind);
+        h.set_size(size);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_cksum();
+        let pad = (512 - size % 512) % 512;
+        self.parts.push_back((h.as_bytes().to_vec(), fill, size));
+        self.parts.push_back((Vec::new(), 0, pad));
+        self
+    }
+}
+
+impl std::io::Read for Lazy {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while let Some((lit, fill, run)) = self.parts.front_mut() {
+            let n = if !lit.is_empty() {
+                let n = lit.len().min(buf.len());
+                buf[..n].copy_from_slice(&lit[..n]);
+                lit.drain(..n);
+                n
+            } else if *run > 0 {
+                let n = (*run).min(buf.len() as u64) as usize;
+                buf[..n].fill(*fill);
+                *run -= n as u64;
+                n
+            } else {
+                self.parts.pop_front();
+                continue;
+            };
+            self.read += n as u64;
+            return Ok(n);
+        }
+        Ok(0)
+    }
+}
+
+/// Found by reading the tar crate after fuzz/layer_apply's PAX bomb: an archive whose first
+/// member is a PAX header claiming 1 GiB of records made the import read all of it into memory
+/// before looking at them. The import now stops at 16 MiB with a clear error.
+#[test]
+fn huge_metadata_records_in_an_archive_are_refused() {
+    let t = open_store(SnapshotterChoice::Native);
+    let ctx = Ctx::new("default");
+    for kind in [tar::EntryType::XHeader, tar::EntryType::GNULongName] {
+        let mut a = Lazy::new().entry("PaxHeader", kind, 1 << 30, b'0').entry(
+            "index.json",
+            tar::EntryType::Regular,
+            2,
+            b' ',
+        );
+        let e = t
+            .store
+            .import(&ctx, &mut a, &ImportOptions::default())
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+        assert!(e.to_string().contains("metadata records"), "{e}");
+        assert!(a.read < 32 << 20, "read {} bytes of the archive", a.read);
+    }
+    assert_clean_after_failure(&t, &ctx);
+}
+
+/// Found by reading read_archive after the PAX bomb: every `*.json` member of up to 16 MiB was
+/// kept in memory, with no bound on how many, so an archive of many large JSON members took
+/// as much memory as it was long. The JSON kept is now bounded (64 MiB).
+#[test]
+fn archives_with_too_much_json_are_refused() {
+    let t = open_store(SnapshotterChoice::Native);
+    let ctx = Ctx::new("default");
+    let mut a = Lazy::new();
+    for i in 0..6 {
+        a = a.entry(
+            &format!("c{i}.json"),
+            tar::EntryType::Regular,
+            15 << 20,
+            b' ',
+        );
+    }
+    let e = t
+        .store
+        .import(&ctx, &mut a, &ImportOptions::default())
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+    assert!(e.to_string().contains("MiB of JSON documents"), "{e}");
+    assert!(a.read < 80 << 20, "read {} bytes of the archive", a.read);
+    assert_clean_after_failure(&t, &ctx);
+}
+
 #[test]
 fn corrupt_blob_is_refused_by_digest() {
     let t = open_store(SnapshotterChoice::Native);

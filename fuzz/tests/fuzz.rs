@@ -1,0 +1,1200 @@
+//! The fuzz targets: everything berthd and berth-runc read from outside. Each test replays its
+//! corpus (`fuzz/corpus/<target>/`) then fuzzes for `BERTH_FUZZ_SECONDS` (default 4); see the
+//! engine's documentation in `fuzz/src/lib.rs`, and `hack/fuzz.sh` for longer runs.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use berth_fuzz::tars::{Member, TarGen};
+use berth_fuzz::{fuzz, hash, json, label, Corpus, Outcome, Rng, Target};
+use serde_json::{json, Value};
+
+// ---------------------------------------------------------------------------------------
+// config.json (berth-runc)
+
+const JSON_DICT: &[&[u8]] = &[
+    b"{",
+    b"}",
+    b"[",
+    b"]",
+    b"\"",
+    b":",
+    b",",
+    b"null",
+    b"true",
+    b"-0",
+    b"1e999",
+    b"\\u0000",
+    b"\\ud800",
+    b"\"\":",
+    b"\"path\":",
+    b"\"type\":",
+    b"\"mediaType\":",
+    b"\"digest\":",
+    b"\"size\":",
+    b"\"sha256:",
+];
+
+fn config_check(bundle: &Path, data: &[u8]) -> Outcome {
+    fs::write(bundle.join("config.json"), data).map_err(|e| format!("test setup: {e}"))?;
+    match berth_runtime::config::load(bundle) {
+        Ok(cfg) => {
+            // What berth-runc computes from a loaded config before touching the system.
+            let p = cfg.process();
+            let caps = p.capabilities().as_ref().is_none_or(|c| {
+                [
+                    c.bounding(),
+                    c.effective(),
+                    c.permitted(),
+                    c.inheritable(),
+                    c.ambient(),
+                ]
+                .iter()
+                .all(|s| berth_runtime::capabilities::mask(s.as_ref()).is_ok())
+            });
+            if let Some(linux) = cfg.spec.linux() {
+                if let Some(s) = linux.seccomp() {
+                    let _ = berth_runtime::seccomp::compile(s);
+                }
+                let _ =
+                    berth_runtime::devices::nodes(linux.devices().as_deref().unwrap_or(&[]), true);
+            }
+            for m in cfg.spec.mounts().as_deref().unwrap_or(&[]) {
+                let _ = berth_runtime::mounts::parse_options(m.options().as_deref().unwrap_or(&[]));
+            }
+            Ok(format!("ok caps={caps}"))
+        }
+        Err(e) => Ok(label(&e)),
+    }
+}
+
+fn default_config() -> Value {
+    let mut v = berth_runtime::spec::default_spec(false);
+    v["root"]["path"] = json!("rootfs");
+    v
+}
+
+#[test]
+fn config_json() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bundle = dir.path().join("bundle");
+    fs::create_dir_all(bundle.join("rootfs")).expect("rootfs");
+    let base = serde_json::to_vec(&default_config()).expect("json");
+    fuzz(
+        &Target {
+            name: "config_json",
+            dict: JSON_DICT,
+            json: true,
+            generate: 0.3,
+        },
+        |rng, corpus| {
+            let start = if rng.bool() {
+                &base[..]
+            } else {
+                corpus.pick(rng)
+            };
+            let mut d = start.to_vec();
+            for _ in 0..1 + rng.usize(..4) {
+                if let Some(m) = json::mutate(rng, &d) {
+                    d = m;
+                }
+            }
+            d
+        },
+        |data| config_check(&bundle, data),
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// image references, digests, platforms, registry auth headers
+
+fn reference_check(data: &[u8]) -> Outcome {
+    use berth_distribution::Reference;
+    let s = String::from_utf8_lossy(data);
+    let mut what = Vec::new();
+    let parsed = Reference::parse(&s);
+    if let Ok(r) = &parsed {
+        let text = r.to_string();
+        let again = Reference::parse(&text)
+            .map_err(|e| format!("{s:?} parses to {text:?}, which does not parse: {e}"))?;
+        if &again != r {
+            return Err(format!(
+                "{s:?} parses to {r:?}, printed {text:?}, which parses to {again:?}"
+            ));
+        }
+        if again.to_string() != text {
+            return Err(format!("{text:?} prints as {again}"));
+        }
+        what.push("ref");
+    }
+    match berth_store::images::normalize_name(&s) {
+        Ok(n) => {
+            let twice = berth_store::images::normalize_name(&n)
+                .map_err(|e| format!("{s:?} normalises to {n:?}, which is refused: {e}"))?;
+            if twice != n {
+                return Err(format!("{s:?} normalises to {n:?}, then to {twice:?}"));
+            }
+            // The CLI (Reference) and the store (normalize_name) must name an image alike.
+            if let Ok(r) = &parsed {
+                if r.to_string() != n {
+                    return Err(format!(
+                        "{s:?}: the CLI's reference is {r} but the store names it {n:?}"
+                    ));
+                }
+            }
+            what.push("name");
+        }
+        Err(e) => what.push(if e.to_string().is_empty() {
+            "?"
+        } else {
+            "noname"
+        }),
+    }
+    if let Ok(d) = berth_store::Digest::parse(&s) {
+        if d.to_string() != s {
+            return Err(format!("digest {s:?} prints as {d}"));
+        }
+        what.push("digest");
+    }
+    if let Ok(p) = berth_store::oci::Platform::parse(&s) {
+        let again = berth_store::oci::Platform::parse(&p.to_string())
+            .map_err(|e| format!("platform {s:?} prints as {p}, which is refused: {e}"))?;
+        if again != p {
+            return Err(format!("platform {s:?} is {p:?} but {p} is {again:?}"));
+        }
+        what.push("platform");
+    }
+    if berth_distribution::auth::parse_challenge(&s).is_some() {
+        what.push("challenge");
+    }
+    if berth_distribution::Credentials::parse(&s).is_ok() {
+        what.push("creds");
+    }
+    Ok(what.join(","))
+}
+
+fn gen_reference(rng: &mut Rng) -> Vec<u8> {
+    const HOSTS: &[&str] = &[
+        "",
+        "docker.io/",
+        "example.com/",
+        "localhost/",
+        "127.0.0.1:5000/",
+        "[::1]:5000/",
+        "Example.COM/",
+        "a:b/",
+        "index.docker.io/",
+        "host:/",
+        ".:/",
+        "localhost:/",
+    ];
+    const PATHS: &[&str] = &[
+        "busybox",
+        "library/busybox",
+        "a/b/c",
+        "A",
+        "a..b",
+        "a__b",
+        "-a",
+        "a-",
+        "x:y",
+        "a//b",
+        "",
+        "é",
+        "library",
+        "docker.io",
+        "a.b",
+        "localhost",
+        "a@b",
+    ];
+    const TAGS: &[&str] = &[
+        "", ":latest", ":1.0", ":", ":a/b", ":A", ":-x", "::", ":é", ":@", ":5000",
+    ];
+    const DIGESTS: &[&str] = &[
+        "",
+        "@sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+        "@sha256:abc",
+        "@sha512:00",
+        "@:",
+        "@a:b@c:d",
+        "@sha256:",
+        "@sha256:E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855",
+    ];
+    let pick = |rng: &mut Rng, l: &[&str]| l[rng.usize(..l.len())].to_string();
+    let s = match rng.u8(..6) {
+        0 => pick(
+            rng,
+            &[
+                "linux",
+                "linux/arm64/v8",
+                "linux/arm",
+                "/",
+                "a//b",
+                "a/b/c/d",
+            ],
+        ),
+        1 => pick(
+            rng,
+            &[
+                "Bearer realm=\"https://auth/token\",service=\"reg\",scope=\"repository:a:pull\"",
+                "Basic realm=x",
+                "bearer realm=",
+                "Bearer realm=\"unterminated",
+                "Bearer ,,,=,=\"\"",
+                "user:pass",
+                ":x",
+            ],
+        ),
+        _ => format!(
+            "{}{}{}{}",
+            pick(rng, HOSTS),
+            pick(rng, PATHS),
+            pick(rng, TAGS),
+            pick(rng, DIGESTS)
+        ),
+    };
+    s.into_bytes()
+}
+
+#[test]
+fn reference() {
+    fuzz(
+        &Target {
+            name: "reference",
+            dict: &[
+                b"/",
+                b":",
+                b"@",
+                b".",
+                b"sha256:",
+                b"docker.io/",
+                b"localhost",
+                b"library/",
+                b"\"",
+            ],
+            json: false,
+            generate: 0.4,
+        },
+        |rng, _| gen_reference(rng),
+        reference_check,
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// image index / manifest / config JSON, Docker's config.json
+
+fn round_trip<T>(what: &str, data: &[u8]) -> Result<Option<T>, String>
+where
+    T: serde::de::DeserializeOwned + serde::Serialize + PartialEq + std::fmt::Debug,
+{
+    let Ok(v) = serde_json::from_slice::<T>(data) else {
+        return Ok(None);
+    };
+    let out =
+        serde_json::to_vec(&v).map_err(|e| format!("{what}: parsed but cannot be written: {e}"))?;
+    let again: T = serde_json::from_slice(&out).map_err(|e| {
+        format!(
+            "{what}: written as {} which does not parse: {e}",
+            String::from_utf8_lossy(&out)
+        )
+    })?;
+    if again != v {
+        return Err(format!("{what}: {v:?} written and read back is {again:?}"));
+    }
+    Ok(Some(v))
+}
+
+fn image_json_check(docker_cfg: &Path, data: &[u8]) -> Outcome {
+    use berth_store::oci::{chain_ids, media_kind, ImageConfig, Index, Manifest, Platform};
+    let mut what = Vec::new();
+    let host = Platform::host();
+    if let Some(i) = round_trip::<Index>("index", data)? {
+        for d in &i.manifests {
+            let _ = media_kind(&d.media_type);
+            if let Some(p) = &d.platform {
+                let _ = host.matches(p);
+            }
+        }
+        let parent = berth_store::oci::Descriptor::new(
+            i.media_type
+                .as_deref()
+                .unwrap_or(berth_store::oci::MEDIA_TYPE_OCI_INDEX),
+            berth_store::Digest::of(data),
+            data.len() as u64,
+        );
+        let _ = berth_store::images::gc_child_labels(&parent, &i.manifests);
+        what.push("index");
+    }
+    if let Some(m) = round_trip::<Manifest>("manifest", data)? {
+        let parent = berth_store::oci::Descriptor::new(
+            m.media_type
+                .as_deref()
+                .unwrap_or(berth_store::oci::MEDIA_TYPE_OCI_MANIFEST),
+            berth_store::Digest::of(data),
+            data.len() as u64,
+        );
+        let mut kids = vec![m.config.clone()];
+        kids.extend(m.layers.iter().cloned());
+        let _ = berth_store::images::gc_child_labels(&parent, &kids);
+        what.push("manifest");
+    }
+    if let Some(c) = round_trip::<ImageConfig>("config", data)? {
+        let ids = chain_ids(&c.rootfs.diff_ids);
+        if ids.len() != c.rootfs.diff_ids.len() || ids.first() != c.rootfs.diff_ids.first() {
+            return Err(format!("chain ids {ids:?} of {:?}", c.rootfs.diff_ids));
+        }
+        what.push("config");
+    }
+    // Docker's config.json, without credential helpers (those run programs).
+    if let Ok(mut v) = serde_json::from_slice::<Value>(data) {
+        if let Some(o) = v.as_object_mut() {
+            o.remove("credHelpers");
+            o.remove("credsStore");
+        }
+        let text = serde_json::to_vec(&v).unwrap_or_default();
+        fs::write(docker_cfg, text).map_err(|e| format!("test setup: {e}"))?;
+        if let Ok(c) = berth_distribution::DockerConfig::load(docker_cfg) {
+            for r in ["docker.io", "example.com", ""] {
+                if let Ok(Some(_)) = c.credentials(r) {
+                    what.push("creds");
+                }
+            }
+        }
+    }
+    Ok(what.join(","))
+}
+
+const HEX0: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+fn gen_image_json(rng: &mut Rng) -> Vec<u8> {
+    let desc = |rng: &mut Rng| {
+        let mt = json::STRINGS[11 + rng.usize(..9)];
+        let mut d =
+            json!({"mediaType": mt, "digest": format!("sha256:{HEX0}"), "size": rng.u64(..1000)});
+        if rng.bool() {
+            d["platform"] = json!({"architecture": "amd64", "os": "linux", "variant": "", "os.features": ["x"]});
+        }
+        if rng.bool() {
+            d["annotations"] = json!({"org.opencontainers.image.ref.name": "1.0"});
+        }
+        d
+    };
+    let v = match rng.u8(..4) {
+        0 => json!({"schemaVersion": 2, "mediaType": json::STRINGS[11],
+                     "manifests": (0..rng.usize(..3)).map(|_| desc(rng)).collect::<Vec<_>>()}),
+        1 => json!({"schemaVersion": 2, "config": desc(rng),
+                     "layers": (0..rng.usize(..3)).map(|_| desc(rng)).collect::<Vec<_>>()}),
+        2 => json!({"architecture": "amd64", "os": "linux",
+                     "rootfs": {"type": "layers", "diff_ids": (0..rng.usize(..3)).map(|_| format!("sha256:{HEX0}")).collect::<Vec<_>>()}}),
+        _ => json!({"auths": {"https://index.docker.io/v1/": {"auth": "dXNlcjpwYXNz"},
+                               "example.com": {"username": "u", "password": "p"}}}),
+    };
+    let mut d = serde_json::to_vec(&v).expect("json");
+    for _ in 0..rng.usize(..4) {
+        if let Some(m) = json::mutate(rng, &d) {
+            d = m;
+        }
+    }
+    d
+}
+
+#[test]
+fn image_json() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let docker_cfg = dir.path().join("config.json");
+    fuzz(
+        &Target {
+            name: "image_json",
+            dict: JSON_DICT,
+            json: true,
+            generate: 0.3,
+        },
+        |rng, _| gen_image_json(rng),
+        |data| image_json_check(&docker_cfg, data),
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// layer tar apply
+
+/// What a tree looks like, not following symlinks: path → (mode, uid, gid, nlink, size,
+/// mtime, content hash, link target, device number). [`tree`] leaves out the subtrees in
+/// `skip` (the layer roots).
+type Tree = BTreeMap<String, (u32, u32, u32, u64, u64, i64, u64, Option<PathBuf>, u64)>;
+
+fn tree(root: &Path, skip: &[&Path]) -> Tree {
+    fn walk(root: &Path, skip: &[&Path], dir: &Path, out: &mut Tree) {
+        let Ok(rd) = fs::read_dir(dir) else { return };
+        for e in rd.flatten() {
+            let p = e.path();
+            if skip.contains(&p.as_path()) {
+                continue;
+            }
+            let Ok(md) = fs::symlink_metadata(&p) else {
+                continue;
+            };
+            let rel = p.strip_prefix(root).unwrap_or(&p).display().to_string();
+            let content = if md.is_file() {
+                hash(&fs::read(&p).unwrap_or_default())
+            } else {
+                0
+            };
+            let link = fs::read_link(&p).ok();
+            let size = if md.is_dir() { 0 } else { md.size() };
+            out.insert(
+                rel,
+                (
+                    md.mode(),
+                    md.uid(),
+                    md.gid(),
+                    md.nlink(),
+                    size,
+                    md.mtime(),
+                    content,
+                    link,
+                    md.rdev(),
+                ),
+            );
+            if md.is_dir() {
+                walk(root, skip, &p, out);
+            }
+        }
+    }
+    let mut out = Tree::new();
+    walk(root, skip, root, &mut out);
+    out
+}
+
+/// A temp dir with the layer root deep inside it and a sentinel directory beside it:
+/// `top/a/b/root` (the target) and `top/outside` (must stay exactly as it was).
+///
+/// Where it can (as root), `top` is a tmpfs of its own, of [`SANDBOX_MB`]: much quicker than
+/// ext4 for creating and deleting thousands of small trees, and an input that makes the
+/// applier write without end fills it (ENOSPC) instead of the machine's disk or memory.
+struct Sandbox {
+    mounted: Option<PathBuf>,
+    _dir: tempfile::TempDir,
+    top: PathBuf,
+    root: PathBuf,
+    /// Scratch roots beside `root` for the diff target, left out of the comparison too.
+    lower: PathBuf,
+    check: PathBuf,
+    outside: PathBuf,
+    before: Tree,
+    etc_passwd_links: u64,
+}
+
+fn outside_files(outside: &Path) {
+    fs::create_dir_all(outside.join("sub")).expect("outside");
+    fs::write(outside.join("keep"), b"must stay").expect("keep");
+    fs::write(outside.join("sub/keep"), b"must stay too").expect("keep");
+    std::os::unix::fs::symlink("keep", outside.join("alias")).expect("alias");
+}
+
+fn passwd_links() -> u64 {
+    fs::symlink_metadata("/etc/passwd")
+        .map(|m| m.nlink())
+        .unwrap_or(0)
+}
+
+/// Makes `dir` afresh, holding what a lower layer left.
+fn fresh(dir: &Path) -> std::io::Result<()> {
+    if dir.exists() {
+        fs::remove_dir_all(dir)?;
+    }
+    fs::create_dir_all(dir.join("etc"))?;
+    fs::create_dir_all(dir.join("lower/dir"))?;
+    fs::write(dir.join("etc/passwd"), b"root:x:0:0::/root:/bin/sh\n")?;
+    fs::write(dir.join("lower/keep"), b"lower")?;
+    // Fixed times, so two fresh trees are equal for a diff.
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_600_000_000);
+    for p in ["etc/passwd", "lower/keep", "lower/dir", "lower", "etc", ""] {
+        fs::File::open(dir.join(p))?
+            .set_times(fs::FileTimes::new().set_accessed(t).set_modified(t))?;
+    }
+    Ok(())
+}
+
+/// Size of the sandbox's tmpfs.
+const SANDBOX_MB: u32 = 512;
+
+fn mount_tmpfs(at: &Path) -> bool {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let (Ok(target), Ok(opts)) = (
+        CString::new(at.as_os_str().as_bytes()),
+        CString::new(format!("size={SANDBOX_MB}m,mode=0700")),
+    ) else {
+        return false;
+    };
+    // SAFETY: valid NUL-terminated strings; mount(2) does not keep the pointers.
+    unsafe {
+        libc::mount(
+            c"tmpfs".as_ptr(),
+            target.as_ptr(),
+            c"tmpfs".as_ptr(),
+            0,
+            opts.as_ptr().cast(),
+        ) == 0
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if let Some(p) = &self.mounted {
+            if let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) {
+                // SAFETY: a valid path; MNT_DETACH so a busy mount still goes.
+                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+            }
+        }
+    }
+}
+
+impl Sandbox {
+    fn new() -> Sandbox {
+        let dir = tempfile::Builder::new()
+            .prefix("berth-fuzz-")
+            .tempdir()
+            .expect("tempdir");
+        let top = dir.path().canonicalize().expect("canonical");
+        let mounted = mount_tmpfs(&top).then(|| top.clone());
+        let root = top.join("a/b/root");
+        let lower = top.join("a/b/lower");
+        let check = top.join("a/b/check");
+        let outside = top.join("outside");
+        outside_files(&outside);
+        fs::create_dir_all(&root).expect("root");
+        let before = tree(&top, &[&root, &lower, &check]);
+        Sandbox {
+            mounted,
+            _dir: dir,
+            top,
+            root,
+            lower,
+            check,
+            outside,
+            before,
+            etc_passwd_links: passwd_links(),
+        }
+    }
+
+    /// A fresh root holding what a lower layer left.
+    fn fresh_root(&self) -> std::io::Result<()> {
+        fresh(&self.root)
+    }
+
+    /// Nothing outside the root changed.
+    fn check_outside(&self) -> Result<(), String> {
+        let mut now = tree(&self.top, &[&self.root, &self.lower, &self.check]);
+        let mut before = self.before.clone();
+        // The mtimes of a/ and a/b/ change when the roots are recreated, and a/b's link count
+        // with the scratch roots beside the root; the rest is exact.
+        for t in [&mut now, &mut before] {
+            for k in ["a", "a/b"] {
+                if let Some(v) = t.get_mut(k) {
+                    v.3 = 0;
+                    v.5 = 0;
+                }
+            }
+        }
+        if now != before {
+            let added: Vec<_> = now.keys().filter(|k| !before.contains_key(*k)).collect();
+            let gone: Vec<_> = before.keys().filter(|k| !now.contains_key(*k)).collect();
+            let changed: Vec<_> = now
+                .iter()
+                .filter(|(k, v)| before.get(*k).is_some_and(|b| b != *v))
+                .map(|(k, _)| k)
+                .collect();
+            return Err(format!(
+                "written outside the root: added {added:?}, removed {gone:?}, changed {changed:?}"
+            ));
+        }
+        if passwd_links() != self.etc_passwd_links {
+            return Err("/etc/passwd gained or lost a hard link".into());
+        }
+        Ok(())
+    }
+}
+
+fn layer_check(sb: &Sandbox, data: &[u8]) -> Outcome {
+    use berth_layer::{ApplyOptions, WhiteoutMode};
+    sb.fresh_root().map_err(|e| format!("test setup: {e}"))?;
+    // The options come from the input's hash, so a saved input replays the same way.
+    let h = hash(data);
+    let opts = ApplyOptions {
+        whiteouts: if h & 1 == 0 {
+            WhiteoutMode::Delete
+        } else {
+            WhiteoutMode::OverlayUpper
+        },
+        same_owner: true,
+        xattrs: h & 2 == 0,
+    };
+    let reader = std::io::Cursor::new(data.to_vec());
+    let res = if h & 4 == 0 {
+        berth_layer::apply_layer(reader, &sb.root, &opts)
+    } else {
+        berth_layer::apply_layer_without_openat2(reader, &sb.root, &opts)
+    };
+    // Sometimes the same layer again, on top of itself: every entry then meets one of its own.
+    let res = match res {
+        Ok(_) if h & 8 != 0 => {
+            let reader = std::io::Cursor::new(data.to_vec());
+            berth_layer::apply_layer(reader, &sb.root, &opts).map(|s| (s, 2))
+        }
+        other => other.map(|s| (s, 1)),
+    };
+    sb.check_outside()
+        .map_err(|e| format!("{e} (apply returned {res:?})"))?;
+    Ok(match res {
+        Ok((s, n)) => format!("ok {} x{n}", s.entries.min(3)),
+        Err(e) => label(&e),
+    })
+}
+
+/// Applies the input onto a root, diffs the result against the untouched lower tree, applies
+/// that diff onto another copy of the lower tree, and checks the two trees are the same; the
+/// overlay-upper diff of an upper-mode apply must apply cleanly too.
+fn diff_check(sb: &Sandbox, data: &[u8]) -> Outcome {
+    use berth_layer::{ApplyOptions, WhiteoutMode};
+    let setup = |e: std::io::Error| format!("test setup: {e}");
+    let h = hash(data);
+    let opts = |whiteouts| ApplyOptions {
+        whiteouts,
+        same_owner: true,
+        xattrs: h & 2 == 0,
+    };
+    let upper_mode = h & 1 != 0;
+    let cursor = || std::io::Cursor::new(data.to_vec());
+    if upper_mode {
+        // An overlay upper dir starts empty.
+        let _ = fs::remove_dir_all(&sb.root);
+        fs::create_dir_all(&sb.root).map_err(setup)?;
+        if let Err(e) =
+            berth_layer::apply_layer(cursor(), &sb.root, &opts(WhiteoutMode::OverlayUpper))
+        {
+            sb.check_outside()?;
+            return Ok(format!("apply: {}", label(&e)));
+        }
+        let mut out = Vec::new();
+        let res = berth_layer::diff_overlay_upper(&sb.root, &mut out);
+        let _ = fs::remove_dir_all(&sb.check);
+        fs::create_dir_all(&sb.check).map_err(setup)?;
+        let outcome = match res {
+            Ok(_) => {
+                berth_layer::apply_layer(
+                    std::io::Cursor::new(out.clone()),
+                    &sb.check,
+                    &opts(WhiteoutMode::OverlayUpper),
+                )
+                .map_err(|e| {
+                    format!(
+                        "the overlay diff of an applied layer does not apply: {e}; diff: {}",
+                        berth_fuzz::show(&out)
+                    )
+                })?;
+                "upper ok".to_string()
+            }
+            Err(e) => format!("upper diff: {}", label(&e)),
+        };
+        sb.check_outside()?;
+        return Ok(outcome);
+    }
+    fresh(&sb.root).map_err(setup)?;
+    fresh(&sb.lower).map_err(setup)?;
+    if let Err(e) = berth_layer::apply_layer(cursor(), &sb.root, &opts(WhiteoutMode::Delete)) {
+        sb.check_outside()?;
+        return Ok(format!("apply: {}", label(&e)));
+    }
+    let mut out = Vec::new();
+    let stats = match berth_layer::diff_trees(&sb.lower, &sb.root, &mut out) {
+        Ok(s) => s,
+        Err(e) => return Ok(format!("diff: {}", label(&e))),
+    };
+    fresh(&sb.check).map_err(setup)?;
+    berth_layer::apply_layer(
+        std::io::Cursor::new(out.clone()),
+        &sb.check,
+        &opts(WhiteoutMode::Delete),
+    )
+    .map_err(|e| {
+        format!(
+            "the diff of an applied layer does not apply: {e}; diff: {}",
+            berth_fuzz::show(&out)
+        )
+    })?;
+    // Layers carry whole-second mtimes from 1970 on (diff writes an earlier one as 0).
+    let clamp = |mut t: Tree| {
+        for v in t.values_mut() {
+            v.5 = v.5.max(0);
+        }
+        t
+    };
+    let (want, got) = (clamp(tree(&sb.root, &[])), clamp(tree(&sb.check, &[])));
+    if want != got {
+        let diff: Vec<_> = want
+            .iter()
+            .filter(|(k, v)| got.get(*k) != Some(*v))
+            .map(|(k, v)| format!("{k}: {v:?} became {:?}", got.get(k)))
+            .chain(
+                got.keys()
+                    .filter(|k| !want.contains_key(*k))
+                    .map(|k| format!("{k}: appeared")),
+            )
+            .take(4)
+            .collect();
+        return Err(format!(
+            "apply(diff(lower, apply(layer))) differs from apply(layer): {diff:?}"
+        ));
+    }
+    sb.check_outside()?;
+    Ok(format!("round trip {}", stats.entries.min(3)))
+}
+
+#[test]
+fn layer_diff() {
+    let sb = Sandbox::new();
+    let outside = sb.outside.display().to_string();
+    let g = TarGen {
+        outside: &outside,
+        outside_rel: "../../../outside",
+    };
+    fuzz(
+        &Target {
+            name: "layer_diff",
+            dict: &[b"../", b"/", b".wh.", b".wh..wh..opq", b"\0", b"ustar\0"],
+            json: false,
+            generate: 0.6,
+        },
+        |rng, _| g.layer(rng),
+        |data| diff_check(&sb, data),
+    );
+}
+
+#[test]
+fn layer_apply() {
+    let sb = Sandbox::new();
+    let outside = sb.outside.display().to_string();
+    let g = TarGen {
+        outside: &outside,
+        outside_rel: "../../../outside",
+    };
+    fuzz(
+        &Target {
+            name: "layer_apply",
+            dict: &[
+                b"../",
+                b"/",
+                b".wh.",
+                b".wh..wh..opq",
+                b"\0",
+                b"ustar\0",
+                b"ustar  \0",
+                b"00000000000",
+            ],
+            json: false,
+            generate: 0.5,
+        },
+        |rng, _| g.layer(rng),
+        |data| layer_check(&sb, data),
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// docker-save and OCI archive import (berthd's image import)
+
+fn digest_hex(data: &[u8]) -> String {
+    berth_store::Digest::of(data).hex().to_string()
+}
+
+fn simple_layer(rng: &mut Rng) -> Vec<u8> {
+    let n = rng.u8(..255);
+    berth_fuzz::tars::archive(&[
+        ("etc/".into(), Member::Dir),
+        (format!("etc/f{n}"), Member::File(vec![n; rng.usize(..100)])),
+        ("lnk".into(), Member::Symlink("etc".into())),
+    ])
+}
+
+/// A random OCI layout or docker-save archive, mostly well formed, with hostile layers,
+/// wrong sizes and digests, links between members, and mutated JSON.
+fn gen_archive(rng: &mut Rng, g: &TarGen<'_>) -> Vec<u8> {
+    use berth_store::oci::*;
+    let mut layers: Vec<Vec<u8>> = Vec::new();
+    for _ in 0..rng.usize(..3) {
+        layers.push(if rng.u8(..3) == 0 {
+            g.layer(rng)
+        } else {
+            simple_layer(rng)
+        });
+    }
+    let diff_ids: Vec<String> = layers
+        .iter()
+        .map(|l| {
+            let plain = berth_layer::decompressed(std::io::Cursor::new(l.clone()))
+                .ok()
+                .and_then(|r| {
+                    // Bounded: a decompression bomb gets a wrong diff ID, not all our memory.
+                    let mut v = Vec::new();
+                    std::io::Read::read_to_end(&mut std::io::Read::take(r, 64 << 20), &mut v)
+                        .ok()
+                        .map(|_| v)
+                })
+                .unwrap_or_else(|| l.clone());
+            format!("sha256:{}", digest_hex(&plain))
+        })
+        .collect();
+    let host = Platform::host();
+    let mut config = serde_json::to_vec(&json!({
+        "architecture": host.architecture, "os": host.os, "variant": host.variant,
+        "rootfs": {"type": "layers", "diff_ids": diff_ids}
+    }))
+    .expect("json");
+    let mutate = |rng: &mut Rng, d: &mut Vec<u8>| {
+        if rng.u8(..6) == 0 {
+            if let Some(m) = json::mutate(rng, d) {
+                *d = m;
+            }
+        }
+    };
+    mutate(rng, &mut config);
+    let name = [
+        "example.com/fuzz:1",
+        "fuzz",
+        "Bad Name",
+        "x@sha256:00",
+        "localhost/a/b:c",
+    ][rng.usize(..5)];
+    let mut members: Vec<(String, Member)> = Vec::new();
+    if rng.bool() {
+        // OCI layout.
+        let blob = |members: &mut Vec<(String, Member)>, data: &[u8]| {
+            let hex = digest_hex(data);
+            members.push((format!("blobs/sha256/{hex}"), Member::File(data.to_vec())));
+            hex
+        };
+        let size = |rng: &mut Rng, n: usize| {
+            if rng.u8(..12) == 0 {
+                n as u64 + 1
+            } else {
+                n as u64
+            }
+        };
+        let cfg_hex = blob(&mut members, &config);
+        let mut ls = Vec::new();
+        for l in &layers {
+            let hex = blob(&mut members, l);
+            let mt = [
+                MEDIA_TYPE_OCI_LAYER,
+                MEDIA_TYPE_OCI_LAYER_GZIP,
+                MEDIA_TYPE_DOCKER_LAYER_GZIP,
+                "text/plain",
+            ][rng.usize(..4)];
+            ls.push(json!({"mediaType": mt, "digest": format!("sha256:{hex}"), "size": size(rng, l.len())}));
+        }
+        let mut manifest = serde_json::to_vec(&json!({
+            "schemaVersion": 2, "mediaType": MEDIA_TYPE_OCI_MANIFEST,
+            "config": {"mediaType": MEDIA_TYPE_OCI_CONFIG, "digest": format!("sha256:{cfg_hex}"), "size": size(rng, config.len())},
+            "layers": ls
+        }))
+        .expect("json");
+        mutate(rng, &mut manifest);
+        let m_hex = blob(&mut members, &manifest);
+        let mut top = json!({"mediaType": MEDIA_TYPE_OCI_MANIFEST, "digest": format!("sha256:{m_hex}"),
+                             "size": size(rng, manifest.len()),
+                             "annotations": {ANNOTATION_IMAGE_NAME: name}});
+        if rng.u8(..4) == 0 {
+            // A nested index in between.
+            let nested = serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": MEDIA_TYPE_OCI_INDEX,
+                "manifests": [{"mediaType": MEDIA_TYPE_OCI_MANIFEST, "digest": format!("sha256:{m_hex}"),
+                               "size": manifest.len(), "platform": {"architecture": host.architecture, "os": host.os}}]}))
+            .expect("json");
+            let n_hex = blob(&mut members, &nested);
+            top = json!({"mediaType": MEDIA_TYPE_OCI_INDEX, "digest": format!("sha256:{n_hex}"),
+                         "size": nested.len(), "annotations": {ANNOTATION_REF_NAME: name}});
+        }
+        let mut index =
+            serde_json::to_vec(&json!({"schemaVersion": 2, "manifests": [top]})).expect("json");
+        mutate(rng, &mut index);
+        members.push((
+            "oci-layout".into(),
+            Member::File(br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec()),
+        ));
+        members.push(("index.json".into(), Member::File(index)));
+    } else {
+        // docker save.
+        let cfg_name = format!("{}.json", digest_hex(&config));
+        members.push((cfg_name.clone(), Member::File(config)));
+        let mut names = Vec::new();
+        for (i, l) in layers.iter().enumerate() {
+            let p = format!("l{i}/layer.tar");
+            members.push((format!("l{i}/"), Member::Dir));
+            match rng.u8(..8) {
+                0 => members.push((
+                    p.clone(),
+                    Member::Symlink(format!("../l{}/layer.tar", i + 1)),
+                )),
+                1 => members.push((p.clone(), Member::Symlink("../../../../etc/passwd".into()))),
+                2 => members.push((p.clone(), Member::Hardlink("/etc/passwd".into()))),
+                3 => {
+                    members.push((p.clone(), Member::Symlink("x".into())));
+                    members.push((format!("l{i}/x"), Member::Symlink("layer.tar".into())));
+                }
+                _ => members.push((p.clone(), Member::File(l.clone()))),
+            }
+            names.push(p);
+        }
+        let mut manifest =
+            serde_json::to_vec(&json!([{"Config": cfg_name, "RepoTags": [name], "Layers": names}]))
+                .expect("json");
+        mutate(rng, &mut manifest);
+        members.push(("manifest.json".into(), Member::File(manifest)));
+    }
+    if rng.u8(..8) == 0 && !members.is_empty() {
+        let i = rng.usize(..members.len());
+        members.remove(i);
+    }
+    if rng.u8(..10) == 0 {
+        members.push((
+            "../../../../outside/pwned".into(),
+            Member::File(b"pwned".to_vec()),
+        ));
+    }
+    let mut out = berth_fuzz::tars::archive(&members);
+    if rng.u8(..10) == 0 {
+        let at = rng.usize(..out.len());
+        out.truncate(at);
+    }
+    out
+}
+
+fn import_check(s: &berth_store::Store, sb: &Sandbox, data: &[u8]) -> Outcome {
+    use berth_store::images::ImportOptions;
+    let ctx = berth_store::Ctx::new("fuzz");
+    let opts = ImportOptions {
+        unpack: hash(data) & 1 == 0,
+        ..ImportOptions::default()
+    };
+    let res = s.import(&ctx, std::io::Cursor::new(data), &opts);
+    let images = s
+        .image_list(&ctx, &[])
+        .map_err(|e| format!("image_list: {e}"))?;
+    let outcome = match &res {
+        Ok(imgs) => {
+            for i in imgs {
+                if berth_store::images::normalize_name(&i.name).ok().as_deref() != Some(&i.name) {
+                    return Err(format!(
+                        "image recorded under an unnormalised name {:?}",
+                        i.name
+                    ));
+                }
+                s.content_info(&ctx, &i.target.digest)
+                    .map_err(|e| format!("image {} names a missing blob: {e}", i.name))?;
+            }
+            for i in &images {
+                s.image_delete(&ctx, &i.name)
+                    .map_err(|e| format!("image_delete: {e}"))?;
+            }
+            format!("ok {}", imgs.len().min(2))
+        }
+        Err(e) => {
+            if !images.is_empty() {
+                return Err(format!(
+                    "import failed ({e}) but left image records {images:?}"
+                ));
+            }
+            label(e)
+        }
+    };
+    let leases = s
+        .lease_list(&ctx, &[])
+        .map_err(|e| format!("lease_list: {e}"))?;
+    if !leases.is_empty() {
+        return Err(format!("import left leases {leases:?} ({res:?})"));
+    }
+    let ingests = s
+        .content_statuses(&ctx, &[])
+        .map_err(|e| format!("content_statuses: {e}"))?;
+    if !ingests.is_empty() {
+        return Err(format!("import left ingests {ingests:?} ({res:?})"));
+    }
+    s.collect().map_err(|e| format!("collect: {e}"))?;
+    let content = s
+        .content_list(&ctx, &[])
+        .map_err(|e| format!("content_list: {e}"))?;
+    let snaps = s
+        .snapshotter()
+        .list(&ctx, &[])
+        .map_err(|e| format!("snapshots: {e}"))?;
+    if !content.is_empty() || !snaps.is_empty() {
+        return Err(format!(
+            "after the import ({}) and GC, {} blobs and {} snapshots remain",
+            match &res {
+                Ok(_) => "ok, images deleted".to_string(),
+                Err(e) => e.to_string(),
+            },
+            content.len(),
+            snaps.len()
+        ));
+    }
+    sb.check_outside()?;
+    Ok(outcome)
+}
+
+#[test]
+fn archive_import() {
+    let sb = Sandbox::new();
+    let mut cfg = berth_store::StoreConfig::new(sb.root.clone());
+    cfg.snapshotter = berth_store::SnapshotterChoice::Native;
+    let store = berth_store::Store::open(&cfg).expect("open store");
+    let outside = sb.outside.display().to_string();
+    let g = TarGen {
+        outside: &outside,
+        outside_rel: "../../../outside",
+    };
+    fuzz(
+        &Target {
+            name: "archive_import",
+            dict: &[
+                b"../",
+                b"/",
+                b"\"",
+                b"sha256:",
+                b"blobs/sha256/",
+                b"index.json",
+                b"manifest.json",
+                b"ustar\0",
+            ],
+            json: false,
+            generate: 0.6,
+        },
+        |rng, _: &Corpus| gen_archive(rng, &g),
+        |data| import_check(&store, &sb, data),
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Seeds: `cargo test -p berth-fuzz --release --test fuzz -- --ignored write_seeds` rewrites
+// the seed files (the regression files, crash-* and hang-*, are kept as found).
+
+#[test]
+#[ignore]
+fn write_seeds() {
+    let put = |target: &str, name: &str, data: &[u8]| {
+        let dir = berth_fuzz::corpus_dir(target);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join(name), data).unwrap();
+    };
+    let cfg = default_config();
+    put(
+        "config_json",
+        "seed-default.json",
+        &serde_json::to_vec_pretty(&cfg).unwrap(),
+    );
+    let mut rootless = berth_runtime::spec::default_spec(true);
+    rootless["root"]["path"] = json!("rootfs");
+    put(
+        "config_json",
+        "seed-rootless.json",
+        &serde_json::to_vec_pretty(&rootless).unwrap(),
+    );
+    let mut full = cfg.clone();
+    full["hostname"] = json!("fuzz");
+    full["process"]["execCPUAffinity"] = json!({"initial": "0-1", "final": "0"});
+    full["linux"]["sysctl"] = json!({"net.ipv4.ip_forward": "1", "kernel.shmmax": "1"});
+    full["linux"]["seccomp"] = json!({"defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_X86_64"],
+        "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1,
+                      "args": [{"index": 1, "value": 511, "op": "SCMP_CMP_EQ"}]}]});
+    full["mounts"].as_array_mut().unwrap().push(
+        json!({"destination": "/data", "type": "bind", "source": "/tmp",
+        "options": ["rbind", "ro", "idmap", "uids=0-1000-10", "gids=0-1000-10"]}),
+    );
+    put(
+        "config_json",
+        "seed-full.json",
+        &serde_json::to_vec_pretty(&full).unwrap(),
+    );
+
+    for (i, r) in [
+        "busybox",
+        "docker.io/library/busybox:latest",
+        "127.0.0.1:5000/a/b:v1",
+        "localhost/x@sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+        "example.com/a/b:t@sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+        "linux/arm64/v8",
+        "Bearer realm=\"https://auth.example.com/token\",service=\"registry\",scope=\"repository:a/b:pull\"",
+    ]
+    .iter()
+    .enumerate()
+    {
+        put("reference", &format!("seed-{i}"), r.as_bytes());
+    }
+
+    for i in 0..4 {
+        put("image_json", &format!("seed-{i}.json"), &{
+            let mut r = Rng::with_seed(i);
+            // One generated document of each kind.
+            loop {
+                let d = gen_image_json(&mut r);
+                let v: Value = serde_json::from_slice(&d).unwrap_or(Value::Null);
+                let kind = ["manifests", "layers", "rootfs", "auths"][i as usize];
+                if v.get(kind).is_some() {
+                    break d;
+                }
+            }
+        });
+    }
+
+    let g = TarGen {
+        outside: "/nonexistent/outside",
+        outside_rel: "../../../outside",
+    };
+    let layer = berth_fuzz::tars::archive(&[
+        ("etc/".into(), Member::Dir),
+        (
+            "etc/passwd".into(),
+            Member::File(b"root:x:0:0::/root:/bin/sh\n".to_vec()),
+        ),
+        ("bin/".into(), Member::Dir),
+        ("bin/sh".into(), Member::Symlink("busybox".into())),
+        (
+            "bin/busybox".into(),
+            Member::File(vec![0x7f, b'E', b'L', b'F']),
+        ),
+        ("bin/ash".into(), Member::Hardlink("bin/busybox".into())),
+        ("lower/.wh.keep".into(), Member::File(Vec::new())),
+        ("lower/dir/.wh..wh..opq".into(), Member::File(Vec::new())),
+    ]);
+    put("layer_apply", "seed-plain.tar", &layer);
+    put(
+        "layer_apply",
+        "seed-plain.tar.gz",
+        &berth_fuzz::tars::gzip(&layer),
+    );
+    // Found by layer_apply: 512 MiB of PAX records in a small compressed layer were read into
+    // memory whole.
+    put(
+        "layer_apply",
+        "crash-pax-bomb.tar.zst",
+        berth_fuzz::tars::bomb(),
+    );
+    let mut r = Rng::with_seed(11);
+    for i in 0..6 {
+        put(
+            "layer_apply",
+            &format!("seed-hostile-{i}.tar"),
+            &g.layer(&mut r),
+        );
+    }
+    let mut r = Rng::with_seed(13);
+    let mut made = 0;
+    while made < 4 {
+        let a = gen_archive(&mut r, &g);
+        if a.len() < 64 << 10 {
+            put("archive_import", &format!("seed-{made}.tar"), &a);
+            made += 1;
+        }
+    }
+}
