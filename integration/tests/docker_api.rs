@@ -44,11 +44,18 @@ fn image_archive(dir: &Path, name: &str) -> (Image, String) {
 /// A registry on the loopback of berthd's network namespace (started from a thread that
 /// joined it; the registry process stays there).
 fn registry_in(d: &Berthd) -> Registry {
+    registry_in_with(d, Registry::start)
+}
+
+fn registry_in_with(
+    d: &Berthd,
+    start: impl FnOnce() -> anyhow::Result<Registry> + Send + 'static,
+) -> Registry {
     let ns = d.netns().expect("berthd has a netns").to_path_buf();
     std::thread::spawn(move || {
         let f = std::fs::File::open(&ns).unwrap();
         nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        Registry::start()
+        start()
     })
     .join()
     .unwrap()
@@ -390,6 +397,85 @@ fn push_and_pull_against_a_local_registry() {
     ]);
     assert_eq!(out.code, 1);
     assert!(out.err().contains("--all-tags"), "{}", out.stderr);
+}
+
+#[test]
+fn registry_credentials_come_from_x_registry_auth() {
+    let d = daemon();
+    let reg = registry_in_with(&d, || Registry::start_with_auth("berth", "s3cret"));
+    let dir = tempfile::tempdir().unwrap();
+    let (_, tar) = image_archive(dir.path(), "docker.io/berth/docker-auth:v1");
+    d.docker(&["load", "-i", &tar]).ok();
+    let remote = format!("{}/berth/private:v1", reg.addr());
+    d.docker(&["tag", "berth/docker-auth:v1", &remote]).ok();
+    // No credentials: the registry refuses, docker fails.
+    let out = d.docker(&["push", &remote]);
+    assert_ne!(out.code, 0, "{}", out.stdout);
+    // The CLI sends config.json's credentials for the registry as X-Registry-Auth.
+    use base64::Engine;
+    let auth = base64::engine::general_purpose::STANDARD.encode("berth:s3cret");
+    let cfg = d.dir().join("docker-config");
+    std::fs::create_dir_all(&cfg).unwrap();
+    std::fs::write(
+        cfg.join("config.json"),
+        serde_json::to_vec(&serde_json::json!({"auths": {reg.addr(): {"auth": auth}}})).unwrap(),
+    )
+    .unwrap();
+    let out = d.docker(&["push", &remote]);
+    assert!(out.ok().contains("v1: digest: sha256:"), "{}", out.stdout);
+    d.docker(&["rmi", &remote]).ok();
+    let out = d.docker(&["pull", &remote]);
+    assert!(
+        out.ok().contains("Downloaded newer image"),
+        "{}",
+        out.stdout
+    );
+    // Wrong credentials: refused before any progress.
+    let bad = base64::engine::general_purpose::STANDARD.encode("berth:wrong");
+    std::fs::write(
+        cfg.join("config.json"),
+        serde_json::to_vec(&serde_json::json!({"auths": {reg.addr(): {"auth": bad}}})).unwrap(),
+    )
+    .unwrap();
+    let out = d.docker(&["pull", &format!("{}/berth/private:v1", reg.addr())]);
+    assert_ne!(out.code, 0, "{}", out.stdout);
+}
+
+#[test]
+fn events_stream_image_events() {
+    let d = daemon();
+    let dir = tempfile::tempdir().unwrap();
+    let (_, tar) = image_archive(dir.path(), "docker.io/berth/docker-events:v1");
+    d.docker(&["load", "-i", &tar]).ok();
+    let until = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3;
+    let until = until.to_string();
+    let out = std::thread::scope(|s| {
+        let events = s.spawn(|| {
+            d.docker(&[
+                "events",
+                "--until",
+                &until,
+                "--filter",
+                "type=image",
+                "--format",
+                "{{.Type}} {{.Action}} {{.Actor.ID}}",
+            ])
+        });
+        std::thread::sleep(std::time::Duration::from_millis(800));
+        d.docker(&["tag", "berth/docker-events:v1", "evt:t9"]).ok();
+        d.docker(&["rmi", "evt:t9"]).ok();
+        events.join().unwrap()
+    });
+    let s = out.ok();
+    assert!(s.contains("image tag evt:t9"), "{s}");
+    assert!(s.contains("image untag evt:t9"), "{s}");
+    let (code, _, body) = http(&d, "GET", "/v1.41/events?since=1", b"");
+    assert_eq!(code, 400);
+    assert!(message(&body).contains("--since"), "{body}");
 }
 
 #[test]
