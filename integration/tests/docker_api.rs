@@ -94,6 +94,11 @@ fn message(body: &str) -> String {
 #[test]
 fn ping_version_and_info_negotiate_as_dockerd() {
     let d = daemon();
+    // The socket is root's and root's group's, as dockerd's.
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let md = std::fs::metadata(d.docker_socket()).unwrap();
+    assert_eq!(md.permissions().mode() & 0o777, 0o660);
+    assert_eq!((md.uid(), md.gid()), (0, 0));
     let (code, head, body) = http(&d, "GET", "/_ping", b"");
     assert_eq!(code, 200, "{head}");
     assert_eq!(body, "OK");

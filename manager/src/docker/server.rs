@@ -456,6 +456,12 @@ async fn route(api: &Api, req: Request<Incoming>) -> Reply {
         "/images/prune" if post => return images::prune(api, req).await,
         "/images/search" if get => return Err(ApiError::unsupported("image search")),
         "/build" if post => return Err(ApiError::unsupported("image build (docker build)")),
+        // Credentials still work: the CLI sends config.json's as X-Registry-Auth.
+        "/auth" if post => {
+            return Err(ApiError::unsupported(
+                "docker login (POST /auth); credentials in the docker CLI's config.json are used",
+            ))
+        }
         "/networks" if get => return networks::list(api, req).await,
         "/networks/create" if post => return networks::create(api, req).await,
         "/networks/prune" if post => return networks::prune(api, req).await,

@@ -294,7 +294,7 @@ pub async fn events(_api: &Api, req: Req) -> Reply {
                         let name = images::familiar(&name);
                         if (!types.is_empty() && !types.iter().any(|t| t == "image"))
                             || (!actions.is_empty() && !actions.iter().any(|a| a == action))
-                            || (!images_f.is_empty() && !images_f.iter().any(|i| *i == name))
+                            || (!images_f.is_empty() && !images_f.contains(&name))
                         {
                             continue;
                         }

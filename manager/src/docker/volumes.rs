@@ -47,7 +47,7 @@ pub async fn list(api: &Api, req: Req) -> Reply {
         for v in store.volume_list(&ctx)? {
             let keep = (f.get("name").is_empty()
                 || f.get("name").iter().any(|n| v.name.contains(n.as_str())))
-                && (f.get("driver").is_empty() || f.get("driver").iter().any(|d| *d == v.driver))
+                && (f.get("driver").is_empty() || f.get("driver").contains(&v.driver))
                 && f.labels_match(&v.labels)
                 && match dangling {
                     None => true,
