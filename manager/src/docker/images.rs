@@ -789,7 +789,8 @@ pub async fn create(api: &Api, req: Req) -> Reply {
                 let _ = tx.try_send(Ok(header.clone()));
             }
             let id = short_id(&p.id);
-            if !s.layers.contains(&id) {
+            // Layers fetched now end with "Pull complete"; those present stay "Already exists".
+            if p.status != "exists" && !s.layers.contains(&id) {
                 s.layers.push(id.clone());
             }
             let l = match p.status {
