@@ -641,3 +641,50 @@ fn volumes_in_dockers_shapes() {
     assert!(out.ok().contains(&anon), "{}", out.stdout);
     assert_eq!(d.docker(&["volume", "ls", "-q"]).ok().trim(), "");
 }
+
+#[test]
+fn an_empty_docker_address_turns_the_docker_api_off() {
+    let dir = tempfile::Builder::new()
+        .prefix("berthd-it-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let sock = dir.path().join("berthd.sock");
+    let mut child = std::process::Command::new(berth_integration::bins::berthd())
+        .arg("--root")
+        .arg(dir.path().join("root"))
+        .arg("--state")
+        .arg(dir.path().join("state"))
+        .arg("--address")
+        .arg(&sock)
+        .arg("--docker-address")
+        .arg("")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill<'a>(&'a mut std::process::Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.0.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = self.0.wait();
+        }
+    }
+    let guard = Kill(&mut child);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while UnixStream::connect(&sock).is_err() {
+        assert!(std::time::Instant::now() < deadline, "berthd did not start");
+        assert!(guard.0.try_wait().unwrap().is_none(), "berthd exited");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let mut names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["berthd.sock", "root", "state"]);
+    drop(guard);
+}
