@@ -187,7 +187,8 @@ bench_busybox_image() { # NAME:TAG
 # ---- the daemons ----
 start_berthd() {
   berth_sock=$tmp/berth.sock
-  "$BERTHD" --root "$tmp/berth/root" --state "$tmp/berth/state" --address "$berth_sock" --log-level warn &
+  "$BERTHD" --root "$tmp/berth/root" --state "$tmp/berth/state" --address "$berth_sock" \
+    --docker-address "$tmp/docker.sock" --log-level warn &
   berthd_pid=$!
   bench_track_pid "$berthd_pid"
   wait_sock "$berth_sock"

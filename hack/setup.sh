@@ -24,6 +24,9 @@ packages=(
   python3
   # benchmarks (GNU time reports peak RSS)
   hyperfine time
+  # the Docker API tests drive berthd's docker.sock with Debian's unmodified docker CLI
+  # (/usr/bin/docker, 20.10); its dockerd is never started (see policy-rc.d below)
+  docker.io
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -33,7 +36,22 @@ if [ "${#missing[@]}" -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  # No package may start a daemon during the install (docker.io would start dockerd, and
+  # containerd its own): invoke-rc.d asks /usr/sbin/policy-rc.d, and 101 means "not allowed".
+  # A policy-rc.d that was there before is left alone.
+  own_policy=
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod 755 /usr/sbin/policy-rc.d
+    own_policy=1
+  fi
+  rc=0
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" || rc=$?
+  if [ -n "$own_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
+  [ "$rc" -eq 0 ] || exit "$rc"
+  if pgrep -x dockerd >/dev/null; then
+    echo "setup: warning: a dockerd is running; the tests talk only to berthd's sockets" >&2
+  fi
 fi
 
 cargo build --release --workspace --bins

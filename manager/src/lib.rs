@@ -5,6 +5,7 @@ pub mod check;
 pub mod cli;
 pub mod client;
 pub mod daemon;
+pub mod docker;
 pub mod identifiers;
 pub mod networks;
 pub mod tasks;

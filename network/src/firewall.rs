@@ -175,6 +175,17 @@ impl Ipt<'_> {
     }
 
     fn exists(&self, table: &str, chain: &str, rule: &[String]) -> Result<bool, FirewallError> {
+        // iptables -C fails (status 2, not 1) for a jump to a chain that does not exist: such
+        // a rule cannot exist either (a network removed before its rules were ever installed).
+        if let Some(target) = rule
+            .windows(2)
+            .find(|w| w[0] == "-j" && w[1].starts_with("BERTH-"))
+            .map(|w| &w[1])
+        {
+            if !self.chain_exists(table, target)? {
+                return Ok(false);
+            }
+        }
         let mut args = words(&["-C", chain]);
         args.extend_from_slice(rule);
         Ok(self.run(table, &args)?.0)

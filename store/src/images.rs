@@ -53,6 +53,10 @@ pub struct ImportOptions {
 pub struct ExportOptions {
     /// Only the manifests of this platform (default: every platform, all blobs required).
     pub platform: Option<Platform>,
+    /// Also write `docker save`'s `manifest.json` (config, layers and RepoTags of each image
+    /// for `platform`, default the host's, pointing into `blobs/`), so that dockerd's
+    /// `docker load` takes the archive too, as containerd's export does.
+    pub docker_manifest: bool,
 }
 
 /// What [`unpack`] did.
@@ -853,8 +857,27 @@ pub fn export(
         annotations: BTreeMap::new(),
     };
     let mut blobs = Vec::new();
+    let mut docker_entries = Vec::new();
     for n in names {
         let img = store.image(ctx, n)?;
+        if opts.docker_manifest {
+            let platform = opts.platform.clone().unwrap_or_else(Platform::host);
+            let (_, m) = resolve_manifest(store, ctx, &img.target, &platform)
+                .map_err(|e| e.context(format!("exporting {n}")))?;
+            let blob = |d: &Descriptor| format!("blobs/sha256/{}", d.digest.hex());
+            let base = img.name.split('@').next().unwrap_or(&img.name);
+            let tagged = base.rfind(':').is_some_and(|i| !base[i..].contains('/'));
+            let repo_tags: Vec<String> = if tagged && !img.name.contains('@') {
+                vec![docker_repo_tag(&img.name)]
+            } else {
+                Vec::new()
+            };
+            docker_entries.push(serde_json::json!({
+                "Config": blob(&m.config),
+                "RepoTags": repo_tags,
+                "Layers": m.layers.iter().map(blob).collect::<Vec<_>>(),
+            }));
+        }
         collect_blobs(
             store,
             ctx,
@@ -893,8 +916,24 @@ pub fn export(
     let idx = serde_json::to_vec(&index).map_err(|e| StoreError::InvalidArgument(e.to_string()))?;
     b.append_data(&mut tar_header(idx.len() as u64), "index.json", &idx[..])
         .map_err(io_err)?;
+    if opts.docker_manifest {
+        let m = serde_json::to_vec(&docker_entries)
+            .map_err(|e| StoreError::InvalidArgument(e.to_string()))?;
+        b.append_data(&mut tar_header(m.len() as u64), "manifest.json", &m[..])
+            .map_err(io_err)?;
+    }
     b.into_inner().and_then(|mut w| w.flush()).map_err(io_err)?;
     Ok(())
+}
+
+/// How `docker save` names an image in RepoTags: `docker.io/library/busybox:1` → `busybox:1`,
+/// `docker.io/user/app:1` → `user/app:1`.
+fn docker_repo_tag(name: &str) -> String {
+    let n = name.strip_prefix("docker.io/").unwrap_or(name);
+    match n.strip_prefix("library/") {
+        Some(rest) if !rest.split(':').next().unwrap_or(rest).contains('/') => rest.to_string(),
+        _ => n.to_string(),
+    }
 }
 
 /// The OCI ref name of a full image name: its tag (or the name if it has none).

@@ -236,6 +236,71 @@ fn docker_save_archive_imports_as_schema2_and_unpacks() {
 }
 
 #[test]
+fn export_with_a_docker_manifest_loads_as_a_docker_save_archive() {
+    let t = open_store(SnapshotterChoice::Native);
+    let s = &t.store;
+    let ctx = Ctx::new("docker-ns");
+    let layers = [base_layer(), top_layer()];
+    let archive = docker_archive(&layers, "bb:docker");
+    let img = s
+        .import(&ctx, &archive[..], &unpack_opts())
+        .unwrap()
+        .remove(0);
+    let m: berth_store::oci::Manifest =
+        berth_store::images::read_json(s, &ctx, &img.target).unwrap();
+    let mut out = Vec::new();
+    let opts = ExportOptions {
+        docker_manifest: true,
+        ..ExportOptions::default()
+    };
+    s.export(&ctx, std::slice::from_ref(&img.name), &mut out, &opts)
+        .unwrap();
+    // manifest.json beside the OCI layout, pointing into blobs/.
+    let mut entries: Vec<(String, Vec<u8>)> = Vec::new();
+    for e in tar::Archive::new(&out[..]).entries().unwrap() {
+        let mut e = e.unwrap();
+        let path = e.path().unwrap().to_string_lossy().into_owned();
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut e, &mut data).unwrap();
+        entries.push((path, data));
+    }
+    let manifest = &entries
+        .iter()
+        .find(|(p, _)| p == "manifest.json")
+        .unwrap()
+        .1;
+    let v: serde_json::Value = serde_json::from_slice(manifest).unwrap();
+    assert_eq!(v[0]["RepoTags"], serde_json::json!(["bb:docker"]));
+    assert_eq!(
+        v[0]["Config"],
+        format!("blobs/sha256/{}", m.config.digest.hex())
+    );
+    assert_eq!(v[0]["Layers"].as_array().unwrap().len(), 2);
+    // Without the OCI layout it is a docker save archive, and imports as one.
+    let mut b = tar::Builder::new(Vec::new());
+    for (p, data) in &entries {
+        if p == "index.json" || p == "oci-layout" {
+            continue;
+        }
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, p, &data[..]).unwrap();
+    }
+    let docker_only = b.into_inner().unwrap();
+    let t2 = open_store(SnapshotterChoice::Native);
+    let again = t2
+        .store
+        .import(&ctx, &docker_only[..], &ImportOptions::default())
+        .unwrap();
+    assert_eq!(again[0].name, "docker.io/library/bb:docker");
+    let m2: berth_store::oci::Manifest =
+        berth_store::images::read_json(&t2.store, &ctx, &again[0].target).unwrap();
+    assert_eq!(m2.config.digest, m.config.digest);
+}
+
+#[test]
 fn gc_frees_what_a_removed_image_held_but_not_what_a_lease_holds() {
     let choice = *choices().last().unwrap();
     let t = open_store(choice);

@@ -14,6 +14,9 @@ use nix::unistd::Pid;
 
 use crate::bins;
 
+/// Debian's docker CLI (package docker.io, 20.10).
+pub const DOCKER: &str = "/usr/bin/docker";
+
 /// A berthd for one test.
 pub struct Berthd {
     dir: tempfile::TempDir,
@@ -182,6 +185,26 @@ impl Berthd {
         self.dir.path().join("berthd.sock")
     }
 
+    /// `--docker-address`: the Docker Engine API's socket.
+    pub fn docker_socket(&self) -> PathBuf {
+        self.dir.path().join("docker.sock")
+    }
+
+    /// Runs Debian's docker CLI (`/usr/bin/docker`, 20.10; not the newer one in /usr/local)
+    /// against berthd's Docker socket, with a config dir of its own (no credentials or
+    /// contexts of the host's).
+    pub fn docker(&self, args: &[&str]) -> Out {
+        self.run(
+            Command::new(DOCKER)
+                .env("DOCKER_CONFIG", self.dir.path().join("docker-config"))
+                .env_remove("DOCKER_CONTEXT")
+                .env_remove("DOCKER_API_VERSION")
+                .arg("-H")
+                .arg(format!("unix://{}", self.docker_socket().display()))
+                .args(args),
+        )
+    }
+
     /// The daemon's log file (stderr).
     pub fn log_path(&self) -> PathBuf {
         self.dir.path().join("berthd.log")
@@ -262,6 +285,8 @@ impl Berthd {
             .arg(self.state())
             .arg("--address")
             .arg(self.socket())
+            .arg("--docker-address")
+            .arg(self.docker_socket())
             .arg("--log-level")
             .arg("debug")
             .stdin(Stdio::null())

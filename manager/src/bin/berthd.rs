@@ -20,7 +20,11 @@ struct Args {
     /// Socket path [default: /run/berth/berthd.sock].
     #[arg(long, short = 'a')]
     address: Option<PathBuf>,
-    /// TOML config file (keys: root, state, address, log_level, max_blocking_threads, runtime,
+    /// Socket of the Docker Engine API (1.41, for the docker CLI; objects in namespace
+    /// "moby"), mode 0660; an empty value turns it off [default: /run/berth/docker.sock].
+    #[arg(long)]
+    docker_address: Option<String>,
+    /// TOML config file (keys: root, state, address, docker_address, log_level, max_blocking_threads, runtime,
     /// log_max_size, and
     /// [registries."host:port"] sections with plain_http, ca_file, client_cert, client_key,
     /// insecure_skip_verify, mirrors).
@@ -44,6 +48,9 @@ fn main() -> Result<()> {
     let mut config = Config::resolve(file, args.root, args.state, args.address, args.log_level)?;
     if args.runtime.is_some() {
         config.runtime = args.runtime;
+    }
+    if let Some(d) = args.docker_address {
+        config.docker_address = Some(PathBuf::from(d)).filter(|p| !p.as_os_str().is_empty());
     }
     if let Some(max) = config.log_max_size {
         if max < 4096 {

@@ -7,6 +7,8 @@ use serde::Deserialize;
 
 /// Default socket path.
 pub const DEFAULT_ADDRESS: &str = "/run/berth/berthd.sock";
+/// Default socket of the Docker Engine API front.
+pub const DEFAULT_DOCKER_ADDRESS: &str = "/run/berth/docker.sock";
 /// Default persistent root (content, metadata, snapshots).
 pub const DEFAULT_ROOT: &str = "/var/lib/berth";
 /// Default state dir (mounts in progress, runtime state).
@@ -22,6 +24,8 @@ pub struct FileConfig {
     pub state: Option<PathBuf>,
     /// Socket path.
     pub address: Option<PathBuf>,
+    /// Socket of the Docker Engine API; empty: no Docker API.
+    pub docker_address: Option<PathBuf>,
     /// `tracing` filter, e.g. "info" or "berth_manager=debug".
     pub log_level: Option<String>,
     /// Threads for blocking store work (default 8).
@@ -53,6 +57,8 @@ pub struct Config {
     pub state: PathBuf,
     /// Socket path.
     pub address: PathBuf,
+    /// Socket of the Docker Engine API (None: off).
+    pub docker_address: Option<PathBuf>,
     /// `tracing` filter.
     pub log_level: String,
     /// Threads for blocking store work.
@@ -81,6 +87,11 @@ impl Config {
             address: address
                 .or(file.address)
                 .unwrap_or_else(|| DEFAULT_ADDRESS.into()),
+            docker_address: Some(
+                file.docker_address
+                    .unwrap_or_else(|| DEFAULT_DOCKER_ADDRESS.into()),
+            )
+            .filter(|p| !p.as_os_str().is_empty()),
             log_level: log_level
                 .or(file.log_level)
                 .unwrap_or_else(|| "info".into()),
@@ -105,6 +116,17 @@ mod tests {
         assert_eq!(c.state, PathBuf::from("/tmp/s"));
         assert_eq!(c.address, PathBuf::from(DEFAULT_ADDRESS));
         assert_eq!(c.log_level, "warn");
+        assert_eq!(
+            c.docker_address,
+            Some(PathBuf::from(DEFAULT_DOCKER_ADDRESS))
+        );
+    }
+
+    #[test]
+    fn an_empty_docker_address_turns_the_docker_api_off() {
+        let file: FileConfig = toml::from_str("docker_address = \"\"").unwrap();
+        let c = Config::resolve(file, None, None, None, None).unwrap();
+        assert_eq!(c.docker_address, None);
     }
 
     #[test]

@@ -14,8 +14,18 @@ pub fn status(e: StoreError) -> Status {
         ErrorKind::Unavailable => Code::Unavailable,
         ErrorKind::Internal => Code::Internal,
     };
+    let msg = message(&e);
+    if code == Code::Internal {
+        tracing::warn!(error = %msg, "internal error");
+    }
+    Status::new(code, msg)
+}
+
+/// The error's text with its sources (each added unless the text already holds it); the gRPC
+/// and Docker fronts both answer with it.
+pub fn message(e: &StoreError) -> String {
     let mut msg = e.to_string();
-    let mut src = std::error::Error::source(&e);
+    let mut src = std::error::Error::source(e);
     while let Some(s) = src {
         let t = s.to_string();
         if !msg.contains(&t) {
@@ -24,10 +34,7 @@ pub fn status(e: StoreError) -> Status {
         }
         src = s.source();
     }
-    if code == Code::Internal {
-        tracing::warn!(error = %msg, "internal error");
-    }
-    Status::new(code, msg)
+    msg
 }
 
 /// Lets `?` turn store results into gRPC statuses.

@@ -56,8 +56,24 @@ async fn serve(config: Config) -> Result<()> {
         version = services::version::VERSION,
         "berthd serving"
     );
+    let docker = match &config.docker_address {
+        Some(path) => {
+            let l = socket::bind_mode(path, 0o660)?;
+            tracing::info!(address = %path.display(), namespace = crate::docker::NAMESPACE, "Docker API serving");
+            Some((path.clone(), l))
+        }
+        None => None,
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let docker_task = docker.map(|(path, l)| {
+        let api = crate::docker::Api::new(state.clone());
+        (
+            path,
+            tokio::spawn(crate::docker::server::serve(api, l, stop_rx)),
+        )
+    });
     let router = services::router(state)?;
-    let shutdown = async {
+    let shutdown = async move {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
                 Ok(s) => s,
@@ -70,12 +86,19 @@ async fn serve(config: Config) -> Result<()> {
             _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
             _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
         }
+        let _ = stop_tx.send(true);
     };
     let res = router
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await;
     if let Err(e) = std::fs::remove_file(&config.address) {
         tracing::warn!(error = %e, "removing the socket");
+    }
+    if let Some((path, task)) = docker_task {
+        let _ = task.await;
+        if let Err(e) = std::fs::remove_file(&path) {
+            tracing::warn!(error = %e, "removing the Docker API socket");
+        }
     }
     res.context("serving gRPC")?;
     tracing::info!("berthd stopped");

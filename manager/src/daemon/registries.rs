@@ -97,6 +97,12 @@ impl Registries {
         o
     }
 
+    /// Whether the config file has a section for `host` (the Docker API then lets it decide
+    /// between HTTP and HTTPS instead of treating loopback registries as insecure).
+    pub fn configured(&self, host: &str) -> bool {
+        self.hosts.contains_key(host)
+    }
+
     /// The pull mirrors of `host`, each with its own section's TLS settings and the request's
     /// credentials.
     pub fn mirrors(&self, host: &str, base: &ClientOptions) -> Vec<ClientOptions> {

@@ -1,4 +1,5 @@
-//! The listening unix socket: created mode 0600, a stale file removed only when nothing answers.
+//! The listening unix sockets: created mode 0600 (the Docker API's 0660), a stale file removed
+//! only when nothing answers.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -9,6 +10,12 @@ use tokio::net::UnixListener;
 /// Binds `path`, creating its parent directory (0711). A socket file left by a dead daemon is
 /// removed; one that still accepts connections means another daemon runs, which is an error.
 pub fn bind(path: &Path) -> Result<UnixListener> {
+    bind_mode(path, 0o600)
+}
+
+/// [`bind`] with the socket's final mode (0660 for the Docker API's socket: root's group may
+/// use it, as with dockerd's).
+pub fn bind_mode(path: &Path, mode: u32) -> Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating socket directory {}", dir.display()))?;
@@ -24,7 +31,7 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
             }
             if std::os::unix::net::UnixStream::connect(path).is_ok() {
                 bail!(
-                    "another daemon is listening on {}; stop it or pick another --address",
+                    "another daemon is listening on {}; stop it or pick another socket path",
                     path.display()
                 );
             }
@@ -41,7 +48,7 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
     let listener = UnixListener::bind(path);
     nix::sys::stat::umask(old);
     let listener = listener.with_context(|| format!("binding {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("chmod 0600 {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("chmod {mode:o} {}", path.display()))?;
     Ok(listener)
 }

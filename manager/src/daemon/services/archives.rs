@@ -276,6 +276,7 @@ impl Archives for ArchivesService {
             } else {
                 platform(r.platform)?
             },
+            docker_manifest: false,
         };
         let store = self.state.store().clone();
         // Fail early, with a status instead of a broken stream, on unknown names.

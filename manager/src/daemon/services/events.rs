@@ -49,6 +49,11 @@ pub fn publish(ns: &str, topic: &str, event: Any) {
     let _ = bus().send(env);
 }
 
+/// A receiver of every envelope published from now on (the Docker API's `/events`).
+pub fn subscribe() -> broadcast::Receiver<pb::Envelope> {
+    bus().subscribe()
+}
+
 struct EnvelopeFields<'a>(&'a pb::Envelope);
 
 impl Adaptor for EnvelopeFields<'_> {
