@@ -25,6 +25,7 @@ const FILES: &[&str] = &[
     "berth/services/distribution/v1/distribution.proto",
     "berth/services/networks/v1/networks.proto",
     "berth/services/volumes/v1/volumes.proto",
+    "berth/services/builds/v1/builds.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
