@@ -2,6 +2,7 @@
 //! map errors.
 
 pub mod archives;
+pub mod builds;
 pub mod containers;
 pub mod content;
 pub mod diff;
@@ -20,6 +21,7 @@ pub mod volumes;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Result;
+use berth_proto::berth::services::builds::v1::builds_server::BuildsServer;
 use berth_proto::berth::services::distribution::v1::distribution_server::DistributionServer;
 use berth_proto::berth::services::images::v1::archives_server::ArchivesServer;
 use berth_proto::berth::services::networks::v1::networks_server::NetworksServer;
@@ -116,6 +118,12 @@ pub fn router(state: State) -> Result<Router> {
         .add_service(svc!(
             VolumesServer,
             volumes::VolumesService {
+                state: state.clone()
+            }
+        ))
+        .add_service(svc!(
+            BuildsServer,
+            builds::BuildsService {
                 state: state.clone()
             }
         ))
