@@ -88,7 +88,7 @@ fn spec(r: &RunSpec) -> Value {
             "env": r.env,
             "cwd": r.cwd,
             "capabilities": {"bounding": CAPS, "effective": CAPS, "permitted": CAPS},
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1048576u64, "soft": 1048576u64}],
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
             "noNewPrivileges": true
         },
         "root": {"path": r.rootfs},

@@ -191,7 +191,7 @@ impl Builds for BuildsService {
         // The client going away stops the build.
         let watch_tx = out_tx.clone();
         let watch_abort = abort.clone();
-        tokio::spawn(async move {
+        let watcher = tokio::spawn(async move {
             watch_tx.closed().await;
             watch_abort.store(true, Ordering::Release);
         });
@@ -240,6 +240,8 @@ impl Builds for BuildsService {
                     })
                 }
             };
+            // The watcher holds a sender: the stream ends only once it is gone too.
+            watcher.abort();
             let _ = out_tx.send(msg).await;
             if failed {
                 // What a failed or cancelled build left to its lease goes now.
