@@ -22,8 +22,8 @@ packages=(
   aardvark-dns
   # the registry auth test writes its bcrypt htpasswd line with Python's crypt module
   python3
-  # benchmarks (GNU time reports peak RSS)
-  hyperfine time
+  # benchmarks (GNU time reports peak RSS); buildah is bench-build.sh's peer
+  hyperfine time buildah
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -524,7 +524,9 @@ fn bad_input_is_refused_and_leaves_nothing() {
     let outside = tempfile::tempdir().unwrap();
     std::fs::write(outside.path().join("secret"), "host secret").unwrap();
     let outside_link = outside.path().join("secret").to_str().unwrap().to_string();
-    let cases: Vec<(&str, String, Vec<(&str, String)>, Vec<&str>)> = vec![
+    /// Name, Dockerfile, context files, what the error output must contain.
+    type BadCase<'a> = (&'a str, String, Vec<(&'a str, String)>, Vec<&'a str>);
+    let cases: Vec<BadCase> = vec![
         (
             "syntax error",
             "FROM busybox\nRUN echo ok\nENV\n".into(),

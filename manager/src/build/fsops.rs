@@ -133,10 +133,7 @@ pub fn mkdir_all(root: &OwnedFd, path: &str, owner: (u32, u32)) -> io::Result<Ow
                 fd
             }
             Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::Other,
-                    format!("{path}: {c} is not a directory"),
-                ))
+                return Err(io::Error::other(format!("{path}: {c} is not a directory")))
             }
             Err(e) => return Err(e),
         };
@@ -259,13 +256,10 @@ pub fn copy_entry(
         set_times_at(dst, &c, &md)?;
     } else if ft.is_file() {
         if remove_non_dir(dst, &c)?.is_some() {
-            return Err(io::Error::new(
-                io::ErrorKind::Other,
-                format!(
-                    "cannot replace directory {} with a file",
-                    Path::new(name).display()
-                ),
-            ));
+            return Err(io::Error::other(format!(
+                "cannot replace directory {} with a file",
+                Path::new(name).display()
+            )));
         }
         let mut sf = File::open(src)?;
         // SAFETY: valid C string.
@@ -338,10 +332,10 @@ pub fn write_file(
 ) -> io::Result<()> {
     let c = cstr(name.as_bytes())?;
     if remove_non_dir(dst, &c)?.is_some() {
-        return Err(io::Error::new(
-            io::ErrorKind::Other,
-            format!("{} is a directory", Path::new(name).display()),
-        ));
+        return Err(io::Error::other(format!(
+            "{} is a directory",
+            Path::new(name).display()
+        )));
     }
     // SAFETY: valid C string.
     let fd = check(unsafe {

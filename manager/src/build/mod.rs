@@ -721,10 +721,7 @@ impl Build<'_> {
             }
             _ => None,
         };
-        let digest = match &sources {
-            Some((_, d)) => Some(d.clone()),
-            None => None,
-        };
+        let digest = sources.as_ref().map(|(_, d)| d.clone());
         let key = cache_key(&out.key, step, digest.as_deref());
         if !self.req.no_cache {
             if let Some(e) = cache::lookup(store, &self.ctx, &key)? {

@@ -254,5 +254,5 @@ fn runtime_error(log: &Path) -> Option<String> {
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|v| v["level"] == "error")
         .filter_map(|v| v["msg"].as_str().map(str::to_string))
-        .last()
+        .next_back()
 }
