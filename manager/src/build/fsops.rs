@@ -533,12 +533,15 @@ mod tests {
         std::fs::create_dir(&outside).unwrap();
         std::os::unix::fs::symlink(&outside, root.join("link")).unwrap();
         let r = open_root(&root).unwrap();
-        let dir = mkdir_all(&r, "/link/sub", (0, 0)).unwrap();
-        write_file(&dir, OsStr::new("f"), b"x", (0, 0), 0o644).ok();
+        // The link's target resolves inside the root, where it is missing: refused.
+        assert!(mkdir_all(&r, "/link/sub", (0, 0)).is_err());
         assert!(!outside.join("sub").exists());
-        assert!(root
-            .join(outside.strip_prefix("/").unwrap())
-            .join("sub/f")
-            .exists());
+        // Once it exists inside the root, writes land there.
+        let inside = root.join(outside.strip_prefix("/").unwrap());
+        std::fs::create_dir_all(&inside).unwrap();
+        let dir = mkdir_all(&r, "/link/sub", (0, 0)).unwrap();
+        write_file(&dir, OsStr::new("f"), b"x", (0, 0), 0o644).unwrap();
+        assert!(!outside.join("sub").exists());
+        assert!(inside.join("sub/f").exists());
     }
 }
