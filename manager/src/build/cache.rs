@@ -76,7 +76,12 @@ pub fn store_entry(store: &Store, ctx: &Ctx, key: &str, entry: &Entry) -> Result
         let exp = chrono::Utc::now() + chrono::Duration::days(KEEP_DAYS);
         labels.insert(LABEL_GC_EXPIRE.into(), exp.to_rfc3339());
         let id = lease_id(key);
-        store.lease_create(&plain, &id, labels)?;
+        match store.lease_create(&plain, &id, labels) {
+            Ok(_) => {}
+            // The same step finished in a parallel stage or build: share its lease.
+            Err(e) if e.is_already_exists() => {}
+            Err(e) => return Err(e),
+        }
         store.lease_add_resource(
             &plain,
             &id,
