@@ -667,3 +667,55 @@ fn a_cancelled_build_leaves_nothing() {
     );
     assert_eq!(d.ctr(&d.ns, &["images", "ls", "-q"]).ok().trim(), BASE);
 }
+
+/// A base image missing from the store is pulled (from a local docker-registry, plain HTTP
+/// per berthd's config); `--pull` fetches it again when the store has an older one.
+#[test]
+fn base_images_are_pulled_when_missing_or_asked_to() {
+    use berth_integration::manager::registry::Registry;
+    let reg = Registry::start().unwrap();
+    let toml = format!("[registries.\"{}\"]\nplain_http = true\n", reg.addr());
+    let d = NsDaemon {
+        d: Berthd::start_with_config(&toml).unwrap(),
+        ns: unique("build-pull"),
+    };
+    let name = format!("{}/berth/base:v1", reg.addr());
+    let push = |marker: &'static str| {
+        let pusher = unique("pusher");
+        let img = Image::new(
+            &name,
+            vec![
+                image::base_layer().unwrap(),
+                Layer::build(&[Entry::File("marker", 0o644, marker.as_bytes().to_vec())]).unwrap(),
+            ],
+        )
+        .unwrap();
+        berth_integration::manager::tasks::import(&d, &pusher, &img).unwrap();
+        d.berth(&pusher, &["images", "push", "--plain-http", &name])
+            .ok();
+    };
+    push("first");
+    let ctx = context(&[]);
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        format!("FROM {name}\nRUN cat /marker > /seen\n"),
+    )
+    .unwrap();
+    let out = build(&d, ctx.path(), &["-t", "berth.test/pulled:1"]);
+    out.ok();
+    assert!(
+        out.stderr.contains(&format!("pulling {name}")),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(run(&d, "berth.test/pulled:1", "cat /seen"), "first");
+
+    // A newer base in the registry: used only with --pull.
+    push("second");
+    let out = build(&d, ctx.path(), &["-t", "berth.test/pulled:2"]);
+    assert!(!out.ok().contains("pulling") && !out.stderr.contains("pulling"));
+    assert_eq!(run(&d, "berth.test/pulled:2", "cat /seen"), "first");
+    build(&d, ctx.path(), &["-t", "berth.test/pulled:3", "--pull"]).ok();
+    assert_eq!(run(&d, "berth.test/pulled:3", "cat /seen"), "second");
+    assert_clean(&d);
+}
