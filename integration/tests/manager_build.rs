@@ -719,3 +719,23 @@ fn base_images_are_pulled_when_missing_or_asked_to() {
     assert_eq!(run(&d, "berth.test/pulled:3", "cat /seen"), "second");
     assert_clean(&d);
 }
+
+/// Independent stages build at the same time: two 2-second RUNs take about 2 seconds.
+#[test]
+fn independent_stages_build_in_parallel() {
+    let d = daemon("build-par");
+    let ctx = context(&[]);
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM busybox AS a\nRUN sleep 2; echo a > /a\n\
+         FROM busybox AS b\nRUN sleep 2; echo b > /b\n\
+         FROM busybox\nCOPY --from=a /a /a\nCOPY --from=b /b /b\n",
+    )
+    .unwrap();
+    let t = Instant::now();
+    build(&d, ctx.path(), &["-t", "berth.test/par:1"]).ok();
+    let took = t.elapsed();
+    assert!(took < Duration::from_millis(3500), "took {took:?}");
+    assert_eq!(run(&d, "berth.test/par:1", "cat /a /b"), "a\nb\n");
+    assert_clean(&d);
+}
