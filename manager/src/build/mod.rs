@@ -504,6 +504,27 @@ impl Engine {
         Ok(s)
     }
 
+    /// At berthd's start no build runs: removes the work dirs a crashed berthd left. (Their
+    /// snapshots, `extract-build-*` keys in a temporary lease, go with the store's recovery.)
+    pub fn recover(&self) {
+        let Ok(rd) = std::fs::read_dir(self.state_dir.join("builds")) else {
+            return;
+        };
+        for e in rd.flatten() {
+            if e.file_name() == "runtime" {
+                continue;
+            }
+            match std::fs::remove_dir_all(e.path()) {
+                Ok(()) => {
+                    tracing::info!(dir = %e.path().display(), "removed an interrupted build's dir")
+                }
+                Err(err) => {
+                    tracing::warn!(dir = %e.path().display(), error = %err, "removing an interrupted build's dir")
+                }
+            }
+        }
+    }
+
     /// Drops the namespace's build cache (GC reclaims the rest).
     pub fn prune(&self, ctx: &Ctx) -> Result<u64, StoreError> {
         cache::prune(&self.store, ctx)
@@ -959,7 +980,7 @@ impl Build<'_> {
             });
         };
         let key = format!(
-            "build-{}-view-{}",
+            "extract-build-{}-view-{}",
             self.id,
             self.seq.fetch_add(1, Ordering::Relaxed)
         );
@@ -989,7 +1010,7 @@ impl Build<'_> {
         let store = &self.engine.store;
         let sn = store.snapshotter();
         let key = format!(
-            "build-{}-{}",
+            "extract-build-{}-{}",
             self.id,
             self.seq.fetch_add(1, Ordering::Relaxed)
         );

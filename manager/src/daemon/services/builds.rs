@@ -32,6 +32,13 @@ pub struct BuildsService {
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 impl BuildsService {
+    /// The service; removes what builds interrupted by a crash left in the state dir.
+    pub fn new(state: State) -> BuildsService {
+        let svc = BuildsService { state };
+        svc.engine().recover();
+        svc
+    }
+
     fn engine(&self) -> Engine {
         let runtime = match self.state.default_runtime() {
             Some(r) if r.contains('/') => std::path::PathBuf::from(r),

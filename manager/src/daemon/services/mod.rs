@@ -123,9 +123,7 @@ pub fn router(state: State) -> Result<Router> {
         ))
         .add_service(svc!(
             BuildsServer,
-            builds::BuildsService {
-                state: state.clone()
-            }
+            builds::BuildsService::new(state.clone())
         ))
         .add_service(svc!(ArchivesServer, archives::ArchivesService { state })))
 }
