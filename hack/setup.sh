@@ -22,8 +22,8 @@ packages=(
   aardvark-dns
   # the registry auth test writes its bcrypt htpasswd line with Python's crypt module
   python3
-  # benchmarks (GNU time reports peak RSS)
-  hyperfine time
+  # benchmarks (GNU time reports peak RSS); buildah is bench-build.sh's peer
+  hyperfine time buildah
   # the Docker API tests drive berthd's docker.sock with Debian's unmodified docker CLI
   # (/usr/bin/docker, 20.10); its dockerd is never started (see policy-rc.d below)
   docker.io

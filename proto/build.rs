@@ -26,6 +26,7 @@ const FILES: &[&str] = &[
     "berth/services/networks/v1/networks.proto",
     "berth/services/volumes/v1/volumes.proto",
     "berth/services/check/v1/check.proto",
+    "berth/services/builds/v1/builds.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -101,6 +101,13 @@ pub mod berth {
                 tonic::include_proto!("berth.services.check.v1");
             }
         }
+        /// Builds.
+        pub mod builds {
+            /// Version 1: Dockerfile builds done by the daemon.
+            pub mod v1 {
+                tonic::include_proto!("berth.services.builds.v1");
+            }
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! The `berth` command line: ctr-style commands, each a client of berthd's gRPC API only.
 
+pub mod build;
 pub mod containers;
 pub mod content;
 pub mod events;
@@ -76,6 +77,11 @@ pub enum Command {
     Leases(leases::Cmd),
     /// Run a container from an image; exits with its exit code.
     Run(Box<run::Args>),
+    /// Build an image from a Dockerfile and a context.
+    Build(Box<build::Args>),
+    /// The build cache.
+    #[command(subcommand)]
+    Builder(build::BuilderCmd),
     /// A container's output (kept for `run -d`): `-f` follows until the task exits.
     Logs(logs::Args),
     /// Bridge networks containers join with `run --net`.
@@ -135,6 +141,8 @@ pub async fn run(cli: Cli) -> Result<()> {
             let code = run::run(&env, *a).await?;
             std::process::exit(code)
         }
+        Command::Build(a) => build::run(&env, *a).await,
+        Command::Builder(build::BuilderCmd::Prune) => build::prune(&env).await,
         Command::Containers(c) => containers::run(&env, c).await,
         Command::Network(c) => networks::run(&env, c).await,
         Command::Logs(a) => logs::run(&env, a).await,

@@ -2,6 +2,7 @@
 //! map errors.
 
 pub mod archives;
+pub mod builds;
 pub mod check;
 pub mod containers;
 pub mod content;
@@ -21,6 +22,7 @@ pub mod volumes;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Result;
+use berth_proto::berth::services::builds::v1::builds_server::BuildsServer;
 use berth_proto::berth::services::check::v1::check_server::CheckServer;
 use berth_proto::berth::services::distribution::v1::distribution_server::DistributionServer;
 use berth_proto::berth::services::images::v1::archives_server::ArchivesServer;
@@ -126,6 +128,10 @@ pub fn router(state: State) -> Result<Router> {
             volumes::VolumesService {
                 state: state.clone()
             }
+        ))
+        .add_service(svc!(
+            BuildsServer,
+            builds::BuildsService::new(state.clone())
         ))
         .add_service(svc!(ArchivesServer, archives::ArchivesService { state })))
 }

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Benchmarks `berth build` against Debian's `buildah bud --isolation chroot`, same machine, same
+# run: the reference build (FROM busybox, RUN echo hello > /hello, COPY a file, CMD) without
+# cache and fully cached. Both start from the same busybox-static rootfs (hack/mkbundle.sh):
+# an OCI archive imported into berthd (namespace bench), and a buildah image committed from it
+# in buildah's private vfs storage (an imported archive without history breaks buildah's layer
+# cache). Nothing comes from the network; berthd runs on a temp root with berth-runc.
+# Targets: berth no-cache <= 0.25 x buildah no-cache; berth fully cached <= 20 ms.
+#
+#   hack/bench-build.sh [runs]          (as root; default 10 runs, 2 warm-ups)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=hack/lib.sh
+. hack/lib.sh
+runs=${1:-10}
+bench_binaries
+bench_need_tools hyperfine buildah jq
+bench_tmpdir berth-bench-build
+bench_cgroup_ns berth-build
+
+base=docker.io/library/busybox:latest
+bench_busybox_image "$base"
+start_berthd
+B="$BERTH --address $berth_sock -n bench"
+$B images import "$busybox_archive" >/dev/null
+
+# buildah on private storage (vfs: no overlay mounts to leave behind), the same base.
+BA="buildah --root $tmp/buildah/root --runroot $tmp/buildah/run --storage-driver vfs"
+# (made with buildah from the same busybox rootfs: the archive's config has no history,
+# which buildah's layer cache refuses)
+hack/mkbundle.sh "$tmp/bb" >/dev/null
+wc=$($BA from scratch)
+$BA copy -q "$wc" "$tmp/bb/rootfs/" / >/dev/null
+$BA config --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin --cmd sh "$wc"
+$BA commit -q "$wc" "$base" >/dev/null
+$BA rm "$wc" >/dev/null
+rm -rf "$tmp/bb"
+cleanup_buildah() { $BA rmi -a -f >/dev/null 2>&1 || true; }
+bench_on_cleanup cleanup_buildah
+
+ctx=$tmp/context
+mkdir -p "$ctx"
+head -c 4096 /dev/urandom > "$ctx/file"
+cat > "$ctx/Dockerfile" <<DOCKERFILE
+FROM $base
+RUN echo hello > /hello
+COPY file /file
+CMD ["cat", "/hello"]
+DOCKERFILE
+
+berth_nc="$B build -q --no-cache -t bench/ref:nc $ctx"
+berth_c="$B build -q -t bench/ref:c $ctx"
+buildah_nc="$BA bud --isolation chroot --pull=never --no-cache -q -t bench/ref:nc $ctx"
+buildah_c="$BA bud --isolation chroot --pull=never --layers -q -t bench/ref:c $ctx"
+# Prime the caches the "cached" runs use.
+$berth_c >/dev/null
+$buildah_c >/dev/null
+
+hyperfine -N --warmup 2 --runs "$runs" --export-json "$tmp/bench.json" \
+  -n "berth no-cache" "$berth_nc" \
+  -n "berth cached" "$berth_c" \
+  -n "buildah no-cache" "$buildah_nc" \
+  -n "buildah cached" "$buildah_c"
+
+med() { jq -r --arg n "$1" '.results[] | select(.command == $n) | .median * 1000' "$tmp/bench.json"; }
+bnc=$(med "berth no-cache"); bc=$(med "berth cached")
+hnc=$(med "buildah no-cache"); hc=$(med "buildah cached")
+awk -v bnc="$bnc" -v bc="$bc" -v hnc="$hnc" -v hc="$hc" 'BEGIN {
+  printf "median ms: berth no-cache %.1f, cached %.1f; buildah no-cache %.1f, cached %.1f\n", bnc, bc, hnc, hc
+  printf "ratio no-cache berth/buildah = %.2f (target <= 0.25); berth cached %.1f ms (target <= 20)\n", bnc / hnc, bc
+}'

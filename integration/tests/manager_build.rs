@@ -1,0 +1,741 @@
+//! `berth build` through berthd: a table of Dockerfiles, each with its context made here, whose
+//! images are checked by running them (`berth run --rm`) and by reading their config; the
+//! cache (a hit on an unchanged rebuild, a miss exactly from the changed step on); and bad
+//! input, after which no build container, mount, active snapshot or build lease is left and
+//! no image was named.
+//!
+//! The base image is a local busybox imported as docker.io/library/busybox:latest in the
+//! test's namespace; nothing is pulled.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use berth_integration::manager::image::{self, Entry, Image, Layer};
+use berth_integration::manager::tasks::NsDaemon;
+use berth_integration::manager::{mounts_under, unique, Berthd, Out};
+use serde_json::Value;
+
+const BASE: &str = "docker.io/library/busybox:latest";
+
+const APPLETS: &[&str] = &[
+    "bin/echo",
+    "bin/cat",
+    "bin/rm",
+    "bin/ls",
+    "bin/stat",
+    "bin/id",
+    "bin/mkdir",
+    "bin/test",
+    "bin/true",
+    "bin/false",
+    "bin/env",
+    "bin/touch",
+    "bin/sleep",
+    "bin/readlink",
+    "bin/pwd",
+];
+
+fn daemon(prefix: &str) -> NsDaemon {
+    let d = Berthd::start().unwrap();
+    let ns = unique(prefix);
+    let mut entries = vec![Entry::Dir("bin", 0o755)];
+    for a in APPLETS {
+        entries.push(Entry::Symlink(a, "busybox"));
+    }
+    entries.push(Entry::Dir("etc", 0o755));
+    entries.push(Entry::File(
+        "etc/passwd",
+        0o644,
+        b"root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n".to_vec(),
+    ));
+    entries.push(Entry::File(
+        "etc/group",
+        0o644,
+        b"root:x:0:\napp:x:1000:\nstaff:x:50:\n".to_vec(),
+    ));
+    let img = Image::with_config(
+        BASE,
+        vec![image::base_layer().unwrap(), Layer::build(&entries).unwrap()],
+        serde_json::json!({"Cmd": ["sh"], "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]}),
+    )
+    .unwrap();
+    berth_integration::manager::tasks::import(&d, &ns, &img).unwrap();
+    NsDaemon { d, ns }
+}
+
+/// Writes a context dir: `path` → content; a path ending in `/` is a directory; `@path` →
+/// content makes a symlink to content.
+fn context(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (p, c) in files {
+        if let Some(link) = p.strip_prefix('@') {
+            let full = dir.path().join(link);
+            std::fs::create_dir_all(full.parent().unwrap()).unwrap();
+            std::os::unix::fs::symlink(c, full).unwrap();
+        } else if p.ends_with('/') {
+            std::fs::create_dir_all(dir.path().join(p)).unwrap();
+        } else {
+            let full = dir.path().join(p);
+            std::fs::create_dir_all(full.parent().unwrap()).unwrap();
+            std::fs::write(full, c).unwrap();
+        }
+    }
+    dir
+}
+
+fn build(d: &NsDaemon, ctx: &Path, args: &[&str]) -> Out {
+    let mut a = vec!["build"];
+    a.extend_from_slice(args);
+    a.push(ctx.to_str().unwrap());
+    d.berth(&d.ns, &a)
+}
+
+/// Runs `sh -c cmd` in the image (the image's own command for an empty `cmd`).
+fn run(d: &NsDaemon, img: &str, cmd: &str) -> String {
+    let id = unique("b");
+    let mut args = vec!["run", "--rm", img, &id];
+    if !cmd.is_empty() {
+        args.extend(["sh", "-c", cmd]);
+    }
+    d.berth(&d.ns, &args).ok().to_string()
+}
+
+/// The config of the image built with `--iidfile`.
+fn config(d: &NsDaemon, iid: &Path) -> Value {
+    let id = std::fs::read_to_string(iid).unwrap();
+    let raw = d
+        .berth(&d.ns, &["content", "get", id.trim()])
+        .ok()
+        .to_string();
+    serde_json::from_str(&raw).unwrap()
+}
+
+/// Nothing of a build is left: no mount, no active snapshot or view, no build lease, no
+/// build dir, no runtime container.
+#[track_caller]
+fn assert_clean(d: &NsDaemon) {
+    // Background work (a cancelled build's cleanup) may still be finishing.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mounts = mounts_under(&d.state());
+        let snaps = d.ctr(&d.ns, &["snapshots", "ls"]).ok().to_string();
+        let leases = d.ctr(&d.ns, &["leases", "ls"]).ok().to_string();
+        let builds: Vec<_> = std::fs::read_dir(d.state().join("builds"))
+            .map(|r| r.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        let runtime: Vec<_> = std::fs::read_dir(d.state().join("builds/runtime"))
+            .map(|r| {
+                r.flatten()
+                    .map(|e| e.file_name())
+                    .filter(|n| n != "seccomp-cache")
+                    .collect()
+            })
+            .unwrap_or_default();
+        let active = snaps
+            .lines()
+            .any(|l| l.contains("Active") || l.contains("View"));
+        let build_lease = leases
+            .lines()
+            .any(|l| l.starts_with("build-") && !l.starts_with("build-cache-"));
+        let dirs = builds.iter().any(|n| n != "runtime");
+        if mounts.is_empty() && !active && !build_lease && !dirs && runtime.is_empty() {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "build left: mounts {mounts:?}\nsnapshots:\n{snaps}\nleases:\n{leases}\nbuild dirs {builds:?}\nruntime {runtime:?}"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+type Check = fn(&NsDaemon, &str, &Value);
+
+struct Case {
+    name: &'static str,
+    files: &'static [(&'static str, &'static str)],
+    dockerfile: &'static str,
+    args: &'static [&'static str],
+    /// Commands run in the image and their expected output.
+    runs: &'static [(&'static str, &'static str)],
+    check: Check,
+}
+
+fn history_empty(cfg: &Value) -> Vec<bool> {
+    cfg["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["empty_layer"].as_bool().unwrap_or(false))
+        .collect()
+}
+
+const CASES: &[Case] = &[
+    Case {
+        name: "instructions",
+        files: &[],
+        dockerfile: "FROM busybox\n\
+ENV A=1 B=\"two words\"\n\
+LABEL l=v other=\"x y\"\n\
+WORKDIR /w\n\
+RUN echo $A > a && echo \"$B\" > b\n\
+EXPOSE 80 53/udp\n\
+VOLUME /data\n\
+STOPSIGNAL SIGINT\n\
+USER 1000\n\
+RUN id -u > /tmp/uid\n\
+CMD [\"echo\", \"from-cmd\"]\n",
+        args: &["--label", "cli=yes"],
+        runs: &[
+            ("cat /w/a /w/b; pwd; id -u", "1\ntwo words\n/w\n1000\n"),
+            ("cat /tmp/uid", "1000\n"),
+            ("", "from-cmd\n"),
+        ],
+        check: |_, _, cfg| {
+            let c = &cfg["config"];
+            assert!(c["Env"].as_array().unwrap().contains(&"A=1".into()), "{c}");
+            assert!(c["Env"].as_array().unwrap().contains(&"B=two words".into()), "{c}");
+            assert_eq!(c["Labels"]["l"], "v");
+            assert_eq!(c["Labels"]["other"], "x y");
+            assert_eq!(c["Labels"]["cli"], "yes");
+            assert_eq!(c["WorkingDir"], "/w");
+            assert_eq!(c["User"], "1000");
+            assert!(c["ExposedPorts"]["80/tcp"].is_object(), "{c}");
+            assert!(c["ExposedPorts"]["53/udp"].is_object(), "{c}");
+            assert!(c["Volumes"]["/data"].is_object(), "{c}");
+            assert_eq!(c["StopSignal"], "SIGINT");
+            assert_eq!(c["Cmd"], serde_json::json!(["echo", "from-cmd"]));
+            // Base (2 layers) + ENV, LABEL, WORKDIR, RUN, EXPOSE, VOLUME, STOPSIGNAL, USER, RUN,
+            // CMD; layers only for WORKDIR and the RUNs.
+            let empty = history_empty(cfg);
+            assert_eq!(
+                empty,
+                [false, false, true, true, false, false, true, true, true, true, false, true]
+            );
+            assert_eq!(cfg["rootfs"]["diff_ids"].as_array().unwrap().len(), 5);
+            let h = &cfg["history"][5];
+            assert!(h["created_by"].as_str().unwrap().starts_with("RUN "), "{h}");
+        },
+    },
+    Case {
+        name: "ENTRYPOINT with CMD",
+        files: &[],
+        dockerfile: "FROM busybox\nENTRYPOINT [\"echo\", \"ep\"]\nCMD [\"default\"]\n",
+        args: &[],
+        runs: &[("", "ep default\n")],
+        check: |_, _, cfg| {
+            assert_eq!(cfg["config"]["Entrypoint"], serde_json::json!(["echo", "ep"]));
+            assert_eq!(cfg["config"]["Cmd"], serde_json::json!(["default"]));
+        },
+    },
+    Case {
+        name: "multi-stage with --target",
+        files: &[],
+        dockerfile: "FROM busybox AS base\n\
+RUN echo base > /base\n\
+FROM base AS builder\n\
+RUN echo built > /artifact\n\
+FROM busybox AS broken\n\
+RUN exit 1\n\
+FROM base AS final\n\
+COPY --from=builder /artifact /copied\n\
+COPY --from=broken /etc/passwd /nope\n",
+        args: &["--target", "builder"],
+        runs: &[],
+        check: |_, _, _| {},
+    },
+    Case {
+        name: "build args and their scopes",
+        files: &[],
+        dockerfile: "ARG V=global\n\
+ARG FROMTAG=latest\n\
+FROM busybox:${FROMTAG}\n\
+RUN echo \"[$V]\" > /before\n\
+ARG V\n\
+ARG W=default\n\
+RUN echo \"$V $W\" > /after\n\
+ENV W=env-$W\n\
+RUN echo $W > /env\n",
+        args: &["--build-arg", "W=cli"],
+        runs: &[("cat /before /after /env", "[]\nglobal cli\nenv-cli\n")],
+        check: |_, _, cfg| {
+            let runs: Vec<&str> = cfg["history"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|h| h["created_by"].as_str())
+                .filter(|s| s.starts_with("RUN"))
+                .collect();
+            // The ARGs in scope are recorded in RUN's history, as Docker does.
+            assert!(runs[1].contains("|2 V=global W=cli"), "{runs:?}");
+        },
+    },
+    Case {
+        name: ".dockerignore with exceptions",
+        files: &[
+            (".dockerignore", "*.log\n!keep.log\nsecret/\n"),
+            ("a.txt", "a"),
+            ("drop.log", "x"),
+            ("keep.log", "k"),
+            ("sub/x.log", "deep"),
+            ("secret/key", "s"),
+        ],
+        dockerfile: "FROM busybox\nCOPY . /ctx/\n",
+        args: &[],
+        runs: &[("echo /ctx/* /ctx/sub/*", "/ctx/Dockerfile /ctx/a.txt /ctx/keep.log /ctx/sub /ctx/sub/x.log\n")],
+        check: |_, _, _| {},
+    },
+    Case {
+        name: "COPY --chown and --chmod",
+        files: &[("f", "file"), ("d/inner", "in"), ("d/sub/deep", "deep")],
+        dockerfile: "FROM busybox\n\
+COPY --chown=app:staff --chmod=640 f /f\n\
+COPY --chown=1000 d /d/\n\
+COPY f /rootowned\n\
+COPY --chmod=0755 f d/inner /multi/\n",
+        args: &[],
+        runs: &[(
+            "stat -c '%n %u:%g %a' /f /d/inner /d/sub /d/sub/deep /rootowned /multi/f /multi/inner",
+            "/f 1000:50 640\n/d/inner 1000:1000 644\n/d/sub 1000:1000 755\n/d/sub/deep 1000:1000 644\n/rootowned 0:0 644\n/multi/f 0:0 755\n/multi/inner 0:0 755\n",
+        )],
+        check: |_, _, _| {},
+    },
+    Case {
+        name: "whiteouts from RUN rm in a later step",
+        files: &[],
+        dockerfile: "FROM busybox\n\
+RUN echo x > /gone && mkdir -p /dir/sub && echo y > /dir/sub/f && echo z > /etc/removeme2\n\
+RUN rm /gone && rm -r /dir/sub && rm /etc/removeme2 && rm /bin/busybox.nope 2>/dev/null; rm /opt/old/a.txt\n",
+        args: &[],
+        runs: &[(
+            "test -e /gone || echo gone; test -e /dir/sub || echo sub-gone; test -d /dir && echo dir-kept; test -e /opt/old/a.txt || echo base-file-gone",
+            "gone\nsub-gone\ndir-kept\nbase-file-gone\n",
+        )],
+        check: |_, _, cfg| {
+            assert_eq!(cfg["rootfs"]["diff_ids"].as_array().unwrap().len(), 4);
+        },
+    },
+    Case {
+        name: "heredocs",
+        files: &[],
+        dockerfile: "FROM busybox\n\
+ARG WHO=world\n\
+RUN <<EOF\n\
+echo \"hello $WHO\" > /greeting\n\
+echo second >> /greeting\n\
+EOF\n\
+COPY <<-EOT /etc/conf.txt\n\
+\tline one\n\
+\tline two\n\
+\tEOT\n\
+RUN <<'EOF' sh\n\
+echo '$NOT_EXPANDED' > /literal\n\
+EOF\n",
+        args: &[],
+        runs: &[("cat /greeting /etc/conf.txt /literal", "hello world\nsecond\nline one\nline two\n$NOT_EXPANDED\n")],
+        check: |_, _, _| {},
+    },
+];
+
+#[test]
+fn dockerfile_table() {
+    let d = daemon("build-table");
+    for case in CASES {
+        let ctx = context(case.files);
+        std::fs::write(ctx.path().join("Dockerfile"), case.dockerfile).unwrap();
+        let tag = format!("berth.test/{}:latest", unique("img"));
+        let iid = ctx.path().join("iid");
+        let mut args = vec!["-t", tag.as_str(), "--iidfile", iid.to_str().unwrap()];
+        args.extend_from_slice(case.args);
+        let target_case = case.name.starts_with("multi-stage");
+        let out = build(&d, ctx.path(), &args);
+        assert_eq!(
+            out.code, 0,
+            "case {}: build failed:\n{}\n{}",
+            case.name, out.stdout, out.stderr
+        );
+        if target_case {
+            assert!(!out.stderr.contains("RUN exit 1"), "{}", out.stderr);
+            assert_eq!(run(&d, &tag, "cat /base /artifact"), "base\nbuilt\n");
+            // The whole file with its default target needs the broken stage: that fails,
+            // naming the step and its line.
+            let out = build(&d, ctx.path(), &["-t", &tag]);
+            let err = out.err();
+            assert!(err.contains("RUN exit 1"), "{err}");
+            assert!(err.contains("line 6"), "{err}");
+            assert!(err.contains("exit code: 1"), "{err}");
+            assert_clean(&d);
+            continue;
+        }
+        let cfg = config(&d, &iid);
+        for (cmd, want) in case.runs {
+            assert_eq!(run(&d, &tag, cmd), *want, "case {}: {cmd}", case.name);
+        }
+        (case.check)(&d, &tag, &cfg);
+        assert_clean(&d);
+    }
+}
+
+#[test]
+fn cache_hits_and_misses_from_the_changed_step() {
+    let d = daemon("build-cache");
+    let ctx = context(&[("a", "a1"), ("b", "b1")]);
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM busybox\nRUN echo one > /one\nCOPY a /a\nRUN cat /a > /a2\nCOPY b /b\nRUN cat /b > /b2\n",
+    )
+    .unwrap();
+    let tag = "berth.test/cache:latest";
+    let iid = ctx.path().join("iid");
+    let args = ["-t", tag, "--iidfile", iid.to_str().unwrap()];
+    let first = build(&d, ctx.path(), &args);
+    first.ok();
+    assert_eq!(
+        first.stderr.matches("CACHED").count(),
+        0,
+        "{}",
+        first.stderr
+    );
+    let id1 = std::fs::read_to_string(&iid).unwrap();
+
+    // Unchanged: every step cached, the very same image.
+    let t = Instant::now();
+    let second = build(&d, ctx.path(), &args);
+    second.ok();
+    assert_eq!(
+        second.stderr.matches("CACHED").count(),
+        5,
+        "{}",
+        second.stderr
+    );
+    assert_eq!(std::fs::read_to_string(&iid).unwrap(), id1);
+    eprintln!("fully cached build: {:?}", t.elapsed());
+
+    // The cache survives a berthd restart.
+    let mut d = d;
+    d.d.restart().unwrap();
+    let third = build(&d, ctx.path(), &args);
+    assert_eq!(
+        third.stderr.matches("CACHED").count(),
+        5,
+        "{}",
+        third.stderr
+    );
+
+    // One file changed: the steps before the one reading it are cached, the rest run again.
+    std::fs::write(ctx.path().join("b"), "b2").unwrap();
+    let fourth = build(&d, ctx.path(), &args);
+    fourth.ok();
+    let cached: Vec<&str> = fourth
+        .stderr
+        .lines()
+        .zip(fourth.stderr.lines().skip(1))
+        .filter(|(_, next)| next.trim() == "CACHED")
+        .map(|(l, _)| l)
+        .collect();
+    assert_eq!(cached.len(), 3, "{}", fourth.stderr);
+    assert!(cached[2].contains("RUN cat /a"), "{cached:?}");
+    assert_eq!(run(&d, tag, "cat /a2 /b2"), "a1b2");
+
+    // --no-cache runs everything.
+    let fifth = build(&d, ctx.path(), &["-t", tag, "--no-cache"]);
+    assert_eq!(fifth.ok().matches("CACHED").count(), 0);
+    assert_eq!(
+        fifth.stderr.matches("CACHED").count(),
+        0,
+        "{}",
+        fifth.stderr
+    );
+
+    // Prune drops the cache; GC then reclaims what no image holds.
+    d.berth(&d.ns, &["builder", "prune"]).ok();
+    let sixth = build(&d, ctx.path(), &["-t", tag]);
+    assert_eq!(
+        sixth.stderr.matches("CACHED").count(),
+        0,
+        "{}",
+        sixth.stderr
+    );
+    assert_clean(&d);
+}
+
+#[test]
+fn stdin_dockerfile_and_tar_and_quiet() {
+    let d = daemon("build-stdin");
+    // A lone Dockerfile on stdin: no context.
+    let mut cmd = d.berth_command(
+        Some(&d.ns),
+        &["build", "-q", "-t", "berth.test/stdin:1", "-"],
+    );
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"FROM busybox\nRUN echo piped > /p\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        id.trim().starts_with("sha256:") && id.lines().count() == 1,
+        "{id}"
+    );
+    assert_eq!(run(&d, "berth.test/stdin:1", "cat /p"), "piped\n");
+
+    // A tar on stdin, with its Dockerfile inside.
+    let ctx = context(&[
+        ("Dockerfile", "FROM busybox\nCOPY f /f\n"),
+        ("f", "from tar"),
+    ]);
+    let mut tar = tar::Builder::new(Vec::new());
+    tar.append_dir_all(".", ctx.path()).unwrap();
+    let bytes = tar.into_inner().unwrap();
+    let mut cmd = d.berth_command(Some(&d.ns), &["build", "-t", "berth.test/stdin:2", "-"]);
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    child.stdin.take().unwrap().write_all(&bytes).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(run(&d, "berth.test/stdin:2", "cat /f"), "from tar");
+    assert_clean(&d);
+}
+
+#[test]
+fn bad_input_is_refused_and_leaves_nothing() {
+    let d = daemon("build-bad");
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("secret"), "host secret").unwrap();
+    let outside_link = outside.path().join("secret").to_str().unwrap().to_string();
+    /// Name, Dockerfile, context files, what the error output must contain.
+    type BadCase<'a> = (&'a str, String, Vec<(&'a str, String)>, Vec<&'a str>);
+    let cases: Vec<BadCase> = vec![
+        (
+            "syntax error",
+            "FROM busybox\nRUN echo ok\nENV\n".into(),
+            vec![],
+            vec!["line 3", "ENV"],
+        ),
+        (
+            "unknown instruction",
+            "FROM busybox\nFOO bar\n".into(),
+            vec![],
+            vec!["dockerfile parse error line 2: unknown instruction: FOO"],
+        ),
+        (
+            "COPY ../x",
+            "FROM busybox\nCOPY ../x /x\n".into(),
+            vec![],
+            vec!["forbidden path outside the build context: ../x", "line 2"],
+        ),
+        (
+            "COPY a missing file",
+            "FROM busybox\nCOPY missing /x\n".into(),
+            vec![],
+            vec!["\"/missing\": not found", "line 2", "COPY missing /x"],
+        ),
+        (
+            "COPY through a symlink leading out",
+            "FROM busybox\nCOPY link /x\n".into(),
+            vec![("@link", outside_link.clone())],
+            vec!["forbidden path outside the build context: link"],
+        ),
+        (
+            "--from naming no stage or image",
+            "FROM busybox\nCOPY --from=127.0.0.1:9/nosuch /x /x\n".into(),
+            vec![],
+            vec!["127.0.0.1:9/nosuch"],
+        ),
+        (
+            "a cycle between stages",
+            "FROM busybox AS a\nCOPY --from=b /x /x\nFROM busybox AS b\nCOPY --from=a /y /y\n"
+                .into(),
+            vec![],
+            vec!["circular dependency detected on stage"],
+        ),
+        (
+            "a RUN that fails",
+            "FROM busybox\nRUN echo before\nRUN echo to-stdout; echo to-stderr >&2; exit 3\n"
+                .into(),
+            vec![],
+            vec![
+                "RUN echo to-stdout; echo to-stderr >&2; exit 3",
+                "line 3",
+                "exit code: 3",
+                "to-stdout",
+                "to-stderr",
+            ],
+        ),
+    ];
+    for (name, dockerfile, files, wants) in cases {
+        let files: Vec<(&str, &str)> = files.iter().map(|(p, c)| (*p, c.as_str())).collect();
+        let ctx = context(&files);
+        std::fs::write(ctx.path().join("Dockerfile"), &dockerfile).unwrap();
+        let tag = "berth.test/bad:latest";
+        let out = build(&d, ctx.path(), &["-t", tag]);
+        let text = format!("{}{}", out.stdout, out.stderr);
+        assert_ne!(out.code, 0, "{name}: succeeded:\n{text}");
+        for w in wants {
+            assert!(text.contains(w), "{name}: {w:?} not in:\n{text}");
+        }
+        assert!(!text.contains("host secret"));
+        assert_eq!(
+            d.ctr(&d.ns, &["images", "ls", "-q"]).ok().trim(),
+            BASE,
+            "{name}"
+        );
+        assert_clean(&d);
+    }
+
+    // A context that is not a tar.
+    let mut cmd = d.berth_command(Some(&d.ns), &["build", "-t", "berth.test/bad:tar", "-"]);
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    use std::io::Write;
+    let _ = child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"\x1f\x8b\x08\x00garbage that is no gzip stream at all");
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("invalid build context"), "{err}");
+    assert_clean(&d);
+}
+
+#[test]
+fn a_cancelled_build_leaves_nothing() {
+    let d = daemon("build-cancel");
+    let ctx = context(&[]);
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM busybox\nRUN echo started; sleep 60\n",
+    )
+    .unwrap();
+    let mut cmd = d.berth_command(
+        Some(&d.ns),
+        &[
+            "build",
+            "-t",
+            "berth.test/cancel:1",
+            ctx.path().to_str().unwrap(),
+        ],
+    );
+    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let start = Instant::now();
+    loop {
+        let l = lines.next().expect("build output ended").unwrap();
+        if l.contains("started") {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30));
+    }
+    // Ctrl-C.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let st = child.wait().unwrap();
+    assert!(!st.success());
+    assert_clean(&d);
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "the RUN was not stopped"
+    );
+    assert_eq!(d.ctr(&d.ns, &["images", "ls", "-q"]).ok().trim(), BASE);
+}
+
+/// A base image missing from the store is pulled (from a local docker-registry, plain HTTP
+/// per berthd's config); `--pull` fetches it again when the store has an older one.
+#[test]
+fn base_images_are_pulled_when_missing_or_asked_to() {
+    use berth_integration::manager::registry::Registry;
+    let reg = Registry::start().unwrap();
+    let toml = format!("[registries.\"{}\"]\nplain_http = true\n", reg.addr());
+    let d = NsDaemon {
+        d: Berthd::start_with_config(&toml).unwrap(),
+        ns: unique("build-pull"),
+    };
+    let name = format!("{}/berth/base:v1", reg.addr());
+    let push = |marker: &'static str| {
+        let pusher = unique("pusher");
+        let img = Image::new(
+            &name,
+            vec![
+                image::base_layer().unwrap(),
+                Layer::build(&[Entry::File("marker", 0o644, marker.as_bytes().to_vec())]).unwrap(),
+            ],
+        )
+        .unwrap();
+        berth_integration::manager::tasks::import(&d, &pusher, &img).unwrap();
+        d.berth(&pusher, &["images", "push", "--plain-http", &name])
+            .ok();
+    };
+    push("first");
+    let ctx = context(&[]);
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        format!("FROM {name}\nRUN cat /marker > /seen\n"),
+    )
+    .unwrap();
+    let out = build(&d, ctx.path(), &["-t", "berth.test/pulled:1"]);
+    out.ok();
+    assert!(
+        out.stderr.contains(&format!("pulling {name}")),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(run(&d, "berth.test/pulled:1", "cat /seen"), "first");
+
+    // A newer base in the registry: used only with --pull.
+    push("second");
+    let out = build(&d, ctx.path(), &["-t", "berth.test/pulled:2"]);
+    assert!(!out.ok().contains("pulling") && !out.stderr.contains("pulling"));
+    assert_eq!(run(&d, "berth.test/pulled:2", "cat /seen"), "first");
+    build(&d, ctx.path(), &["-t", "berth.test/pulled:3", "--pull"]).ok();
+    assert_eq!(run(&d, "berth.test/pulled:3", "cat /seen"), "second");
+    assert_clean(&d);
+}
+
+/// Independent stages build at the same time: two 2-second RUNs take about 2 seconds.
+#[test]
+fn independent_stages_build_in_parallel() {
+    let d = daemon("build-par");
+    let ctx = context(&[]);
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM busybox AS a\nRUN sleep 2; echo a > /a\n\
+         FROM busybox AS b\nRUN sleep 2; echo b > /b\n\
+         FROM busybox\nCOPY --from=a /a /a\nCOPY --from=b /b /b\n",
+    )
+    .unwrap();
+    let t = Instant::now();
+    build(&d, ctx.path(), &["-t", "berth.test/par:1"]).ok();
+    let took = t.elapsed();
+    assert!(took < Duration::from_millis(3500), "took {took:?}");
+    assert_eq!(run(&d, "berth.test/par:1", "cat /a /b"), "a\nb\n");
+    assert_clean(&d);
+}

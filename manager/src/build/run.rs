@@ -1,0 +1,258 @@
+//! RUN: the step's command in a container on the mounted snapshot, through the runtime binary's
+//! `run` (a build step needs no supervisor: berthd is its parent and waits for it).
+//!
+//! The spec is Docker's default for a container: its capabilities, masked and read-only paths,
+//! the default seccomp profile (`cli/seccomp.rs`), no new privileges; the network namespace is
+//! a new one with only loopback (`--network none`, the default) or the host's (`host`).
+//! stdout and stderr go to the client as they come; a build that is cancelled (the client went
+//! away) kills the container and waits for the runtime to remove it.
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::{BuildError, Event, NetworkMode};
+
+/// Docker's default capabilities.
+const CAPS: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+/// One RUN container.
+pub struct RunSpec<'a> {
+    /// The container id (also its hostname and cgroup name).
+    pub id: &'a str,
+    /// The mounted rootfs.
+    pub rootfs: &'a Path,
+    /// The bundle dir (config.json goes there; heredoc pipes under `pipes/`).
+    pub bundle: &'a Path,
+    /// argv.
+    pub args: &'a [String],
+    /// Environment.
+    pub env: &'a [String],
+    /// Working directory.
+    pub cwd: &'a str,
+    /// uid, gid.
+    pub user: (u32, u32),
+    /// Network.
+    pub network: NetworkMode,
+    /// Heredoc files for /dev/pipes (name, content).
+    pub pipes: &'a [(String, String)],
+}
+
+fn spec(r: &RunSpec) -> Value {
+    let mut mounts = vec![
+        json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
+        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
+        json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}),
+    ];
+    if !r.pipes.is_empty() {
+        mounts.push(json!({"destination": "/dev/pipes", "type": "bind",
+            "source": r.bundle.join("pipes"), "options": ["rbind", "ro", "nosuid", "nodev"]}));
+    }
+    let mut namespaces = vec![
+        json!({"type": "pid"}),
+        json!({"type": "ipc"}),
+        json!({"type": "uts"}),
+        json!({"type": "mount"}),
+    ];
+    if r.network == NetworkMode::None {
+        namespaces.push(json!({"type": "network"}));
+    }
+    json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": {"uid": r.user.0, "gid": r.user.1},
+            "args": r.args,
+            "env": r.env,
+            "cwd": r.cwd,
+            "capabilities": {"bounding": CAPS, "effective": CAPS, "permitted": CAPS},
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+            "noNewPrivileges": true
+        },
+        "root": {"path": r.rootfs},
+        "hostname": "buildkitsandbox",
+        "mounts": mounts,
+        "linux": {
+            "resources": {"devices": [{"allow": false, "access": "rwm"}]},
+            "cgroupsPath": format!("/berth-build/{}", r.id),
+            "namespaces": namespaces,
+            "maskedPaths": [
+                "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+                "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware",
+                "/proc/scsi"
+            ],
+            "readonlyPaths": [
+                "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"
+            ],
+            "seccomp": crate::cli::seccomp::default_profile()
+        }
+    })
+}
+
+/// Runs the container to its end; returns its exit code. Output goes to `emit`.
+pub fn run(
+    runtime: &Path,
+    runtime_root: &Path,
+    r: &RunSpec,
+    step: &str,
+    emit: &(dyn Fn(Event) + Sync),
+    cancel: &AtomicBool,
+) -> Result<i32, BuildError> {
+    let internal = |what: &str, e: std::io::Error| BuildError::Failed(format!("{what}: {e}"));
+    std::fs::create_dir_all(r.bundle).map_err(|e| internal("creating the bundle", e))?;
+    if !r.pipes.is_empty() {
+        let dir = r.bundle.join("pipes");
+        std::fs::create_dir_all(&dir).map_err(|e| internal("creating pipes", e))?;
+        for (name, data) in r.pipes {
+            let p = dir.join(name);
+            std::fs::write(&p, data).map_err(|e| internal("writing a heredoc", e))?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))
+                .map_err(|e| internal("writing a heredoc", e))?;
+        }
+    }
+    let cfg = serde_json::to_vec(&spec(r)).map_err(|e| BuildError::Failed(e.to_string()))?;
+    std::fs::write(r.bundle.join("config.json"), cfg)
+        .map_err(|e| internal("writing config.json", e))?;
+    let log = r.bundle.join("runtime.log");
+    let rt = |args: &[&str]| -> Command {
+        let mut c = Command::new(runtime);
+        c.arg("--root")
+            .arg(runtime_root)
+            .arg("--log")
+            .arg(&log)
+            .arg("--log-format")
+            .arg("json")
+            .args(args);
+        c
+    };
+    let bundle = r.bundle.to_string_lossy().into_owned();
+    let mut child = rt(&["run", "--bundle", &bundle, r.id])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| BuildError::Failed(format!("starting runtime {}: {e}", runtime.display())))?;
+    // Both pipes feed one channel; output reaches the client as it comes.
+    let (tx, rx) = std::sync::mpsc::channel::<(bool, Vec<u8>)>();
+    let out: Vec<(Box<dyn Read + Send>, bool)> = [
+        child
+            .stdout
+            .take()
+            .map(|p| (Box::new(p) as Box<dyn Read + Send>, false)),
+        child
+            .stderr
+            .take()
+            .map(|p| (Box::new(p) as Box<dyn Read + Send>, true)),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    for (mut pipe, stderr) in out {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                match pipe.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if tx.send((stderr, buf[..n].to_vec())).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+    }
+    drop(tx);
+    let send = |(stderr, data): (bool, Vec<u8>)| {
+        emit(Event::Output {
+            step: step.to_string(),
+            data,
+            stderr,
+        })
+    };
+    let mut killed = false;
+    let status = loop {
+        match rx.recv_timeout(Duration::from_millis(20)) {
+            Ok(m) => {
+                send(m);
+                continue;
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                std::thread::sleep(Duration::from_millis(2))
+            }
+        }
+        match child.try_wait() {
+            Ok(Some(st)) => break st,
+            Ok(None) => {}
+            Err(e) => return Err(internal("waiting for the runtime", e)),
+        }
+        if cancel.load(Ordering::Acquire) && !killed {
+            killed = true;
+            let _ = rt(&["kill", "--all", r.id, "KILL"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    };
+    // The rest of the output (the pipes close when the container's processes are gone).
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while let Ok(m) = rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+    {
+        send(m);
+    }
+    // `run` removes the container when it ends; make sure, for a killed or failed start.
+    let _ = rt(&["delete", "--force", r.id])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    if killed {
+        return Err(BuildError::Cancelled);
+    }
+    use std::os::unix::process::ExitStatusExt;
+    let code = status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+    if code != 0 {
+        if let Some(msg) = runtime_error(&log) {
+            return Err(BuildError::Failed(format!(
+                "runtime failed to run the step: {msg}"
+            )));
+        }
+    }
+    Ok(code)
+}
+
+/// The runtime's own error (json log), when it failed before the process ran.
+fn runtime_error(log: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(log).ok()?;
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["level"] == "error")
+        .filter_map(|v| v["msg"].as_str().map(str::to_string))
+        .next_back()
+}

@@ -1,0 +1,296 @@
+//! `berth build`: sends the build context (a directory with `.dockerignore` applied here, a
+//! tar or a lone Dockerfile on stdin) and the options to berthd, and prints its progress.
+//! Ctrl-C ends the client, which ends the stream: berthd cancels the build and removes what
+//! it made.
+
+use std::collections::HashMap;
+use std::io::{IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use berth_proto::berth::services::builds::v1 as pb;
+use berth_proto::berth::services::builds::v1::builds_client::BuildsClient;
+use clap::ValueEnum;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+
+use super::Env;
+
+/// How progress is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Progress {
+    /// `plain` (berth has one progress format so far).
+    Auto,
+    /// One line per step event, RUN output as it comes.
+    Plain,
+    /// Same as plain.
+    Tty,
+}
+
+/// `berth build`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Name (and tag) of the image; repeatable.
+    #[arg(short = 't', long = "tag")]
+    pub tags: Vec<String>,
+    /// The Dockerfile (default: CONTEXT/Dockerfile; with `-` as context, a path in the tar).
+    #[arg(short = 'f', long = "file")]
+    pub file: Option<PathBuf>,
+    /// Build-time variable `K=V` (`K` alone takes it from the environment).
+    #[arg(long = "build-arg")]
+    pub build_args: Vec<String>,
+    /// The stage to build.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Do not use the cache.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Pull base images even if the store has them.
+    #[arg(long)]
+    pub pull: bool,
+    /// RUN's network: none (default) or host.
+    #[arg(long)]
+    pub network: Option<String>,
+    /// Image label `K=V`; repeatable.
+    #[arg(long)]
+    pub label: Vec<String>,
+    /// Write the image id to this file.
+    #[arg(long)]
+    pub iidfile: Option<PathBuf>,
+    /// Progress output.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub progress: Progress,
+    /// Print only the image id.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// The context directory, or `-` for a tar or a Dockerfile on stdin.
+    pub context: String,
+}
+
+fn key_values(v: &[String], from_env: bool, what: &str) -> Result<HashMap<String, String>> {
+    let mut out = HashMap::new();
+    for s in v {
+        match s.split_once('=') {
+            Some((k, v)) => {
+                out.insert(k.to_string(), v.to_string());
+            }
+            None if from_env => {
+                if let Ok(v) = std::env::var(s) {
+                    out.insert(s.clone(), v);
+                }
+            }
+            None => bail!("{what} {s:?}: expected KEY=VALUE"),
+        }
+    }
+    Ok(out)
+}
+
+/// A `Write` that sends 1 MiB chunks into the request stream.
+struct ChunkWriter {
+    tx: mpsc::Sender<pb::BuildRequest>,
+    buf: Vec<u8>,
+}
+
+impl ChunkWriter {
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(1 << 20));
+        self.tx
+            .blocking_send(pb::BuildRequest {
+                part: Some(pb::build_request::Part::Chunk(chunk)),
+            })
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::BrokenPipe, "berthd stopped reading")
+            })
+    }
+}
+
+impl Write for ChunkWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= 1 << 20 {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send()
+    }
+}
+
+/// Writes the context directory as a tar, leaving out what `.dockerignore` excludes.
+fn write_context(dir: &Path, out: impl Write) -> Result<()> {
+    let matcher = match std::fs::read_to_string(dir.join(".dockerignore")) {
+        Ok(s) => berth_build::Matcher::parse(&s).context("parsing .dockerignore")?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => berth_build::Matcher::default(),
+        Err(e) => return Err(e).context("reading .dockerignore"),
+    };
+    let paths = matcher.walk(dir)?;
+    let mut tar = tar::Builder::new(out);
+    tar.follow_symlinks(false);
+    for rel in paths {
+        tar.append_path_with_name(dir.join(&rel), &rel)
+            .with_context(|| format!("adding {rel} to the context"))?;
+    }
+    tar.into_inner()?.flush()?;
+    Ok(())
+}
+
+/// Runs `berth build`.
+pub async fn run(env: &Env, a: Args) -> Result<()> {
+    let mut options = pb::BuildOptions {
+        dockerfile: String::new(),
+        dockerfile_content: Vec::new(),
+        build_args: key_values(&a.build_args, true, "--build-arg")?,
+        target: a.target.clone().unwrap_or_default(),
+        tags: a.tags.clone(),
+        no_cache: a.no_cache,
+        pull: a.pull,
+        network: a.network.clone().unwrap_or_default(),
+        labels: key_values(&a.label, false, "--label")?,
+    };
+    // What feeds the context: a directory, a tar on stdin, or nothing.
+    enum Feed {
+        Dir(PathBuf),
+        Stdin(Vec<u8>),
+        Empty,
+    }
+    let feed = if a.context == "-" {
+        let mut head = vec![0u8; 512];
+        let mut n = 0;
+        let mut stdin = std::io::stdin();
+        while n < head.len() {
+            match stdin.read(&mut head[n..])? {
+                0 => break,
+                k => n += k,
+            }
+        }
+        head.truncate(n);
+        let gzip = head.starts_with(&[0x1f, 0x8b]);
+        let zstd = head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]);
+        let tar = n >= 262 && &head[257..262] == b"ustar";
+        if gzip || zstd || tar {
+            if let Some(f) = &a.file {
+                options.dockerfile = f.to_string_lossy().into_owned();
+            }
+            Feed::Stdin(head)
+        } else {
+            let mut rest = Vec::new();
+            stdin.read_to_end(&mut rest)?;
+            head.extend(rest);
+            options.dockerfile_content = head;
+            Feed::Empty
+        }
+    } else {
+        let dir = PathBuf::from(&a.context);
+        if !dir.is_dir() {
+            bail!("unable to prepare context: path {:?} not found", a.context);
+        }
+        let file = a.file.clone().unwrap_or_else(|| dir.join("Dockerfile"));
+        options.dockerfile_content = std::fs::read(&file)
+            .with_context(|| format!("failed to read dockerfile: open {}", file.display()))?;
+        Feed::Dir(dir)
+    };
+    let (tx, rx) = mpsc::channel::<pb::BuildRequest>(4);
+    tx.send(pb::BuildRequest {
+        part: Some(pb::build_request::Part::Options(options)),
+    })
+    .await
+    .ok();
+    let sender = std::thread::spawn(move || -> Result<()> {
+        let mut w = ChunkWriter {
+            tx,
+            buf: Vec::with_capacity(1 << 20),
+        };
+        match feed {
+            Feed::Dir(dir) => write_context(&dir, &mut w)?,
+            Feed::Stdin(head) => {
+                w.write_all(&head)?;
+                std::io::copy(&mut std::io::stdin(), &mut w)?;
+            }
+            Feed::Empty => {}
+        }
+        w.flush()?;
+        Ok(())
+    });
+    let mut replies = BuildsClient::new(env.ns.clone())
+        .max_decoding_message_size(16 << 20)
+        .build(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .map_err(|s| anyhow::anyhow!("failed to solve: {}", s.message()))?
+        .into_inner();
+    let quiet = a.quiet;
+    let mut err = std::io::stderr();
+    let color = err.is_terminal() && a.progress != Progress::Plain;
+    let mut result = None;
+    while let Some(msg) = replies.next().await {
+        let msg = match msg {
+            Ok(m) => m,
+            Err(s) => {
+                let _ = sender.join();
+                bail!("failed to solve: {}", s.message());
+            }
+        };
+        match msg.part {
+            Some(pb::build_response::Part::Event(e)) => {
+                if quiet {
+                    continue;
+                }
+                use pb::build_event::Kind;
+                let step = if color {
+                    format!("\x1b[1m{}\x1b[0m", e.step)
+                } else {
+                    e.step.clone()
+                };
+                match Kind::try_from(e.kind).unwrap_or(Kind::Warning) {
+                    Kind::Start => writeln!(err, "{step}")?,
+                    Kind::Cached => writeln!(err, "{step}\n  CACHED")?,
+                    Kind::Output => err.write_all(&e.data)?,
+                    Kind::Done => writeln!(err, "  DONE {:.1}s", e.elapsed)?,
+                    Kind::Warning => writeln!(err, "{}", e.message)?,
+                }
+            }
+            Some(pb::build_response::Part::Result(r)) => result = Some(r),
+            None => {}
+        }
+    }
+    if let Ok(Err(e)) = sender.join() {
+        if result.is_none() {
+            return Err(e.context("sending the build context"));
+        }
+    }
+    let r = result.context("berthd ended the build without a result")?;
+    if quiet {
+        println!("{}", r.image_id);
+    } else {
+        writeln!(err, "writing image {} done", r.image_id)?;
+        for n in &r.names {
+            writeln!(err, "naming to {n} done")?;
+        }
+    }
+    if let Some(f) = &a.iidfile {
+        std::fs::write(f, &r.image_id).with_context(|| format!("writing {}", f.display()))?;
+    }
+    Ok(())
+}
+
+/// Runs `berth build prune`-like cache removal (`berth builder prune`).
+pub async fn prune(env: &Env) -> Result<()> {
+    let r = BuildsClient::new(env.ns.clone())
+        .prune(pb::PruneRequest {})
+        .await
+        .map_err(super::rpc_error("build cache prune"))?
+        .into_inner();
+    println!("removed {} build cache entries", r.entries);
+    Ok(())
+}
+
+/// `berth builder`: the build cache.
+#[derive(clap::Subcommand, Debug)]
+pub enum BuilderCmd {
+    /// Drop the namespace's build cache (GC reclaims its layers and snapshots).
+    Prune,
+}
