@@ -23,7 +23,7 @@ unshare --net="$netns" true
 nsenter --net="$netns" ip link set lo up
 berth_sock=$tmp/berth.sock
 nsenter --net="$netns" "$BERTHD" --root "$tmp/berth/root" --state "$tmp/berth/state" \
-  --address "$berth_sock" --log-level warn &
+  --address "$berth_sock" --docker-address "" --log-level warn &
 berthd_pid=$!
 bench_track_pid "$berthd_pid"
 wait_sock "$berth_sock"

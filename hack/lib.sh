@@ -230,7 +230,7 @@ start_dockerd() {
   for d in /run/containerd/s /run/containerd; do
     [ -e "$d" ] || _bench_run_dirs+=("$d")
   done
-  docker_sock=$tmp/docker.sock
+  docker_sock=$tmp/dockerd.sock
   docker_netns=$tmp/docker-netns
   touch "$docker_netns"
   unshare --net="$docker_netns" true
