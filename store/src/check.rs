@@ -171,7 +171,7 @@ impl Store {
         }
         let present = |d: &Digest| content.exists(d);
         for (ns, d) in &records {
-            if !present(d) && !(repair && corrupt.contains(d)) {
+            if !present(d) {
                 report.add(
                     ProblemKind::MissingBlob,
                     format!("{ns}/{d}"),
