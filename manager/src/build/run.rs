@@ -17,23 +17,8 @@ use serde_json::{json, Value};
 
 use super::{BuildError, Event, NetworkMode};
 
-/// Docker's default capabilities.
-const CAPS: &[&str] = &[
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FSETID",
-    "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_KILL",
-    "CAP_AUDIT_WRITE",
-];
+/// Docker's default capabilities, as `berth run` gives them.
+use crate::cli::run::CAPS;
 
 /// One RUN container.
 pub struct RunSpec<'a> {

@@ -107,8 +107,8 @@ fn strs(v: &Value) -> Vec<String> {
         .collect()
 }
 
-/// Docker's default capabilities.
-const CAPS: &[&str] = &[
+/// Docker's default capabilities (the build's RUN containers get the same).
+pub const CAPS: &[&str] = &[
     "CAP_CHOWN",
     "CAP_DAC_OVERRIDE",
     "CAP_FSETID",
