@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod errors;
+pub mod lock;
 pub mod meta;
 pub mod mounts;
 pub mod registries;
@@ -47,6 +48,8 @@ async fn serve(config: Config) -> Result<()> {
     for dir in [&config.root, &config.state] {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
+    // Held until berthd exits: refuses a second berthd or an offline check on this root.
+    let _lock = lock::RootLock::take(&config.root, "berthd")?;
     let state = state::State::open(&config)?;
     let listener = socket::bind(&config.address)?;
     tracing::info!(
