@@ -1,16 +1,19 @@
 //! `berth check`, daemon side: the stores' own check ([`berth_store::Store::check`]) plus
 //! berthd's state — network pieces ([`crate::networks::Networks::check`]) and task state
-//! directories — each compared with the records that should own it. Used by the gRPC
+//! directories, supervisors, mounts under the state dir and cgroups ([`host`]) — each compared
+//! with the records that should own it. Used by the gRPC
 //! service (berthd running) and by `berthd check` (berthd down, store opened without
 //! recovery so that the crash's leftovers are seen as they are).
 
 use std::path::Path;
 use std::time::Duration;
 
-use berth_store::{Ctx, Store};
+use berth_store::Store;
 use serde::Serialize;
 
 use crate::networks::Networks;
+
+pub mod host;
 
 /// One finding.
 #[derive(Debug, Clone, Serialize)]
@@ -84,23 +87,85 @@ pub fn run(
             repaired,
         });
     }
-    // Task state (supervisor sockets, exit status) of containers that no longer exist: a
-    // supervisor may still run there, so it is reported, not removed.
-    let tasks = state.join("tasks");
-    for ns in std::fs::read_dir(&tasks).into_iter().flatten().flatten() {
-        let ns_name = ns.file_name().to_string_lossy().into_owned();
-        let ctx = Ctx::new(ns_name.clone());
-        for t in std::fs::read_dir(ns.path()).into_iter().flatten().flatten() {
-            let id = t.file_name().to_string_lossy().into_owned();
-            if store.container(&ctx, &id).is_err() && !berth_store::check::young(&t.path(), grace) {
-                report.findings.push(Finding {
-                    kind: "orphan-task-state".into(),
-                    what: format!("{ns_name}/{id}"),
-                    detail: format!("{} belongs to no container", t.path().display()),
-                    repaired: false,
-                });
-            }
+    host::check(store, state, repair, grace, &mut report);
+    Ok(report)
+}
+
+impl From<Report> for berth_proto::berth::services::check::v1::CheckResponse {
+    fn from(r: Report) -> Self {
+        use berth_proto::berth::services::check::v1 as pb;
+        pb::CheckResponse {
+            blobs: r.blobs as u64,
+            images: r.images as u64,
+            snapshots: r.snapshots as u64,
+            containers: r.containers as u64,
+            findings: r
+                .findings
+                .into_iter()
+                .map(|f| pb::Finding {
+                    kind: f.kind,
+                    what: f.what,
+                    detail: f.detail,
+                    repaired: f.repaired,
+                })
+                .collect(),
         }
     }
-    Ok(report)
+}
+
+/// `berthd check`: the same check with berthd down. Refuses a root that is not a berthd's, or
+/// one a running berthd holds ([`crate::daemon::lock`]), and holds the root's lock while it
+/// runs so that berthd cannot start under it. The store is opened without crash recovery
+/// (what a crash left is seen, and only `repair` changes anything) and nothing counts as in
+/// flight (no grace period). With `repair`, when anything was found, a second pass without
+/// repairing says what is left. Returns the check and that re-check.
+pub fn offline(
+    root: &Path,
+    state: &Path,
+    repair: bool,
+) -> anyhow::Result<(Report, Option<Report>)> {
+    use anyhow::{bail, Context};
+    use berth_store::{SnapshotterChoice, StoreConfig};
+    for (flag, dir) in [("--root", root), ("--state", state)] {
+        match std::fs::metadata(dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => bail!("{flag} {}: not a directory", dir.display()),
+            Err(e) => bail!("{flag} {}: {e}", dir.display()),
+        }
+    }
+    let db = root.join("io.containerd.metadata.v1.bolt/meta.redb");
+    if !db.is_file() {
+        bail!(
+            "--root {}: not a berthd root (no {})",
+            root.display(),
+            db.display()
+        );
+    }
+    let _lock = crate::daemon::lock::RootLock::take(root, "berthd check")?;
+    // The snapshotter whose directory is there (berthd's automatic choice made it).
+    let snapshotter = if root.join("io.containerd.snapshotter.v1.overlayfs").is_dir() {
+        SnapshotterChoice::Overlay
+    } else if root.join("io.containerd.snapshotter.v1.native").is_dir() {
+        SnapshotterChoice::Native
+    } else {
+        SnapshotterChoice::Auto
+    };
+    let store = Store::open(&StoreConfig {
+        root: root.to_path_buf(),
+        snapshotter,
+        recover: false,
+    })
+    .with_context(|| format!("opening the stores under {}", root.display()))?;
+    let networks = Networks::new(store.clone(), root, state);
+    let first = run(&store, &networks, state, repair, Duration::ZERO)
+        .with_context(|| format!("checking {}", root.display()))?;
+    let recheck = if repair && !first.findings.is_empty() {
+        Some(
+            run(&store, &networks, state, false, Duration::ZERO)
+                .with_context(|| format!("checking {} again", root.display()))?,
+        )
+    } else {
+        None
+    };
+    Ok((first, recheck))
 }

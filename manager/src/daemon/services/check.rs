@@ -36,21 +36,6 @@ impl Check for CheckService {
         .await
         .map_err(join_error)?
         .map_err(|e| Status::internal(format!("check: {e}")))?;
-        Ok(Response::new(pb::CheckResponse {
-            blobs: report.blobs as u64,
-            images: report.images as u64,
-            snapshots: report.snapshots as u64,
-            containers: report.containers as u64,
-            findings: report
-                .findings
-                .into_iter()
-                .map(|f| pb::Finding {
-                    kind: f.kind,
-                    what: f.what,
-                    detail: f.detail,
-                    repaired: f.repaired,
-                })
-                .collect(),
-        }))
+        Ok(Response::new(pb::CheckResponse::from(report)))
     }
 }
