@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use berth_manager::daemon::config::{Config, FileConfig};
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 /// Serves containerd's v1 gRPC API (version, namespaces, content, images, leases, snapshots,
 /// diff, introspection) and Berth's archive API on a unix socket.
@@ -37,10 +37,70 @@ struct Args {
     /// Log filter: error, warn, info, debug, trace, or a tracing directive [default: info].
     #[arg(long, short = 'l')]
     log_level: Option<String>,
+    /// Without a command, berthd serves.
+    #[command(subcommand)]
+    command: Option<Cmd>,
 }
 
-fn main() -> Result<()> {
-    let args = Args::parse();
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Check the stores and state of a berthd that is not running (`berth check` asks a
+    /// running one): the same checks and output; exit 0 only when clean, 1 when problems
+    /// were found (or left after --repair), 2 when the check could not run. Refused while a
+    /// berthd holds the root.
+    Check(CheckArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct CheckArgs {
+    /// berthd's persistent root.
+    #[arg(long)]
+    root: PathBuf,
+    /// berthd's state dir.
+    #[arg(long)]
+    state: PathBuf,
+    /// Remove orphans and quarantine corrupt blobs, then check again.
+    #[arg(long)]
+    repair: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    format: berth_manager::cli::output::Format,
+}
+
+/// `berthd check`: exit 0 clean, 1 problems, 2 could not check.
+fn check(a: CheckArgs) -> std::process::ExitCode {
+    use berth_manager::cli::check as out;
+    use berth_proto::berth::services::check::v1::CheckResponse;
+    let code = berth_manager::check::offline(&a.root, &a.state, a.repair)
+        .and_then(|(first, recheck)| {
+            out::print(
+                &CheckResponse::from(first),
+                recheck.map(CheckResponse::from).as_ref(),
+                a.repair,
+                a.format,
+            )
+        })
+        .unwrap_or_else(|e| {
+            eprintln!("berthd check: {e:#}");
+            out::FAILED
+        });
+    std::process::ExitCode::from(code as u8)
+}
+
+fn main() -> Result<std::process::ExitCode> {
+    let mut args = Args::parse();
+    if let Some(Cmd::Check(a)) = args.command.take() {
+        // Warnings (a store opened without recovery, ...) go to stderr.
+        let filter =
+            tracing_subscriber::EnvFilter::try_new(args.log_level.as_deref().unwrap_or("warn"))
+                .map_err(|e| anyhow::anyhow!("invalid --log-level: {e}"))?;
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .init();
+        return Ok(check(a));
+    }
     let file = match &args.config {
         Some(p) => FileConfig::load(p)?,
         None => FileConfig::default(),
@@ -79,5 +139,5 @@ fn main() -> Result<()> {
     if let Err(e) = &res {
         tracing::error!(error = format!("{e:#}"), "berthd failed");
     }
-    res
+    res.map(|()| std::process::ExitCode::SUCCESS)
 }

@@ -1,6 +1,7 @@
 //! The `berth` command line: ctr-style commands, each a client of berthd's gRPC API only.
 
 pub mod build;
+pub mod check;
 pub mod containers;
 pub mod content;
 pub mod events;
@@ -96,6 +97,9 @@ pub enum Command {
     /// Named volumes.
     #[command(subcommand, visible_alias = "volumes")]
     Volume(volumes::Cmd),
+    /// Verify berthd's stores and state (blobs, references, snapshots, tasks, mounts, cgroups,
+    /// networks); exit 0 only when clean (1: problems, 2: could not check).
+    Check(check::Args),
     /// Print the daemon's events as they happen.
     Events {
         /// containerd-style filters (`topic=="/tasks/exit"`, `namespace==default`).
@@ -119,7 +123,16 @@ pub struct Env {
 pub async fn run(cli: Cli) -> Result<()> {
     crate::identifiers::validate(&cli.namespace)
         .map_err(|e| anyhow::anyhow!("--namespace: {e}"))?;
-    let channel = crate::client::connect(&cli.address).await?;
+    let check = matches!(cli.command, Command::Check(_));
+    let channel = match crate::client::connect(&cli.address).await {
+        Ok(c) => c,
+        // `berth check` keeps exit code 1 for "problems found".
+        Err(e) if check => {
+            eprintln!("berth: {e:#}");
+            std::process::exit(check::FAILED)
+        }
+        Err(e) => return Err(e),
+    };
     let ns = tonic::service::interceptor::InterceptedService::new(
         channel.clone(),
         NamespaceInterceptor::new(&cli.namespace, None)?,
@@ -148,6 +161,13 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Logs(a) => logs::run(&env, a).await,
         Command::Volume(c) => volumes::run(&env, c).await,
         Command::Events { filters } => events::run(&env, filters).await,
+        Command::Check(a) => match check::run(&env, a).await {
+            Ok(code) => std::process::exit(code),
+            Err(e) => {
+                eprintln!("berth: {e:#}");
+                std::process::exit(check::FAILED)
+            }
+        },
         Command::Tasks(c) => {
             let code = tasks::run(&env, c).await?;
             if code != 0 {
