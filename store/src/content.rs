@@ -223,9 +223,13 @@ impl ContentStore {
             fsutil::write_file_atomic(&dir.join("expected"), d.as_str().as_bytes())?;
         }
         let data = dir.join("data");
+        // `create`: a commit moves `data` into the blobs before it removes the ingest, so a
+        // crash between the two leaves an ingest without data; writing starts again at 0.
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
+            .create(true)
+            .truncate(false)
             .open(&data)
             .ctx("open", &data)?;
         // Resume: rebuild the hash state from the bytes already written.
