@@ -191,6 +191,11 @@ impl ContentStore {
         }
         let lock = self.lock(r#ref)?;
         let dir = self.ingest_dir(r#ref);
+        if dir.exists() && !dir.join("ref").exists() {
+            // What a crash in the middle of removing an ingest leaves (before removals went
+            // through a rename): not an ingest any more.
+            self.remove_ingest_dir(&dir)?;
+        }
         if !dir.exists() {
             // Build the ingest directory under a temporary name, then rename it into place:
             // a crash never leaves an ingest without its `ref` and `startedat` files.
@@ -256,6 +261,22 @@ impl ContentStore {
         })
     }
 
+    /// Removes an ingest dir atomically as far as a crash can tell: renamed to
+    /// `ingest/.tmp-*` first (which [`cleanup_ingests`](Self::cleanup_ingests) removes), so a
+    /// crash never leaves half an ingest under its ref's name.
+    fn remove_ingest_dir(&self, dir: &Path) -> Result<()> {
+        let tmp = self
+            .inner
+            .root
+            .join("ingest")
+            .join(format!(".tmp-{}", fsutil::random_suffix()));
+        let gone = match fs::rename(dir, &tmp) {
+            Ok(()) => tmp,
+            Err(_) => dir.to_path_buf(),
+        };
+        fs::remove_dir_all(&gone).ctx("remove", &gone)
+    }
+
     fn lock(&self, r#ref: &str) -> Result<RefLock> {
         let mut set = self
             .inner
@@ -307,7 +328,7 @@ impl ContentStore {
         if !dir.exists() {
             return Err(StoreError::NotFound(format!("ingest {ref:?}")));
         }
-        fs::remove_dir_all(&dir).ctx("remove", &dir)
+        self.remove_ingest_dir(&dir)
     }
 
     /// Removes leftovers of interrupted ingest creation (`ingest/.tmp-*`) and ingests not
@@ -522,13 +543,13 @@ impl Writer {
         match fsutil::rename_noreplace(&data, &target) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-                fs::remove_dir_all(&self.dir).ctx("remove", &self.dir)?;
+                self.store.remove_ingest_dir(&self.dir)?;
                 return Err(StoreError::AlreadyExists(format!("content {digest}")));
             }
             Err(e) => return Err(StoreError::io("rename", &target, e)),
         }
         fsutil::sync_dir(&blobs)?;
-        fs::remove_dir_all(&self.dir).ctx("remove", &self.dir)?;
+        self.store.remove_ingest_dir(&self.dir)?;
         debug!(%digest, size = off, "content committed");
         Ok(digest)
     }

@@ -44,6 +44,39 @@ fn an_ingest_whose_data_is_gone_is_written_again() {
     assert_eq!(s.content_read_all(&ctx, &d, 1 << 20).unwrap(), blob);
 }
 
+/// A crash in the middle of removing an ingest left its dir without the `ref` file, and every
+/// later pull of that blob failed (hack/torture.sh): the writer starts such an ingest again.
+#[test]
+fn an_ingest_without_its_ref_file_is_started_again() {
+    let t = open_store(SnapshotterChoice::Native);
+    let s = &t.store;
+    let ctx = Ctx::new("default");
+    let blob = data(20_000);
+    let d = Digest::of(&blob);
+    {
+        let mut w = s.content_writer(&ctx, "ref-half", None, None).unwrap();
+        w.write(&blob[..5_000]).unwrap();
+    }
+    let ingests = s.content_store().root().join("ingest");
+    let dir = std::fs::read_dir(&ingests)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .unwrap();
+    std::fs::remove_file(dir.join("ref")).unwrap();
+    let mut w = s.content_writer(&ctx, "ref-half", None, None).unwrap();
+    assert_eq!(w.offset(), 0);
+    w.write(&blob).unwrap();
+    assert_eq!(
+        w.commit(blob.len() as u64, Some(&d), Labels::new())
+            .unwrap(),
+        d
+    );
+    // Nothing of the ingest is left, not even under a temporary name.
+    assert_eq!(std::fs::read_dir(&ingests).unwrap().count(), 0);
+}
+
 #[test]
 fn write_resume_commit_and_read_back() {
     let t = open_store(SnapshotterChoice::Native);
