@@ -273,6 +273,38 @@ pub(super) fn check(
     }
 }
 
+/// Crash recovery at berthd's start (nothing is in flight then): removes every task bundle
+/// without `task.json` — a create that berthd died during (bundle made, rootfs mounted, maybe
+/// the supervisor and the container started, the client never told) or a removal it died
+/// during — with its container (the runtime's delete), supervisor and rootfs mount. Left in
+/// place, such a bundle made every later create of that id fail with "already exists".
+/// Returns what was removed, as `ns/id: what was done`.
+pub fn recover_unfinished_tasks(state: &Path) -> Vec<String> {
+    let tasks = state.join("tasks");
+    let shims = supervisors(&tasks);
+    let mut done = Vec::new();
+    for (ns, id, dir) in children2(&tasks) {
+        if dir.join("task.json").is_file() {
+            continue;
+        }
+        let served: Vec<i32> = shims
+            .iter()
+            .filter(|(_, b)| *b == dir)
+            .map(|(p, _)| *p)
+            .collect();
+        match remove_bundle(state, &ns, &id, &dir, &served) {
+            Ok(what) => {
+                tracing::info!(namespace = %ns, id = %id, %what, "removed an unfinished task");
+                done.push(format!("{ns}/{id}: {what}"));
+            }
+            Err(e) => {
+                tracing::warn!(namespace = %ns, id = %id, error = %e, "removing an unfinished task")
+            }
+        }
+    }
+    done
+}
+
 /// `(first, second, path)` of every directory two levels under `dir`.
 fn children2(dir: &Path) -> Vec<(String, String, PathBuf)> {
     let mut v = Vec::new();

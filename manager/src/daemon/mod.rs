@@ -51,6 +51,8 @@ async fn serve(config: Config) -> Result<()> {
     // Held until berthd exits: refuses a second berthd or an offline check on this root.
     let _lock = lock::RootLock::take(&config.root, "berthd")?;
     let state = state::State::open(&config)?;
+    // Tasks whose create or removal a crash cut short: nothing is in flight yet.
+    crate::check::host::recover_unfinished_tasks(&config.state);
     let listener = socket::bind(&config.address)?;
     tracing::info!(
         address = %config.address.display(),
