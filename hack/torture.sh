@@ -144,10 +144,17 @@ shim_of() { # ID -> the pid of the berth-shim serving its bundle
 drop_started() { grep -vx -- "$1" "$started" >"$started.tmp" || true; mv "$started.tmp" "$started"; }
 remove() { # ID: kill, delete the task, remove the container; fails if the record stays
   # (the errors of the last try are in $tmp/remove.err)
+  # `tasks wait` fails at once when the supervisor is dead (nothing records the exit), and
+  # the runtime may still see the init alive for a moment after the SIGKILL: retry the rm.
+  local i
   {
     B tasks kill -s KILL "$1" || true
     B tasks wait "$1" || true
-    B tasks rm "$1" || true
+    for i in $(seq 25); do
+      B tasks rm "$1" && break
+      { B --format json tasks ls 2>/dev/null || echo '[]'; } | jq -e --arg id "$1" 'any(.[]; .id == $id)' >/dev/null || break
+      sleep 0.2
+    done
     B containers rm "$1" || true
   } >/dev/null 2>"$tmp/remove.err"
   ! containers | grep -qx -- "$1"
