@@ -35,6 +35,7 @@ const APPLETS: &[&str] = &[
     "bin/sleep",
     "bin/readlink",
     "bin/pwd",
+    "bin/grep",
 ];
 
 fn daemon(prefix: &str) -> NsDaemon {
@@ -571,6 +572,36 @@ fn bad_input_is_refused_and_leaves_nothing() {
             vec!["circular dependency detected on stage"],
         ),
         (
+            "a bad RUN --mount option",
+            "FROM busybox\nRUN echo ok\nRUN --mount=type=cache,target=/c,foo=bar true\n".into(),
+            vec![],
+            vec!["dockerfile parse error line 3: unexpected key 'foo' in 'foo=bar'"],
+        ),
+        (
+            "a RUN --mount tmpfs size that is no size",
+            "FROM busybox\nRUN --mount=type=tmpfs,target=/t,size=lots true\n".into(),
+            vec![],
+            vec!["dockerfile parse error line 2: invalid size: 'lots'"],
+        ),
+        (
+            "a RUN --mount target of /",
+            "FROM busybox\nRUN --mount=type=tmpfs,target=/ true\n".into(),
+            vec![],
+            vec!["invalid mount target \"/\"", "line 2"],
+        ),
+        (
+            "a RUN --mount bind of a missing context file",
+            "FROM busybox\nRUN --mount=source=nope,target=/n true\n".into(),
+            vec![],
+            vec!["\"/nope\": not found", "line 2"],
+        ),
+        (
+            "a RUN --mount bind through a symlink leading out",
+            "FROM busybox\nRUN --mount=source=link,target=/n cat /n\n".into(),
+            vec![("@link", outside_link.clone())],
+            vec!["forbidden path outside the build context: link", "line 2"],
+        ),
+        (
             "a RUN that fails",
             "FROM busybox\nRUN echo before\nRUN echo to-stdout; echo to-stderr >&2; exit 3\n"
                 .into(),
@@ -738,4 +769,193 @@ fn independent_stages_build_in_parallel() {
     assert!(took < Duration::from_millis(3500), "took {took:?}");
     assert_eq!(run(&d, "berth.test/par:1", "cat /a /b"), "a\nb\n");
     assert_clean(&d);
+}
+
+/// `RUN --mount=type=cache`: the directory outlives builds (also `--no-cache` ones), is made
+/// with its mode and owner, is not part of the image, and `berth builder prune` drops it.
+#[test]
+fn run_mount_cache_persists_across_builds() {
+    let d = daemon("build-mcache");
+    let ctx = context(&[]);
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM busybox\n\
+         RUN --mount=type=cache,target=/var/cache/app echo run >> /var/cache/app/log && cat /var/cache/app/log > /seen\n\
+         RUN --mount=type=cache,id=owned,target=/c2,uid=1000,gid=50,mode=0700 stat -c '%u:%g %a' /c2 > /c2stat\n\
+         RUN --mount=type=cache,id=owned,target=/c3,sharing=locked touch /c3/x && ls /c3 > /c3ls\n",
+    )
+    .unwrap();
+    let tag = "berth.test/mcache:1";
+    build(&d, ctx.path(), &["-t", tag]).ok();
+    assert_eq!(
+        run(&d, tag, "cat /seen /c2stat /c3ls"),
+        "run\n1000:50 700\nx\n"
+    );
+    // Not in the image: no mount point, no cache content.
+    assert_eq!(
+        run(
+            &d,
+            tag,
+            "test -e /var/cache || echo no-var-cache; test -e /c2 || echo no-c2"
+        ),
+        "no-var-cache\nno-c2\n"
+    );
+    let dirs = d.d.root().join("build-cache-mounts").join(&d.ns);
+    assert!(dirs.is_dir(), "{}", dirs.display());
+
+    // --no-cache runs the RUN again, on the same cache directory.
+    build(&d, ctx.path(), &["-t", tag, "--no-cache"]).ok();
+    assert_eq!(run(&d, tag, "cat /seen"), "run\nrun\n");
+
+    // Prune removes it; the next build starts empty.
+    d.berth(&d.ns, &["builder", "prune"]).ok();
+    let left: Vec<_> = std::fs::read_dir(&dirs)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| !n.to_string_lossy().ends_with(".lock"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    build(&d, ctx.path(), &["-t", tag]).ok();
+    assert_eq!(run(&d, tag, "cat /seen"), "run\n");
+    assert_clean(&d);
+}
+
+/// `RUN --mount=type=bind`: a context file or directory read without COPY, leaving no trace in
+/// the image; `rw` writes are discarded; a stage's file; a change to the bound file misses the
+/// cache.
+#[test]
+fn run_mount_bind_reads_without_copying() {
+    let d = daemon("build-mbind");
+    let ctx = context(&[("data.txt", "from context\n"), ("dir/inner", "in\n")]);
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM busybox AS src\n\
+         RUN echo staged > /s\n\
+         FROM busybox\n\
+         RUN --mount=type=bind,source=data.txt,target=/mnt/data.txt cat /mnt/data.txt > /copied\n\
+         RUN --mount=target=/ctx cat /ctx/dir/inner > /inner && (echo x > /ctx/new 2>/dev/null || echo read-only > /ro)\n\
+         RUN --mount=target=/ctx,rw echo changed > /ctx/data.txt && cat /ctx/data.txt > /rwseen\n\
+         RUN --mount=type=bind,from=src,source=/s,target=/x cat /x > /fromstage\n",
+    )
+    .unwrap();
+    let tag = "berth.test/mbind:1";
+    build(&d, ctx.path(), &["-t", tag]).ok();
+    assert_eq!(
+        run(&d, tag, "cat /copied /inner /ro /rwseen /fromstage"),
+        "from context\nin\nread-only\nchanged\nstaged\n"
+    );
+    assert_eq!(
+        run(
+            &d,
+            tag,
+            "test -e /mnt || echo no-mnt; test -e /ctx || echo no-ctx; test -e /x || echo no-x"
+        ),
+        "no-mnt\nno-ctx\nno-x\n"
+    );
+    // The rw mount's write stayed in the build.
+    assert_eq!(
+        std::fs::read_to_string(ctx.path().join("data.txt")).unwrap(),
+        "from context\n"
+    );
+    assert!(!ctx.path().join("new").exists());
+    // No layer holds a mount point or a bound file.
+    let paths = layer_paths(&d, tag);
+    assert!(paths.iter().any(|p| p == "copied"), "{paths:?}");
+    for p in &paths {
+        assert!(
+            !p.starts_with("mnt") && !p.starts_with("ctx") && p != "x" && !p.ends_with("data.txt"),
+            "{p} in {paths:?}"
+        );
+    }
+
+    // Unchanged: cached. The bound file changed: its RUN runs again.
+    let again = build(&d, ctx.path(), &["-t", tag]);
+    assert_eq!(
+        again.stderr.matches("CACHED").count(),
+        5,
+        "{}",
+        again.stderr
+    );
+    std::fs::write(ctx.path().join("data.txt"), "edited\n").unwrap();
+    let third = build(&d, ctx.path(), &["-t", tag]);
+    let ran: Vec<&str> = third
+        .stderr
+        .lines()
+        .zip(third.stderr.lines().skip(1))
+        .filter(|(_, next)| next.trim_start().starts_with("DONE"))
+        .map(|(l, _)| l)
+        .filter(|l| l.contains("RUN"))
+        .collect();
+    assert!(
+        ran.iter().any(|l| l.contains("cat /mnt/data.txt")),
+        "{}",
+        third.stderr
+    );
+    assert_eq!(run(&d, tag, "cat /copied"), "edited\n");
+    assert_clean(&d);
+}
+
+/// `RUN --mount=type=tmpfs`: an empty tmpfs of the given size, gone after the step.
+#[test]
+fn run_mount_tmpfs_is_empty_and_gone() {
+    let d = daemon("build-mtmpfs");
+    let ctx = context(&[]);
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM busybox\n\
+         WORKDIR /w\n\
+         RUN --mount=type=tmpfs,target=scratch,size=1m ls -A /w/scratch > /ls && echo hi > scratch/f && grep ' /w/scratch ' /proc/mounts > /m\n\
+         RUN test -e /w/scratch || echo gone > /gone\n",
+    )
+    .unwrap();
+    let tag = "berth.test/mtmpfs:1";
+    build(&d, ctx.path(), &["-t", tag]).ok();
+    let out = run(&d, tag, "cat /ls /gone; cat /m");
+    assert!(out.starts_with("gone\n"), "{out}");
+    assert!(out.contains(" /w/scratch tmpfs "), "{out}");
+    assert!(out.contains("size=1024k"), "{out}");
+    assert_clean(&d);
+}
+
+/// The paths (without a leading `./` or `/`) of every entry of every layer of an image, read
+/// from `berth images export`.
+fn layer_paths(d: &NsDaemon, image: &str) -> Vec<String> {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("image.tar");
+    d.berth(
+        &d.ns,
+        &["images", "export", archive.to_str().unwrap(), image],
+    )
+    .ok();
+    let mut blobs = std::collections::BTreeMap::new();
+    let mut t = tar::Archive::new(std::fs::File::open(&archive).unwrap());
+    for e in t.entries().unwrap() {
+        let mut e = e.unwrap();
+        let p = e.path().unwrap().to_string_lossy().into_owned();
+        let mut data = Vec::new();
+        e.read_to_end(&mut data).unwrap();
+        blobs.insert(p, data);
+    }
+    let index: Value = serde_json::from_slice(&blobs["index.json"]).unwrap();
+    let blob = |digest: &str| &blobs[&format!("blobs/sha256/{}", &digest["sha256:".len()..])];
+    let m: Value =
+        serde_json::from_slice(blob(index["manifests"][0]["digest"].as_str().unwrap())).unwrap();
+    let mut out = Vec::new();
+    for l in m["layers"].as_array().unwrap() {
+        let gz = flate2::read::GzDecoder::new(&blob(l["digest"].as_str().unwrap())[..]);
+        let mut t = tar::Archive::new(gz);
+        for e in t.entries().unwrap() {
+            let e = e.unwrap();
+            let p = e.path().unwrap().to_string_lossy().into_owned();
+            out.push(
+                p.trim_start_matches("./")
+                    .trim_start_matches('/')
+                    .trim_end_matches('/')
+                    .to_string(),
+            );
+        }
+    }
+    out
 }
