@@ -1332,7 +1332,9 @@ fn copy_into(
         None => None,
     };
     let opts = fsops::CopyOpts { owner, mode };
-    let dirs_owner = (0, 0);
+    // Directories the copy creates on the way get the --chown owner too (BuildKit and
+    // buildah do this; the classic builder left them to root).
+    let dirs_owner = owner.unwrap_or((0, 0));
     let split = |p: &str| -> (String, String) {
         let p = berth_build::ignore::clean_path(p);
         match p.rsplit_once('/') {
