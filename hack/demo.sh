@@ -24,8 +24,9 @@ bench_tmpdir berth-demo
 trap 'exit 130' INT
 trap 'exit 143' TERM
 ns=demo-$$
+# The containers' cgroups (/<ns>/<id>) go at exit. (RUN's, /berth-build/<id>, are berthd's
+# and the runtime's to remove: other builds on this machine may share /berth-build.)
 bench_cgroup_ns "$ns"
-bench_cgroup_ns berth-build
 say() { printf '\n== %s\n' "$*"; }
 echo "demo: working in $tmp"
 
