@@ -351,7 +351,24 @@ impl<'e> Build<'e> {
             let tmp = base.join(format!("{name}.new-{}", self.id));
             let _ = std::fs::remove_dir_all(&tmp);
             self.new_cache_dir(m, &tmp)?;
-            if let Err(e) = std::fs::rename(&tmp, &dir) {
+            // RENAME_NOREPLACE: a plain rename would replace an empty directory another
+            // build just put there and may be using.
+            let (from, to) = (
+                CString::new(tmp.as_os_str().as_bytes()).map_err(|e| failed("a cache path", e))?,
+                CString::new(dir.as_os_str().as_bytes()).map_err(|e| failed("a cache path", e))?,
+            );
+            // SAFETY: valid C strings.
+            let r = unsafe {
+                libc::renameat2(
+                    libc::AT_FDCWD,
+                    from.as_ptr(),
+                    libc::AT_FDCWD,
+                    to.as_ptr(),
+                    libc::RENAME_NOREPLACE,
+                )
+            };
+            if r != 0 {
+                let e = std::io::Error::last_os_error();
                 // Another build made it first.
                 let _ = std::fs::remove_dir_all(&tmp);
                 if !dir.is_dir() {
