@@ -775,14 +775,18 @@ fn independent_stages_build_in_parallel() {
 }
 
 /// `RUN --mount=type=cache`: the directory outlives builds (also `--no-cache` ones), is made
-/// with its mode and owner, is not part of the image, and `berth builder prune` drops it.
+/// with its mode and owner (or seeded from a stage), is not part of the image, and `berth
+/// builder prune` drops it.
 #[test]
 fn run_mount_cache_persists_across_builds() {
     let d = daemon("build-mcache");
     let ctx = context(&[]);
     std::fs::write(
         ctx.path().join("Dockerfile"),
-        "FROM busybox\n\
+        "FROM busybox AS seed\n\
+         RUN mkdir /seed && echo seeded > /seed/f\n\
+         FROM busybox\n\
+         RUN --mount=type=cache,id=seeded,target=/s,from=seed,source=/seed cat /s/f > /seededf\n\
          RUN --mount=type=cache,target=/var/cache/app echo run >> /var/cache/app/log && cat /var/cache/app/log > /seen\n\
          RUN --mount=type=cache,id=owned,target=/c2,uid=1000,gid=50,mode=0700 stat -c '%u:%g %a' /c2 > /c2stat\n\
          RUN --mount=type=cache,id=owned,target=/c3,sharing=locked touch /c3/x && ls /c3 > /c3ls\n",
@@ -791,8 +795,8 @@ fn run_mount_cache_persists_across_builds() {
     let tag = "berth.test/mcache:1";
     build(&d, ctx.path(), &["-t", tag]).ok();
     assert_eq!(
-        run(&d, tag, "cat /seen /c2stat /c3ls"),
-        "run\n1000:50 700\nx\n"
+        run(&d, tag, "cat /seededf /seen /c2stat /c3ls"),
+        "seeded\nrun\n1000:50 700\nx\n"
     );
     // Not in the image: no mount point, no cache content.
     assert_eq!(
