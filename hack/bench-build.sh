@@ -4,15 +4,20 @@
 # cache and fully cached. Both start from the same busybox-static rootfs (hack/mkbundle.sh):
 # an OCI archive imported into berthd (namespace bench), and a buildah image committed from it
 # in buildah's private vfs storage (an imported archive without history breaks buildah's layer
-# cache). Nothing comes from the network; berthd runs on a temp root with berth-runc.
+# cache). Nothing comes from the network; berthd runs on a temp root with berth-runc, its state
+# dir on a tmpfs as its default /run/berth is.
 # Targets: berth no-cache <= 0.25 x buildah no-cache; berth fully cached <= 20 ms.
+# Then two contexts sent whole (COPY . /ctx): 10,000 small files, and one 200 MB file, each
+# without cache and fully cached, for both; reported as context MB/s (target for berth's
+# big context: >= 300 MB/s sent and cached).
 #
-#   hack/bench-build.sh [runs]          (as root; default 10 runs, 2 warm-ups)
+#   hack/bench-build.sh [runs] [context-runs]   (as root; default 10 and 3 runs, 2/1 warm-ups)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=hack/lib.sh
 . hack/lib.sh
 runs=${1:-10}
+cruns=${2:-3}
 bench_binaries
 bench_need_tools hyperfine buildah jq
 bench_tmpdir berth-bench-build
@@ -20,7 +25,7 @@ bench_cgroup_ns berth-build
 
 base=docker.io/library/busybox:latest
 bench_busybox_image "$base"
-start_berthd
+bench_state_tmpfs=1 start_berthd
 B="$BERTH --address $berth_sock -n bench"
 $B images import "$busybox_archive" >/dev/null
 
@@ -69,3 +74,51 @@ awk -v bnc="$bnc" -v bc="$bc" -v hnc="$hnc" -v hc="$hc" 'BEGIN {
   printf "median ms: berth no-cache %.1f, cached %.1f; buildah no-cache %.1f, cached %.1f\n", bnc, bc, hnc, hc
   printf "ratio no-cache berth/buildah = %.2f (target <= 0.25); berth cached %.1f ms (target <= 20)\n", bnc / hnc, bc
 }'
+
+# ---- big contexts ----
+mkctx() { # DIR: a Dockerfile copying the whole context
+  mkdir -p "$1"
+  printf 'FROM %s\nCOPY . /ctx\n' "$base" > "$1/Dockerfile"
+}
+many=$tmp/ctx-many
+mkctx "$many"
+python3 - "$many" <<'PY'
+import os, sys
+root = sys.argv[1]
+for d in range(100):
+    os.makedirs(f"{root}/d{d:03}")
+    for f in range(100):
+        with open(f"{root}/d{d:03}/f{f:03}", "wb") as fh:
+            fh.write(os.urandom(64) + f"file {d}/{f}\n".encode() * 4)
+PY
+big=$tmp/ctx-big
+mkctx "$big"
+head -c 200M /dev/urandom > "$big/big"
+ctx_mb() { du -sm --apparent-size "$1" | cut -f1; }
+many_mb=$(ctx_mb "$many"); big_mb=$(ctx_mb "$big")
+echo "bench: contexts: 10,000 files ($many_mb MB), one big file ($big_mb MB)"
+for c in many big; do
+  d=$tmp/ctx-$c
+  $B build -q -t "bench/$c:c" "$d" >/dev/null
+  $BA bud --isolation chroot --pull=never --layers -q -t "bench/$c:c" "$d" >/dev/null
+done
+hyperfine -N --warmup 1 --runs "$cruns" --export-json "$tmp/bench-ctx.json" \
+  -n "berth many no-cache" "$B build -q --no-cache -t bench/many:nc $many" \
+  -n "berth many cached" "$B build -q -t bench/many:c $many" \
+  -n "buildah many no-cache" "$BA bud --isolation chroot --pull=never --no-cache -q -t bench/many:nc $many" \
+  -n "buildah many cached" "$BA bud --isolation chroot --pull=never --layers -q -t bench/many:c $many" \
+  -n "berth big no-cache" "$B build -q --no-cache -t bench/big:nc $big" \
+  -n "berth big cached" "$B build -q -t bench/big:c $big" \
+  -n "buildah big no-cache" "$BA bud --isolation chroot --pull=never --no-cache -q -t bench/big:nc $big" \
+  -n "buildah big cached" "$BA bud --isolation chroot --pull=never --layers -q -t bench/big:c $big"
+cmed() { jq -r --arg n "$1" '.results[] | select(.command == $n) | .median' "$tmp/bench-ctx.json"; }
+printf '\n%-24s %10s %10s\n' "context (median)" "ms" "MB/s"
+for c in many big; do
+  mb=$many_mb; [ "$c" = big ] && mb=$big_mb
+  for who in berth buildah; do
+    for mode in no-cache cached; do
+      s=$(cmed "$who $c $mode")
+      awk -v n="$who $c $mode" -v s="$s" -v mb="$mb" 'BEGIN { printf "%-24s %10.1f %10.1f\n", n, s * 1000, mb / s }'
+    done
+  done
+done

@@ -17,25 +17,8 @@ bench_tmpdir berth-bench-pull
 
 bench_big_image
 
-# ---- the registry ----
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-cat > "$tmp/registry.yml" <<YML
-version: 0.1
-log:
-  level: warn
-storage:
-  filesystem:
-    rootdirectory: $tmp/registry
-http:
-  addr: 127.0.0.1:$port
-YML
-docker-registry serve "$tmp/registry.yml" >"$tmp/registry.log" 2>&1 &
-bench_track_pid $!
-for _ in $(seq 200); do
-  python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/v2/')" 2>/dev/null && break
-  sleep 0.05
-done
-
+start_registry
+port=$registry_port
 start_berthd
 start_containerd
 

@@ -12,6 +12,7 @@
 #   bench_busybox_image REF     a busybox-static OCI archive: busybox_archive
 #   start_berthd                berthd on $tmp/berth/{root,state}: berthd_pid, berth_sock
 #   start_containerd            containerd, private config, CRI off: containerd_pid, containerd_sock
+#   start_registry              Debian's docker-registry on 127.0.0.1:<free port>, plain HTTP: registry_port
 #   bench_shim_pids NAME        pids of the shims (berth-shim, containerd-shim-runc-v2) of $tmp
 #   rss_kb PID / wait_sock PATH
 
@@ -71,6 +72,7 @@ bench_shim_pids() { # NAME
 bench_cleanup() {
   local rc=$? f p m d
   trap - EXIT
+  trap '' INT TERM   # a second Ctrl-C must not cut the cleanup short
   set +e
   for f in "${_bench_hooks[@]}"; do "$f"; done
   for p in "${_bench_pids[@]}"; do
@@ -187,11 +189,40 @@ bench_busybox_image() { # NAME:TAG
 # ---- the daemons ----
 start_berthd() {
   berth_sock=$tmp/berth.sock
+  # bench_state_tmpfs=1: the state dir on a tmpfs, as berthd's default /run/berth is (builds
+  # extract their context there; on ext4, creating 10,000 files right after deleting as many
+  # costs seconds in the inode allocator's recently_deleted scan).
+  if [ "${bench_state_tmpfs:-0}" = 1 ]; then
+    mkdir -p "$tmp/berth/state"
+    mount -t tmpfs -o mode=0711 berth-bench-state "$tmp/berth/state"
+  fi
   "$BERTHD" --root "$tmp/berth/root" --state "$tmp/berth/state" --address "$berth_sock" \
     --docker-address "$tmp/docker.sock" --log-level warn &
   berthd_pid=$!
   bench_track_pid "$berthd_pid"
   wait_sock "$berth_sock"
+}
+
+start_registry() {
+  registry_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  cat > "$tmp/registry.yml" <<YML
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: $tmp/registry
+http:
+  addr: 127.0.0.1:$registry_port
+YML
+  docker-registry serve "$tmp/registry.yml" >"$tmp/registry.log" 2>&1 &
+  bench_track_pid $!
+  local _
+  for _ in $(seq 200); do
+    python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$registry_port/v2/')" 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "bench: docker-registry did not answer; its log:" >&2; cat "$tmp/registry.log" >&2; exit 1
 }
 
 start_containerd() {

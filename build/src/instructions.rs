@@ -1112,6 +1112,37 @@ fn parse_bool(s: &str) -> Option<bool> {
 /// are then left for later (as BuildKit does at parse time).
 pub type Expander<'a> = &'a dyn Fn(&str) -> Result<String, ExpandError>;
 
+/// A size as Docker's go-units `RAMInBytes` reads it (`64m`, `1.5g`, `4096`, `2MiB`: binary
+/// multiples), with its error text.
+pub fn ram_in_bytes(s: &str) -> Result<u64, String> {
+    let invalid = || format!("invalid size: '{s}'");
+    let t = s.strip_suffix(['b', 'B']).unwrap_or(s);
+    let t = t.strip_suffix(['i', 'I']).unwrap_or(t);
+    let (num, mult) = match t.chars().last() {
+        Some(c) if c.is_ascii_alphabetic() => {
+            let m: u64 = match c.to_ascii_lowercase() {
+                'k' => 1 << 10,
+                'm' => 1 << 20,
+                'g' => 1 << 30,
+                't' => 1 << 40,
+                'p' => 1 << 50,
+                _ => return Err(invalid()),
+            };
+            (&t[..t.len() - 1], m)
+        }
+        _ => (t, 1),
+    };
+    let num = num.strip_suffix(' ').unwrap_or(num);
+    if num.is_empty()
+        || !num.chars().all(|c| c.is_ascii_digit() || c == '.')
+        || num.starts_with('.')
+    {
+        return Err(invalid());
+    }
+    let v: f64 = num.parse().map_err(|_| invalid())?;
+    Ok((v * mult as f64) as u64)
+}
+
 /// Parses one `--mount` value (`type=cache,target=/root/.cache,sharing=locked`) with
 /// BuildKit's rules and messages.
 pub fn parse_mount(value: &str, expander: Option<Expander>) -> Result<Mount, String> {
@@ -1233,7 +1264,10 @@ pub fn parse_mount(value: &str, expander: Option<Expander>) -> Result<Mount, Str
                         .map_err(|_| format!("invalid value {v} for gid"))?,
                 )
             }
-            "size" if m.kind == MountType::Tmpfs => m.size = Some(v),
+            "size" if m.kind == MountType::Tmpfs => {
+                ram_in_bytes(&v)?;
+                m.size = Some(v)
+            }
             "env" if m.kind == MountType::Secret => m.env = Some(v),
             "size" | "env" => {
                 return Err(format!(
@@ -1386,6 +1420,18 @@ mod tests {
     }
 
     #[test]
+    fn ram_sizes() {
+        assert_eq!(ram_in_bytes("4096"), Ok(4096));
+        assert_eq!(ram_in_bytes("64m"), Ok(64 << 20));
+        assert_eq!(ram_in_bytes("64MiB"), Ok(64 << 20));
+        assert_eq!(ram_in_bytes("1.5g"), Ok(3 << 29));
+        assert_eq!(ram_in_bytes("2 kb"), Ok(2048));
+        assert!(
+            ram_in_bytes("").is_err() && ram_in_bytes("m").is_err() && ram_in_bytes("-1").is_err()
+        );
+    }
+
+    #[test]
     fn mount_errors() {
         let cases = [
             ("type=foo", "unsupported mount type \"foo\""),
@@ -1443,6 +1489,8 @@ mod tests {
                 "type=cache,size=1m",
                 "unexpected key 'size' for mount type 'cache'",
             ),
+            ("type=tmpfs,size=lots", "invalid size: 'lots'"),
+            ("type=tmpfs,size=12q", "invalid size: '12q'"),
         ];
         for (spec, want) in cases {
             assert_eq!(parse_mount(spec, None), Err(want.to_string()), "{spec}");

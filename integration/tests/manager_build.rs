@@ -35,6 +35,10 @@ const APPLETS: &[&str] = &[
     "bin/sleep",
     "bin/readlink",
     "bin/pwd",
+    "bin/grep",
+    "bin/cp",
+    "bin/chmod",
+    "bin/chown",
 ];
 
 fn daemon(prefix: &str) -> NsDaemon {
@@ -298,8 +302,8 @@ COPY f /rootowned\n\
 COPY --chmod=0755 f d/inner /multi/\n",
         args: &[],
         runs: &[(
-            "stat -c '%n %u:%g %a' /f /d/inner /d/sub /d/sub/deep /rootowned /multi/f /multi/inner",
-            "/f 1000:50 640\n/d/inner 1000:1000 644\n/d/sub 1000:1000 755\n/d/sub/deep 1000:1000 644\n/rootowned 0:0 644\n/multi/f 0:0 755\n/multi/inner 0:0 755\n",
+            "stat -c '%n %u:%g %a' /f /d /d/inner /d/sub /d/sub/deep /rootowned /multi/f /multi/inner",
+            "/f 1000:50 640\n/d 1000:1000 755\n/d/inner 1000:1000 644\n/d/sub 1000:1000 755\n/d/sub/deep 1000:1000 644\n/rootowned 0:0 644\n/multi/f 0:0 755\n/multi/inner 0:0 755\n",
         )],
         check: |_, _, _| {},
     },
@@ -571,6 +575,36 @@ fn bad_input_is_refused_and_leaves_nothing() {
             vec!["circular dependency detected on stage"],
         ),
         (
+            "a bad RUN --mount option",
+            "FROM busybox\nRUN echo ok\nRUN --mount=type=cache,target=/c,foo=bar true\n".into(),
+            vec![],
+            vec!["dockerfile parse error line 3: unexpected key 'foo' in 'foo=bar'"],
+        ),
+        (
+            "a RUN --mount tmpfs size that is no size",
+            "FROM busybox\nRUN --mount=type=tmpfs,target=/t,size=lots true\n".into(),
+            vec![],
+            vec!["dockerfile parse error line 2: invalid size: 'lots'"],
+        ),
+        (
+            "a RUN --mount target of /",
+            "FROM busybox\nRUN --mount=type=tmpfs,target=/ true\n".into(),
+            vec![],
+            vec!["invalid mount target \"/\"", "line 2"],
+        ),
+        (
+            "a RUN --mount bind of a missing context file",
+            "FROM busybox\nRUN --mount=source=nope,target=/n true\n".into(),
+            vec![],
+            vec!["\"/nope\": not found", "line 2"],
+        ),
+        (
+            "a RUN --mount bind through a symlink leading out",
+            "FROM busybox\nRUN --mount=source=link,target=/n cat /n\n".into(),
+            vec![("@link", outside_link.clone())],
+            vec!["forbidden path outside the build context: link", "line 2"],
+        ),
+        (
             "a RUN that fails",
             "FROM busybox\nRUN echo before\nRUN echo to-stdout; echo to-stderr >&2; exit 3\n"
                 .into(),
@@ -737,5 +771,614 @@ fn independent_stages_build_in_parallel() {
     let took = t.elapsed();
     assert!(took < Duration::from_millis(3500), "took {took:?}");
     assert_eq!(run(&d, "berth.test/par:1", "cat /a /b"), "a\nb\n");
+    assert_clean(&d);
+}
+
+/// `RUN --mount=type=cache`: the directory outlives builds (also `--no-cache` ones), is made
+/// with its mode and owner (or seeded from a stage), is not part of the image, and `berth
+/// builder prune` drops it.
+#[test]
+fn run_mount_cache_persists_across_builds() {
+    let d = daemon("build-mcache");
+    let ctx = context(&[]);
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM busybox AS seed\n\
+         RUN mkdir /seed && echo seeded > /seed/f\n\
+         FROM busybox\n\
+         RUN --mount=type=cache,id=seeded,target=/s,from=seed,source=/seed cat /s/f > /seededf\n\
+         RUN --mount=type=cache,target=/var/cache/app echo run >> /var/cache/app/log && cat /var/cache/app/log > /seen\n\
+         RUN --mount=type=cache,id=owned,target=/c2,uid=1000,gid=50,mode=0700 stat -c '%u:%g %a' /c2 > /c2stat\n\
+         RUN --mount=type=cache,id=owned,target=/c3,sharing=locked touch /c3/x && ls /c3 > /c3ls\n",
+    )
+    .unwrap();
+    let tag = "berth.test/mcache:1";
+    build(&d, ctx.path(), &["-t", tag]).ok();
+    assert_eq!(
+        run(&d, tag, "cat /seededf /seen /c2stat /c3ls"),
+        "seeded\nrun\n1000:50 700\nx\n"
+    );
+    // Not in the image: no mount point, no cache content.
+    assert_eq!(
+        run(
+            &d,
+            tag,
+            "test -e /var/cache || echo no-var-cache; test -e /c2 || echo no-c2"
+        ),
+        "no-var-cache\nno-c2\n"
+    );
+    let dirs = d.d.root().join("build-cache-mounts").join(&d.ns);
+    assert!(dirs.is_dir(), "{}", dirs.display());
+
+    // --no-cache runs the RUN again, on the same cache directory.
+    build(&d, ctx.path(), &["-t", tag, "--no-cache"]).ok();
+    assert_eq!(run(&d, tag, "cat /seen"), "run\nrun\n");
+
+    // Prune removes it; the next build starts empty.
+    d.berth(&d.ns, &["builder", "prune"]).ok();
+    let left: Vec<_> = std::fs::read_dir(&dirs)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| !n.to_string_lossy().ends_with(".lock"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    build(&d, ctx.path(), &["-t", tag]).ok();
+    assert_eq!(run(&d, tag, "cat /seen"), "run\n");
+    assert_clean(&d);
+}
+
+/// `RUN --mount=type=bind`: a context file or directory read without COPY, leaving no trace in
+/// the image; `rw` writes are discarded; a stage's file; a change to the bound file misses the
+/// cache.
+#[test]
+fn run_mount_bind_reads_without_copying() {
+    let d = daemon("build-mbind");
+    let ctx = context(&[("data.txt", "from context\n"), ("dir/inner", "in\n")]);
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM busybox AS src\n\
+         RUN echo staged > /s\n\
+         FROM busybox\n\
+         RUN --mount=type=bind,source=data.txt,target=/mnt/data.txt cat /mnt/data.txt > /copied\n\
+         RUN --mount=target=/ctx cat /ctx/dir/inner > /inner && (echo x > /ctx/new 2>/dev/null || echo read-only > /ro)\n\
+         RUN --mount=target=/ctx,rw echo changed > /ctx/data.txt && cat /ctx/data.txt > /rwseen\n\
+         RUN --mount=type=bind,from=src,source=/s,target=/x cat /x > /fromstage\n",
+    )
+    .unwrap();
+    let tag = "berth.test/mbind:1";
+    build(&d, ctx.path(), &["-t", tag]).ok();
+    assert_eq!(
+        run(&d, tag, "cat /copied /inner /ro /rwseen /fromstage"),
+        "from context\nin\nread-only\nchanged\nstaged\n"
+    );
+    assert_eq!(
+        run(
+            &d,
+            tag,
+            "test -e /mnt || echo no-mnt; test -e /ctx || echo no-ctx; test -e /x || echo no-x"
+        ),
+        "no-mnt\nno-ctx\nno-x\n"
+    );
+    // The rw mount's write stayed in the build.
+    assert_eq!(
+        std::fs::read_to_string(ctx.path().join("data.txt")).unwrap(),
+        "from context\n"
+    );
+    assert!(!ctx.path().join("new").exists());
+    // No layer holds a mount point or a bound file.
+    let paths = layer_paths(&d, tag);
+    assert!(paths.iter().any(|p| p == "copied"), "{paths:?}");
+    for p in &paths {
+        assert!(
+            !p.starts_with("mnt") && !p.starts_with("ctx") && p != "x" && !p.ends_with("data.txt"),
+            "{p} in {paths:?}"
+        );
+    }
+
+    // Unchanged: cached. The bound file changed: its RUN runs again.
+    let again = build(&d, ctx.path(), &["-t", tag]);
+    assert_eq!(
+        again.stderr.matches("CACHED").count(),
+        5,
+        "{}",
+        again.stderr
+    );
+    std::fs::write(ctx.path().join("data.txt"), "edited\n").unwrap();
+    let third = build(&d, ctx.path(), &["-t", tag]);
+    let ran: Vec<&str> = third
+        .stderr
+        .lines()
+        .zip(third.stderr.lines().skip(1))
+        .filter(|(_, next)| next.trim_start().starts_with("DONE"))
+        .map(|(l, _)| l)
+        .filter(|l| l.contains("RUN"))
+        .collect();
+    assert!(
+        ran.iter().any(|l| l.contains("cat /mnt/data.txt")),
+        "{}",
+        third.stderr
+    );
+    assert_eq!(run(&d, tag, "cat /copied"), "edited\n");
+    assert_clean(&d);
+}
+
+/// `RUN --mount=type=tmpfs`: an empty tmpfs of the given size, gone after the step.
+#[test]
+fn run_mount_tmpfs_is_empty_and_gone() {
+    let d = daemon("build-mtmpfs");
+    let ctx = context(&[]);
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM busybox\n\
+         WORKDIR /w\n\
+         RUN --mount=type=tmpfs,target=scratch,size=1m ls -A /w/scratch > /ls && echo hi > scratch/f && grep ' /w/scratch ' /proc/mounts > /m\n\
+         RUN test -e /w/scratch || echo gone > /gone\n",
+    )
+    .unwrap();
+    let tag = "berth.test/mtmpfs:1";
+    build(&d, ctx.path(), &["-t", tag]).ok();
+    let out = run(&d, tag, "cat /ls /gone; cat /m");
+    assert!(out.starts_with("gone\n"), "{out}");
+    assert!(out.contains(" /w/scratch tmpfs "), "{out}");
+    assert!(out.contains("size=1024k"), "{out}");
+    assert_clean(&d);
+}
+
+/// The paths (without a leading `./` or `/`) of every entry of every layer of an image, read
+/// from `berth images export`.
+fn layer_paths(d: &NsDaemon, image: &str) -> Vec<String> {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("image.tar");
+    d.berth(
+        &d.ns,
+        &["images", "export", archive.to_str().unwrap(), image],
+    )
+    .ok();
+    let mut blobs = std::collections::BTreeMap::new();
+    let mut t = tar::Archive::new(std::fs::File::open(&archive).unwrap());
+    for e in t.entries().unwrap() {
+        let mut e = e.unwrap();
+        let p = e.path().unwrap().to_string_lossy().into_owned();
+        let mut data = Vec::new();
+        e.read_to_end(&mut data).unwrap();
+        blobs.insert(p, data);
+    }
+    let index: Value = serde_json::from_slice(&blobs["index.json"]).unwrap();
+    let blob = |digest: &str| &blobs[&format!("blobs/sha256/{}", &digest["sha256:".len()..])];
+    let m: Value =
+        serde_json::from_slice(blob(index["manifests"][0]["digest"].as_str().unwrap())).unwrap();
+    let mut out = Vec::new();
+    for l in m["layers"].as_array().unwrap() {
+        let gz = flate2::read::GzDecoder::new(&blob(l["digest"].as_str().unwrap())[..]);
+        let mut t = tar::Archive::new(gz);
+        for e in t.entries().unwrap() {
+            let e = e.unwrap();
+            let p = e.path().unwrap().to_string_lossy().into_owned();
+            out.push(
+                p.trim_start_matches("./")
+                    .trim_start_matches('/')
+                    .trim_end_matches('/')
+                    .to_string(),
+            );
+        }
+    }
+    out
+}
+
+// ---- the same Dockerfiles through Debian's `buildah bud` ----
+
+/// One entry of a flattened image tree: type, mode, uid, gid, size, content digest (a
+/// symlink's target; a hard link is listed as the file it links to).
+type Tree = std::collections::BTreeMap<String, String>;
+
+/// Applies an image's layers (tar, gzip or not) in order, with OCI whiteouts, to a listing.
+fn flatten(layers: &[Vec<u8>]) -> Tree {
+    use sha2::Digest as _;
+    use std::io::Read;
+    let mut tree = Tree::new();
+    for raw in layers {
+        let data: Vec<u8> = if raw.starts_with(&[0x1f, 0x8b]) {
+            let mut v = Vec::new();
+            flate2::read::GzDecoder::new(&raw[..])
+                .read_to_end(&mut v)
+                .unwrap();
+            v
+        } else {
+            raw.clone()
+        };
+        let mut t = tar::Archive::new(&data[..]);
+        for e in t.entries().unwrap() {
+            let mut e = e.unwrap();
+            let p = e.path().unwrap().to_string_lossy().into_owned();
+            let p = p
+                .trim_start_matches("./")
+                .trim_start_matches('/')
+                .trim_end_matches('/')
+                .to_string();
+            if p.is_empty() || p == "." {
+                continue;
+            }
+            let (dir, base) = match p.rsplit_once('/') {
+                Some((d, b)) => (format!("{d}/"), b.to_string()),
+                None => (String::new(), p.clone()),
+            };
+            if base == ".wh..wh..opq" {
+                tree.retain(|k, _| !(k.starts_with(&dir) && k.len() > dir.len()));
+                continue;
+            }
+            if let Some(gone) = base.strip_prefix(".wh.") {
+                let gone = format!("{dir}{gone}");
+                let sub = format!("{gone}/");
+                tree.retain(|k, _| *k != gone && !k.starts_with(&sub));
+                continue;
+            }
+            let h = e.header();
+            let mode = h.mode().unwrap() & 0o7777;
+            let (uid, gid) = (h.uid().unwrap(), h.gid().unwrap());
+            let kind = h.entry_type();
+            let desc = if kind.is_hard_link() {
+                let target = e
+                    .link_name()
+                    .unwrap()
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                let target = target.trim_start_matches("./").trim_start_matches('/');
+                tree.get(target)
+                    .cloned()
+                    .unwrap_or_else(|| format!("hardlink to {target}?"))
+            } else if kind.is_symlink() {
+                let target = e
+                    .link_name()
+                    .unwrap()
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                format!("symlink {mode:o} {uid}:{gid} -> {target}")
+            } else if kind.is_dir() {
+                // A directory seen again (a later layer touching it) takes the new metadata.
+                format!("dir {mode:o} {uid}:{gid}")
+            } else if kind.is_file() {
+                let mut content = Vec::new();
+                e.read_to_end(&mut content).unwrap();
+                let d = sha2::Sha256::digest(&content);
+                let hexd: String = d.iter().take(8).map(|b| format!("{b:02x}")).collect();
+                format!("file {mode:o} {uid}:{gid} {} sha256:{hexd}", content.len())
+            } else {
+                format!("{kind:?} {mode:o} {uid}:{gid}")
+            };
+            if !kind.is_dir() {
+                // A non-directory replaces whatever was there, a directory's children too.
+                let sub = format!("{p}/");
+                tree.retain(|k, _| !k.starts_with(&sub));
+            }
+            tree.insert(p, desc);
+        }
+    }
+    tree
+}
+
+/// Reads an image: its config document and its layers' bytes, from a manifest and a way to
+/// fetch a blob by digest.
+fn read_image(manifest: &Value, blob: &dyn Fn(&str) -> Vec<u8>) -> (Value, Vec<Vec<u8>>) {
+    let cfg: Value =
+        serde_json::from_slice(&blob(manifest["config"]["digest"].as_str().unwrap())).unwrap();
+    let layers = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| blob(l["digest"].as_str().unwrap()))
+        .collect();
+    (cfg, layers)
+}
+
+/// A berth image, from `berth images export`.
+fn berth_image(d: &NsDaemon, image: &str) -> (Value, Vec<Vec<u8>>) {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("image.tar");
+    d.berth(
+        &d.ns,
+        &["images", "export", archive.to_str().unwrap(), image],
+    )
+    .ok();
+    let mut blobs = std::collections::BTreeMap::new();
+    let mut t = tar::Archive::new(std::fs::File::open(&archive).unwrap());
+    for e in t.entries().unwrap() {
+        let mut e = e.unwrap();
+        let p = e.path().unwrap().to_string_lossy().into_owned();
+        let mut data = Vec::new();
+        e.read_to_end(&mut data).unwrap();
+        blobs.insert(p, data);
+    }
+    let index: Value = serde_json::from_slice(&blobs["index.json"]).unwrap();
+    let get =
+        |dg: &str| blobs[&format!("blobs/sha256/{}", dg.trim_start_matches("sha256:"))].clone();
+    let m: Value =
+        serde_json::from_slice(&get(index["manifests"][0]["digest"].as_str().unwrap())).unwrap();
+    read_image(&m, &get)
+}
+
+/// buildah on private vfs storage in a temp dir; its images go with the guard.
+struct Buildah {
+    dir: tempfile::TempDir,
+}
+
+impl Buildah {
+    fn cmd(&self, args: &[&str]) -> Out {
+        let root = self.dir.path().join("root");
+        let run = self.dir.path().join("run");
+        let out = std::process::Command::new("buildah")
+            .arg("--root")
+            .arg(&root)
+            .arg("--runroot")
+            .arg(&run)
+            .args(["--storage-driver", "vfs"])
+            .args(args)
+            .env("BUILDAH_ISOLATION", "chroot")
+            .output()
+            .expect("running buildah");
+        Out {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// An image of buildah's storage: pushed to a `dir:` layout and read back.
+    fn image(&self, name: &str) -> (Value, Vec<Vec<u8>>) {
+        let out = self.dir.path().join(format!("dir-{}", unique("x")));
+        let dest = format!("dir:{}", out.display());
+        let r = self.cmd(&["push", "-q", name, &dest]);
+        assert_eq!(r.code, 0, "buildah push: {}", r.stderr);
+        let m: Value =
+            serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+        let get = |dg: &str| std::fs::read(out.join(dg.trim_start_matches("sha256:"))).unwrap();
+        let img = read_image(&m, &get);
+        let _ = std::fs::remove_dir_all(&out);
+        img
+    }
+}
+
+impl Drop for Buildah {
+    fn drop(&mut self) {
+        let _ = self.cmd(&["rm", "-a"]);
+        let _ = self.cmd(&["rmi", "-a", "-f"]);
+        // Anything a failed RUN left mounted under the temp dir.
+        for m in mounts_under(self.dir.path()).iter().rev() {
+            let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+/// The config fields both builders set, normalized: buildah's own label
+/// (`io.buildah.version`) dropped, zero-valued healthcheck fields and empty maps omitted.
+fn config_fields(cfg: &Value) -> Value {
+    let c = &cfg["config"];
+    let mut out = serde_json::Map::new();
+    for k in [
+        "User",
+        "ExposedPorts",
+        "Env",
+        "Entrypoint",
+        "Cmd",
+        "Volumes",
+        "WorkingDir",
+        "Labels",
+        "StopSignal",
+        "Healthcheck",
+        "Shell",
+        "OnBuild",
+    ] {
+        let mut v = c[k].clone();
+        if k == "Labels" {
+            if let Some(m) = v.as_object_mut() {
+                m.remove("io.buildah.version");
+            }
+        }
+        if k == "Healthcheck" {
+            if let Some(m) = v.as_object_mut() {
+                m.retain(|_, x| !(x.is_null() || x.as_u64() == Some(0)));
+            }
+        }
+        let empty = v.is_null()
+            || v.as_object().is_some_and(|m| m.is_empty())
+            || v.as_array().is_some_and(|a| a.is_empty())
+            || v.as_str() == Some("");
+        if !empty {
+            out.insert(k.to_string(), v);
+        }
+    }
+    Value::Object(out)
+}
+
+/// What buildah (1.28, chroot isolation) puts in an image on its own after a RUN, left out
+/// of the comparison: the empty `/etc/hosts`, `/etc/resolv.conf` and `/etc/hostname` it
+/// binds its own files over, and `/run` with `/run/.containerenv`. (The `/dev`, `/proc` and
+/// `/sys` mount points both leave, and they are compared.)
+fn buildah_own(path: &str) -> bool {
+    matches!(
+        path,
+        "run" | "run/.containerenv" | "etc/hosts" | "etc/resolv.conf" | "etc/hostname"
+    )
+}
+
+/// Name, context files, Dockerfile.
+type CmpCase = (
+    &'static str,
+    &'static [(&'static str, &'static str)],
+    &'static str,
+);
+
+const BUILDAH_CASES: &[CmpCase] = &[
+    (
+        "COPY --chown and --chmod",
+        &[("f", "file"), ("d/inner", "in"), ("d/sub/deep", "deep")],
+        "FROM busybox\n\
+COPY --chown=app:staff --chmod=640 f /f\n\
+COPY --chown=1000 d /d/\n\
+COPY f /rootowned\n\
+COPY --chmod=0755 f d/inner /multi/\n",
+    ),
+    (
+        "RUN rm whiteouts",
+        &[],
+        "FROM busybox\n\
+RUN echo x > /gone && mkdir -p /dir/sub && echo y > /dir/sub/f && echo z > /etc/removeme2 && chmod 600 /etc/removeme2\n\
+RUN rm /gone && rm -r /dir/sub && rm /etc/removeme2; rm /opt/old/a.txt; chown 1000:50 /dir\n",
+    ),
+    (
+        "config instructions",
+        &[],
+        "FROM busybox\n\
+ENV A=1 B=\"two words\"\n\
+LABEL l=v other=\"x y\"\n\
+WORKDIR /w/sub\n\
+RUN echo $A > a\n\
+EXPOSE 80 53/udp\n\
+VOLUME /data\n\
+STOPSIGNAL SIGINT\n\
+USER 1000:50\n\
+HEALTHCHECK --interval=30s --timeout=5s --retries=2 CMD [\"true\"]\n\
+ENTRYPOINT [\"echo\", \"ep\"]\n\
+CMD [\"default\"]\n",
+    ),
+    (
+        "multi-stage",
+        &[("src.txt", "source")],
+        "FROM busybox AS build\n\
+COPY src.txt /in.txt\n\
+RUN cat /in.txt /in.txt > /artifact && mkdir -p /out/bin && cp /artifact /out/bin/tool && chmod 751 /out/bin/tool\n\
+FROM busybox\n\
+COPY --from=build /out /opt/out\n\
+COPY --from=build --chown=1000:50 /artifact /home/app/\n\
+CMD [\"/opt/out/bin/tool\"]\n",
+    ),
+];
+
+/// The same Dockerfiles built by berth and by Debian's `buildah bud --isolation chroot`
+/// (from the same base, exported from berthd) give the same file trees — path, type, mode,
+/// owner, size, content digest, mtimes ignored — and the same config fields.
+#[test]
+fn same_images_as_buildah() {
+    if std::process::Command::new("buildah")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIPPED: buildah is not installed (hack/setup.sh installs it)");
+        return;
+    }
+    // One layer without hard links: containers/storage, as Docker, applies a hard link
+    // entry's mode to the file it links to, and the shared fixture's base layer writes its
+    // link as 0644 (berth keeps the file's 0755).
+    let d = NsDaemon {
+        d: Berthd::start().unwrap(),
+        ns: unique("build-buildah"),
+    };
+    let mut entries = vec![
+        Entry::Dir("bin", 0o755),
+        Entry::File("bin/busybox", 0o755, std::fs::read("/bin/busybox").unwrap()),
+        Entry::Symlink("bin/sh", "busybox"),
+    ];
+    for a in APPLETS {
+        entries.push(Entry::Symlink(a, "busybox"));
+    }
+    entries.extend([
+        Entry::Dir("etc", 0o755),
+        Entry::File(
+            "etc/passwd",
+            0o644,
+            b"root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n".to_vec(),
+        ),
+        Entry::File(
+            "etc/group",
+            0o644,
+            b"root:x:0:\napp:x:1000:\nstaff:x:50:\n".to_vec(),
+        ),
+        Entry::Dir("opt", 0o755),
+        Entry::Dir("opt/old", 0o755),
+        Entry::File("opt/old/a.txt", 0o644, b"old\n".to_vec()),
+        Entry::Dir("tmp", 0o1777),
+    ]);
+    let img = Image::with_config(
+        BASE,
+        vec![Layer::build(&entries).unwrap()],
+        serde_json::json!({"Cmd": ["sh"], "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]}),
+    )
+    .unwrap();
+    berth_integration::manager::tasks::import(&d, &d.ns, &img).unwrap();
+    let ba = Buildah {
+        dir: tempfile::Builder::new()
+            .prefix("berth-buildah-")
+            .tempdir_in("/var/tmp")
+            .unwrap(),
+    };
+    // The base: berth's busybox, exported and pulled into buildah's storage.
+    let base_tar = ba.dir.path().join("base.tar");
+    d.berth(
+        &d.ns,
+        &["images", "export", base_tar.to_str().unwrap(), BASE],
+    )
+    .ok();
+    let pulled = ba.cmd(&["pull", "-q", &format!("oci-archive:{}", base_tar.display())]);
+    assert_eq!(pulled.code, 0, "buildah pull: {}", pulled.stderr);
+    let id = pulled
+        .stdout
+        .trim()
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_string();
+    let tagged = ba.cmd(&["tag", &id, BASE]);
+    assert_eq!(tagged.code, 0, "buildah tag: {}", tagged.stderr);
+
+    let mut failures = Vec::new();
+    for (name, files, dockerfile) in BUILDAH_CASES {
+        let ctx = context(files);
+        std::fs::write(ctx.path().join("Dockerfile"), dockerfile).unwrap();
+        let tag = format!("berth.test/{}:latest", unique("cmp"));
+        build(&d, ctx.path(), &["-t", &tag]).ok();
+        let b = ba.cmd(&[
+            "bud",
+            "--isolation",
+            "chroot",
+            "--pull=never",
+            "--format",
+            "docker",
+            "-q",
+            "-t",
+            &tag,
+            ctx.path().to_str().unwrap(),
+        ]);
+        assert_eq!(
+            b.code, 0,
+            "{name}: buildah bud:\n{}\n{}",
+            b.stdout, b.stderr
+        );
+        let (bcfg, blayers) = berth_image(&d, &tag);
+        let (hcfg, hlayers) = ba.image(&tag);
+        let mut ours = flatten(&blayers);
+        let mut theirs = flatten(&hlayers);
+        let own: Vec<&String> = theirs.keys().filter(|k| buildah_own(k)).collect();
+        eprintln!("{name}: left out of buildah's: {own:?}");
+        ours.retain(|k, _| !buildah_own(k));
+        theirs.retain(|k, _| !buildah_own(k));
+        let keys: std::collections::BTreeSet<&String> = ours.keys().chain(theirs.keys()).collect();
+        for k in keys {
+            let (a, b) = (ours.get(k), theirs.get(k));
+            if a != b {
+                failures.push(format!("{name}: /{k}: berth {a:?}, buildah {b:?}"));
+            }
+        }
+        let (a, b) = (config_fields(&bcfg), config_fields(&hcfg));
+        if a != b {
+            failures.push(format!("{name}: config\n  berth   {a}\n  buildah {b}"));
+        }
+        eprintln!("{name}: {} paths compared", ours.len());
+    }
+    assert!(failures.is_empty(), "differences:\n{}", failures.join("\n"));
     assert_clean(&d);
 }

@@ -14,6 +14,7 @@
 
 pub mod cache;
 pub mod fsops;
+mod mounts;
 pub mod run;
 
 use std::collections::BTreeMap;
@@ -148,6 +149,9 @@ pub struct Engine {
     pub state_dir: PathBuf,
     /// The runtime binary RUN uses.
     pub runtime: PathBuf,
+    /// Where `RUN --mount=type=cache` directories live (`<root>/build-cache-mounts`), one dir
+    /// per namespace.
+    pub cache_mounts: PathBuf,
     /// Registry settings (for base images not in the store).
     pub registries: crate::daemon::registries::Registries,
 }
@@ -390,6 +394,8 @@ struct Build<'a> {
     text: BTreeMap<usize, String>,
     done: Mutex<BTreeMap<usize, StageOut>>,
     seq: std::sync::atomic::AtomicUsize,
+    /// The planned stages' indices and names (for `RUN --mount=from=`).
+    stage_names: Vec<(usize, Option<String>)>,
 }
 
 impl Engine {
@@ -464,6 +470,11 @@ impl Engine {
             text: lines,
             done: Mutex::new(BTreeMap::new()),
             seq: Default::default(),
+            stage_names: plan
+                .stages
+                .iter()
+                .map(|s| (s.index, s.name.clone()))
+                .collect(),
         };
         let res = b.run(&plan);
         if let Err(e) = self.store.lease_delete(ns, &lease.id) {
@@ -527,7 +538,8 @@ impl Engine {
 
     /// Drops the namespace's build cache (GC reclaims the rest).
     pub fn prune(&self, ctx: &Ctx) -> Result<u64, StoreError> {
-        cache::prune(&self.store, ctx)
+        let n = cache::prune(&self.store, ctx)?;
+        Ok(n + mounts::prune(&self.cache_mounts.join(&ctx.namespace)))
     }
 }
 
@@ -742,7 +754,10 @@ impl Build<'_> {
             }
             _ => None,
         };
-        let digest = sources.as_ref().map(|(_, d)| d.clone());
+        let digest = match &step.instruction {
+            Instruction::Run(r) if !r.mounts.is_empty() => self.mounts_digest(r)?,
+            _ => sources.as_ref().map(|(_, d)| d.clone()),
+        };
         let key = cache_key(&out.key, step, digest.as_deref());
         if !self.req.no_cache {
             if let Some(e) = cache::lookup(store, &self.ctx, &key)? {
@@ -755,18 +770,13 @@ impl Build<'_> {
         let parent = out.fs.chain();
         let layer = match &step.instruction {
             Instruction::Run(r) => {
-                if !r.mounts.is_empty() {
-                    return Err(BuildError::Invalid(
-                        "RUN --mount is not supported by berth build yet".into(),
-                    ));
-                }
                 let network = match r.network {
                     Some(berth_build::instructions::NetworkMode::Host) => NetworkMode::Host,
                     Some(berth_build::instructions::NetworkMode::None) => NetworkMode::None,
                     _ => self.req.network,
                 };
                 self.fs_step(parent.as_ref(), &mut |rootfs| {
-                    self.run_step(step, rootfs, network, label)
+                    self.run_step(step, r, rootfs, network, label)
                 })?
             }
             Instruction::Copy(t) | Instruction::Add(t) => {
@@ -1094,6 +1104,7 @@ impl Build<'_> {
     fn run_step(
         &self,
         step: &Step,
+        r: &berth_build::instructions::Run,
         rootfs: &Path,
         network: NetworkMode,
         label: &str,
@@ -1121,6 +1132,7 @@ impl Build<'_> {
             .iter()
             .map(|p| (p.name.clone(), p.data.clone()))
             .collect();
+        let mounts = self.prepare_mounts(r, rootfs, &cwd)?;
         let spec = run::RunSpec {
             id: &id,
             rootfs,
@@ -1131,6 +1143,7 @@ impl Build<'_> {
             user,
             network,
             pipes: &pipes,
+            mounts: &mounts.spec,
         };
         let runtime_root = self.engine.state_dir.join("builds").join("runtime");
         let code = run::run(
@@ -1140,7 +1153,9 @@ impl Build<'_> {
             label,
             self.emit,
             self.abort,
-        )?;
+        );
+        mounts.finish(rootfs);
+        let code = code?;
         if code != 0 {
             let cmd = serde_json::to_string(&step.argv.join(" ")).unwrap_or_default();
             return Err(BuildError::Failed(format!(
@@ -1317,7 +1332,9 @@ fn copy_into(
         None => None,
     };
     let opts = fsops::CopyOpts { owner, mode };
-    let dirs_owner = (0, 0);
+    // Directories the copy creates on the way get the --chown owner too (BuildKit and
+    // buildah do this; the classic builder left them to root).
+    let dirs_owner = owner.unwrap_or((0, 0));
     let split = |p: &str| -> (String, String) {
         let p = berth_build::ignore::clean_path(p);
         match p.rsplit_once('/') {

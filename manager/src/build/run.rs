@@ -40,6 +40,8 @@ pub struct RunSpec<'a> {
     pub network: NetworkMode,
     /// Heredoc files for /dev/pipes (name, content).
     pub pipes: &'a [(String, String)],
+    /// `RUN --mount`s: OCI mount entries, after the defaults.
+    pub mounts: &'a [Value],
 }
 
 fn spec(r: &RunSpec) -> Value {
@@ -55,6 +57,7 @@ fn spec(r: &RunSpec) -> Value {
         mounts.push(json!({"destination": "/dev/pipes", "type": "bind",
             "source": r.bundle.join("pipes"), "options": ["rbind", "ro", "nosuid", "nodev"]}));
     }
+    mounts.extend(r.mounts.iter().cloned());
     let mut namespaces = vec![
         json!({"type": "pid"}),
         json!({"type": "ipc"}),

@@ -49,6 +49,7 @@ impl BuildsService {
             store: self.state.store().clone(),
             state_dir: self.state.state_dir().to_path_buf(),
             runtime,
+            cache_mounts: self.state.root().join("build-cache-mounts"),
             registries: self.state.registries().clone(),
         }
     }
