@@ -22,7 +22,7 @@ use tokio_stream::StreamExt;
 
 use super::errors::ApiError;
 use super::version::{ApiVersion, CURRENT, MIN};
-use super::{containers, create, images, networks, system, version, volumes, Api};
+use super::{build, containers, create, images, networks, system, version, volumes, Api};
 
 /// Largest JSON request body (network and volume definitions are a few hundred bytes).
 pub const MAX_JSON_BODY: usize = 1 << 20;
@@ -461,7 +461,7 @@ async fn route(api: &Api, req: Request<Incoming>) -> Reply {
         "/images/get" if get => return images::save(api, req, None).await,
         "/images/prune" if post => return images::prune(api, req).await,
         "/images/search" if get => return Err(ApiError::unsupported("image search")),
-        "/build" if post => return Err(ApiError::unsupported("image build (docker build)")),
+        "/build" if post => return build::build(api, req).await,
         // Credentials still work: the CLI sends config.json's as X-Registry-Auth.
         "/auth" if post => {
             return Err(ApiError::unsupported(
@@ -548,8 +548,15 @@ async fn route(api: &Api, req: Request<Incoming>) -> Reply {
             if delete {
                 return networks::remove(api, req, &id).await;
             }
-        } else if post && (rest.ends_with("/connect") || rest.ends_with("/disconnect")) {
-            return Err(ApiError::unsupported("network connect and disconnect"));
+        } else if post {
+            if let Some(id) = rest.strip_suffix("/connect") {
+                let id = id.to_string();
+                return networks::connect(api, req, &id).await;
+            }
+            if let Some(id) = rest.strip_suffix("/disconnect") {
+                let id = id.to_string();
+                return networks::disconnect(api, req, &id).await;
+            }
         }
         return Err(not_found());
     }
