@@ -86,9 +86,31 @@ fn ports(api: &Api, id: &str) -> Vec<(String, u16, u16, String)> {
         .unwrap_or_default()
 }
 
-fn networks_of(api: &Api, id: &str) -> serde_json::Map<String, Value> {
+/// The networks a container is on (its task's attachment), or, when it is not running, the
+/// ones it will join (from its record), without addresses.
+fn networks_of(api: &Api, c: &Container) -> serde_json::Map<String, Value> {
+    let id = c.id.as_str();
     let mut out = serde_json::Map::new();
-    if let Some(a) = api.state.networks().attachment(NAMESPACE, id) {
+    let attached = api.state.networks().attachment(NAMESPACE, id);
+    if attached.is_none() {
+        let joins: Vec<crate::networks::Join> = c
+            .labels
+            .get(crate::networks::NETWORKS_LABEL)
+            .and_then(|v| serde_json::from_str(v).ok())
+            .unwrap_or_default();
+        for j in joins {
+            out.insert(
+                j.name.clone(),
+                json!({
+                    "IPAMConfig": null, "Links": null, "Aliases": j.aliases,
+                    "NetworkID": "", "EndpointID": "", "Gateway": "", "IPAddress": "",
+                    "IPPrefixLen": 0, "IPv6Gateway": "", "GlobalIPv6Address": "",
+                    "GlobalIPv6PrefixLen": 0, "MacAddress": "", "DriverOpts": null,
+                }),
+            );
+        }
+    }
+    if let Some(a) = attached {
         for j in &a.joined {
             let prefix = j
                 .network
@@ -164,7 +186,7 @@ async fn summary(api: &Api, c: &Container, st: &RunState) -> Value {
         "State": st.status,
         "Status": status_text(st, &m),
         "HostConfig": {"NetworkMode": m.host_config["NetworkMode"]},
-        "NetworkSettings": {"Networks": networks_of(api, &c.id)},
+        "NetworkSettings": {"Networks": networks_of(api, c)},
         "Mounts": mounts_of(c),
     })
 }
@@ -306,7 +328,7 @@ pub async fn list(api: &Api, req: Req) -> Reply {
             continue;
         }
         if !f.get("network").is_empty() {
-            let nets = networks_of(api, &c.id);
+            let nets = networks_of(api, &c);
             if !f.get("network").iter().any(|n| nets.contains_key(n)) {
                 continue;
             }
@@ -342,11 +364,7 @@ pub async fn inspect(api: &Api, _req: Req, name: &str) -> Reply {
             }
         }
     }
-    let nets = if st.running() {
-        networks_of(api, &c.id)
-    } else {
-        serde_json::Map::new()
-    };
+    let nets = networks_of(api, &c);
     let first = nets.values().next().cloned().unwrap_or(Value::Null);
     let log = crate::tasks::log_path(api.state.state_dir(), NAMESPACE, &c.id);
     let zero_time = "0001-01-01T00:00:00Z";

@@ -341,6 +341,7 @@ impl Drop for Made<'_> {
 /// aliases, ExtraHosts and Dns.
 fn net_flags(
     name: &str,
+    short: &str,
     host: &Value,
     endpoints: &Value,
     config: &Value,
@@ -372,8 +373,10 @@ fn net_flags(
             }
         }
     }
-    // On user-defined networks the container answers to its name, as with dockerd.
+    // On user-defined networks the container answers to its name and short ID, as with
+    // dockerd (docker-compose looks for the short ID to know the endpoint is set up).
     if !matches!(mode.as_str(), "bridge" | "none" | "host") && !mode.starts_with("container:") {
+        aliases.insert(0, short.to_string());
         aliases.insert(0, name.to_string());
     }
     aliases.dedup();
@@ -556,14 +559,14 @@ pub async fn create(api: &Api, req: Req) -> Reply {
         }
         name_q
     };
-    let flags = net_flags(&name, &host, &endpoints, &config)?;
+    let id = new_id();
+    let flags = net_flags(&name, &id[..12], &host, &endpoints, &config)?;
     let (store, ctx) = (api.state.store().clone(), api.ctx());
     let (img, _) = {
         let (s, c, n) = (store.clone(), ctx.clone(), image_name.clone());
         blocking(move || images::find(&s, &c, &n)).await?
     };
     let image_cfg = img.config["config"].clone();
-    let id = new_id();
     let mut spec = runspec::spec(super::NAMESPACE, &id, &opts, &image_cfg).map_err(|e| {
         ApiError::bad_request(format!("invalid {}: {}", e.field.docker(), e.message))
     })?;
@@ -838,7 +841,7 @@ mod tests {
     fn port_bindings_and_endpoints_become_network_flags() {
         let host = json!({"NetworkMode": "app_default", "PortBindings": {"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": "8080"}], "53/udp": [{"HostIp": "", "HostPort": ""}]}, "ExtraHosts": ["db:10.0.0.2"]});
         let eps = json!({"app_default": {"Aliases": ["web"]}});
-        let f = net_flags("app_web_1", &host, &eps, &json!({})).unwrap();
+        let f = net_flags("app_web_1", "0123456789ab", &host, &eps, &json!({})).unwrap();
         assert_eq!(f.net, vec!["app_default".to_string()]);
         assert!(
             f.publish.contains(&"127.0.0.1:8080:80/tcp".to_string()),
@@ -855,7 +858,7 @@ mod tests {
             vec!["app_web_1".to_string(), "web".to_string()]
         );
         assert_eq!(f.add_host, vec!["db:10.0.0.2".to_string()]);
-        let f = net_flags("x", &json!({}), &json!(null), &json!({})).unwrap();
+        let f = net_flags("x", "0123456789ab", &json!({}), &json!(null), &json!({})).unwrap();
         assert_eq!(f.net, vec!["bridge".to_string()]);
         assert!(f.network_alias.is_empty());
     }
