@@ -27,6 +27,8 @@ packages=(
   # the Docker API tests drive berthd's docker.sock with Debian's unmodified docker CLI
   # (/usr/bin/docker, 20.10); its dockerd is never started (see policy-rc.d below)
   docker.io
+  # ... and docker-compose 1.29 (Python, docker-py) as the other Docker API client
+  docker-compose
 )
 missing=()
 for p in "${packages[@]}"; do

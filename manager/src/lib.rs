@@ -9,4 +9,5 @@ pub mod daemon;
 pub mod docker;
 pub mod identifiers;
 pub mod networks;
+pub mod runspec;
 pub mod tasks;

@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use super::{BuildError, Event, NetworkMode};
 
 /// Docker's default capabilities, as `berth run` gives them.
-use crate::cli::run::CAPS;
+use crate::runspec::CAPS;
 
 /// One RUN container.
 pub struct RunSpec<'a> {
@@ -45,14 +45,7 @@ pub struct RunSpec<'a> {
 }
 
 fn spec(r: &RunSpec) -> Value {
-    let mut mounts = vec![
-        json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
-        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
-        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
-        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
-        json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
-        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}),
-    ];
+    let mut mounts = crate::runspec::default_mounts(false);
     if !r.pipes.is_empty() {
         mounts.push(json!({"destination": "/dev/pipes", "type": "bind",
             "source": r.bundle.join("pipes"), "options": ["rbind", "ro", "nosuid", "nodev"]}));
@@ -86,15 +79,9 @@ fn spec(r: &RunSpec) -> Value {
             "resources": {"devices": [{"allow": false, "access": "rwm"}]},
             "cgroupsPath": format!("/berth-build/{}", r.id),
             "namespaces": namespaces,
-            "maskedPaths": [
-                "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
-                "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware",
-                "/proc/scsi"
-            ],
-            "readonlyPaths": [
-                "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"
-            ],
-            "seccomp": crate::cli::seccomp::default_profile()
+            "maskedPaths": crate::runspec::MASKED_PATHS,
+            "readonlyPaths": crate::runspec::READONLY_PATHS,
+            "seccomp": crate::runspec::seccomp::default_profile()
         }
     })
 }

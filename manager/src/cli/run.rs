@@ -12,9 +12,10 @@ use berth_proto::containerd::services::snapshots::v1::snapshots_client::Snapshot
 use berth_proto::containerd::services::tasks::v1 as tpb;
 use berth_proto::containerd::services::tasks::v1::tasks_client::TasksClient;
 use clap::Args as ClapArgs;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::{content, rpc_error, Env};
+use crate::runspec::{self, RunOptions};
 
 /// The spec's type URL, as containerd's clients send it.
 const SPEC_TYPE: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
@@ -73,7 +74,7 @@ pub struct Args {
     pub runtime: String,
     /// Networks and ports.
     #[command(flatten)]
-    pub net: super::netflags::NetFlags,
+    pub net: crate::runspec::net::NetFlags,
     /// The image.
     pub image: String,
     /// The container id.
@@ -83,21 +84,7 @@ pub struct Args {
     pub args: Vec<String>,
 }
 
-/// `512`, `64m`, `1g`, `100k`: bytes with an optional 1024-based unit.
-pub fn parse_size(s: &str) -> std::result::Result<i64, String> {
-    let t = s.trim().to_ascii_lowercase();
-    let (num, mult) = match t.chars().last() {
-        Some('b') => (&t[..t.len() - 1], 1),
-        Some('k') => (&t[..t.len() - 1], 1 << 10),
-        Some('m') => (&t[..t.len() - 1], 1 << 20),
-        Some('g') => (&t[..t.len() - 1], 1 << 30),
-        _ => (t.as_str(), 1),
-    };
-    num.parse::<i64>()
-        .ok()
-        .and_then(|n| n.checked_mul(mult))
-        .ok_or_else(|| format!("{s:?} is not a size (bytes, or a number with b, k, m or g)"))
-}
+pub use crate::runspec::parse_size;
 
 fn strs(v: &Value) -> Vec<String> {
     v.as_array()
@@ -107,159 +94,24 @@ fn strs(v: &Value) -> Vec<String> {
         .collect()
 }
 
-/// Docker's default capabilities (the build's RUN containers get the same).
-pub const CAPS: &[&str] = &[
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FSETID",
-    "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_KILL",
-    "CAP_AUDIT_WRITE",
-];
-
-/// The OCI spec for `cfg` (the image config's `config` object) and the flags.
+/// The OCI spec for `cfg` (the image config's `config` object) and the flags (the defaults
+/// and the checks are `crate::runspec`'s, shared with the Docker API).
 pub fn spec(ns: &str, a: &Args, cfg: &Value) -> Result<Value> {
-    // Docker's rule: given arguments replace Cmd and follow the entrypoint.
-    let mut args = strs(&cfg["Entrypoint"]);
-    if a.args.is_empty() {
-        args.extend(strs(&cfg["Cmd"]));
-    } else {
-        args.extend(a.args.iter().cloned());
-    }
-    if args.is_empty() {
-        bail!("no command: the image has no entrypoint or cmd and none was given");
-    }
-    let mut env = strs(&cfg["Env"]);
-    if !env.iter().any(|e| e.starts_with("PATH=")) {
-        env.insert(
-            0,
-            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
-        );
-    }
-    for e in &a.env {
-        if !e.contains('=') {
-            bail!("--env {e:?}: expected KEY=VALUE");
-        }
-        let key = e.split('=').next().unwrap_or_default();
-        env.retain(|x| x.split('=').next() != Some(key));
-        env.push(e.clone());
-    }
-    let cwd = a
-        .cwd
-        .clone()
-        .or_else(|| {
-            cfg["WorkingDir"]
-                .as_str()
-                .filter(|s| !s.is_empty())
-                .map(str::to_string)
-        })
-        .unwrap_or_else(|| "/".into());
-    let user = a
-        .user
-        .clone()
-        .or_else(|| {
-            cfg["User"]
-                .as_str()
-                .filter(|s| !s.is_empty())
-                .map(str::to_string)
-        })
-        .unwrap_or_else(|| "0".into());
-    let (uid, gid) = match user.split_once(':') {
-        Some((u, g)) => (u.to_string(), g.to_string()),
-        None => (user.clone(), user.clone()),
-    };
-    let uid: u32 = uid
-        .parse()
-        .with_context(|| format!("--user {user:?}: only numeric UID[:GID] is supported"))?;
-    let gid: u32 = if user.contains(':') {
-        gid.parse()
-            .with_context(|| format!("--user {user:?}: only numeric UID[:GID] is supported"))?
-    } else if uid == 0 {
-        0
-    } else {
-        uid
-    };
-    let mounts = vec![
-        json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
-        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
-        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
-        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
-        json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
-        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}),
-        json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}),
-    ];
     // -v, --mount and --tmpfs: checked here, added by `mounts::apply`.
     super::mounts::plan(&a.volume, &a.mount, &a.tmpfs, cfg)?;
-    let mut resources = json!({"devices": [{"allow": false, "access": "rwm"}]});
-    if let Some(m) = a.memory {
-        if m <= 0 {
-            bail!("--memory {m}: must be a positive number of bytes");
-        }
-        resources["memory"] = json!({"limit": m});
-    }
-    if let Some(c) = a.cpus {
-        if c.is_nan() || c <= 0.0 {
-            bail!("--cpus {c}: must be positive");
-        }
-        resources["cpu"] = json!({"period": 100000u64, "quota": (c * 100000.0) as i64});
-    }
-    if let Some(p) = a.pids_limit {
-        if p <= 0 {
-            bail!("--pids-limit {p}: must be positive");
-        }
-        resources["pids"] = json!({"limit": p});
-    }
-    let mut seccomp = Some(super::seccomp::default_profile());
-    for o in &a.security_opt {
-        match o.as_str() {
-            "seccomp=unconfined" | "seccomp:unconfined" => seccomp = None,
-            _ => bail!("--security-opt {o:?}: only seccomp=unconfined is supported"),
-        }
-    }
-    if a.tty && !env.iter().any(|e| e.starts_with("TERM=")) {
-        env.push("TERM=xterm".to_string());
-    }
-    let mut spec = json!({
-        "ociVersion": "1.0.2",
-        "process": {
-            "terminal": a.tty,
-            "user": {"uid": uid, "gid": gid},
-            "args": args,
-            "env": env,
-            "cwd": cwd,
-            "capabilities": {"bounding": CAPS, "effective": CAPS, "permitted": CAPS},
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
-            "noNewPrivileges": true
-        },
-        "root": {"path": "rootfs"},
-        "hostname": a.id,
-        "mounts": mounts,
-        "linux": {
-            "resources": resources,
-            "cgroupsPath": format!("/{ns}/{}", a.id),
-            "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "network"}],
-            "maskedPaths": [
-                "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
-                "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware",
-                "/proc/scsi"
-            ],
-            "readonlyPaths": [
-                "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"
-            ]
-        }
-    });
-    if let Some(p) = seccomp {
-        spec["linux"]["seccomp"] = p;
-    }
-    Ok(spec)
+    let o = RunOptions {
+        cmd: a.args.clone(),
+        env: a.env.clone(),
+        cwd: a.cwd.clone(),
+        user: a.user.clone(),
+        tty: a.tty,
+        memory: a.memory,
+        cpus: a.cpus,
+        pids_limit: a.pids_limit,
+        security_opt: a.security_opt.clone(),
+        ..Default::default()
+    };
+    runspec::spec(ns, &a.id, &o, cfg).map_err(|e| anyhow::anyhow!("{} {}", e.field.flag(), e))
 }
 
 /// The image's config JSON and the chain id of its layers.
@@ -348,7 +200,7 @@ pub async fn run(env: &Env, a: Args) -> Result<i32> {
     crate::identifiers::validate(&a.id).map_err(|e| anyhow::anyhow!("container id: {e}"))?;
     let (cfg, chain) = image_config(env, &a.image).await?;
     let mut spec = spec(&env.namespace, &a, &cfg["config"])?;
-    let labels = super::netflags::apply(&a.net, &cfg["config"], &mut spec)?;
+    let labels = crate::runspec::net::apply(&a.net, &cfg["config"], &mut spec)?;
     if a.tty {
         super::stdio::set_console_size(&mut spec["process"]);
     }
@@ -523,6 +375,7 @@ pub async fn run(env: &Env, a: Args) -> Result<i32> {
 mod tests {
     use super::*;
     use clap::Parser;
+    use serde_json::json;
 
     #[derive(Parser)]
     struct T {

@@ -72,6 +72,9 @@ async fn serve(config: Config) -> Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let docker_task = docker.map(|(path, l)| {
         let api = crate::docker::Api::new(state.clone());
+        // Containers made through the Docker API come back as dockerd brings them back.
+        let restoring = api.clone();
+        tokio::spawn(async move { restoring.restore().await });
         (
             path,
             tokio::spawn(crate::docker::server::serve(api, l, stop_rx)),

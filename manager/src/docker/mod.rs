@@ -8,15 +8,26 @@
 //! `berth -n moby images ls` shows what `docker images` shows, and objects of other
 //! namespaces stay invisible to docker.
 
+pub mod build;
+pub mod containers;
+pub mod create;
 pub mod errors;
 pub mod images;
+pub mod lifecycle;
+pub mod logs;
 pub mod networks;
 pub mod server;
 pub mod system;
 pub mod version;
 pub mod volumes;
 
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
 use berth_store::Ctx;
+
+use crate::daemon::services::tasks::TasksService;
 
 use crate::daemon::state::State;
 use errors::ApiError;
@@ -29,12 +40,29 @@ pub const NAMESPACE: &str = "moby";
 pub struct Api {
     /// The daemon's stores and engine.
     pub state: State,
+    /// The task service, called in-process.
+    pub tasks: Arc<TasksService>,
+    /// Exit announcements per container.
+    pub notifier: Arc<lifecycle::Notifier>,
+    /// Containers waiting out their restart back-off.
+    pub restarting: Arc<Mutex<HashSet<String>>>,
+    /// The current restart back-off per container.
+    pub backoff: Arc<Mutex<HashMap<String, Duration>>>,
+    /// Held while a name is checked and taken (create, rename).
+    pub create_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Api {
     /// The front over `state`.
     pub fn new(state: State) -> Api {
-        Api { state }
+        Api {
+            tasks: Arc::new(TasksService::in_process(state.clone())),
+            state,
+            notifier: Arc::default(),
+            restarting: Arc::default(),
+            backoff: Arc::default(),
+            create_lock: Arc::default(),
+        }
     }
 
     /// The store context of Docker requests.

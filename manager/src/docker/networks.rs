@@ -50,7 +50,7 @@ fn predefined_shape(name: &str, driver: &str) -> Value {
         "EnableIPv6": false,
         "IPAM": {"Driver": "default", "Options": null, "Config": []},
         "Internal": false,
-        "Attachable": false,
+        "Attachable": true,
         "Ingress": false,
         "ConfigFrom": {"Network": ""},
         "ConfigOnly": false,
@@ -76,8 +76,10 @@ fn shape(nets: &Networks, ctx: &berth_store::Ctx, r: &NetworkRecord) -> Result<V
             }),
         );
     }
-    let mut options = BTreeMap::new();
-    options.insert("com.docker.network.bridge.name", r.bridge.clone());
+    // Options are what the network was created with, as dockerd reports them (none: berthd
+    // takes no driver options); docker-compose recreates a network whose options differ.
+    // The bridge's name is in the labels-free `berth network inspect`.
+    let options: BTreeMap<&str, String> = BTreeMap::new();
     Ok(json!({
         "Name": r.name,
         "Id": r.id,
@@ -91,7 +93,7 @@ fn shape(nets: &Networks, ctx: &berth_store::Ctx, r: &NetworkRecord) -> Result<V
             "Config": [{"Subnet": r.subnet, "Gateway": r.gateway}],
         },
         "Internal": r.internal,
-        "Attachable": false,
+        "Attachable": true,
         "Ingress": false,
         "ConfigFrom": {"Network": ""},
         "ConfigOnly": false,
@@ -285,8 +287,9 @@ impl CreateRequest {
                 self.scope
             )));
         }
+        // Attachable (docker-compose sets it) asks that standalone containers may join: every
+        // local bridge network of berthd's lets them, so it asks for nothing more.
         for (on, what) in [
-            (self.attachable, "Attachable"),
             (self.ingress, "Ingress"),
             (self.config_only, "ConfigOnly"),
             (self.enable_ipv6, "EnableIPv6 (IPv6 networks)"),
@@ -386,6 +389,87 @@ pub async fn remove(api: &Api, _req: Req, id: &str) -> Reply {
     Ok(empty(StatusCode::NO_CONTENT))
 }
 
+/// `POST /networks/{id}/connect` (`{"Container", "EndpointConfig": {"Aliases", "IPAMConfig"}}`):
+/// recorded on the container, and joined at once when it runs.
+pub async fn connect(api: &Api, req: Req, id: &str) -> Reply {
+    let body: Value = req.json().await?;
+    let who = body["Container"].as_str().unwrap_or("").to_string();
+    if who.is_empty() {
+        return Err(ApiError::bad_request("Container is required"));
+    }
+    let ep = &body["EndpointConfig"];
+    for k in ["Links", "DriverOpts", "MacAddress"] {
+        if ep[k].as_array().is_some_and(|a| !a.is_empty())
+            || ep[k].as_object().is_some_and(|o| !o.is_empty())
+            || ep[k].as_str().is_some_and(|s| !s.is_empty())
+        {
+            return Err(ApiError::unsupported(format!("EndpointConfig.{k}")));
+        }
+    }
+    if ep["IPAMConfig"]["IPv6Address"]
+        .as_str()
+        .is_some_and(|s| !s.is_empty())
+    {
+        return Err(ApiError::unsupported(
+            "EndpointConfig.IPAMConfig.IPv6Address",
+        ));
+    }
+    let ip = ep["IPAMConfig"]["IPv4Address"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    let c = api.find_container(&who).await?;
+    let meta = super::lifecycle::Meta::of(&c);
+    let mut aliases: Vec<String> = ep["Aliases"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.as_str().map(str::to_string))
+        .collect();
+    let (nets, ctx, id) = (nets(api), api.ctx(), id.to_string());
+    blocking(move || {
+        let f = find(&nets, &ctx, &id)?;
+        let name = f.name().to_string();
+        if matches!(name.as_str(), "host" | "none") {
+            return Err(ApiError::forbidden(format!(
+                "container cannot be disconnected from host network or connected to {name} network"
+            )));
+        }
+        if name != "bridge" {
+            // Its name and short ID answer on a user-defined network, as with dockerd.
+            for a in [c.id[..12].to_string(), meta.name.clone()] {
+                if !aliases.contains(&a) {
+                    aliases.insert(0, a);
+                }
+            }
+        }
+        nets.connect(&ctx, &c.id, &crate::networks::Join { name, aliases, ip })
+            .map_err(|e| match e {
+                crate::networks::NetworkError::AlreadyExists(m) => ApiError::forbidden(m),
+                e => e.into(),
+            })
+    })
+    .await?;
+    Ok(empty(StatusCode::OK))
+}
+
+/// `POST /networks/{id}/disconnect` (`{"Container", "Force"}`).
+pub async fn disconnect(api: &Api, req: Req, id: &str) -> Reply {
+    let body: Value = req.json().await?;
+    let who = body["Container"].as_str().unwrap_or("").to_string();
+    if who.is_empty() {
+        return Err(ApiError::bad_request("Container is required"));
+    }
+    let c = api.find_container(&who).await?;
+    let (nets, ctx, id) = (nets(api), api.ctx(), id.to_string());
+    blocking(move || {
+        let f = find(&nets, &ctx, &id)?;
+        Ok(nets.disconnect(&ctx, &c.id, f.name())?)
+    })
+    .await?;
+    Ok(empty(StatusCode::OK))
+}
+
 /// `POST /networks/prune`: every network of the namespace no container uses (not `bridge`).
 pub async fn prune(api: &Api, req: Req) -> Reply {
     let f = req.filters()?;
@@ -455,7 +539,7 @@ mod tests {
                 json!({"Name": "a", "IPAM": {"Config": [{"Subnet": "10.1.0.0/16", "IPRange": "10.1.1.0/24"}]}}),
                 "IPRange",
             ),
-            (json!({"Name": "a", "Attachable": true}), "Attachable"),
+            (json!({"Name": "a", "Ingress": true}), "Ingress"),
         ] {
             let e = req(body).check().unwrap_err();
             assert_eq!(e.status, StatusCode::BAD_REQUEST);

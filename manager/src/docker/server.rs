@@ -22,7 +22,7 @@ use tokio_stream::StreamExt;
 
 use super::errors::ApiError;
 use super::version::{ApiVersion, CURRENT, MIN};
-use super::{images, networks, system, version, volumes, Api};
+use super::{build, containers, create, images, networks, system, version, volumes, Api};
 
 /// Largest JSON request body (network and volume definitions are a few hundred bytes).
 pub const MAX_JSON_BODY: usize = 1 << 20;
@@ -48,8 +48,10 @@ pub async fn serve(api: Api, listener: UnixListener, mut stop: watch::Receiver<b
                             let api = api.clone();
                             async move { Ok::<_, Infallible>(handle(&api, req).await) }
                         });
+                        // Upgrades: attach and exec start take the connection over.
                         let conn = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(stream), svc);
+                            .serve_connection(TokioIo::new(stream), svc)
+                            .with_upgrades();
                         tokio::pin!(conn);
                         tokio::select! {
                             r = conn.as_mut() => {
@@ -120,6 +122,8 @@ pub struct Req {
     pub headers: HeaderMap,
     /// The body, unread.
     pub body: Incoming,
+    /// The connection's upgrade, for the handlers that take the connection over.
+    pub upgrade: Option<hyper::upgrade::OnUpgrade>,
 }
 
 impl Req {
@@ -417,7 +421,8 @@ fn not_found() -> ApiError {
 }
 
 async fn route(api: &Api, req: Request<Incoming>) -> Reply {
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    let upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
     let raw = parts.uri.path();
     let (version, path) = split_version(raw)?;
     let path = percent_encoding::percent_decode_str(path)
@@ -434,6 +439,7 @@ async fn route(api: &Api, req: Request<Incoming>) -> Reply {
         query,
         headers: parts.headers,
         body,
+        upgrade,
     };
     let m = req.method.clone();
     let p = req.path.trim_end_matches('/').to_string();
@@ -455,7 +461,7 @@ async fn route(api: &Api, req: Request<Incoming>) -> Reply {
         "/images/get" if get => return images::save(api, req, None).await,
         "/images/prune" if post => return images::prune(api, req).await,
         "/images/search" if get => return Err(ApiError::unsupported("image search")),
-        "/build" if post => return Err(ApiError::unsupported("image build (docker build)")),
+        "/build" if post => return build::build(api, req).await,
         // Credentials still work: the CLI sends config.json's as X-Registry-Auth.
         "/auth" if post => {
             return Err(ApiError::unsupported(
@@ -468,7 +474,42 @@ async fn route(api: &Api, req: Request<Incoming>) -> Reply {
         "/volumes" if get => return volumes::list(api, req).await,
         "/volumes/create" if post => return volumes::create(api, req).await,
         "/volumes/prune" if post => return volumes::prune(api, req).await,
+        "/containers/json" if get => return containers::list(api, req).await,
+        "/containers/create" if post => return create::create(api, req).await,
+        "/containers/prune" if post => return containers::prune(api, req).await,
         _ => {}
+    }
+    if let Some(rest) = p.strip_prefix("/containers/") {
+        let (name, action) = match rest.split_once('/') {
+            Some((n, a)) => (n.to_string(), a.to_string()),
+            None => (rest.to_string(), String::new()),
+        };
+        if name.is_empty() {
+            return Err(not_found());
+        }
+        return match (action.as_str(), get, post, delete) {
+            ("", _, _, true) => containers::remove(api, req, &name).await,
+            ("json", true, _, _) => containers::inspect(api, req, &name).await,
+            ("logs", true, _, _) => containers::logs(api, req, &name).await,
+            ("top", true, _, _) => containers::top(api, req, &name).await,
+            ("start", _, true, _) => containers::start(api, req, &name).await,
+            ("stop", _, true, _) => containers::stop(api, req, &name).await,
+            ("restart", _, true, _) => containers::restart(api, req, &name).await,
+            ("kill", _, true, _) => containers::kill(api, req, &name).await,
+            ("wait", _, true, _) => containers::wait(api, req, &name).await,
+            ("pause", _, true, _) => containers::pause(api, req, &name, true).await,
+            ("unpause", _, true, _) => containers::pause(api, req, &name, false).await,
+            ("rename", _, true, _) => containers::rename(api, req, &name).await,
+            ("attach", _, true, _) => containers::attach(api, req, &name).await,
+            ("exec", _, true, _) => Err(ApiError::unsupported("exec (docker exec)")),
+            ("stats", true, _, _) => Err(ApiError::unsupported("container stats")),
+            ("changes", true, _, _) => Err(ApiError::unsupported("container changes")),
+            ("export", true, _, _) => Err(ApiError::unsupported("container export")),
+            ("update", _, true, _) => Err(ApiError::unsupported("container update")),
+            ("resize", _, true, _) => Err(ApiError::unsupported("terminal resize")),
+            ("archive", _, _, _) => Err(ApiError::unsupported("docker cp (archive)")),
+            _ => Err(not_found()),
+        };
     }
     if let Some(rest) = p.strip_prefix("/images/") {
         let rest = rest.to_string();
@@ -507,8 +548,15 @@ async fn route(api: &Api, req: Request<Incoming>) -> Reply {
             if delete {
                 return networks::remove(api, req, &id).await;
             }
-        } else if post && (rest.ends_with("/connect") || rest.ends_with("/disconnect")) {
-            return Err(ApiError::unsupported("network connect and disconnect"));
+        } else if post {
+            if let Some(id) = rest.strip_suffix("/connect") {
+                let id = id.to_string();
+                return networks::connect(api, req, &id).await;
+            }
+            if let Some(id) = rest.strip_suffix("/disconnect") {
+                let id = id.to_string();
+                return networks::disconnect(api, req, &id).await;
+            }
         }
         return Err(not_found());
     }

@@ -89,19 +89,29 @@ impl TasksService {
     /// `$BERTH_SHIM` or `berth-shim` likewise. Starts watching the tasks a previous berthd left
     /// running, to publish their exits.
     pub fn new(state: State) -> TasksService {
+        let svc = TasksService::new_quiet(state);
+        tracing::info!(runtime = %svc.runtime.display(), "default runtime");
+        svc.reconnect();
+        svc
+    }
+
+    /// The service for a front that calls it in-process (the Docker API): the same, without
+    /// watching the tasks a previous berthd left (the gRPC instance does that).
+    pub fn in_process(state: State) -> TasksService {
+        TasksService::new_quiet(state)
+    }
+
+    fn new_quiet(state: State) -> TasksService {
         let runtime = match state.default_runtime() {
             Some(r) if r.contains('/') => PathBuf::from(r),
             Some(r) => crate::tasks::helper_binary("BERTH_RUNTIME_UNUSED", r),
             None => crate::tasks::helper_binary("BERTH_RUNTIME", "berth-runc"),
         };
-        tracing::info!(runtime = %runtime.display(), "default runtime");
-        let svc = TasksService {
+        TasksService {
             runtime,
             shim: crate::tasks::helper_binary("BERTH_SHIM", "berth-shim"),
             state,
-        };
-        svc.reconnect();
-        svc
+        }
     }
 
     fn reconnect(&self) {

@@ -1,0 +1,630 @@
+//! What a run asks for, made into an OCI spec with Docker's defaults: the image config's
+//! process (entrypoint, cmd, env, workdir, user) overridden by the request, Docker's default
+//! capabilities, mounts, masked and read-only paths and seccomp profile, and resource limits.
+//!
+//! One place for `berth run`, the builder's RUN containers and the Docker API's container
+//! create: a container made by any of them looks the same to the runtime. Errors name the
+//! field that was wrong ([`Field`]); each front says it in its own words (`--memory` for the
+//! CLI, `HostConfig.Memory` for the Docker API).
+
+pub mod mounts;
+pub mod net;
+pub mod seccomp;
+
+use serde_json::{json, Value};
+
+/// Docker's default capabilities.
+pub const CAPS: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+/// Every capability the runtime knows (for `CapAdd: ALL` and for checking names).
+const ALL_CAPS: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+];
+
+/// Paths Docker masks in /proc and /sys.
+pub const MASKED_PATHS: &[&str] = &[
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/sys/firmware",
+    "/proc/scsi",
+];
+
+/// Paths Docker makes read-only.
+pub const READONLY_PATHS: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// The PATH a process gets when the image sets none.
+pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Docker's default mounts: proc, a /dev tmpfs with pts, shm and mqueue, read-only sysfs,
+/// and (with `cgroup`) a read-only cgroup tree.
+pub fn default_mounts(cgroup: bool) -> Vec<Value> {
+    let mut m = vec![
+        json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
+        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
+        json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}),
+    ];
+    if cgroup {
+        m.push(json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}));
+    }
+    m
+}
+
+/// The request field a [`SpecError`] is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    /// The command (entrypoint and cmd together).
+    Command,
+    /// An environment entry.
+    Env,
+    /// The user.
+    User,
+    /// The memory limit.
+    Memory,
+    /// The memory+swap limit.
+    MemorySwap,
+    /// The CPU quota.
+    Cpus,
+    /// The CPU weight.
+    CpuShares,
+    /// The CPU set.
+    CpusetCpus,
+    /// The pids limit.
+    PidsLimit,
+    /// Security options.
+    SecurityOpt,
+    /// Added capabilities.
+    CapAdd,
+    /// Dropped capabilities.
+    CapDrop,
+    /// Resource limits.
+    Ulimits,
+}
+
+impl Field {
+    /// The `berth run` flag.
+    pub fn flag(self) -> &'static str {
+        match self {
+            Field::Command => "command",
+            Field::Env => "--env",
+            Field::User => "--user",
+            Field::Memory => "--memory",
+            Field::MemorySwap => "--memory-swap",
+            Field::Cpus => "--cpus",
+            Field::CpuShares => "--cpu-shares",
+            Field::CpusetCpus => "--cpuset-cpus",
+            Field::PidsLimit => "--pids-limit",
+            Field::SecurityOpt => "--security-opt",
+            Field::CapAdd => "--cap-add",
+            Field::CapDrop => "--cap-drop",
+            Field::Ulimits => "--ulimit",
+        }
+    }
+
+    /// The Docker API's field.
+    pub fn docker(self) -> &'static str {
+        match self {
+            Field::Command => "Cmd",
+            Field::Env => "Env",
+            Field::User => "User",
+            Field::Memory => "HostConfig.Memory",
+            Field::MemorySwap => "HostConfig.MemorySwap",
+            Field::Cpus => "HostConfig.NanoCpus",
+            Field::CpuShares => "HostConfig.CpuShares",
+            Field::CpusetCpus => "HostConfig.CpusetCpus",
+            Field::PidsLimit => "HostConfig.PidsLimit",
+            Field::SecurityOpt => "HostConfig.SecurityOpt",
+            Field::CapAdd => "HostConfig.CapAdd",
+            Field::CapDrop => "HostConfig.CapDrop",
+            Field::Ulimits => "HostConfig.Ulimits",
+        }
+    }
+}
+
+/// A request the spec cannot be made from.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct SpecError {
+    /// What was wrong.
+    pub field: Field,
+    /// Why (without the field's name: each front adds its own).
+    pub message: String,
+}
+
+fn bad<T>(field: Field, message: impl Into<String>) -> Result<T, SpecError> {
+    Err(SpecError {
+        field,
+        message: message.into(),
+    })
+}
+
+/// A resource limit (`nofile`, `nproc`, ...).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ulimit {
+    /// Docker's name, without `RLIMIT_`, lower case.
+    pub name: String,
+    /// Soft limit.
+    pub soft: u64,
+    /// Hard limit.
+    pub hard: u64,
+}
+
+/// What a run asks for, whichever front it came through.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Entrypoint instead of the image's (`Some(vec![])` clears it, as Docker's `--entrypoint ""`).
+    pub entrypoint: Option<Vec<String>>,
+    /// Command (replaces the image's Cmd when not empty).
+    pub cmd: Vec<String>,
+    /// Extra environment, KEY=VALUE (a bare KEY is refused).
+    pub env: Vec<String>,
+    /// Working directory.
+    pub cwd: Option<String>,
+    /// `UID[:GID]`.
+    pub user: Option<String>,
+    /// A terminal.
+    pub tty: bool,
+    /// Memory limit, bytes.
+    pub memory: Option<i64>,
+    /// Memory + swap limit, bytes (-1: unlimited swap).
+    pub memory_swap: Option<i64>,
+    /// CPUs (0.5 = half a CPU).
+    pub cpus: Option<f64>,
+    /// CPU weight (Docker's 2..262144 shares).
+    pub cpu_shares: Option<u64>,
+    /// CPUs the container may use (`0-1`, `0,2`).
+    pub cpuset_cpus: Option<String>,
+    /// Most processes.
+    pub pids_limit: Option<i64>,
+    /// `seccomp=unconfined` and `no-new-privileges[:true|false]`.
+    pub security_opt: Vec<String>,
+    /// Capabilities to add (`NET_ADMIN` or `CAP_NET_ADMIN`, `ALL`).
+    pub cap_add: Vec<String>,
+    /// Capabilities to drop (`ALL` drops every one).
+    pub cap_drop: Vec<String>,
+    /// A read-only rootfs.
+    pub readonly_rootfs: bool,
+    /// Resource limits.
+    pub ulimits: Vec<Ulimit>,
+}
+
+/// `512`, `64m`, `1g`, `100k`: bytes with an optional 1024-based unit.
+pub fn parse_size(s: &str) -> std::result::Result<i64, String> {
+    let t = s.trim().to_ascii_lowercase();
+    let (num, mult) = match t.chars().last() {
+        Some('b') => (&t[..t.len() - 1], 1),
+        Some('k') => (&t[..t.len() - 1], 1 << 10),
+        Some('m') => (&t[..t.len() - 1], 1 << 20),
+        Some('g') => (&t[..t.len() - 1], 1 << 30),
+        _ => (t.as_str(), 1),
+    };
+    num.parse::<i64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("{s:?} is not a size (bytes, or a number with b, k, m or g)"))
+}
+
+fn strs(v: &Value) -> Vec<String> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str().map(str::to_string))
+        .collect()
+}
+
+fn cap_name(field: Field, c: &str) -> Result<String, SpecError> {
+    let up = c.trim().to_ascii_uppercase();
+    let full = if up.starts_with("CAP_") {
+        up
+    } else {
+        format!("CAP_{up}")
+    };
+    if !ALL_CAPS.contains(&full.as_str()) {
+        return bad(field, format!("unknown capability {c:?}"));
+    }
+    Ok(full)
+}
+
+/// The capability set: Docker's defaults, minus `drop`, plus `add`.
+fn capabilities(add: &[String], drop: &[String]) -> Result<Vec<String>, SpecError> {
+    let is_all = |v: &[String]| v.iter().any(|c| c.eq_ignore_ascii_case("all"));
+    let mut caps: Vec<String> = if is_all(drop) {
+        Vec::new()
+    } else {
+        let dropped = drop
+            .iter()
+            .map(|c| cap_name(Field::CapDrop, c))
+            .collect::<Result<Vec<_>, _>>()?;
+        CAPS.iter()
+            .map(|c| c.to_string())
+            .filter(|c| !dropped.contains(c))
+            .collect()
+    };
+    if is_all(add) {
+        return Ok(ALL_CAPS.iter().map(|c| c.to_string()).collect());
+    }
+    for c in add {
+        let c = cap_name(Field::CapAdd, c)?;
+        if !caps.contains(&c) {
+            caps.push(c);
+        }
+    }
+    Ok(caps)
+}
+
+/// Parses `UID[:GID]` (numeric: a name would need the image's /etc/passwd).
+pub fn parse_user(user: &str) -> Result<(u32, u32), SpecError> {
+    let numeric = || {
+        bad(
+            Field::User,
+            format!("{user:?}: only a numeric UID[:GID] is supported"),
+        )
+    };
+    let (u, g) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    let Ok(uid) = u.parse::<u32>() else {
+        return numeric();
+    };
+    let gid = match g {
+        Some(g) => match g.parse::<u32>() {
+            Ok(g) => g,
+            Err(_) => return numeric(),
+        },
+        None => uid,
+    };
+    Ok((uid, gid))
+}
+
+/// The OCI spec of container `id` in namespace `ns`, for `image` (the image config's
+/// `config` object) and `o`. Mounts beyond Docker's defaults and the network are added by the
+/// caller ([`mounts`], [`net`]).
+pub fn spec(ns: &str, id: &str, o: &RunOptions, image: &Value) -> Result<Value, SpecError> {
+    // Docker's rule: a given entrypoint drops the image's cmd; given arguments replace Cmd and
+    // follow the entrypoint.
+    let (mut args, image_cmd) = match &o.entrypoint {
+        Some(ep) => (ep.clone(), Vec::new()),
+        None => (strs(&image["Entrypoint"]), strs(&image["Cmd"])),
+    };
+    if o.cmd.is_empty() {
+        args.extend(image_cmd);
+    } else {
+        args.extend(o.cmd.iter().cloned());
+    }
+    if args.is_empty() {
+        return bad(
+            Field::Command,
+            "no command: the image has no entrypoint or cmd and none was given",
+        );
+    }
+    let mut env = strs(&image["Env"]);
+    if !env.iter().any(|e| e.starts_with("PATH=")) {
+        env.insert(0, DEFAULT_PATH.into());
+    }
+    for e in &o.env {
+        let Some((key, _)) = e.split_once('=') else {
+            return bad(Field::Env, format!("{e:?}: expected KEY=VALUE"));
+        };
+        if key.is_empty() {
+            return bad(Field::Env, format!("{e:?}: the name is empty"));
+        }
+        env.retain(|x| x.split('=').next() != Some(key));
+        env.push(e.clone());
+    }
+    if o.tty && !env.iter().any(|e| e.starts_with("TERM=")) {
+        env.push("TERM=xterm".to_string());
+    }
+    let nonempty = |k: &str| {
+        image[k]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    };
+    let cwd = o
+        .cwd
+        .clone()
+        .filter(|c| !c.is_empty())
+        .or_else(|| nonempty("WorkingDir"))
+        .unwrap_or_else(|| "/".into());
+    let user = o
+        .user
+        .clone()
+        .filter(|u| !u.is_empty())
+        .or_else(|| nonempty("User"))
+        .unwrap_or_else(|| "0".into());
+    let (uid, gid) = parse_user(&user)?;
+    let mut resources = json!({"devices": [{"allow": false, "access": "rwm"}]});
+    if let Some(m) = o.memory.filter(|m| *m != 0) {
+        if m < 0 {
+            return bad(
+                Field::Memory,
+                format!("{m}: must be a positive number of bytes"),
+            );
+        }
+        resources["memory"] = json!({"limit": m});
+    }
+    if let Some(s) = o.memory_swap.filter(|s| *s != 0) {
+        if o.memory.unwrap_or(0) <= 0 {
+            return bad(Field::MemorySwap, "needs a memory limit as well");
+        }
+        if s != -1 && s < o.memory.unwrap_or(0) {
+            return bad(
+                Field::MemorySwap,
+                format!("{s}: must be at least the memory limit (or -1)"),
+            );
+        }
+        resources["memory"]["swap"] = json!(s);
+    }
+    if let Some(c) = o.cpus {
+        if c.is_nan() || c <= 0.0 {
+            return bad(Field::Cpus, format!("{c}: must be positive"));
+        }
+        resources["cpu"] = json!({"period": 100000u64, "quota": (c * 100000.0) as i64});
+    }
+    if let Some(s) = o.cpu_shares.filter(|s| *s != 0) {
+        if !(2..=262_144).contains(&s) {
+            return bad(Field::CpuShares, format!("{s}: must be 2 to 262144"));
+        }
+        if !resources["cpu"].is_object() {
+            resources["cpu"] = json!({});
+        }
+        resources["cpu"]["shares"] = json!(s);
+    }
+    if let Some(set) = o.cpuset_cpus.as_deref().filter(|s| !s.is_empty()) {
+        let ok = set.split(',').all(|part| {
+            let mut ends = part.splitn(2, '-');
+            ends.all(|n| n.parse::<u32>().is_ok())
+        });
+        if !ok {
+            return bad(
+                Field::CpusetCpus,
+                format!("{set:?}: expected a list like 0-2,4"),
+            );
+        }
+        if !resources["cpu"].is_object() {
+            resources["cpu"] = json!({});
+        }
+        resources["cpu"]["cpus"] = json!(set);
+    }
+    if let Some(p) = o.pids_limit.filter(|p| *p != 0) {
+        if p < -1 {
+            return bad(Field::PidsLimit, format!("{p}: must be positive (or -1)"));
+        }
+        if p > 0 {
+            resources["pids"] = json!({"limit": p});
+        }
+    }
+    let mut seccomp = Some(seccomp::default_profile());
+    let mut no_new_privs = true;
+    for opt in &o.security_opt {
+        match opt.replace(':', "=").as_str() {
+            "seccomp=unconfined" => seccomp = None,
+            "no-new-privileges" | "no-new-privileges=true" => no_new_privs = true,
+            "no-new-privileges=false" => no_new_privs = false,
+            "label=disable" | "apparmor=unconfined" => {}
+            _ => {
+                return bad(
+                    Field::SecurityOpt,
+                    format!(
+                        "{opt:?} is not supported (only seccomp=unconfined, \
+                         no-new-privileges and label=disable)"
+                    ),
+                )
+            }
+        }
+    }
+    let caps = capabilities(&o.cap_add, &o.cap_drop)?;
+    let mut rlimits = vec![json!({"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024})];
+    for u in &o.ulimits {
+        let ty = format!("RLIMIT_{}", u.name.to_ascii_uppercase());
+        const KNOWN: &[&str] = &[
+            "RLIMIT_AS",
+            "RLIMIT_CORE",
+            "RLIMIT_CPU",
+            "RLIMIT_DATA",
+            "RLIMIT_FSIZE",
+            "RLIMIT_LOCKS",
+            "RLIMIT_MEMLOCK",
+            "RLIMIT_MSGQUEUE",
+            "RLIMIT_NICE",
+            "RLIMIT_NOFILE",
+            "RLIMIT_NPROC",
+            "RLIMIT_RSS",
+            "RLIMIT_RTPRIO",
+            "RLIMIT_RTTIME",
+            "RLIMIT_SIGPENDING",
+            "RLIMIT_STACK",
+        ];
+        if !KNOWN.contains(&ty.as_str()) {
+            return bad(Field::Ulimits, format!("unknown limit {:?}", u.name));
+        }
+        if u.soft > u.hard {
+            return bad(
+                Field::Ulimits,
+                format!(
+                    "{}: soft limit {} above hard limit {}",
+                    u.name, u.soft, u.hard
+                ),
+            );
+        }
+        rlimits.retain(|r| r["type"] != ty.as_str());
+        rlimits.push(json!({"type": ty, "hard": u.hard, "soft": u.soft}));
+    }
+    let mut spec = json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": o.tty,
+            "user": {"uid": uid, "gid": gid},
+            "args": args,
+            "env": env,
+            "cwd": cwd,
+            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+            "rlimits": rlimits,
+            "noNewPrivileges": no_new_privs
+        },
+        "root": {"path": "rootfs", "readonly": o.readonly_rootfs},
+        "hostname": id,
+        "mounts": default_mounts(true),
+        "linux": {
+            "resources": resources,
+            "cgroupsPath": format!("/{ns}/{id}"),
+            "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "network"}],
+            "maskedPaths": MASKED_PATHS,
+            "readonlyPaths": READONLY_PATHS
+        }
+    });
+    if let Some(p) = seccomp {
+        spec["linux"]["seccomp"] = p;
+    }
+    Ok(spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_config_and_options_make_the_process() {
+        let cfg = json!({"Entrypoint": ["/bin/ep"], "Cmd": ["x"], "Env": ["PATH=/bin", "A=1"], "WorkingDir": "/w", "User": "5"});
+        let o = RunOptions {
+            env: vec!["A=2".into()],
+            memory: Some(1000),
+            cmd: vec!["y".into(), "-z".into()],
+            ..Default::default()
+        };
+        let s = spec("ns", "c1", &o, &cfg).unwrap();
+        assert_eq!(s["process"]["args"], json!(["/bin/ep", "y", "-z"]));
+        assert_eq!(s["process"]["env"], json!(["PATH=/bin", "A=2"]));
+        assert_eq!(s["process"]["cwd"], "/w");
+        assert_eq!(s["process"]["user"]["uid"], 5);
+        assert_eq!(s["linux"]["resources"]["memory"]["limit"], 1000);
+        assert_eq!(s["linux"]["cgroupsPath"], "/ns/c1");
+        assert_eq!(s["hostname"], "c1");
+        // A given entrypoint drops the image's cmd.
+        let o = RunOptions {
+            entrypoint: Some(vec!["/bin/other".into()]),
+            ..Default::default()
+        };
+        let s = spec("ns", "c1", &o, &cfg).unwrap();
+        assert_eq!(s["process"]["args"], json!(["/bin/other"]));
+    }
+
+    #[test]
+    fn capabilities_add_and_drop_by_name() {
+        let c = capabilities(&["net_admin".into()], &["CAP_CHOWN".into(), "kill".into()]).unwrap();
+        assert!(c.contains(&"CAP_NET_ADMIN".to_string()));
+        assert!(!c.contains(&"CAP_CHOWN".to_string()));
+        assert!(!c.contains(&"CAP_KILL".to_string()));
+        assert!(capabilities(&[], &["ALL".into()]).unwrap().is_empty());
+        let e = capabilities(&["FLY".into()], &[]).unwrap_err();
+        assert_eq!(e.field, Field::CapAdd);
+        assert!(e.message.contains("FLY"), "{e}");
+    }
+
+    #[test]
+    fn bad_options_name_their_field() {
+        let cfg = json!({"Cmd": ["x"]});
+        let with = |o: RunOptions| spec("ns", "c", &o, &cfg).unwrap_err().field;
+        assert_eq!(
+            with(RunOptions {
+                user: Some("bob".into()),
+                ..Default::default()
+            }),
+            Field::User
+        );
+        assert_eq!(
+            with(RunOptions {
+                env: vec!["NOVALUE".into()],
+                ..Default::default()
+            }),
+            Field::Env
+        );
+        assert_eq!(
+            with(RunOptions {
+                memory_swap: Some(10),
+                ..Default::default()
+            }),
+            Field::MemorySwap
+        );
+        assert_eq!(
+            with(RunOptions {
+                security_opt: vec!["apparmor=x".into()],
+                ..Default::default()
+            }),
+            Field::SecurityOpt
+        );
+        assert_eq!(
+            spec("ns", "c", &RunOptions::default(), &json!({}))
+                .unwrap_err()
+                .field,
+            Field::Command
+        );
+    }
+}
