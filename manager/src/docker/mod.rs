@@ -11,6 +11,7 @@
 pub mod containers;
 pub mod create;
 pub mod errors;
+pub mod exec;
 pub mod images;
 pub mod lifecycle;
 pub mod logs;
@@ -49,6 +50,8 @@ pub struct Api {
     pub backoff: Arc<Mutex<HashMap<String, Duration>>>,
     /// Held while a name is checked and taken (create, rename).
     pub create_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Exec instances (`docker exec`), in memory as in dockerd.
+    pub execs: Arc<exec::Execs>,
 }
 
 impl Api {
@@ -61,6 +64,7 @@ impl Api {
             restarting: Arc::default(),
             backoff: Arc::default(),
             create_lock: Arc::default(),
+            execs: Arc::default(),
         }
     }
 

@@ -1,0 +1,328 @@
+//! `docker exec` and `docker cp` through the Docker Engine API, driven by Debian's unmodified
+//! docker CLI 20.10: output, exit codes, stderr apart, stdin with its end of file, -e -w -u,
+//! -t under script(1), exec in a stopped container; cp both ways, from a stopped container,
+//! and symlinks in the container that must never lead a copy onto the host; bad input.
+//!
+//! berthd runs in a network namespace of the test's own; every test has its own daemon, temp
+//! dirs and container names.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use berth_integration::manager::image::{self, Image, Layer};
+use berth_integration::manager::Berthd;
+
+const IMAGE: &str = "berth/exec-test:v1";
+/// What the container's /etc/shadow holds (the host's must never be read instead).
+const SHADOW: &[u8] = b"root:container-shadow:0:0:99999:7:::\n";
+
+fn daemon() -> Berthd {
+    Berthd::start_in_netns(&[]).unwrap()
+}
+
+/// Loads a busybox image with a few applets, a user 1000, and two hostile symlinks:
+/// `/evil -> /` and `/etc/x -> /../../..`.
+fn load(d: &Berthd, dir: &Path) {
+    let img = Image::new(
+        &format!("docker.io/{IMAGE}"),
+        vec![
+            image::base_layer().unwrap(),
+            Layer::build(&[
+                image::Entry::Dir("bin", 0o755),
+                image::Entry::Symlink("bin/sleep", "busybox"),
+                image::Entry::Symlink("bin/echo", "busybox"),
+                image::Entry::Symlink("bin/id", "busybox"),
+                image::Entry::Symlink("bin/pwd", "busybox"),
+                image::Entry::Symlink("bin/stat", "busybox"),
+                image::Entry::Symlink("bin/tty", "busybox"),
+                image::Entry::Symlink("bin/mkdir", "busybox"),
+                image::Entry::Dir("etc", 0o755),
+                image::Entry::File(
+                    "etc/passwd",
+                    0o644,
+                    b"root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000::/home/user:/bin/sh\n"
+                        .to_vec(),
+                ),
+                image::Entry::File("etc/shadow", 0o640, SHADOW.to_vec()),
+                image::Entry::Symlink("etc/x", "/../../.."),
+                image::Entry::Symlink("evil", "/"),
+                image::Entry::Dir("data", 0o755),
+                image::Entry::File("data/a.txt", 0o600, b"aaa\n".to_vec()),
+                image::Entry::Dir("data/sub", 0o750),
+                image::Entry::File("data/sub/b.txt", 0o644, b"bbb\n".to_vec()),
+            ])
+            .unwrap(),
+        ],
+    )
+    .unwrap();
+    let tar = dir.join("image.tar");
+    img.write_docker_archive(&tar).unwrap();
+    d.docker(&["load", "-i", tar.to_str().unwrap()]).ok();
+}
+
+/// A running container `name` (sleeping), removed with the daemon.
+fn run(d: &Berthd, name: &str) {
+    d.docker(&["run", "-d", "--name", name, IMAGE, "sleep", "1000"])
+        .ok();
+}
+
+/// Runs the docker CLI with `input` on its stdin.
+fn docker_stdin(d: &Berthd, args: &[&str], input: &[u8]) -> (i32, String, String) {
+    use std::io::Write;
+    let mut child = Command::new("/usr/bin/docker")
+        .env("DOCKER_CONFIG", d.dir().join("docker-config"))
+        .env_remove("DOCKER_CONTEXT")
+        .env_remove("DOCKER_API_VERSION")
+        .arg("-H")
+        .arg(format!("unix://{}", d.docker_socket().display()))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let data = input.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&data);
+    });
+    let out = wait_timeout(child, Duration::from_secs(30));
+    let _ = writer.join();
+    out
+}
+
+/// Waits for a child with a deadline (killed after it: a hang is a failure, not a stuck test).
+fn wait_timeout(child: std::process::Child, limit: Duration) -> (i32, String, String) {
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(Ok(o)) => (
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        ),
+        _ => {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            panic!("docker did not finish within {limit:?}");
+        }
+    }
+}
+
+#[test]
+fn exec_output_exit_codes_stdin_env_user_tty() {
+    let d = daemon();
+    let dir = tempfile::tempdir().unwrap();
+    load(&d, dir.path());
+    run(&d, "ex1");
+    // Output and exit codes.
+    let out = d.docker(&["exec", "ex1", "echo", "hi"]);
+    assert_eq!(out.ok(), "hi\n");
+    let out = d.docker(&["exec", "ex1", "sh", "-c", "exit 5"]);
+    assert_eq!(out.code, 5, "{}", out.stderr);
+    // stderr stays apart.
+    let out = d.docker(&["exec", "ex1", "sh", "-c", "echo out; echo err >&2"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout, "out\n");
+    assert_eq!(out.stderr, "err\n");
+    // stdin: piped input reaches the process, and so does its end.
+    let (code, stdout, stderr) = docker_stdin(&d, &["exec", "-i", "ex1", "cat"], b"data\nmore");
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout, "data\nmore");
+    let big = vec![b'x'; 300_000];
+    let (code, stdout, stderr) =
+        docker_stdin(&d, &["exec", "-i", "ex1", "sh", "-c", "cat | wc -c"], &big);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout.trim(), "300000");
+    // -e -w -u
+    let out = d.docker(&[
+        "exec",
+        "-e",
+        "K=V",
+        "-w",
+        "/tmp",
+        "-u",
+        "1000",
+        "ex1",
+        "sh",
+        "-c",
+        "echo $K; pwd; id -u",
+    ]);
+    assert_eq!(out.ok(), "V\n/tmp\n1000\n");
+    let out = d.docker(&["exec", "-u", "user", "ex1", "id", "-u"]);
+    assert_eq!(out.ok(), "1000\n");
+    let out = d.docker(&["exec", "-u", "nobody-here", "ex1", "id", "-u"]);
+    assert_ne!(out.code, 0);
+    assert!(
+        out.stdout.contains("nobody-here") || out.stderr.contains("nobody-here"),
+        "{} {}",
+        out.stdout,
+        out.stderr
+    );
+    // -t under script(1): a terminal, and the output comes back.
+    let cmd = format!(
+        "DOCKER_CONFIG={} /usr/bin/docker -H unix://{} exec -t ex1 sh -c 'tty; echo tty-ok'",
+        d.dir().join("docker-config").display(),
+        d.docker_socket().display()
+    );
+    let child = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (code, stdout, stderr) = wait_timeout(child, Duration::from_secs(30));
+    assert_eq!(code, 0, "{stdout} {stderr}");
+    assert!(stdout.contains("tty-ok"), "{stdout}");
+    assert!(stdout.contains("/dev/pts/"), "{stdout}");
+    // Detached: runs, and the exec's inspect shows its end.
+    d.docker(&["exec", "-d", "ex1", "sh", "-c", "echo bg > /tmp/bg"])
+        .ok();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if d.docker(&["exec", "ex1", "cat", "/tmp/bg"]).stdout == "bg\n" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the detached exec did not run");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Nothing of the execs is left behind in berthd's state dir.
+    let left = std::fs::read_dir(d.state().join("docker-exec"))
+        .map(|r| r.count())
+        .unwrap_or(0);
+    assert_eq!(left, 0, "exec FIFO dirs left behind");
+    // A stopped container: Docker's message.
+    d.docker(&["stop", "-t", "1", "ex1"]).ok();
+    let out = d.docker(&["exec", "ex1", "echo", "hi"]);
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("is not running"), "{}", out.stderr);
+    d.docker(&["rm", "-f", "ex1"]).ok();
+}
+
+#[test]
+fn a_client_that_goes_away_mid_exec_leaves_nothing() {
+    let d = daemon();
+    let dir = tempfile::tempdir().unwrap();
+    load(&d, dir.path());
+    run(&d, "ex2");
+    // An interactive exec whose client is killed: the process gets the end of its input
+    // (cat ends), and its FIFOs go.
+    let child = Command::new("/usr/bin/docker")
+        .env("DOCKER_CONFIG", d.dir().join("docker-config"))
+        .arg("-H")
+        .arg(format!("unix://{}", d.docker_socket().display()))
+        .args([
+            "exec",
+            "-i",
+            "ex2",
+            "sh",
+            "-c",
+            "cat; echo ended > /tmp/ended",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_dir(d.state().join("docker-exec"))
+        .map(|r| r.count())
+        .unwrap_or(0)
+        == 0
+    {
+        assert!(Instant::now() < deadline, "the exec did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    let _ = wait_timeout(child, Duration::from_secs(10));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ended = d.docker(&["exec", "ex2", "cat", "/tmp/ended"]).stdout == "ended\n";
+        let left = std::fs::read_dir(d.state().join("docker-exec"))
+            .map(|r| r.count())
+            .unwrap_or(0);
+        if ended && left == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after the client went away: ended={ended}, {left} FIFO dirs left"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // berthd still answers.
+    assert_eq!(d.docker(&["exec", "ex2", "echo", "ok"]).ok(), "ok\n");
+    d.docker(&["rm", "-f", "ex2"]).ok();
+}
+
+/// A raw request on the Docker socket; the status code and body.
+fn raw(d: &Berthd, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(d.docker_socket()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: docker\r\nContent-Type: application/x-tar\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, text)
+}
+
+#[test]
+fn exec_bad_input() {
+    let d = daemon();
+    let dir = tempfile::tempdir().unwrap();
+    load(&d, dir.path());
+    run(&d, "ex3");
+    let (code, text) = raw(&d, "GET", "/v1.41/exec/nope/json", b"");
+    assert_eq!(code, 404, "{text}");
+    assert!(text.contains("No such exec instance: nope"), "{text}");
+    let (code, text) = raw(&d, "POST", "/v1.41/exec/nope/start", b"{}");
+    assert_eq!(code, 404, "{text}");
+    let (code, text) = raw(
+        &d,
+        "POST",
+        "/v1.41/containers/ex3/exec",
+        br#"{"Cmd":["true"],"Privileged":true}"#,
+    );
+    assert_eq!(code, 400, "{text}");
+    assert!(text.contains("Privileged"), "{text}");
+    let (code, text) = raw(&d, "POST", "/v1.41/containers/ex3/exec", br#"{"Cmd":[]}"#);
+    assert_eq!(code, 400, "{text}");
+    let (code, text) = raw(
+        &d,
+        "POST",
+        "/v1.41/containers/nope/exec",
+        br#"{"Cmd":["true"]}"#,
+    );
+    assert_eq!(code, 404, "{text}");
+    assert!(text.contains("No such container: nope"), "{text}");
+    // A missing executable: the error in the stream, exit code 126 as dockerd.
+    let out = d.docker(&["exec", "ex3", "/no/such/binary"]);
+    assert_eq!(out.code, 126, "{} {}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("/no/such/binary") || out.stderr.contains("/no/such/binary"),
+        "{} {}",
+        out.stdout,
+        out.stderr
+    );
+    d.docker(&["rm", "-f", "ex3"]).ok();
+}
