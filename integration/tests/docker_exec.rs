@@ -326,3 +326,171 @@ fn exec_bad_input() {
     );
     d.docker(&["rm", "-f", "ex3"]).ok();
 }
+
+/// Removes host paths a failed confinement could have created, whatever the test's outcome.
+struct HostPaths(Vec<std::path::PathBuf>);
+
+impl Drop for HostPaths {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+fn mode_of(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+#[test]
+fn cp_both_ways_stopped_and_symlinks_never_reach_the_host() {
+    let d = daemon();
+    let dir = tempfile::tempdir().unwrap();
+    load(&d, dir.path());
+    run(&d, "cp1");
+    let t = dir.path();
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    // A file into the container: content, mode and (as the tar has it) owner kept.
+    let f = t.join("f.txt");
+    std::fs::write(&f, b"hello\n").unwrap();
+    std::fs::set_permissions(&f, std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
+    std::os::unix::fs::chown(&f, Some(1234), Some(1234)).unwrap();
+    d.docker(&["cp", &s(&f), "cp1:/tmp/f.txt"]).ok();
+    let out = d.docker(&["exec", "cp1", "stat", "-c", "%u:%g %a", "/tmp/f.txt"]);
+    assert_eq!(out.ok(), "1234:1234 640\n");
+    assert_eq!(
+        d.docker(&["exec", "cp1", "cat", "/tmp/f.txt"]).ok(),
+        "hello\n"
+    );
+    // A directory into the container.
+    std::fs::create_dir_all(t.join("d/sub")).unwrap();
+    std::fs::write(t.join("d/x.txt"), b"x\n").unwrap();
+    std::fs::write(t.join("d/sub/y.txt"), b"y\n").unwrap();
+    d.docker(&["cp", &s(&t.join("d")), "cp1:/tmp/d"]).ok();
+    assert_eq!(
+        d.docker(&["exec", "cp1", "cat", "/tmp/d/x.txt", "/tmp/d/sub/y.txt"])
+            .ok(),
+        "x\ny\n"
+    );
+    // A file and a directory out of it, modes kept.
+    d.docker(&["cp", "cp1:/data/a.txt", &s(&t.join("a.txt"))])
+        .ok();
+    assert_eq!(std::fs::read(t.join("a.txt")).unwrap(), b"aaa\n");
+    assert_eq!(mode_of(&t.join("a.txt")), 0o600);
+    d.docker(&["cp", "cp1:/data", &s(&t.join("out"))]).ok();
+    assert_eq!(std::fs::read(t.join("out/sub/b.txt")).unwrap(), b"bbb\n");
+    assert_eq!(mode_of(&t.join("out/sub")), 0o750);
+    // The contents of a directory (`/.`) into an existing one.
+    std::fs::create_dir(t.join("into")).unwrap();
+    d.docker(&["cp", "cp1:/data/.", &s(&t.join("into"))]).ok();
+    assert_eq!(std::fs::read(t.join("into/a.txt")).unwrap(), b"aaa\n");
+    // Symlinks in the container leading "out" (/evil -> /, /etc/x -> /../../..) stay in it.
+    let tag = format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
+    );
+    let host = HostPaths(vec![
+        Path::new("/tmp").join(format!("pwned-{tag}")),
+        Path::new("/tmp").join(format!("pwned2-{tag}")),
+    ]);
+    d.docker(&["cp", &s(&f), &format!("cp1:/evil/tmp/pwned-{tag}")])
+        .ok();
+    d.docker(&["cp", &s(&f), &format!("cp1:/etc/x/tmp/pwned2-{tag}")])
+        .ok();
+    for p in &host.0 {
+        assert!(!p.exists(), "{} was written on the host", p.display());
+    }
+    let inside = d.docker(&[
+        "exec",
+        "cp1",
+        "cat",
+        &format!("/tmp/pwned-{tag}"),
+        &format!("/tmp/pwned2-{tag}"),
+    ]);
+    assert_eq!(inside.ok(), "hello\nhello\n");
+    for (i, p) in ["cp1:/evil/etc/shadow", "cp1:/etc/x/etc/shadow"]
+        .iter()
+        .enumerate()
+    {
+        let dst = t.join(format!("shadow{i}"));
+        d.docker(&["cp", p, &s(&dst)]).ok();
+        assert_eq!(std::fs::read(&dst).unwrap(), SHADOW, "{p}");
+    }
+    // The link itself comes out as a link.
+    d.docker(&["cp", "cp1:/evil", &s(&t.join("evil"))]).ok();
+    assert_eq!(std::fs::read_link(t.join("evil")).unwrap(), Path::new("/"));
+    // A stopped container: both ways through its snapshot.
+    d.docker(&["stop", "-t", "1", "cp1"]).ok();
+    d.docker(&["cp", "cp1:/tmp/f.txt", &s(&t.join("after.txt"))])
+        .ok();
+    assert_eq!(std::fs::read(t.join("after.txt")).unwrap(), b"hello\n");
+    d.docker(&["cp", &s(&f), "cp1:/tmp/g.txt"]).ok();
+    d.docker(&["start", "cp1"]).ok();
+    assert_eq!(
+        d.docker(&["exec", "cp1", "cat", "/tmp/g.txt"]).ok(),
+        "hello\n"
+    );
+    // Bad input: a missing path (the CLI's words and the daemon's), a body that is no tar.
+    let out = d.docker(&["cp", "cp1:/nope", &s(&t.join("nope"))]);
+    assert_ne!(out.code, 0);
+    assert!(
+        out.stderr.contains("No such container:path"),
+        "{}",
+        out.stderr
+    );
+    let (code, text) = raw(&d, "GET", "/v1.41/containers/cp1/archive?path=/nope", b"");
+    assert_eq!(code, 404, "{text}");
+    assert!(
+        text.contains("Could not find the file /nope in container cp1"),
+        "{text}"
+    );
+    let (code, text) = raw(&d, "HEAD", "/v1.41/containers/cp1/archive?path=/nope", b"");
+    assert_eq!(code, 404, "{text}");
+    let (code, text) = raw(&d, "HEAD", "/v1.41/containers/cp1/archive?path=/data", b"");
+    assert_eq!(code, 200, "{text}");
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("x-docker-container-path-stat:"),
+        "{text}"
+    );
+    let junk = vec![b'j'; 2048];
+    let (code, text) = raw(&d, "PUT", "/v1.41/containers/cp1/archive?path=/tmp", &junk);
+    assert_eq!(code, 400, "{text}");
+    let (code, text) = raw(
+        &d,
+        "PUT",
+        "/v1.41/containers/cp1/archive?path=/tmp",
+        b"short",
+    );
+    assert_eq!(code, 400, "{text}");
+    let (code, text) = raw(&d, "PUT", "/v1.41/containers/cp1/archive?path=/nope", b"");
+    assert_eq!(code, 404, "{text}");
+    // A directory is not replaced by a file.
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(1);
+    h.set_mode(0o644);
+    b.append_data(&mut h, "data", &b"z"[..]).unwrap();
+    let tarball = b.into_inner().unwrap();
+    let (code, text) = raw(
+        &d,
+        "PUT",
+        "/v1.41/containers/cp1/archive?path=/&noOverwriteDirNonDir=true",
+        &tarball,
+    );
+    assert_eq!(code, 400, "{text}");
+    assert!(text.contains("cannot overwrite directory"), "{text}");
+    d.docker(&["rm", "-f", "cp1"]).ok();
+    // No temporary mount or spooled body is left.
+    for sub in ["tmpmounts", "docker-cp"] {
+        let left = std::fs::read_dir(d.state().join(sub))
+            .map(|r| r.count())
+            .unwrap_or(0);
+        assert_eq!(left, 0, "{sub} left behind");
+    }
+}

@@ -8,6 +8,7 @@
 //! `berth -n moby images ls` shows what `docker images` shows, and objects of other
 //! namespaces stay invisible to docker.
 
+pub mod archive;
 pub mod containers;
 pub mod create;
 pub mod errors;

@@ -22,7 +22,7 @@ use tokio_stream::StreamExt;
 
 use super::errors::ApiError;
 use super::version::{ApiVersion, CURRENT, MIN};
-use super::{containers, create, exec, images, networks, system, version, volumes, Api};
+use super::{archive, containers, create, exec, images, networks, system, version, volumes, Api};
 
 /// Largest JSON request body (network and volume definitions are a few hundred bytes).
 pub const MAX_JSON_BODY: usize = 1 << 20;
@@ -507,7 +507,7 @@ async fn route(api: &Api, req: Request<Incoming>) -> Reply {
             ("export", true, _, _) => Err(ApiError::unsupported("container export")),
             ("update", _, true, _) => Err(ApiError::unsupported("container update")),
             ("resize", _, true, _) => Err(ApiError::unsupported("terminal resize")),
-            ("archive", _, _, _) => Err(ApiError::unsupported("docker cp (archive)")),
+            ("archive", _, _, _) => archive::handle(api, req, &name).await,
             _ => Err(not_found()),
         };
     }
