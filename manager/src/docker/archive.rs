@@ -608,6 +608,9 @@ async fn put(api: &Api, req: Req, name: &str) -> Reply {
     tokio::task::spawn_blocking(move || {
         std::fs::create_dir_all(&spool_dir)
             .map_err(|e| ApiError::internal(format!("creating {}: {e}", spool_dir.display())))?;
+        // Bodies an earlier berthd was spooling when it stopped go once.
+        static SWEPT: std::sync::Once = std::sync::Once::new();
+        SWEPT.call_once(|| super::exec::sweep(&spool_dir));
         let spool = Spool {
             path: spool_dir.join(format!(
                 "put-{}-{:016x}",

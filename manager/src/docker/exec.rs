@@ -273,6 +273,9 @@ impl Fifos {
                 .map_err(|e| ApiError::internal(format!("creating {}: {e}", p.display())))
         };
         mk(&base)?;
+        // What a previous berthd left (its processes lost their reader with it) goes once.
+        static SWEPT: std::sync::Once = std::sync::Once::new();
+        SWEPT.call_once(|| sweep(&base));
         let dir = base.join(id);
         mk(&dir)?;
         Ok(Fifos { dir })
@@ -284,6 +287,24 @@ impl Fifos {
         nix::unistd::mkfifo(&p, nix::sys::stat::Mode::from_bits_truncate(0o600))
             .map_err(|e| ApiError::internal(format!("mkfifo {}: {e}", p.display())))?;
         Ok(p)
+    }
+}
+
+/// Removes every entry of `dir` (stale FIFO dirs or spooled bodies of an earlier berthd).
+pub fn sweep(dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        let r = if p.is_dir() {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        };
+        if let Err(e) = r {
+            tracing::warn!(path = %p.display(), error = %e, "docker api: removing a stale entry");
+        }
     }
 }
 
