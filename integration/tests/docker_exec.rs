@@ -184,7 +184,7 @@ fn exec_output_exit_codes_stdin_env_user_tty() {
     assert!(stdout.contains("/dev/pts/"), "{stdout}");
     // -it under script(1): typed input reaches the process through its terminal.
     let cmd = format!(
-        "(sleep 1; printf 'typed\\r'; sleep 2) | script -qec \"DOCKER_CONFIG={} /usr/bin/docker -H unix://{} exec -it ex1 sh -c 'read x; echo got-\\$x'\" /dev/null",
+        "(sleep 1; printf 'typed\\r'; sleep 4) | script -qec \"DOCKER_CONFIG={} /usr/bin/docker -H unix://{} exec -it ex1 sh -c 'read x; echo got-\\$x'\" /dev/null",
         d.dir().join("docker-config").display(),
         d.docker_socket().display()
     );
@@ -312,6 +312,8 @@ fn exec_bad_input() {
     assert_eq!(code, 404, "{text}");
     assert!(text.contains("No such exec instance: nope"), "{text}");
     let (code, text) = raw(&d, "POST", "/v1.41/exec/nope/start", b"{}");
+    assert_eq!(code, 404, "{text}");
+    let (code, text) = raw(&d, "POST", "/v1.41/exec/nope/resize?h=10&w=20", b"");
     assert_eq!(code, 404, "{text}");
     let (code, text) = raw(
         &d,

@@ -14,8 +14,9 @@
 //! Not covered: volumes, binds and tmpfs mounted into the container (they are mounted in the
 //! container's mount namespace, not on the bundle rootfs berthd sees): a copy reaches the
 //! directory under them in the container's own filesystem. `copyUIDGID` (`docker cp -a`) is
-//! refused. A container started while its stopped snapshot is mounted for a copy would mount
-//! the same snapshot twice; copies are short, and that race is not guarded against.
+//! refused. Hard links inside a copied tree are archived as separate files. A container
+//! started while its stopped snapshot is mounted for a copy would mount the same snapshot
+//! twice; copies are short, and that race is not guarded against.
 
 use std::ffi::{CStr, CString, OsStr};
 use std::fs::File;

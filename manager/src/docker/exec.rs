@@ -103,6 +103,19 @@ impl Execs {
         });
     }
 
+    /// The IDs of container `container_id`'s exec instances that are running (what
+    /// container inspect shows as `ExecIDs`).
+    pub fn running_of(&self, container_id: &str) -> Vec<String> {
+        let mut v: Vec<String> = self.with(|m| {
+            m.iter()
+                .filter(|(_, i)| i.container_id == container_id && i.running)
+                .map(|(id, _)| id.clone())
+                .collect()
+        });
+        v.sort();
+        v
+    }
+
     fn finish(&self, id: &str, code: i64) {
         self.with(|m| {
             if let Some(i) = m.get_mut(id) {
