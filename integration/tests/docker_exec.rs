@@ -381,6 +381,10 @@ fn cp_both_ways_stopped_and_symlinks_never_reach_the_host() {
         d.docker(&["exec", "cp1", "cat", "/tmp/f.txt"]).ok(),
         "hello\n"
     );
+    // -a: owned by the container's user (root here), not the file's.
+    d.docker(&["cp", "-a", &s(&f), "cp1:/tmp/owned.txt"]).ok();
+    let out = d.docker(&["exec", "cp1", "stat", "-c", "%u:%g %a", "/tmp/owned.txt"]);
+    assert_eq!(out.ok(), "0:0 640\n");
     // A directory into the container.
     std::fs::create_dir_all(t.join("d/sub")).unwrap();
     std::fs::write(t.join("d/x.txt"), b"x\n").unwrap();

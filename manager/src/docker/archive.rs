@@ -13,8 +13,8 @@
 //!
 //! Not covered: volumes, binds and tmpfs mounted into the container (they are mounted in the
 //! container's mount namespace, not on the bundle rootfs berthd sees): a copy reaches the
-//! directory under them in the container's own filesystem. `copyUIDGID` (`docker cp -a`) is
-//! refused. Hard links inside a copied tree are archived as separate files. A container
+//! directory under them in the container's own filesystem. With `copyUIDGID` (`docker cp -a`)
+//! the entries are owned by the container's user (resolved in its /etc/passwd). Hard links inside a copied tree are archived as separate files. A container
 //! started while its stopped snapshot is mounted for a copy would mount the same snapshot
 //! twice; copies are short, and that race is not guarded against.
 
@@ -592,15 +592,47 @@ fn check_tar(f: &mut File, dest: &OwnedFd, no_overwrite: bool) -> Result<(), Api
     Ok(())
 }
 
+/// A copy of the (checked) tar in `f` at `out` with every entry owned by `uid`:`gid`.
+fn rechown(f: &mut File, out: &Path, uid: u32, gid: u32) -> Result<File, ApiError> {
+    let internal =
+        |e: io::Error| ApiError::internal(format!("rewriting the archive's owners: {e}"));
+    f.rewind().map_err(internal)?;
+    let o = File::options()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(out)
+        .map_err(internal)?;
+    let mut b = tar::Builder::new(o);
+    let mut a = tar::Archive::new(&mut *f);
+    for e in a.entries().map_err(internal)? {
+        let mut e = e.map_err(internal)?;
+        let mut h = e.header().clone();
+        h.set_uid(u64::from(uid));
+        h.set_gid(u64::from(gid));
+        let path = e.path().map_err(internal)?.into_owned();
+        match h.entry_type() {
+            tar::EntryType::Symlink | tar::EntryType::Link => {
+                let target = e
+                    .link_name()
+                    .map_err(internal)?
+                    .map(|t| t.into_owned())
+                    .unwrap_or_default();
+                b.append_link(&mut h, &path, &target).map_err(internal)?;
+            }
+            _ => b.append_data(&mut h, &path, &mut e).map_err(internal)?,
+        }
+    }
+    b.into_inner().map_err(internal)
+}
+
 /// PUT: the body (a tar) extracted into the directory `path`.
 async fn put(api: &Api, req: Req, name: &str) -> Reply {
     let path = req.q("path").unwrap_or("").to_string();
     if path.is_empty() {
         return Err(ApiError::bad_request("Path cannot be empty"));
     }
-    if req.q_bool("copyUIDGID")? {
-        return Err(ApiError::unsupported("copyUIDGID (docker cp --archive)"));
-    }
+    let copy_uidgid = req.q_bool("copyUIDGID")?;
     let no_overwrite = req.q_bool("noOverwriteDirNonDir")?;
     let c = api.find_container(name).await?;
     let spool_dir = api.state.state_dir().join("docker-cp");
@@ -636,6 +668,26 @@ async fn put(api: &Api, req: Req, name: &str) -> Reply {
             _ => io_error(e, &path, &name2),
         })?;
         check_tar(&mut f, &dest, no_overwrite)?;
+        // `docker cp -a`: everything is owned by the container's user, as dockerd does.
+        let (mut f, _owned) = if copy_uidgid {
+            let user = super::lifecycle::Meta::of(&c).config["User"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            let (uid, gid) = if user.is_empty() {
+                (0, 0)
+            } else {
+                crate::build::fsops::resolve_user(&fs.path, &user, false)
+                    .map_err(ApiError::bad_request)?
+            };
+            let owned = Spool {
+                path: spool.path.with_extension("owned"),
+            };
+            let out = rechown(&mut f, &owned.path, uid, gid)?;
+            (out, Some(owned))
+        } else {
+            (f, None)
+        };
         f.rewind()
             .map_err(|e| ApiError::internal(format!("reading the spooled archive: {e}")))?;
         let opts = berth_layer::ApplyOptions {
