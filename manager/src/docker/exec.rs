@@ -261,12 +261,11 @@ pub async fn resize(api: &Api, req: Req, id: &str) -> Reply {
     Ok(empty(StatusCode::OK))
 }
 
-/// The body of `POST /exec/{id}/start`.
+/// The body of `POST /exec/{id}/start` (its `Tty` repeats the instance's and is not read).
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
 struct StartConfig {
     detach: bool,
-    tty: bool,
 }
 
 /// The FIFOs of one started process, in their private directory (removed on drop).
@@ -410,8 +409,8 @@ pub async fn start(api: &Api, mut req: Req, id: &str) -> Reply {
     if !hijack {
         cfg.attach_stdin = false;
     }
-    let tty = cfg.tty || sc.tty;
-    cfg.tty = tty;
+    // The terminal is the instance's (the start's Tty only repeats it).
+    let tty = cfg.tty;
     let c = match api.find_container(&cid).await {
         Ok(c) => c,
         Err(e) => {
@@ -568,11 +567,12 @@ async fn prepare_and_start(
     tracing::debug!(container = %c.id, exec = %id, pid, "docker api: exec started");
     let (tx, out) = mpsc::channel::<Bytes>(64);
     let (done_tx, done) = watch::channel(false);
+    let (exited_tx, exited) = watch::channel(false);
     let tty = cfg.tty;
     let readers: Vec<_> = [(out_rx, 1u8), (err_rx, 2u8)]
         .into_iter()
         .filter_map(|(rx, stream)| rx.map(|rx| (rx, stream)))
-        .map(|(rx, stream)| tokio::spawn(relay(rx, stream, tty, tx.clone())))
+        .map(|(rx, stream)| tokio::spawn(relay(rx, stream, tty, tx.clone(), exited.clone())))
         .collect();
     let (api2, cid, eid) = (api.clone(), c.id.clone(), id.to_string());
     tokio::spawn(async move {
@@ -590,21 +590,19 @@ async fn prepare_and_start(
                 255
             }
         };
-        // Output still in the pipes comes first; a child left holding them is not waited for.
-        let deadline = tokio::time::Instant::now() + DRAIN;
+        // Output still in the pipes comes first (as fast as the client takes it); a child
+        // left holding them is not waited for (see `relay`).
+        let _ = exited_tx.send(true);
         for r in readers {
-            let abort = r.abort_handle();
-            if tokio::time::timeout_at(deadline, r).await.is_err() {
-                abort.abort();
-            }
+            let _ = r.await;
         }
-        // Recorded before the stream ends (`tx` is the last sender): the CLI asks for it
-        // right after.
+        // Recorded, and the process and its FIFOs gone, before the stream ends (`tx` is the
+        // last sender): the CLI asks for the code right after.
         api2.execs.finish(&eid, code);
-        drop(tx);
-        let _ = done_tx.send(true);
         delete_process(&api2, &cid, &eid).await;
         drop(fifos);
+        drop(tx);
+        let _ = done_tx.send(true);
         tracing::debug!(container = %cid, exec = %eid, code, "docker api: exec ended");
     });
     Ok(Streams {
@@ -629,11 +627,36 @@ async fn delete_process(api: &Api, cid: &str, eid: &str) {
 
 /// Copies one output FIFO to `tx` until its writers are gone, framed unless `tty`. Once the
 /// client is gone, output is read and dropped (the process must not block on a full pipe).
-async fn relay(mut rx: pipe::Receiver, stream: u8, tty: bool, tx: mpsc::Sender<Bytes>) {
+/// After the process has exited (`exited`), a FIFO that stays silent for [`DRAIN`] is held by
+/// some other process (a background child): the relay stops there, as the CLI does.
+async fn relay(
+    mut rx: pipe::Receiver,
+    stream: u8,
+    tty: bool,
+    tx: mpsc::Sender<Bytes>,
+    mut exited: watch::Receiver<bool>,
+) {
     let mut buf = vec![0u8; 32 * 1024];
     let mut open = true;
+    let mut gone = false;
     loop {
-        match rx.read(&mut buf).await {
+        let r = if gone {
+            match tokio::time::timeout(DRAIN, rx.read(&mut buf)).await {
+                Ok(r) => r,
+                Err(_) => return,
+            }
+        } else {
+            tokio::select! {
+                r = rx.read(&mut buf) => r,
+                // Reading is cancel-safe: nothing read is lost when this wins.
+                c = exited.wait_for(|e| *e) => {
+                    let _ = c.map(|_| ());
+                    gone = true;
+                    continue;
+                }
+            }
+        };
+        match r {
             Ok(0) => return,
             Ok(n) => {
                 if open {
