@@ -8,10 +8,12 @@
 //! `berth -n moby images ls` shows what `docker images` shows, and objects of other
 //! namespaces stay invisible to docker.
 
+pub mod archive;
 pub mod build;
 pub mod containers;
 pub mod create;
 pub mod errors;
+pub mod exec;
 pub mod images;
 pub mod lifecycle;
 pub mod logs;
@@ -50,6 +52,8 @@ pub struct Api {
     pub backoff: Arc<Mutex<HashMap<String, Duration>>>,
     /// Held while a name is checked and taken (create, rename).
     pub create_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Exec instances (`docker exec`), in memory as in dockerd.
+    pub execs: Arc<exec::Execs>,
 }
 
 impl Api {
@@ -62,6 +66,7 @@ impl Api {
             restarting: Arc::default(),
             backoff: Arc::default(),
             create_lock: Arc::default(),
+            execs: Arc::default(),
         }
     }
 

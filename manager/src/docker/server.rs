@@ -22,7 +22,9 @@ use tokio_stream::StreamExt;
 
 use super::errors::ApiError;
 use super::version::{ApiVersion, CURRENT, MIN};
-use super::{build, containers, create, images, networks, system, version, volumes, Api};
+use super::{
+    archive, build, containers, create, exec, images, networks, system, version, volumes, Api,
+};
 
 /// Largest JSON request body (network and volume definitions are a few hundred bytes).
 pub const MAX_JSON_BODY: usize = 1 << 20;
@@ -501,13 +503,23 @@ async fn route(api: &Api, req: Request<Incoming>) -> Reply {
             ("unpause", _, true, _) => containers::pause(api, req, &name, false).await,
             ("rename", _, true, _) => containers::rename(api, req, &name).await,
             ("attach", _, true, _) => containers::attach(api, req, &name).await,
-            ("exec", _, true, _) => Err(ApiError::unsupported("exec (docker exec)")),
+            ("exec", _, true, _) => exec::create(api, req, &name).await,
             ("stats", true, _, _) => Err(ApiError::unsupported("container stats")),
             ("changes", true, _, _) => Err(ApiError::unsupported("container changes")),
             ("export", true, _, _) => Err(ApiError::unsupported("container export")),
             ("update", _, true, _) => Err(ApiError::unsupported("container update")),
             ("resize", _, true, _) => Err(ApiError::unsupported("terminal resize")),
-            ("archive", _, _, _) => Err(ApiError::unsupported("docker cp (archive)")),
+            ("archive", _, _, _) => archive::handle(api, req, &name).await,
+            _ => Err(not_found()),
+        };
+    }
+    if let Some(rest) = p.strip_prefix("/exec/") {
+        let (id, action) = rest.split_once('/').unwrap_or((rest, ""));
+        let id = id.to_string();
+        return match (action, get, post) {
+            ("start", _, true) => exec::start(api, req, &id).await,
+            ("resize", _, true) => exec::resize(api, req, &id).await,
+            ("json", true, _) => exec::inspect(api, req, &id).await,
             _ => Err(not_found()),
         };
     }
