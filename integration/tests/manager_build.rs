@@ -121,7 +121,7 @@ fn config(d: &NsDaemon, iid: &Path) -> Value {
 #[track_caller]
 fn assert_clean(d: &NsDaemon) {
     // Background work (a cancelled build's cleanup) may still be finishing.
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let mounts = mounts_under(&d.state());
         let snaps = d.ctr(&d.ns, &["snapshots", "ls"]).ok().to_string();

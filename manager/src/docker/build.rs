@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use super::errors::ApiError;
 use super::server::{line, stream, Chunk, Reply, Req};
 use super::{short_id, Api};
-use crate::build::{BuildError, Engine, Event, NetworkMode};
+use crate::build::{BuildError, Event, NetworkMode};
 
 fn json_map(req: &Req, k: &str) -> Result<BTreeMap<String, String>, ApiError> {
     let Some(raw) = req.q(k).filter(|s| !s.is_empty()) else {
@@ -39,21 +39,6 @@ fn api_error(e: BuildError) -> ApiError {
         BuildError::NotFound(m) => ApiError::not_found(m),
         BuildError::Store(s) => s.into(),
         other => ApiError::internal(other.to_string()),
-    }
-}
-
-/// The builder for the daemon's settings.
-fn engine(api: &Api) -> Engine {
-    let runtime = match api.state.default_runtime() {
-        Some(r) if r.contains('/') => std::path::PathBuf::from(r),
-        Some(r) => crate::tasks::helper_binary("BERTH_RUNTIME_UNUSED", r),
-        None => crate::tasks::helper_binary("BERTH_RUNTIME", "berth-runc"),
-    };
-    Engine {
-        store: api.state.store().clone(),
-        state_dir: api.state.state_dir().to_path_buf(),
-        runtime,
-        registries: api.state.registries().clone(),
     }
 }
 
@@ -118,7 +103,7 @@ pub async fn build(api: &Api, req: Req) -> Reply {
         watch_tx.closed().await;
         watch_abort.store(true, Ordering::Release);
     });
-    let eng = engine(api);
+    let eng = crate::daemon::services::builds::engine(&api.state);
     let ctx = api.ctx();
     let state = api.state.clone();
     tokio::task::spawn_blocking(move || {

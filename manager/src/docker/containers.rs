@@ -375,6 +375,10 @@ pub async fn inspect(api: &Api, _req: Req, name: &str) -> Reply {
             s.to_string()
         }
     };
+    let exec_ids = match api.execs.running_of(&c.id) {
+        ids if ids.is_empty() => Value::Null,
+        ids => json!(ids),
+    };
     let v = json!({
         "Id": c.id,
         "Created": m.created,
@@ -405,7 +409,7 @@ pub async fn inspect(api: &Api, _req: Req, name: &str) -> Reply {
         "MountLabel": "",
         "ProcessLabel": "",
         "AppArmorProfile": "",
-        "ExecIDs": null,
+        "ExecIDs": exec_ids,
         "HostConfig": m.host_config,
         "GraphDriver": {"Name": api.state.snapshotter_name(), "Data": null},
         "Mounts": mounts_of(&c),

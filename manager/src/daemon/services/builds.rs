@@ -40,18 +40,23 @@ impl BuildsService {
     }
 
     fn engine(&self) -> Engine {
-        let runtime = match self.state.default_runtime() {
-            Some(r) if r.contains('/') => std::path::PathBuf::from(r),
-            Some(r) => crate::tasks::helper_binary("BERTH_RUNTIME_UNUSED", r),
-            None => crate::tasks::helper_binary("BERTH_RUNTIME", "berth-runc"),
-        };
-        Engine {
-            store: self.state.store().clone(),
-            state_dir: self.state.state_dir().to_path_buf(),
-            runtime,
-            cache_mounts: self.state.root().join("build-cache-mounts"),
-            registries: self.state.registries().clone(),
-        }
+        engine(&self.state)
+    }
+}
+
+/// The builder for the daemon's settings (also the Docker API's `/build`).
+pub fn engine(state: &State) -> Engine {
+    let runtime = match state.default_runtime() {
+        Some(r) if r.contains('/') => std::path::PathBuf::from(r),
+        Some(r) => crate::tasks::helper_binary("BERTH_RUNTIME_UNUSED", r),
+        None => crate::tasks::helper_binary("BERTH_RUNTIME", "berth-runc"),
+    };
+    Engine {
+        store: state.store().clone(),
+        state_dir: state.state_dir().to_path_buf(),
+        runtime,
+        cache_mounts: state.root().join("build-cache-mounts"),
+        registries: state.registries().clone(),
     }
 }
 
