@@ -207,9 +207,14 @@ volumes:
             .stdout
             .contains("hello-from-web")
     });
-    // The named volume holds what the store service wrote.
+    // The named volume holds what the store service wrote (read through compose exec).
     let v = d.docker(&["volume", "ls", "-q"]);
     assert!(v.ok().contains("berthapp_data"), "{}", v.stdout);
+    let got = ok(
+        compose(&d, app, &["exec", "-T", "store", "cat", "/data/f"]),
+        "compose exec",
+    );
+    assert_eq!(got, "stored\n");
     // Scale the client, restart everything.
     ok(
         compose(&d, app, &["up", "-d", "--scale", "client=2"]),

@@ -2,7 +2,7 @@
 //! `run` (a build step needs no supervisor: berthd is its parent and waits for it).
 //!
 //! The spec is Docker's default for a container: its capabilities, masked and read-only paths,
-//! the default seccomp profile (`cli/seccomp.rs`), no new privileges; the network namespace is
+//! the default seccomp profile (`runspec/seccomp.rs`), no new privileges; the network namespace is
 //! a new one with only loopback (`--network none`, the default) or the host's (`host`).
 //! stdout and stderr go to the client as they come; a build that is cancelled (the client went
 //! away) kills the container and waits for the runtime to remove it.
