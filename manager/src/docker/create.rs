@@ -855,7 +855,11 @@ mod tests {
         );
         assert_eq!(
             f.network_alias,
-            vec!["app_web_1".to_string(), "web".to_string()]
+            vec![
+                "app_web_1".to_string(),
+                "0123456789ab".to_string(),
+                "web".to_string()
+            ]
         );
         assert_eq!(f.add_host, vec!["db:10.0.0.2".to_string()]);
         let f = net_flags("x", "0123456789ab", &json!({}), &json!(null), &json!({})).unwrap();
