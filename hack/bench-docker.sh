@@ -87,18 +87,22 @@ hyperfine --runs "$runs" --warmup 2 --export-json "$tmp/run.json" \
   -n "dockerd run --rm" "$DOCKER run --rm $bb true" \
   -n "berth run -d + rm -f" "$BD rm -f \$($BD run -d $bb sleep 100)" \
   -n "dockerd run -d + rm -f" "$DOCKER rm -f \$($DOCKER run -d $bb sleep 100)" >/dev/null
-hyperfine --runs "$runs" --export-json "$tmp/compose.json" \
-  -n "berth compose up -d" -c "${up//SOCK/$berth_docker} down -v -t 0" "${up//SOCK/$berth_docker} up -d" \
-  -n "dockerd compose up -d" -c "${up//SOCK/$docker_sock} down -v -t 0" "${up//SOCK/$docker_sock} up -d" \
-  -n "berth compose down" -p "${up//SOCK/$berth_docker} up -d" "${up//SOCK/$berth_docker} down -v -t 0" \
-  -n "dockerd compose down" -p "${up//SOCK/$docker_sock} up -d" "${up//SOCK/$docker_sock} down -v -t 0" >/dev/null
+# Each up is timed from a downed app, each down from an upped one (one prepare per command).
+hyperfine --runs "$runs" --export-json "$tmp/up.json" \
+  -p "${up//SOCK/$berth_docker} down -v -t 0" -p "${up//SOCK/$docker_sock} down -v -t 0" \
+  -n "berth compose up -d" "${up//SOCK/$berth_docker} up -d" \
+  -n "dockerd compose up -d" "${up//SOCK/$docker_sock} up -d" >/dev/null
+hyperfine --runs "$runs" --export-json "$tmp/down.json" \
+  -p "${up//SOCK/$berth_docker} up -d" -p "${up//SOCK/$docker_sock} up -d" \
+  -n "berth compose down" "${up//SOCK/$berth_docker} down -v -t 0" \
+  -n "dockerd compose down" "${up//SOCK/$docker_sock} down -v -t 0" >/dev/null
 
 printf '%-26s %10s\n' "" "median ms"
-jq -s -r '[.[].results[]] | .[] | [.command, (.median*1000)] | @tsv' "$tmp/run.json" "$tmp/compose.json" |
+jq -s -r '[.[].results[]] | .[] | [.command, (.median*1000)] | @tsv' "$tmp/run.json" "$tmp/up.json" "$tmp/down.json" |
   while IFS=$'\t' read -r n med; do printf '%-26s %10.1f\n' "$n" "$med"; done
 jq -s -r '([.[].results[]] | map({(.command): .median}) | add) as $m |
   "ratios (berth / dockerd): run --rm \(($m["berth run --rm"] / $m["dockerd run --rm"]) * 100 | round / 100), run -d + rm -f \(($m["berth run -d + rm -f"] / $m["dockerd run -d + rm -f"]) * 100 | round / 100), compose up \(($m["berth compose up -d"] / $m["dockerd compose up -d"]) * 100 | round / 100), compose down \(($m["berth compose down"] / $m["dockerd compose down"]) * 100 | round / 100)"' \
-  "$tmp/run.json" "$tmp/compose.json"
+  "$tmp/run.json" "$tmp/up.json" "$tmp/down.json"
 sleep 1
 containerd_after=${containerd_pid:+$(rss_kb "$containerd_pid")}
 echo "idle RSS before: berthd $((berth_idle / 1024)) MB; dockerd $((docker_idle / 1024)) MB + containerd $((${containerd_idle:-0} / 1024)) MB"

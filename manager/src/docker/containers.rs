@@ -667,7 +667,8 @@ pub async fn remove(api: &Api, req: Req, name: &str) -> Reply {
         return Err(ApiError::unsupported("container links (rm --link)"));
     }
     let c = api.find_container(name).await?;
-    if api.run_state(&c).await.running() {
+    let st = api.run_state(&c).await;
+    if st.running() {
         if !force {
             return Err(ApiError::conflict(format!(
                 "You cannot remove a running container {}. Stop the container before attempting removal or force remove",
@@ -678,12 +679,14 @@ pub async fn remove(api: &Api, req: Req, name: &str) -> Reply {
             .await?;
         let mut rx = api.notifier.get(&c.id).subscribe();
         let seen = rx.borrow().count;
-        let _ = api
-            .tasks
-            .resume(rq(tpb::ResumeTaskRequest {
-                container_id: c.id.clone(),
-            }))
-            .await;
+        if st.status == "paused" {
+            let _ = api
+                .tasks
+                .resume(rq(tpb::ResumeTaskRequest {
+                    container_id: c.id.clone(),
+                }))
+                .await;
+        }
         let _ = api.signal(&c, 9).await;
         let _ = tokio::time::timeout(
             std::time::Duration::from_secs(30),

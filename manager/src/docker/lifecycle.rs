@@ -459,7 +459,8 @@ impl Api {
         let meta = self
             .update_meta(&c.id, |m| m.manually_stopped = true)
             .await?;
-        if !self.run_state(c).await.running() {
+        let st = self.run_state(c).await;
+        if !st.running() {
             return Ok(());
         }
         let mut rx = self.notifier.get(&c.id).subscribe();
@@ -474,12 +475,14 @@ impl Api {
             .or_else(|| meta.config["StopTimeout"].as_i64())
             .unwrap_or(10);
         // A paused container cannot take a signal until it is thawed.
-        let _ = self
-            .tasks
-            .resume(rq(tpb::ResumeTaskRequest {
-                container_id: c.id.clone(),
-            }))
-            .await;
+        if st.status == "paused" {
+            let _ = self
+                .tasks
+                .resume(rq(tpb::ResumeTaskRequest {
+                    container_id: c.id.clone(),
+                }))
+                .await;
+        }
         let _ = self.signal(c, sig).await;
         let exited = |rx: &mut watch::Receiver<Exits>| {
             let mut rx = rx.clone();

@@ -165,16 +165,17 @@ pub fn follow(
             return;
         }
         if ended {
-            // The supervisor may still be writing the last output: two more passes.
+            // Exits are announced after the task is deleted, when its supervisor has written
+            // everything: this pass read the rest; one more (5 ms on) for a slow file system.
             finishing += 1;
-            if finishing > 2 {
+            if finishing > 1 {
                 return;
             }
         }
         if tx.is_closed() {
             return;
         }
-        std::thread::sleep(Duration::from_millis(if ended { 30 } else { 50 }));
+        std::thread::sleep(Duration::from_millis(if ended { 5 } else { 20 }));
     }
 }
 
