@@ -88,6 +88,18 @@ pub fn bundles(d: &Berthd, ns: &str) -> Vec<PathBuf> {
 impl Drop for Cleanup<'_> {
     fn drop(&mut self) {
         let ns = self.ns.as_str();
+        if ns == "moby" && self.d.docker_socket().exists() {
+            // Containers made through the Docker API may have a restart policy: a task killed
+            // below would be started again by berthd after the supervisors were counted.
+            // `docker rm -f` marks them stopped by hand first.
+            let ids = self.d.docker(&["ps", "-aq"]).stdout;
+            let ids: Vec<&str> = ids.split_whitespace().collect();
+            if !ids.is_empty() {
+                let mut args = vec!["rm", "-f", "-v"];
+                args.extend(ids);
+                let _ = self.d.docker(&args);
+            }
+        }
         for b in bundles(self.d, ns) {
             let id = b
                 .file_name()
