@@ -386,3 +386,32 @@ fn bad_input_gets_dockers_codes_and_messages() {
         snaps.stdout
     );
 }
+
+#[test]
+fn a_container_whose_supervisor_died_is_still_seen_to_exit() {
+    let d = daemon();
+    let dir = tempfile::tempdir().unwrap();
+    load(&d, dir.path());
+    d.docker(&["run", "-d", "--name", "lone", IMAGE, "sleep", "1000"])
+        .ok();
+    let pid: i32 = d
+        .docker(&["inspect", "--format", "{{.State.Pid}}", "lone"])
+        .ok()
+        .trim()
+        .parse()
+        .unwrap();
+    let shims =
+        berth_integration::manager::tasks::supervisors_under(&d.state().join("tasks").join(NS));
+    assert_eq!(shims.len(), 1, "{shims:?}");
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    kill(Pid::from_raw(shims[0]), Signal::SIGKILL).unwrap();
+    kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+    // berthd's wait falls back to the runtime's view; the exit code is unknown (255).
+    until("the exit without a supervisor", 20, || {
+        state(&d, "lone") == "exited"
+    });
+    let code = d.docker(&["inspect", "--format", "{{.State.ExitCode}}", "lone"]);
+    assert_eq!(code.ok().trim(), "255");
+    d.docker(&["rm", "lone"]).ok();
+}

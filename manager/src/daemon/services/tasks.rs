@@ -911,7 +911,7 @@ impl Tasks for TasksService {
         let r = req.into_inner();
         let b = self.bundle(&c.namespace, &r.container_id)?;
         let b2 = b.clone();
-        blocking(move || b2.info()).await?;
+        let info = blocking(move || b2.info()).await?;
         if !r.exec_id.is_empty() && !b.has_exec(&r.exec_id) {
             return Err(Status::not_found(format!(
                 "process {:?} not found in task {}",
@@ -919,6 +919,25 @@ impl Tasks for TasksService {
             )));
         }
         let exit = match shim::request(&b.dir, &format!("wait {}", r.exec_id)).await {
+            // The supervisor is gone (killed) and recorded no exit: the runtime still knows
+            // whether the container runs, so wait on that; its exit code is lost (255, as
+            // containerd reports an unknown one).
+            Err(_) if r.exec_id.is_empty() && b.exit("").is_none() => {
+                loop {
+                    let (b2, info2) = (b.clone(), info.clone());
+                    let st = blocking(move || b2.runtime(&info2).state(&info2.id)).await;
+                    match st {
+                        Ok((s, _)) if s != "stopped" => {
+                            tokio::time::sleep(std::time::Duration::from_millis(200)).await
+                        }
+                        _ => break,
+                    }
+                }
+                b.exit("").unwrap_or(Exit {
+                    code: 255,
+                    at: std::time::SystemTime::now(),
+                })
+            }
             Ok(line) => match Exit::parse(&line) {
                 Some(e) => e,
                 None => {
