@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use berth_proto::berth::services::volumes::v1 as vpb;
 use berth_proto::berth::services::volumes::v1::volumes_client::VolumesClient;
 use serde_json::{json, Value};
@@ -39,39 +39,13 @@ fn anonymous_name() -> String {
 
 /// The spec mount for a volume as berthd describes it.
 fn volume_mount(v: &vpb::Volume, dst: &str, ro: bool) -> Result<Value> {
-    let mode = if ro { "ro" } else { "rw" };
-    match v.options.get("type").map(String::as_str) {
-        None => {
-            if v.mountpoint.is_empty() {
-                bail!("volume {:?} has no mountpoint", v.name);
-            }
-            Ok(
-                json!({"destination": dst, "type": "bind", "source": v.mountpoint, "options": ["rbind", mode]}),
-            )
-        }
-        Some("tmpfs") => {
-            let mut opts: Vec<String> = vec!["nosuid".into(), "nodev".into()];
-            opts.extend(
-                v.options
-                    .get("o")
-                    .into_iter()
-                    .flat_map(|o| o.split(','))
-                    .filter(|o| !o.is_empty())
-                    .map(str::to_string),
-            );
-            opts.push(mode.into());
-            Ok(json!({"destination": dst, "type": "tmpfs", "source": "tmpfs", "options": opts}))
-        }
-        Some(_) => {
-            let dev = v
-                .options
-                .get("device")
-                .with_context(|| format!("volume {:?} has no device", v.name))?;
-            Ok(
-                json!({"destination": dst, "type": "bind", "source": dev, "options": ["rbind", mode]}),
-            )
-        }
-    }
+    crate::runspec::mounts::volume_mount(
+        &v.name,
+        |k| v.options.get(k).map(String::as_str),
+        &v.mountpoint,
+        dst,
+        ro,
+    )
 }
 
 /// Parses the flags, checks bind sources, makes missing volumes on berthd and adds every

@@ -281,37 +281,19 @@ fn volume_mount(
     dst: &str,
     ro: bool,
 ) -> Result<Value, ApiError> {
-    let mode = if ro { "ro" } else { "rw" };
-    match v.options.get("type").map(String::as_str) {
-        None => {
-            let data = store.volume_data(ctx, &v.name)?;
-            Ok(
-                json!({"destination": dst, "type": "bind", "source": data, "options": ["rbind", mode]}),
-            )
-        }
-        Some("tmpfs") => {
-            let mut opts: Vec<String> = vec!["nosuid".into(), "nodev".into()];
-            opts.extend(
-                v.options
-                    .get("o")
-                    .into_iter()
-                    .flat_map(|o| o.split(','))
-                    .filter(|o| !o.is_empty())
-                    .map(str::to_string),
-            );
-            opts.push(mode.into());
-            Ok(json!({"destination": dst, "type": "tmpfs", "source": "tmpfs", "options": opts}))
-        }
-        Some(_) => {
-            let dev = v
-                .options
-                .get("device")
-                .ok_or_else(|| ApiError::internal(format!("volume {:?} has no device", v.name)))?;
-            Ok(
-                json!({"destination": dst, "type": "bind", "source": dev, "options": ["rbind", mode]}),
-            )
-        }
-    }
+    let data = if v.options.is_empty() {
+        store.volume_data(ctx, &v.name)?.display().to_string()
+    } else {
+        String::new()
+    };
+    runspec::mounts::volume_mount(
+        &v.name,
+        |k| v.options.get(k).map(String::as_str),
+        &data,
+        dst,
+        ro,
+    )
+    .map_err(|e| ApiError::internal(format!("{e:#}")))
 }
 
 /// Volumes made by a create that failed later are removed again.

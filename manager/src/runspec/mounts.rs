@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Component, Path};
 
 use anyhow::{anyhow, bail, Context, Result};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 /// One mount asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -353,6 +353,48 @@ pub fn plan(
         }
     }
     Ok(reqs)
+}
+
+/// The spec mount of volume `name` at `dst`: a bind of its data dir (`mountpoint`, for a
+/// volume without options), a tmpfs (`type=tmpfs`, `o=` its options) or a bind of its
+/// `device`, read-only with `ro`. Shared by `berth run` and the Docker API.
+pub fn volume_mount<'a>(
+    name: &str,
+    options: impl Fn(&str) -> Option<&'a str>,
+    mountpoint: &str,
+    dst: &str,
+    ro: bool,
+) -> Result<Value> {
+    let mode = if ro { "ro" } else { "rw" };
+    match options("type") {
+        None => {
+            if mountpoint.is_empty() {
+                bail!("volume {name:?} has no mountpoint");
+            }
+            Ok(
+                json!({"destination": dst, "type": "bind", "source": mountpoint, "options": ["rbind", mode]}),
+            )
+        }
+        Some("tmpfs") => {
+            let mut opts: Vec<String> = vec!["nosuid".into(), "nodev".into()];
+            opts.extend(
+                options("o")
+                    .into_iter()
+                    .flat_map(|o| o.split(','))
+                    .filter(|o| !o.is_empty())
+                    .map(str::to_string),
+            );
+            opts.push(mode.into());
+            Ok(json!({"destination": dst, "type": "tmpfs", "source": "tmpfs", "options": opts}))
+        }
+        Some(_) => {
+            let dev =
+                options("device").with_context(|| format!("volume {name:?} has no device"))?;
+            Ok(
+                json!({"destination": dst, "type": "bind", "source": dev, "options": ["rbind", mode]}),
+            )
+        }
+    }
 }
 
 #[cfg(test)]
