@@ -170,6 +170,9 @@ pub fn run(
         })
     };
     let mut killed = false;
+    // A kill can come too early for the runtime (its state not written yet, or locked):
+    // it is sent again every 500 ms until the container is gone.
+    let mut last_kill: Option<std::time::Instant> = None;
     let status = loop {
         match rx.recv_timeout(Duration::from_millis(20)) {
             Ok(m) => {
@@ -186,8 +189,11 @@ pub fn run(
             Ok(None) => {}
             Err(e) => return Err(internal("waiting for the runtime", e)),
         }
-        if cancel.load(Ordering::Acquire) && !killed {
+        if cancel.load(Ordering::Acquire)
+            && last_kill.is_none_or(|t| t.elapsed() >= Duration::from_millis(500))
+        {
             killed = true;
+            last_kill = Some(std::time::Instant::now());
             let _ = rt(&["kill", "--all", r.id, "KILL"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
