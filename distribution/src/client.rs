@@ -126,6 +126,18 @@ enum Body<'a> {
 }
 
 impl Client {
+    /// A client for the registry `registry` itself rather than one of its repositories: for
+    /// [`Client::check_login`] and [`Client::catalog`].
+    pub fn for_registry(registry: &str, opts: ClientOptions) -> Result<Client> {
+        let reference = Reference {
+            registry: registry.to_string(),
+            repository: String::new(),
+            tag: None,
+            digest: None,
+        };
+        Client::new(&reference, opts)
+    }
+
     /// A client for `reference`'s repository.
     pub fn new(reference: &Reference, opts: ClientOptions) -> Result<Client> {
         let mut builder = ureq::AgentBuilder::new()
@@ -201,9 +213,15 @@ impl Client {
                 scope,
             }) => {
                 let actions = if self.opts.push { "pull,push" } else { "pull" };
-                let scope =
-                    scope.unwrap_or_else(|| format!("repository:{}:{actions}", self.repository));
-                let mut req = self.agent.get(&realm).query("scope", &scope);
+                // A registry-wide client (login, catalog) asks for no repository's scope.
+                let scope = scope.or_else(|| {
+                    (!self.repository.is_empty())
+                        .then(|| format!("repository:{}:{actions}", self.repository))
+                });
+                let mut req = self.agent.get(&realm);
+                if let Some(scope) = &scope {
+                    req = req.query("scope", scope);
+                }
                 if let Some(s) = &service {
                     req = req.query("service", s);
                 }
@@ -558,4 +576,108 @@ impl Client {
             )),
         }
     }
+
+    /// `GET /v2/` with the client's credentials (Basic, or a token fetched with them): Ok when
+    /// the registry accepts them, `Unauthorized` when it does not. What `docker login` checks.
+    pub fn check_login(&self) -> Result<()> {
+        let url = format!("{}/v2/", self.base);
+        match self.send("GET", &url, &[], Body::None)? {
+            Ok(_) => Ok(()),
+            Err((code, r)) => Err(Self::fail("GET", &url, "the registry's API", code, r)),
+        }
+    }
+
+    /// The registry's repositories (`GET /v2/_catalog`, following its `Link` pages), at most
+    /// `max` of them. A registry without a catalog answers `NotFound` or `Unauthorized`.
+    pub fn catalog(&self, max: usize) -> Result<Vec<String>> {
+        #[derive(Deserialize)]
+        struct Page {
+            #[serde(default)]
+            repositories: Vec<String>,
+        }
+        let mut names = Vec::new();
+        let mut url = format!("{}/v2/_catalog?n={}", self.base, max.clamp(1, 1000));
+        while names.len() < max {
+            let resp = match self.send("GET", &url, &[], Body::None)? {
+                Ok(r) => r,
+                Err((code, r)) => return Err(Self::fail("GET", &url, "the catalog", code, r)),
+            };
+            let next = resp
+                .header("link")
+                .and_then(|l| l.split_once('<'))
+                .and_then(|(_, r)| r.split_once('>'))
+                .map(|(u, _)| self.absolute(u));
+            let mut raw = Vec::new();
+            resp.into_reader()
+                .take(MAX_MANIFEST)
+                .read_to_end(&mut raw)
+                .map_err(|e| Self::transport(&url, e))?;
+            let page: Page = serde_json::from_slice(&raw).map_err(|e| {
+                DistributionError::Invalid(format!("catalog from {url}: invalid JSON: {e}"))
+            })?;
+            let empty = page.repositories.is_empty();
+            names.extend(page.repositories);
+            match next {
+                Some(n) if !empty && n != url => url = n,
+                _ => break,
+            }
+        }
+        names.truncate(max);
+        Ok(names)
+    }
+
+    /// The registry's search API (`GET /v1/search?q=&n=`, Docker Hub's and the old v1
+    /// registries'), or None when it has none (404, as a registry v2 answers).
+    pub fn v1_search(&self, term: &str, limit: usize) -> Result<Option<Vec<SearchResult>>> {
+        #[derive(Deserialize)]
+        struct Answer {
+            #[serde(default)]
+            results: Vec<SearchResult>,
+        }
+        let url = format!("{}/v1/search", self.base);
+        let q = format!(
+            "{url}?q={}&n={limit}",
+            term.bytes()
+                .map(|b| match b {
+                    b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                        (b as char).to_string()
+                    }
+                    _ => format!("%{b:02X}"),
+                })
+                .collect::<String>()
+        );
+        let resp = match self.send("GET", &q, &[], Body::None)? {
+            Ok(r) => r,
+            Err((404, _)) => return Ok(None),
+            Err((code, r)) => return Err(Self::fail("GET", &url, "search", code, r)),
+        };
+        let mut raw = Vec::new();
+        resp.into_reader()
+            .take(MAX_MANIFEST)
+            .read_to_end(&mut raw)
+            .map_err(|e| Self::transport(&url, e))?;
+        let a: Answer = serde_json::from_slice(&raw).map_err(|e| {
+            DistributionError::Invalid(format!("search answer from {url}: invalid JSON: {e}"))
+        })?;
+        Ok(Some(a.results))
+    }
+}
+
+/// One repository found by a registry's search API.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SearchResult {
+    /// The repository's name.
+    pub name: String,
+    /// Its description.
+    #[serde(default)]
+    pub description: String,
+    /// Stars on Docker Hub.
+    #[serde(default)]
+    pub star_count: u64,
+    /// A Docker official image.
+    #[serde(default)]
+    pub is_official: bool,
+    /// Built automatically.
+    #[serde(default)]
+    pub is_automated: bool,
 }

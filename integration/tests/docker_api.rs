@@ -47,10 +47,10 @@ fn registry_in(d: &Berthd) -> Registry {
     registry_in_with(d, Registry::start)
 }
 
-fn registry_in_with(
+fn registry_in_with<T: Send + 'static>(
     d: &Berthd,
-    start: impl FnOnce() -> anyhow::Result<Registry> + Send + 'static,
-) -> Registry {
+    start: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> T {
     let ns = d.netns().expect("berthd has a netns").to_path_buf();
     std::thread::spawn(move || {
         let f = std::fs::File::open(&ns).unwrap();
@@ -448,6 +448,174 @@ fn registry_credentials_come_from_x_registry_auth() {
     .unwrap();
     let out = d.docker(&["pull", &format!("{}/berth/private:v1", reg.addr())]);
     assert_ne!(out.code, 0, "{}", out.stdout);
+}
+
+#[test]
+fn docker_login_checks_credentials_with_the_registry() {
+    let d = daemon();
+    let reg = registry_in_with(&d, || Registry::start_with_auth("berth", "s3cret"));
+    // Wrong password: the registry refuses, docker says so and stores nothing.
+    let out = d.docker(&["login", "-u", "berth", "-p", "wrong", &reg.addr()]);
+    let e = out.err().to_lowercase();
+    assert!(e.contains("unauthorized"), "{e}");
+    let cfg = d.dir().join("docker-config/config.json");
+    let saved = std::fs::read_to_string(&cfg).unwrap_or_default();
+    assert!(!saved.contains(&reg.addr()), "{saved}");
+    // The right one: "Login Succeeded", the CLI keeps it, and a push then uses it.
+    let out = d.docker(&["login", "-u", "berth", "-p", "s3cret", &reg.addr()]);
+    assert!(out.ok().contains("Login Succeeded"), "{}", out.stdout);
+    let saved = std::fs::read_to_string(&cfg).unwrap();
+    assert!(saved.contains(&reg.addr()), "{saved}");
+    let dir = tempfile::tempdir().unwrap();
+    let (_, tar) = image_archive(dir.path(), "docker.io/berth/docker-login:v1");
+    d.docker(&["load", "-i", &tar]).ok();
+    let remote = format!("{}/berth/logged-in:v1", reg.addr());
+    d.docker(&["tag", "berth/docker-login:v1", &remote]).ok();
+    assert!(d
+        .docker(&["push", &remote])
+        .ok()
+        .contains("v1: digest: sha256:"));
+
+    // Bad bodies: unknown fields, no credentials, a server address that is no host.
+    let (code, _, body) = http(
+        &d,
+        "POST",
+        "/v1.41/auth",
+        br#"{"username":"a","pasword":"b"}"#,
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(message(&body).contains("pasword"), "{body}");
+    let (code, _, body) = http(
+        &d,
+        "POST",
+        "/v1.41/auth",
+        format!(r#"{{"serveraddress":"{}"}}"#, reg.addr()).as_bytes(),
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(message(&body).contains("username"), "{body}");
+    let (code, _, body) = http(
+        &d,
+        "POST",
+        "/v1.41/auth",
+        br#"{"username":"a","password":"b","serveraddress":"https://a b/"}"#,
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        message(&body).contains("invalid registry address"),
+        "{body}"
+    );
+}
+
+#[test]
+fn docker_login_through_a_token_server() {
+    use berth_integration::manager::token::TokenServer;
+    let d = daemon();
+    let (reg, _tokens) = registry_in_with(&d, || {
+        let tokens = TokenServer::start("dave", "t0ken")?;
+        Ok((Registry::start_with_tokens(&tokens)?, tokens))
+    });
+    let out = d.docker(&["login", "-u", "dave", "-p", "nope", &reg.addr()]);
+    assert!(
+        out.err().to_lowercase().contains("unauthorized"),
+        "{}",
+        out.stderr
+    );
+    let out = d.docker(&["login", "-u", "dave", "-p", "t0ken", &reg.addr()]);
+    assert!(out.ok().contains("Login Succeeded"), "{}", out.stdout);
+}
+
+#[test]
+fn docker_search_lists_a_registrys_repositories_through_its_catalog() {
+    let d = daemon();
+    let reg = registry_in(&d);
+    let dir = tempfile::tempdir().unwrap();
+    let (_, tar) = image_archive(dir.path(), "docker.io/berth/docker-search:v1");
+    d.docker(&["load", "-i", &tar]).ok();
+    for repo in ["berth/webapp", "berth/webcache", "other/db"] {
+        let remote = format!("{}/{repo}:v1", reg.addr());
+        d.docker(&["tag", "berth/docker-search:v1", &remote]).ok();
+        d.docker(&["push", &remote]).ok();
+    }
+    let out = d.docker(&[
+        "search",
+        "--format",
+        "{{.Name}}",
+        &format!("{}/web", reg.addr()),
+    ]);
+    let mut names: Vec<&str> = out.ok().lines().collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            format!("{}/berth/webapp", reg.addr()),
+            format!("{}/berth/webcache", reg.addr())
+        ],
+        "{}",
+        out.stdout
+    );
+    let out = d.docker(&[
+        "search",
+        "--limit",
+        "1",
+        "--format",
+        "{{.Name}}",
+        &format!("{}/berth", reg.addr()),
+    ]);
+    assert_eq!(out.ok().lines().count(), 1, "{}", out.stdout);
+    // Catalog entries have no stars and are not official: the filters drop them.
+    let out = d.docker(&[
+        "search",
+        "--filter",
+        "is-official=true",
+        &format!("{}/web", reg.addr()),
+    ]);
+    assert!(!out.ok().contains("webapp"), "{}", out.stdout);
+    let out = d.docker(&[
+        "search",
+        "--filter",
+        "stars=1",
+        &format!("{}/web", reg.addr()),
+    ]);
+    assert!(!out.ok().contains("webapp"), "{}", out.stdout);
+    let out = d.docker(&["search", &format!("{}/nothing-like-it", reg.addr())]);
+    assert_eq!(
+        out.ok().lines().count(),
+        1,
+        "only the header: {}",
+        out.stdout
+    );
+
+    // Bad input: Docker's messages.
+    let out = d.docker(&["search", "--limit", "101", &format!("{}/web", reg.addr())]);
+    assert!(
+        out.err()
+            .contains("Limit 101 is outside the range of [1, 100]"),
+        "{}",
+        out.stderr
+    );
+    let out = d.docker(&[
+        "search",
+        "--filter",
+        "stars=many",
+        &format!("{}/web", reg.addr()),
+    ]);
+    assert!(
+        out.err().contains("invalid filter 'stars=many'"),
+        "{}",
+        out.stderr
+    );
+    let out = d.docker(&[
+        "search",
+        "--filter",
+        "colour=red",
+        &format!("{}/web", reg.addr()),
+    ]);
+    assert!(out.err().contains("colour"), "{}", out.stderr);
+    let (code, _, body) = http(&d, "GET", "/v1.41/images/search", b"");
+    assert_eq!(code, 400, "{body}");
+    // A registry nobody listens on: an error naming it, not a hang.
+    let out = d.docker(&["search", "127.0.0.1:1/web"]);
+    assert!(out.err().contains("127.0.0.1:1"), "{}", out.stderr);
 }
 
 #[test]

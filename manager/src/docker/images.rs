@@ -636,10 +636,19 @@ pub fn decode_auth(raw: &str) -> Result<Option<Credentials>, ApiError> {
         .or_else(|_| STANDARD.decode(raw))
         .map_err(|_| bad("not base64"))?;
     let v: Value = serde_json::from_slice(&data).map_err(|_| bad("not JSON"))?;
+    auth_config_credentials(&v)
+}
+
+/// The credentials of an `AuthConfig` (`X-Registry-Auth`'s JSON, `POST /auth`'s body):
+/// `username` and `password`, or `auth` (base64 `user:password`). None when empty.
+pub fn auth_config_credentials(v: &Value) -> Result<Option<Credentials>, ApiError> {
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine;
+    let bad = |why: &str| ApiError::bad_request(format!("invalid credentials: {why}"));
     let s = |k: &str| v[k].as_str().unwrap_or("").to_string();
     for k in ["identitytoken", "registrytoken"] {
         if !s(k).is_empty() {
-            return Err(ApiError::unsupported(format!("X-Registry-Auth's {k}")));
+            return Err(ApiError::unsupported(format!("credentials given as {k}")));
         }
     }
     let (mut user, mut pass) = (s("username"), s("password"));
@@ -664,7 +673,7 @@ pub fn decode_auth(raw: &str) -> Result<Option<Credentials>, ApiError> {
 
 /// How to reach `host`: as dockerd, a registry on a loopback address is "insecure" and spoken
 /// to over plain HTTP, unless berthd's config has a section for it (which then decides).
-fn client_options(api: &Api, host: &str, credentials: Option<Credentials>) -> ClientOptions {
+pub fn client_options(api: &Api, host: &str, credentials: Option<Credentials>) -> ClientOptions {
     let name = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host);
     let loopback = name == "localhost"
         || name

@@ -18,6 +18,7 @@ pub mod images;
 pub mod lifecycle;
 pub mod logs;
 pub mod networks;
+pub mod registry;
 pub mod server;
 pub mod system;
 pub mod version;

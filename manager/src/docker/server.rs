@@ -23,7 +23,8 @@ use tokio_stream::StreamExt;
 use super::errors::ApiError;
 use super::version::{ApiVersion, CURRENT, MIN};
 use super::{
-    archive, build, containers, create, exec, images, networks, system, version, volumes, Api,
+    archive, build, containers, create, exec, images, networks, registry, system, version, volumes,
+    Api,
 };
 
 /// Largest JSON request body (network and volume definitions are a few hundred bytes).
@@ -462,14 +463,9 @@ async fn route(api: &Api, req: Request<Incoming>) -> Reply {
         "/images/load" if post => return images::load(api, req).await,
         "/images/get" if get => return images::save(api, req, None).await,
         "/images/prune" if post => return images::prune(api, req).await,
-        "/images/search" if get => return Err(ApiError::unsupported("image search")),
+        "/images/search" if get => return registry::search(api, req).await,
         "/build" if post => return build::build(api, req).await,
-        // Credentials still work: the CLI sends config.json's as X-Registry-Auth.
-        "/auth" if post => {
-            return Err(ApiError::unsupported(
-                "docker login (POST /auth); credentials in the docker CLI's config.json are used",
-            ))
-        }
+        "/auth" if post => return registry::login(api, req).await,
         "/networks" if get => return networks::list(api, req).await,
         "/networks/create" if post => return networks::create(api, req).await,
         "/networks/prune" if post => return networks::prune(api, req).await,
