@@ -411,7 +411,15 @@ fn a_container_whose_supervisor_died_is_still_seen_to_exit() {
     until("the exit without a supervisor", 20, || {
         state(&d, "lone") == "exited"
     });
-    let code = d.docker(&["inspect", "--format", "{{.State.ExitCode}}", "lone"]);
-    assert_eq!(code.ok().trim(), "255");
+    // The runtime's "stopped" can show a moment before the monitor's poll records the exit
+    // code: wait for that record, then it must be 255 (and stay so).
+    let code = || {
+        d.docker(&["inspect", "--format", "{{.State.ExitCode}}", "lone"])
+            .ok()
+            .trim()
+            .to_string()
+    };
+    until("the exit code recorded", 10, || code() != "0");
+    assert_eq!(code(), "255");
     d.docker(&["rm", "lone"]).ok();
 }

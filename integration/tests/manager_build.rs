@@ -676,6 +676,15 @@ fn a_cancelled_build_leaves_nothing() {
         ],
     );
     cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+    // Ctrl-C's default action, even when the suite runs with SIGINT ignored (a shell's
+    // background job: the ignored disposition is inherited across exec).
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            Ok(())
+        });
+    }
     let mut child = cmd.spawn().unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let start = Instant::now();
