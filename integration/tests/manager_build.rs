@@ -1391,3 +1391,123 @@ fn same_images_as_buildah() {
     assert!(failures.is_empty(), "differences:\n{}", failures.join("\n"));
     assert_clean(&d);
 }
+
+/// A one-thread HTTP server on 127.0.0.1 for ADD <url>: `/files/NAME` answers `files[NAME]`
+/// with a fixed Last-Modified, anything else 404. Stops with the test process.
+fn http_files(files: Vec<(&'static str, Vec<u8>)>) -> u16 {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let mut req = Vec::new();
+            let mut b = [0u8; 1024];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut b) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&b[..n]),
+                }
+            }
+            let line = String::from_utf8_lossy(&req)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string();
+            let path = line.split_whitespace().nth(1).unwrap_or("");
+            let found = path
+                .strip_prefix("/files/")
+                .and_then(|n| files.iter().find(|(f, _)| *f == n));
+            let _ = match found {
+                Some((_, body)) => s
+                    .write_all(
+                        format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\
+                             Last-Modified: Wed, 21 Oct 2015 07:28:00 GMT\r\nConnection: close\r\n\r\n",
+                            body.len()
+                        )
+                        .as_bytes(),
+                    )
+                    .and_then(|_| s.write_all(body)),
+                None => s.write_all(
+                    b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                ),
+            };
+        }
+    });
+    port
+}
+
+#[test]
+fn add_fetches_urls_checks_checksums_and_never_unpacks() {
+    let d = daemon("build-add-url");
+    let layer = image::Layer::build(&[image::Entry::File("inside", 0o644, b"x".to_vec())]).unwrap();
+    let tar_digest = layer.diff_id.clone();
+    let tar = layer.tar;
+    let port = http_files(vec![
+        ("hello.txt", b"hello from far\n".to_vec()),
+        ("data.tar", tar),
+    ]);
+    let url = |n: &str| format!("http://127.0.0.1:{port}/files/{n}");
+    let ctx = context(&[]);
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        format!(
+            "FROM busybox\nADD {} /srv/\nADD --checksum={tar_digest} {} /srv/\nADD --chmod=644 {} /srv/renamed.txt\n",
+            url("hello.txt"),
+            url("data.tar"),
+            url("hello.txt"),
+        ),
+    )
+    .unwrap();
+    let tag = "berth.test/add-url:1";
+    build(&d, ctx.path(), &["-t", tag]).ok();
+    // Named after the URL, mode 0600, the answer's Last-Modified (1445412480) as its time;
+    // a tar stays a file; --chmod applies.
+    let out = run(
+        &d,
+        tag,
+        "cat /srv/hello.txt; stat -c '%n %a %Y' /srv/hello.txt /srv/renamed.txt; \
+         test -f /srv/data.tar && echo tar-is-a-file",
+    );
+    assert_eq!(
+        out,
+        "hello from far\n/srv/hello.txt 600 1445412480\n/srv/renamed.txt 644 1445412480\ntar-is-a-file\n"
+    );
+    // Unchanged content: the rebuild is cached.
+    let again = build(&d, ctx.path(), &["-t", tag]);
+    assert_eq!(
+        again.stderr.matches("CACHED").count(),
+        3,
+        "{}",
+        again.stderr
+    );
+
+    // A wrong checksum, a missing file, a URL with no file name, a git URL: clear errors.
+    let bad = |line: String, want: &str| {
+        std::fs::write(
+            ctx.path().join("Dockerfile"),
+            format!("FROM busybox\n{line}\n"),
+        )
+        .unwrap();
+        let out = build(&d, ctx.path(), &["-t", "berth.test/add-url:bad"]);
+        assert!(out.err().contains(want), "{line}: {}", out.stderr);
+    };
+    let zero = format!("sha256:{}", "0".repeat(64));
+    bad(
+        format!("ADD --checksum={zero} {} /x", url("hello.txt")),
+        "digest mismatch",
+    );
+    bad(format!("ADD {} /x", url("missing")), "404");
+    bad(
+        format!("ADD http://127.0.0.1:{port}/ /x"),
+        "cannot determine a file name",
+    );
+    bad("ADD git@example.invalid:x/y.git /x".to_string(), "not git");
+    assert!(d
+        .berth(&d.ns, &["images", "ls"])
+        .ok()
+        .lines()
+        .all(|l| !l.contains("add-url:bad")));
+    assert_clean(&d);
+}

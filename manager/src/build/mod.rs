@@ -15,6 +15,7 @@
 pub mod cache;
 pub mod fsops;
 mod mounts;
+pub mod remote;
 pub mod run;
 
 use std::collections::BTreeMap;
@@ -349,6 +350,16 @@ impl<W: Write> Write for DiffIdWriter<W> {
 struct Sources<'a> {
     items: Vec<SourceItem>,
     _mount: Option<View<'a>>,
+    _downloads: Option<RemoveOnDrop>,
+}
+
+/// A directory removed with what is in it when dropped (ADD's downloads).
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// A mounted read-only view; unmounted, then removed, on drop (fields drop in order).
@@ -370,6 +381,8 @@ struct SourceItem {
     name: String,
     /// Open O_PATH; reached through `/proc/self/fd/N`.
     fd: OwnedFd,
+    /// Downloaded by ADD: copied as a file, never unpacked.
+    remote: bool,
 }
 
 impl SourceItem {
@@ -895,11 +908,27 @@ impl Build<'_> {
             BuildError::Invalid(format!("forbidden path outside the build context: {src}"))
         };
         let mut items = Vec::new();
+        let mut downloads = None;
         for src in &t.sources {
             if add && Transfer::is_url(src) {
-                return Err(BuildError::Invalid(format!(
-                    "ADD {src}: sources from URLs are not supported by berth build yet"
-                )));
+                let dir = downloads.get_or_insert_with(|| {
+                    let n = self.seq.fetch_add(1, Ordering::Relaxed);
+                    RemoveOnDrop(self.work.join(format!("download-{n}")))
+                });
+                std::fs::create_dir_all(&dir.0)
+                    .map_err(|e| BuildError::Failed(format!("ADD {src}: {e}")))?;
+                let got = remote::fetch(src, &dir.0, t.checksum.as_deref())?;
+                h.update(format!("url {src} {} {}\n", got.name, got.digest).as_bytes());
+                let fd = std::fs::File::open(&got.path)
+                    .map(OwnedFd::from)
+                    .map_err(|e| BuildError::Failed(format!("ADD {src}: {e}")))?;
+                items.push(SourceItem {
+                    _written: src.clone(),
+                    name: got.name,
+                    fd,
+                    remote: true,
+                });
+                continue;
             }
             let clean = berth_build::ignore::clean_path(src);
             let rel = clean.trim_start_matches('/').to_string();
@@ -961,6 +990,7 @@ impl Build<'_> {
                     _written: src.clone(),
                     name: if name == "." { String::new() } else { name },
                     fd,
+                    remote: false,
                 };
                 if beneath {
                     fsops::tree_digest(&mut h, &item.path(), &n, true)
@@ -973,6 +1003,7 @@ impl Build<'_> {
             Sources {
                 items,
                 _mount: mount,
+                _downloads: downloads,
             },
             hex(h),
         ))
@@ -1358,7 +1389,7 @@ fn copy_into(
             fsops::copy_dir_contents(&path, &d, &opts).map_err(|e| fail("copying", e))?;
             continue;
         }
-        if add && md.is_file() && is_archive(&path) {
+        if add && !item.remote && md.is_file() && is_archive(&path) {
             let d = fsops::mkdir_all(&root, &abs, dirs_owner)
                 .map_err(|e| fail(&format!("creating {abs}"), e))?;
             let f = std::fs::File::open(&path).map_err(|e| fail("opening an archive", e))?;
