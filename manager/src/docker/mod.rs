@@ -19,7 +19,9 @@ pub mod lifecycle;
 pub mod logs;
 pub mod networks;
 pub mod server;
+pub mod stats;
 pub mod system;
+pub mod update;
 pub mod version;
 pub mod volumes;
 

@@ -23,7 +23,8 @@ use tokio_stream::StreamExt;
 use super::errors::ApiError;
 use super::version::{ApiVersion, CURRENT, MIN};
 use super::{
-    archive, build, containers, create, exec, images, networks, system, version, volumes, Api,
+    archive, build, containers, create, exec, images, networks, stats, system, update, version,
+    volumes, Api,
 };
 
 /// Largest JSON request body (network and volume definitions are a few hundred bytes).
@@ -504,10 +505,10 @@ async fn route(api: &Api, req: Request<Incoming>) -> Reply {
             ("rename", _, true, _) => containers::rename(api, req, &name).await,
             ("attach", _, true, _) => containers::attach(api, req, &name).await,
             ("exec", _, true, _) => exec::create(api, req, &name).await,
-            ("stats", true, _, _) => Err(ApiError::unsupported("container stats")),
+            ("stats", true, _, _) => stats::stats(api, req, &name).await,
             ("changes", true, _, _) => Err(ApiError::unsupported("container changes")),
             ("export", true, _, _) => Err(ApiError::unsupported("container export")),
-            ("update", _, true, _) => Err(ApiError::unsupported("container update")),
+            ("update", _, true, _) => update::update(api, req, &name).await,
             ("resize", _, true, _) => Err(ApiError::unsupported("terminal resize")),
             ("archive", _, _, _) => archive::handle(api, req, &name).await,
             _ => Err(not_found()),
