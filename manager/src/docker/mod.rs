@@ -10,6 +10,8 @@
 
 pub mod archive;
 pub mod build;
+pub mod changes;
+pub mod commit;
 pub mod containers;
 pub mod create;
 pub mod errors;
