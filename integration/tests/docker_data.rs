@@ -178,6 +178,35 @@ fn stats_show_limits_cpu_memory_pids_and_network() {
         v[0]["cpu_stats"]["cpu_usage"]["total_usage"]
     );
     assert_eq!(v[1]["preread"], v[0]["read"]);
+    // The CLI's streaming table refreshes until it is stopped.
+    let mut cli = d
+        .docker_command(&["stats", "--format", "{{.Name}} {{.MemUsage}}", "busy"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = cli.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for l in BufReader::new(out).lines() {
+            let Ok(l) = l else { break };
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = 0;
+    while seen < 3 {
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(l) if l.contains("busy") && l.contains("/ 32MiB") => seen += 1,
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    let _ = cli.kill();
+    let _ = cli.wait();
+    let _ = reader.join();
+    assert_eq!(seen, 3, "docker stats stopped refreshing");
     // A stopped container gives zeros, as dockerd does.
     d.docker(&["kill", "busy"]).ok();
     d.docker(&["wait", "busy"]).ok();

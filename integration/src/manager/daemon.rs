@@ -194,15 +194,20 @@ impl Berthd {
     /// against berthd's Docker socket, with a config dir of its own (no credentials or
     /// contexts of the host's).
     pub fn docker(&self, args: &[&str]) -> Out {
-        self.run(
-            Command::new(DOCKER)
-                .env("DOCKER_CONFIG", self.dir.path().join("docker-config"))
-                .env_remove("DOCKER_CONTEXT")
-                .env_remove("DOCKER_API_VERSION")
-                .arg("-H")
-                .arg(format!("unix://{}", self.docker_socket().display()))
-                .args(args),
-        )
+        self.run(&mut self.docker_command(args))
+    }
+
+    /// The command [`Berthd::docker`] runs, for a caller that must spawn it (a streaming
+    /// command it stops itself).
+    pub fn docker_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(DOCKER);
+        cmd.env("DOCKER_CONFIG", self.dir.path().join("docker-config"))
+            .env_remove("DOCKER_CONTEXT")
+            .env_remove("DOCKER_API_VERSION")
+            .arg("-H")
+            .arg(format!("unix://{}", self.docker_socket().display()))
+            .args(args);
+        cmd
     }
 
     /// One raw HTTP/1.1 request on the Docker socket, for what the CLI cannot say (malformed
