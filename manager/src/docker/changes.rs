@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use berth_layer::{DiffStats, LayerError, WhiteoutMode};
 use berth_store::metadata::{Container, Labels};
@@ -246,14 +246,88 @@ const MODIFIED: u8 = 0;
 const ADDED: u8 = 1;
 const DELETED: u8 = 2;
 
-/// Docker's changes from a layer tar: `.wh.NAME` deletes NAME, an opaque marker marks its
-/// directory deleted (as dockerd's overlay driver reports it), an entry that `lower` has is
-/// modified (a directory whose mode and mtime did not change is left out), other entries are
-/// added; the parent of an added or deleted path is marked modified unless it already is.
-pub fn changes_from_tar(tar: impl Read, lower: &Path) -> io::Result<Vec<Change>> {
-    let mut out: Vec<Change> = Vec::new();
-    let mut index: HashMap<String, usize> = HashMap::new();
-    let mut dirs: HashSet<String> = HashSet::new();
+/// What one entry of a writable layer says.
+enum Seen {
+    /// The path was deleted (a whiteout).
+    Whiteout,
+    /// The directory hides what the image had in it (an opaque dir).
+    Opaque,
+    /// The path was written: a directory or not, with its permission bits and mtime.
+    Entry { is_dir: bool, mode: u32, mtime: u64 },
+}
+
+/// The metadata of a path of the image (relative to the root), `None` when it has none.
+type Lower<'a> = &'a dyn Fn(&str) -> Option<std::fs::Metadata>;
+
+/// Docker's changes from a writable layer's entries, in the order of a walk: a whiteout
+/// deletes its path, an opaque dir is reported deleted (as dockerd's overlay driver reports
+/// it), an entry the image has is modified (a directory whose mode and mtime did not change
+/// is left out), other entries are added; the parent of an added or deleted path is marked
+/// modified unless it already is.
+#[derive(Default)]
+struct Collector {
+    out: Vec<Change>,
+    index: HashMap<String, usize>,
+    dirs: HashSet<String>,
+}
+
+impl Collector {
+    fn push(&mut self, path: String, kind: u8) {
+        self.index.insert(path.clone(), self.out.len());
+        self.out.push(Change { path, kind });
+    }
+
+    fn add(&mut self, rel: &str, seen: Seen, lower: Lower) {
+        let path = format!("/{rel}");
+        let parent = match path.rsplit_once('/') {
+            Some(("", _)) | None => "/".to_string(),
+            Some((p, _)) => p.to_string(),
+        };
+        let kind = match seen {
+            Seen::Opaque => {
+                match self.index.get(&path) {
+                    Some(&i) => self.out[i].kind = DELETED,
+                    None => self.push(path.clone(), DELETED),
+                }
+                self.dirs.insert(path);
+                return;
+            }
+            Seen::Whiteout => DELETED,
+            Seen::Entry {
+                is_dir,
+                mode,
+                mtime,
+            } => {
+                let kind = match lower(rel) {
+                    Some(md) => {
+                        let same_dir = is_dir
+                            && md.is_dir()
+                            && mode == md.mode() & 0o7777
+                            && mtime == md.mtime().max(0) as u64;
+                        if same_dir {
+                            return;
+                        }
+                        MODIFIED
+                    }
+                    None => ADDED,
+                };
+                if is_dir {
+                    self.dirs.insert(path.clone());
+                }
+                kind
+            }
+        };
+        if (kind == ADDED || kind == DELETED) && parent != "/" && !self.dirs.contains(&parent) {
+            self.dirs.insert(parent.clone());
+            self.push(parent, MODIFIED);
+        }
+        self.push(path, kind);
+    }
+}
+
+/// Docker's changes from a layer tar (`.wh.` whiteouts, `.wh..wh..opq` opaque markers).
+fn changes_from_tar(tar: impl Read, lower: Lower) -> io::Result<Vec<Change>> {
+    let mut c = Collector::default();
     let mut a = tar::Archive::new(tar);
     for e in a.entries()? {
         let e = e?;
@@ -265,66 +339,161 @@ pub fn changes_from_tar(tar: impl Read, lower: &Path) -> io::Result<Vec<Change>>
         if rel.is_empty() || rel == "." {
             continue;
         }
-        let (parent, base) = match rel.rsplit_once('/') {
-            Some((p, b)) => (format!("/{p}"), b.to_string()),
-            None => ("/".to_string(), rel.clone()),
+        let (dir, base) = match rel.rsplit_once('/') {
+            Some((d, b)) => (d.to_string(), b.to_string()),
+            None => (String::new(), rel.clone()),
         };
-        let (path, kind) = if base == ".wh..wh..opq" {
-            match index.get(&parent) {
-                Some(&i) => out[i].kind = DELETED,
-                None => {
-                    index.insert(parent.clone(), out.len());
-                    out.push(Change {
-                        path: parent.clone(),
-                        kind: DELETED,
-                    });
-                }
-            }
-            dirs.insert(parent);
-            continue;
-        } else if let Some(name) = base.strip_prefix(".wh.") {
-            let p = if parent == "/" {
-                format!("/{name}")
+        let join = |n: &str| {
+            if dir.is_empty() {
+                n.to_string()
             } else {
-                format!("{parent}/{name}")
-            };
-            (p, DELETED)
-        } else {
-            let p = format!("/{rel}");
-            let is_dir = e.header().entry_type().is_dir();
-            match std::fs::symlink_metadata(lower.join(&rel)) {
-                Ok(md) => {
-                    let same_dir = is_dir
-                        && md.is_dir()
-                        && e.header().mode().ok() == Some(md.mode() & 0o7777)
-                        && e.header().mtime().ok() == Some(md.mtime().max(0) as u64);
-                    if same_dir {
-                        continue;
-                    }
-                    (p, MODIFIED)
-                }
-                Err(_) => (p, ADDED),
+                format!("{dir}/{n}")
             }
         };
-        if e.header().entry_type().is_dir() && kind != DELETED {
-            dirs.insert(path.clone());
+        if base == berth_layer::WHITEOUT_OPAQUE {
+            c.add(&dir, Seen::Opaque, lower);
+        } else if let Some(name) = base.strip_prefix(berth_layer::WHITEOUT_PREFIX) {
+            c.add(&join(name), Seen::Whiteout, lower);
+        } else {
+            let h = e.header();
+            let seen = Seen::Entry {
+                is_dir: h.entry_type().is_dir(),
+                mode: h.mode().unwrap_or(0) & 0o7777,
+                mtime: h.mtime().unwrap_or(0),
+            };
+            c.add(&rel, seen, lower);
         }
-        if (kind == ADDED || kind == DELETED) && parent != "/" && !dirs.contains(&parent) {
-            dirs.insert(parent.clone());
-            index.insert(parent.clone(), out.len());
-            out.push(Change {
-                path: parent,
-                kind: MODIFIED,
-            });
-        }
-        index.insert(path.clone(), out.len());
-        out.push(Change { path, kind });
     }
-    Ok(out)
+    Ok(c.out)
 }
 
-/// The changes of container `c`'s writable layer (blocking).
+/// An extended attribute of `p` itself (not followed).
+fn xattr(p: &Path, name: &str) -> Option<Vec<u8>> {
+    let path = std::ffi::CString::new(p.as_os_str().as_bytes()).ok()?;
+    let name = std::ffi::CString::new(name).ok()?;
+    let mut buf = [0u8; 16];
+    // SAFETY: valid C strings and a buffer of the size given.
+    let n = unsafe {
+        libc::lgetxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    (n >= 0).then(|| buf[..n as usize].to_vec())
+}
+
+/// Whether an overlay upper entry is a whiteout: a 0/0 character device, or (Linux 6.7+
+/// "xwhiteouts") an empty file with the whiteout xattr.
+fn is_whiteout(p: &Path, md: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    let ft = md.file_type();
+    (ft.is_char_device() && md.rdev() == 0)
+        || (ft.is_file() && md.len() == 0 && xattr(p, "trusted.overlay.whiteout").is_some())
+}
+
+/// Docker's changes straight from an overlay upper dir, as dockerd's overlay driver reads
+/// it: only names and metadata, no file content (a layer tar would read every byte).
+fn changes_from_upper(
+    upper: &Path,
+    lower: Lower,
+    hide: &dyn Fn(&str) -> bool,
+) -> io::Result<Vec<Change>> {
+    fn walk(
+        c: &mut Collector,
+        dir: &Path,
+        rel: &str,
+        lower: Lower,
+        hide: &dyn Fn(&str) -> bool,
+    ) -> io::Result<()> {
+        let mut names: Vec<std::ffi::OsString> = std::fs::read_dir(dir)?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<io::Result<_>>()?;
+        names.sort();
+        for n in names {
+            let name = n.to_string_lossy();
+            let child = if rel.is_empty() {
+                name.to_string()
+            } else {
+                format!("{rel}/{name}")
+            };
+            let p = dir.join(&n);
+            let md = match std::fs::symlink_metadata(&p) {
+                Ok(m) => m,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            if is_whiteout(&p, &md) {
+                c.add(&child, Seen::Whiteout, lower);
+                continue;
+            }
+            if hide(&child) {
+                continue;
+            }
+            let is_dir = md.is_dir();
+            let seen = Seen::Entry {
+                is_dir,
+                mode: md.mode() & 0o7777,
+                mtime: md.mtime().max(0) as u64,
+            };
+            c.add(&child, seen, lower);
+            if is_dir {
+                if xattr(&p, berth_layer::OVERLAY_OPAQUE_XATTR).as_deref() == Some(b"y") {
+                    c.add(&child, Seen::Opaque, lower);
+                }
+                walk(c, &p, &child, lower, hide)?;
+            }
+        }
+        Ok(())
+    }
+    let mut c = Collector::default();
+    walk(&mut c, upper, "", lower, hide)?;
+    Ok(c.out)
+}
+
+/// The metadata of `rel` in an overlay's lower dirs (top first): the first layer that has
+/// it, unless that is a whiteout. (An opaque directory or a whiteout of a parent in a higher
+/// layer is not looked for: it would only tell an added path from a modified one.)
+fn in_lowers(lowers: &[PathBuf], rel: &str) -> Option<std::fs::Metadata> {
+    for l in lowers {
+        let p = l.join(rel);
+        if let Ok(md) = std::fs::symlink_metadata(&p) {
+            return (!is_whiteout(&p, &md)).then_some(md);
+        }
+    }
+    None
+}
+
+/// The changes of container `c`'s writable layer (blocking). With overlayfs the upper dir
+/// is walked and the lower dirs named by the snapshot's mount are looked up: nothing is
+/// written to the store, no file is read. With the plain-copy snapshotter the layer tar
+/// against a view of the image is read.
 fn changes_of(api: &Api, c: &Container) -> Result<Vec<Change>, ApiError> {
+    if c.snapshot_key.is_empty() {
+        return Err(ApiError::internal(format!(
+            "container {} has no snapshot",
+            c.id
+        )));
+    }
+    let ctx = api.ctx();
+    let sn = api.state.store().snapshotter();
+    let (upper, mode) = sn.apply_target(&ctx, &c.snapshot_key)?;
+    if mode == WhiteoutMode::OverlayUpper {
+        let mounts = sn.mounts(&ctx, &c.snapshot_key)?;
+        let lowers: Vec<PathBuf> = mounts
+            .iter()
+            .flat_map(|m| m.options.iter())
+            .filter_map(|o| o.strip_prefix("lowerdir="))
+            .flat_map(|l| l.split(':'))
+            .map(PathBuf::from)
+            .collect();
+        let hidden = mount_points(c);
+        let lower = |rel: &str| in_lowers(&lowers, rel);
+        let hide = |rel: &str| hidden.contains(rel) && lower(rel).is_none();
+        return changes_from_upper(&upper, &lower, &hide)
+            .map_err(|e| ApiError::internal(format!("reading the container's changes: {e}")));
+    }
     with_layer(api, c, |l| {
         let (reader, mut writer) = pipe()?;
         std::thread::scope(|s| {
@@ -333,7 +502,8 @@ fn changes_of(api: &Api, c: &Container) -> Result<Vec<Change>, ApiError> {
                 drop(writer);
                 r
             });
-            let got = changes_from_tar(reader, l.lower);
+            let lower = |rel: &str| std::fs::symlink_metadata(l.lower.join(rel)).ok();
+            let got = changes_from_tar(reader, &lower);
             w.join()
                 .map_err(|_| ApiError::internal("the diff thread panicked"))??;
             got.map_err(|e| ApiError::internal(format!("reading the diff: {e}")))
@@ -428,6 +598,48 @@ mod tests {
         b.into_inner().unwrap()
     }
 
+    fn from_tar(t: &[u8], lower: &Path) -> io::Result<Vec<Change>> {
+        changes_from_tar(t, &|r: &str| std::fs::symlink_metadata(lower.join(r)).ok())
+    }
+
+    #[test]
+    fn an_upper_dir_is_read_without_a_tar_and_hides_the_runtimes_mount_points() {
+        let (upper, low1, low2) = (tree(), tree(), tree());
+        std::fs::create_dir(low2.path().join("etc")).unwrap();
+        std::fs::write(low2.path().join("etc/hosts"), "x").unwrap();
+        std::fs::write(low1.path().join("top"), "y").unwrap();
+        std::fs::create_dir(upper.path().join("etc")).unwrap();
+        std::fs::set_permissions(
+            upper.path().join("etc"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .unwrap();
+        std::fs::write(upper.path().join("etc/hosts"), "changed").unwrap();
+        std::fs::write(upper.path().join("etc/resolv.conf"), "").unwrap();
+        std::fs::write(upper.path().join("top"), "z").unwrap();
+        std::fs::create_dir(upper.path().join("proc")).unwrap();
+        std::fs::write(upper.path().join("new"), "n").unwrap();
+        let lowers = vec![low1.path().to_path_buf(), low2.path().to_path_buf()];
+        let lower = |r: &str| in_lowers(&lowers, r);
+        let hide = |r: &str| (r == "proc" || r == "etc/resolv.conf") && lower(r).is_none();
+        let got = changes_from_upper(upper.path(), &lower, &hide).unwrap();
+        let etc_kind = got.iter().find(|c| c.path == "/etc").map(|c| c.kind);
+        // /etc's mode differs from the image's: modified.
+        assert_eq!(etc_kind, Some(MODIFIED), "{got:?}");
+        let rest: Vec<(String, u8)> = kinds(&got)
+            .into_iter()
+            .filter(|(p, _)| p != "/etc")
+            .collect();
+        assert_eq!(
+            rest,
+            [
+                ("/etc/hosts".to_string(), MODIFIED),
+                ("/new".to_string(), ADDED),
+                ("/top".to_string(), MODIFIED),
+            ]
+        );
+    }
+
     fn kinds(v: &[Change]) -> Vec<(String, u8)> {
         v.iter().map(|c| (c.path.clone(), c.kind)).collect()
     }
@@ -446,7 +658,7 @@ mod tests {
             ("new/file", tar::EntryType::Regular),
             ("top", tar::EntryType::Regular),
         ]);
-        let got = changes_from_tar(t.as_slice(), lower.path()).unwrap();
+        let got = from_tar(&t, lower.path()).unwrap();
         assert_eq!(
             kinds(&got),
             [
@@ -478,7 +690,7 @@ mod tests {
             ("var/", tar::EntryType::Directory),
             ("var/log", tar::EntryType::Regular),
         ]);
-        let got = changes_from_tar(t.as_slice(), lower.path()).unwrap();
+        let got = from_tar(&t, lower.path()).unwrap();
         assert_eq!(
             kinds(&got),
             [
@@ -487,9 +699,7 @@ mod tests {
             ]
         );
         let t = layer(&[("var/", tar::EntryType::Directory)]);
-        assert!(changes_from_tar(t.as_slice(), lower.path())
-            .unwrap()
-            .is_empty());
+        assert!(from_tar(&t, lower.path()).unwrap().is_empty());
     }
 
     #[test]
@@ -501,7 +711,7 @@ mod tests {
             ("d/.wh..wh..opq", tar::EntryType::Regular),
             ("d/n", tar::EntryType::Regular),
         ]);
-        let got = changes_from_tar(t.as_slice(), lower.path()).unwrap();
+        let got = from_tar(&t, lower.path()).unwrap();
         assert_eq!(
             kinds(&got),
             [("/d".to_string(), DELETED), ("/d/n".to_string(), ADDED)]
