@@ -3,11 +3,13 @@
 //! its whole filesystem. [`with_layer`] gives the writable layer as a layer tar, which
 //! `docker commit` (`commit.rs`) stores as a new image layer.
 //!
-//! The writable layer is read the way the builder reads a RUN step's: the snapshot's overlay
+//! The layer tar is made the way the builder makes a RUN step's: the snapshot's overlay
 //! upper dir with the layer crate's `diff_overlay_upper` (whiteouts and opaque dirs become
 //! `.wh.` entries), or for the plain-copy snapshotter `diff_trees` against a read-only view of
-//! the image. The view (also used to tell an added path from a changed one) is an
-//! `extract-docker-*` snapshot inside a temporary lease, so a crash leaves nothing behind.
+//! the image, an `extract-docker-*` snapshot inside a temporary lease, so a crash leaves
+//! nothing behind. `docker diff` needs no content: with overlayfs it walks the upper dir and
+//! looks paths up in the lower dirs, as dockerd's overlay driver does. Mount points the
+//! runtime made are left out of both, as dockerd leaves out its init layer.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
