@@ -4,7 +4,9 @@
 # starts and its runc shims): `docker run --rm IMAGE true`, `docker run -d` + `docker rm -f`,
 # `docker-compose up -d` / `down -t 0` of a three-service app (one service built from a
 # Dockerfile, one with a named volume, one client), and the daemons' idle RSS before and
-# after. Both daemons run in network namespaces of the bench's own; nothing leaves them.
+# after; then a container's data: `docker diff`, `export`, `commit`, `update` and `stats
+# --no-stream` of a container that wrote 8 MB and a few files. Both daemons run in network
+# namespaces of the bench's own; nothing leaves them.
 #
 #   hack/bench-docker.sh [runs]      (as root; default 10)
 set -euo pipefail
@@ -97,12 +99,31 @@ hyperfine --runs "$runs" --export-json "$tmp/down.json" \
   -n "berth compose down" "${up//SOCK/$berth_docker} down -v -t 0" \
   -n "dockerd compose down" "${up//SOCK/$docker_sock} down -v -t 0" >/dev/null
 
+# A container's data, on one container per daemon that wrote 8 MB and a few files.
+work='dd if=/dev/zero of=/big bs=1M count=8 2>/dev/null; mkdir -p /d; touch /d/a /d/b; rm /etc/group; sleep 1000'
+bc=$($BD run -d "$bb" sh -c "$work")
+dc=$($DOCKER run -d "$bb" sh -c "$work")
+sleep 1
+hyperfine --runs "$runs" --warmup 1 --export-json "$tmp/data.json" \
+  -n "berth diff" "$BD diff $bc" -n "dockerd diff" "$DOCKER diff $dc" \
+  -n "berth export" "$BD export $bc >/dev/null" -n "dockerd export" "$DOCKER export $dc >/dev/null" \
+  -n "berth commit" "$BD commit $bc" -n "dockerd commit" "$DOCKER commit $dc" \
+  -n "berth update" "$BD update --cpu-shares 512 $bc" \
+  -n "dockerd update" "$DOCKER update --cpu-shares 512 $dc" \
+  -n "berth stats --no-stream" "$BD stats --no-stream $bc" \
+  -n "dockerd stats --no-stream" "$DOCKER stats --no-stream $dc" >/dev/null
+$BD rm -f "$bc" >/dev/null
+$DOCKER rm -f "$dc" >/dev/null
+
 printf '%-26s %10s\n' "" "median ms"
-jq -s -r '[.[].results[]] | .[] | [.command, (.median*1000)] | @tsv' "$tmp/run.json" "$tmp/up.json" "$tmp/down.json" |
+jq -s -r '[.[].results[]] | .[] | [.command, (.median*1000)] | @tsv' "$tmp/run.json" "$tmp/up.json" "$tmp/down.json" "$tmp/data.json" |
   while IFS=$'\t' read -r n med; do printf '%-26s %10.1f\n' "$n" "$med"; done
 jq -s -r '([.[].results[]] | map({(.command): .median}) | add) as $m |
   "ratios (berth / dockerd): run --rm \(($m["berth run --rm"] / $m["dockerd run --rm"]) * 100 | round / 100), run -d + rm -f \(($m["berth run -d + rm -f"] / $m["dockerd run -d + rm -f"]) * 100 | round / 100), compose up \(($m["berth compose up -d"] / $m["dockerd compose up -d"]) * 100 | round / 100), compose down \(($m["berth compose down"] / $m["dockerd compose down"]) * 100 | round / 100)"' \
   "$tmp/run.json" "$tmp/up.json" "$tmp/down.json"
+jq -r '(.results | map({(.command): .median}) | add) as $m |
+  "data ratios (berth / dockerd): " + ([["diff", "export", "commit", "update", "stats --no-stream"][] |
+  "\(.) \((($m["berth " + .] / $m["dockerd " + .]) * 100 | round) / 100)"] | join(", "))' "$tmp/data.json"
 sleep 1
 containerd_after=${containerd_pid:+$(rss_kb "$containerd_pid")}
 echo "idle RSS before: berthd $((berth_idle / 1024)) MB; dockerd $((docker_idle / 1024)) MB + containerd $((${containerd_idle:-0} / 1024)) MB"

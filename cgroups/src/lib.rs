@@ -51,7 +51,7 @@ use serde::{Deserialize, Serialize};
 
 pub use error::{Error, Result};
 pub use layout::{Hierarchy, Layout};
-pub use stats::{CpuStats, MemoryStats, PidsStats, Stats};
+pub use stats::{CpuStats, IoEntry, IoStats, MemoryStats, PidsStats, Stats};
 
 use layout::Dir;
 
@@ -363,7 +363,8 @@ impl Cgroup {
         }
     }
 
-    /// CPU, memory and pids statistics (sections are `None` where a controller is missing).
+    /// CPU, memory, pids and block I/O statistics (sections are `None` where a controller is
+    /// missing).
     pub fn stats(&self) -> Result<Stats> {
         match self.version {
             CgroupVersion::V1 => v1::stats(&self.dirs),

@@ -14,6 +14,85 @@ pub struct Stats {
     pub memory: Option<MemoryStats>,
     /// Number of processes and their limit.
     pub pids: Option<PidsStats>,
+    /// Block I/O per device (v1 blkio throttle counters, v2 io.stat).
+    #[serde(default)]
+    pub io: Option<IoStats>,
+}
+
+/// Block I/O done by the cgroup, per device and operation.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IoStats {
+    /// Bytes transferred (ops "Read", "Write", and on v1 also "Sync", "Async", "Discard").
+    pub service_bytes: Vec<IoEntry>,
+    /// I/O operations, with the same ops.
+    pub serviced: Vec<IoEntry>,
+}
+
+/// One device's counter for one operation.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IoEntry {
+    /// Device major number.
+    pub major: u64,
+    /// Device minor number.
+    pub minor: u64,
+    /// The operation, as v1 names it ("Read", "Write", ...).
+    pub op: String,
+    /// The count.
+    pub value: u64,
+}
+
+/// Parses a v1 blkio file ("8:0 Read 4096" lines; the "Total" lines are left out).
+pub(crate) fn parse_blkio_v1(text: &str) -> Vec<IoEntry> {
+    text.lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            let (dev, op, value) = (it.next()?, it.next()?, it.next()?);
+            let (major, minor) = dev.split_once(':')?;
+            Some(IoEntry {
+                major: major.parse().ok()?,
+                minor: minor.parse().ok()?,
+                op: op.to_string(),
+                value: value.parse().ok()?,
+            })
+        })
+        .collect()
+}
+
+/// Parses v2 io.stat ("8:0 rbytes=1 wbytes=2 rios=3 wios=4 ..." lines) into v1-style
+/// entries: (bytes, operations).
+pub(crate) fn parse_io_stat_v2(text: &str) -> (Vec<IoEntry>, Vec<IoEntry>) {
+    let (mut bytes, mut ios) = (Vec::new(), Vec::new());
+    for l in text.lines() {
+        let mut it = l.split_whitespace();
+        let Some((major, minor)) = it.next().and_then(|d| d.split_once(':')) else {
+            continue;
+        };
+        let (Ok(major), Ok(minor)) = (major.parse::<u64>(), minor.parse::<u64>()) else {
+            continue;
+        };
+        for kv in it {
+            let Some((k, v)) = kv.split_once('=') else {
+                continue;
+            };
+            let Ok(value) = v.parse::<u64>() else {
+                continue;
+            };
+            let (list, op) = match k {
+                "rbytes" => (&mut bytes, "Read"),
+                "wbytes" => (&mut bytes, "Write"),
+                "rios" => (&mut ios, "Read"),
+                "wios" => (&mut ios, "Write"),
+                _ => continue,
+            };
+            list.push(IoEntry {
+                major,
+                minor,
+                op: op.to_string(),
+                value,
+            });
+        }
+    }
+    (bytes, ios)
 }
 
 /// CPU accounting, all times in nanoseconds.
@@ -73,5 +152,34 @@ pub(crate) fn limit_or_none(v: u64) -> Option<u64> {
         None
     } else {
         Some(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blkio_v1_lines_without_the_total() {
+        let e = parse_blkio_v1("8:0 Read 4096\n8:0 Write 512\nTotal 4608\n");
+        assert_eq!(e.len(), 2);
+        assert_eq!(
+            (e[0].major, e[0].minor, e[0].op.as_str(), e[0].value),
+            (8, 0, "Read", 4096)
+        );
+        assert_eq!(e[1].op, "Write");
+    }
+
+    #[test]
+    fn io_stat_v2_becomes_read_and_write_entries() {
+        let (b, n) = parse_io_stat_v2("259:0 rbytes=10 wbytes=20 rios=1 wios=2 dbytes=0 dios=0\n");
+        assert_eq!(b.iter().map(|e| e.value).collect::<Vec<_>>(), [10, 20]);
+        assert_eq!(
+            n.iter()
+                .map(|e| (e.op.as_str(), e.value))
+                .collect::<Vec<_>>(),
+            [("Read", 1), ("Write", 2)]
+        );
+        assert_eq!((b[0].major, b[0].minor), (259, 0));
     }
 }

@@ -469,5 +469,26 @@ pub(crate) fn stats(dirs: &[Dir]) -> Result<Stats> {
             });
         }
     }
+    if let Some(d) = dir(dirs, "blkio") {
+        // The recursive files where the kernel has them (they include child cgroups).
+        let read = |names: [&str; 2]| -> Result<Vec<crate::stats::IoEntry>> {
+            for n in names {
+                if let Some(t) = fsutil::read_opt(d, n)? {
+                    return Ok(crate::stats::parse_blkio_v1(&t));
+                }
+            }
+            Ok(Vec::new())
+        };
+        s.io = Some(crate::stats::IoStats {
+            service_bytes: read([
+                "blkio.throttle.io_service_bytes_recursive",
+                "blkio.throttle.io_service_bytes",
+            ])?,
+            serviced: read([
+                "blkio.throttle.io_serviced_recursive",
+                "blkio.throttle.io_serviced",
+            ])?,
+        });
+    }
     Ok(s)
 }

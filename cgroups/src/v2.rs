@@ -382,5 +382,12 @@ pub(crate) fn stats(d: &Dir) -> Result<Stats> {
             limit: read_u64_opt(dir, "pids.max")?.filter(|v| *v != u64::MAX),
         });
     }
+    if let Some(io) = read_opt(dir, "io.stat")? {
+        let (service_bytes, serviced) = crate::stats::parse_io_stat_v2(&io);
+        s.io = Some(crate::stats::IoStats {
+            service_bytes,
+            serviced,
+        });
+    }
     Ok(s)
 }

@@ -8,7 +8,6 @@
 //! nothing leaves 127.0.0.0/8 of that namespace, and a name that would mean Docker Hub cannot
 //! reach it.
 
-use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
@@ -64,29 +63,7 @@ fn registry_in_with<T: Send + 'static>(
 
 /// One raw HTTP/1.1 request on the Docker socket: (status, head, body).
 fn http(d: &Berthd, method: &str, path: &str, body: &[u8]) -> (u16, String, String) {
-    let mut s = UnixStream::connect(d.docker_socket()).unwrap();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).unwrap();
-    // A server may answer (413) before reading everything: a failed write is fine then.
-    let _ = s.write_all(body);
-    let mut out = Vec::new();
-    // A server that answers without reading the whole body (413) closes with data unread:
-    // the kernel then ends our reads with ECONNRESET after the answer, which is kept.
-    if let Err(e) = s.read_to_end(&mut out) {
-        assert!(!out.is_empty(), "reading the answer: {e}");
-    }
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, head.to_string(), body.to_string())
+    d.docker_http(method, path, "application/json", body)
 }
 
 fn message(body: &str) -> String {

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use berth_integration::manager::image::{self, Image, Layer};
+use berth_integration::manager::image;
 use berth_integration::manager::tasks::NsDaemon;
 use berth_integration::manager::Berthd;
 
@@ -25,19 +25,10 @@ fn daemon() -> NsDaemon {
 }
 
 fn load(d: &Berthd, dir: &Path) {
-    let img = Image::new(
+    let img = image::busybox_applets(
         &format!("docker.io/{BASE}"),
-        vec![
-            image::base_layer().unwrap(),
-            Layer::build(&[
-                image::Entry::Dir("bin", 0o755),
-                image::Entry::Symlink("bin/sleep", "busybox"),
-                image::Entry::Symlink("bin/echo", "busybox"),
-                image::Entry::Symlink("bin/cat", "busybox"),
-                image::Entry::Symlink("bin/nc", "busybox"),
-            ])
-            .unwrap(),
-        ],
+        &["bin/sleep", "bin/echo", "bin/cat", "bin/nc"],
+        Vec::new(),
     )
     .unwrap();
     let tar = dir.join("base.tar");

@@ -10,7 +10,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use berth_integration::manager::image::{self, Image, Layer};
+use berth_integration::manager::image;
 use berth_integration::manager::tasks::NsDaemon;
 use berth_integration::manager::Berthd;
 
@@ -26,19 +26,10 @@ fn daemon() -> NsDaemon {
 
 /// Loads a busybox image (with `sh`, `sleep`, `echo`, `nc`) through `docker load`.
 fn load(d: &Berthd, dir: &Path) {
-    let img = Image::new(
+    let img = image::busybox_applets(
         &format!("docker.io/{IMAGE}"),
-        vec![
-            image::base_layer().unwrap(),
-            Layer::build(&[
-                image::Entry::Dir("bin", 0o755),
-                image::Entry::Symlink("bin/sleep", "busybox"),
-                image::Entry::Symlink("bin/echo", "busybox"),
-                image::Entry::Symlink("bin/nc", "busybox"),
-                image::Entry::File("hello", 0o644, b"hi\n".to_vec()),
-            ])
-            .unwrap(),
-        ],
+        &["bin/sleep", "bin/echo", "bin/nc"],
+        vec![image::Entry::File("hello", 0o644, b"hi\n".to_vec())],
     )
     .unwrap();
     let tar = dir.join("image.tar");

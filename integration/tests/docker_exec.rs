@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use berth_integration::manager::image::{self, Image, Layer};
+use berth_integration::manager::image;
 use berth_integration::manager::Berthd;
 
 const IMAGE: &str = "berth/exec-test:v1";
@@ -24,35 +24,31 @@ fn daemon() -> Berthd {
 /// Loads a busybox image with a few applets, a user 1000, and two hostile symlinks:
 /// `/evil -> /` and `/etc/x -> /../../..`.
 fn load(d: &Berthd, dir: &Path) {
-    let img = Image::new(
+    let img = image::busybox_applets(
         &format!("docker.io/{IMAGE}"),
+        &[
+            "bin/sleep",
+            "bin/echo",
+            "bin/id",
+            "bin/pwd",
+            "bin/stat",
+            "bin/tty",
+            "bin/mkdir",
+        ],
         vec![
-            image::base_layer().unwrap(),
-            Layer::build(&[
-                image::Entry::Dir("bin", 0o755),
-                image::Entry::Symlink("bin/sleep", "busybox"),
-                image::Entry::Symlink("bin/echo", "busybox"),
-                image::Entry::Symlink("bin/id", "busybox"),
-                image::Entry::Symlink("bin/pwd", "busybox"),
-                image::Entry::Symlink("bin/stat", "busybox"),
-                image::Entry::Symlink("bin/tty", "busybox"),
-                image::Entry::Symlink("bin/mkdir", "busybox"),
-                image::Entry::Dir("etc", 0o755),
-                image::Entry::File(
-                    "etc/passwd",
-                    0o644,
-                    b"root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000::/home/user:/bin/sh\n"
-                        .to_vec(),
-                ),
-                image::Entry::File("etc/shadow", 0o640, SHADOW.to_vec()),
-                image::Entry::Symlink("etc/x", "/../../.."),
-                image::Entry::Symlink("evil", "/"),
-                image::Entry::Dir("data", 0o755),
-                image::Entry::File("data/a.txt", 0o600, b"aaa\n".to_vec()),
-                image::Entry::Dir("data/sub", 0o750),
-                image::Entry::File("data/sub/b.txt", 0o644, b"bbb\n".to_vec()),
-            ])
-            .unwrap(),
+            image::Entry::Dir("etc", 0o755),
+            image::Entry::File(
+                "etc/passwd",
+                0o644,
+                b"root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000::/home/user:/bin/sh\n".to_vec(),
+            ),
+            image::Entry::File("etc/shadow", 0o640, SHADOW.to_vec()),
+            image::Entry::Symlink("etc/x", "/../../.."),
+            image::Entry::Symlink("evil", "/"),
+            image::Entry::Dir("data", 0o755),
+            image::Entry::File("data/a.txt", 0o600, b"aaa\n".to_vec()),
+            image::Entry::Dir("data/sub", 0o750),
+            image::Entry::File("data/sub/b.txt", 0o644, b"bbb\n".to_vec()),
         ],
     )
     .unwrap();
@@ -291,26 +287,10 @@ fn a_client_that_goes_away_mid_exec_leaves_nothing() {
     d.docker(&["rm", "-f", "ex2"]).ok();
 }
 
-/// A raw request on the Docker socket; the status code and body.
+/// A raw request on the Docker socket; the status code and the whole answer.
 fn raw(d: &Berthd, method: &str, path: &str, body: &[u8]) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::os::unix::net::UnixStream::connect(d.docker_socket()).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: docker\r\nContent-Type: application/x-tar\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).unwrap();
-    s.write_all(body).unwrap();
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let code = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (code, text)
+    let (code, head, body) = d.docker_http(method, path, "application/x-tar", body);
+    (code, format!("{head}\r\n\r\n{body}"))
 }
 
 #[test]

@@ -194,15 +194,71 @@ impl Berthd {
     /// against berthd's Docker socket, with a config dir of its own (no credentials or
     /// contexts of the host's).
     pub fn docker(&self, args: &[&str]) -> Out {
-        self.run(
-            Command::new(DOCKER)
-                .env("DOCKER_CONFIG", self.dir.path().join("docker-config"))
-                .env_remove("DOCKER_CONTEXT")
-                .env_remove("DOCKER_API_VERSION")
-                .arg("-H")
-                .arg(format!("unix://{}", self.docker_socket().display()))
-                .args(args),
-        )
+        self.run(&mut self.docker_command(args))
+    }
+
+    /// The command [`Berthd::docker`] runs, for a caller that must spawn it (a streaming
+    /// command it stops itself).
+    pub fn docker_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(DOCKER);
+        cmd.env("DOCKER_CONFIG", self.dir.path().join("docker-config"))
+            .env_remove("DOCKER_CONTEXT")
+            .env_remove("DOCKER_API_VERSION")
+            .arg("-H")
+            .arg(format!("unix://{}", self.docker_socket().display()))
+            .args(args);
+        cmd
+    }
+
+    /// One raw HTTP/1.1 request on the Docker socket, for what the CLI cannot say (malformed
+    /// JSON, unknown routes, bad query values): (status, head, body). The body is sent with
+    /// `content_type`; the answer is read to its end (the request says `Connection: close`).
+    pub fn docker_http(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: &[u8],
+    ) -> (u16, String, String) {
+        use std::io::{Read, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(self.docker_socket())
+            .expect("connecting to the docker socket");
+        s.set_read_timeout(Some(Duration::from_secs(60)))
+            .expect("setting a read timeout");
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\
+             Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        s.write_all(head.as_bytes()).expect("writing the request");
+        // A server may answer (413) before reading everything: a failed write is fine then.
+        let _ = s.write_all(body);
+        let mut out = Vec::new();
+        // A server that answers without reading the whole body (413) closes with data unread:
+        // the kernel then ends our reads with ECONNRESET after the answer, which is kept.
+        if let Err(e) = s.read_to_end(&mut out) {
+            assert!(!out.is_empty(), "reading the answer: {e}");
+        }
+        let text = String::from_utf8_lossy(&out).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        (status, head.to_string(), body.to_string())
+    }
+
+    /// Loads `image` with `docker load` (from a `docker save` archive written in the daemon's
+    /// temp dir); panics if the load fails.
+    pub fn docker_load(&self, image: &crate::manager::image::Image) {
+        let tar = self.dir().join(format!("load-{}.tar", unique("img")));
+        image
+            .write_docker_archive(&tar)
+            .expect("writing the image archive");
+        let p = tar.to_string_lossy().into_owned();
+        self.docker(&["load", "-i", &p]).ok();
+        let _ = std::fs::remove_file(&tar);
     }
 
     /// The daemon's log file (stderr).

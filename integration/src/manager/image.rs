@@ -420,6 +420,16 @@ pub fn busybox_multi(name: &str) -> Result<Image> {
     Image::new(name, vec![base_layer()?, second_layer()?, third_layer()?])
 }
 
+/// A busybox image as the Docker API suites load it: the base layer, then a layer with
+/// `bin/` holding each of `applets` (paths like `bin/sleep`) as a link to busybox, then
+/// `extra`.
+pub fn busybox_applets(name: &str, applets: &[&'static str], extra: Vec<Entry>) -> Result<Image> {
+    let mut entries = vec![Entry::Dir("bin", 0o755)];
+    entries.extend(applets.iter().map(|a| Entry::Symlink(a, "busybox")));
+    entries.extend(extra);
+    Image::new(name, vec![base_layer()?, Layer::build(&entries)?])
+}
+
 /// An image whose one layer is just `entries` (for hostile layers).
 pub fn image_with_layer(name: &str, entries: &[Entry]) -> Result<Image> {
     Image::new(name, vec![Layer::build(entries)?])

@@ -1068,52 +1068,16 @@ impl Build<'_> {
             f(tm.path())?;
         }
         let (upper, mode) = sn.apply_target(&self.ctx, &key)?;
-        let r = format!("build-{key}");
-        let mut w = store.content_writer(&self.ctx, &r, None, None)?;
-        w.truncate(0)?;
-        let res = (|| -> Result<(String, u64), BuildError> {
-            let mut tee = DiffIdWriter {
-                inner: berth_layer::compressor(&mut w, Compression::Gzip)
-                    .map_err(StoreError::from)?,
-                hash: Sha256::new(),
-            };
-            let stats = if mode == WhiteoutMode::OverlayUpper {
-                berth_layer::diff_overlay_upper(&upper, &mut tee).map_err(StoreError::from)?
+        let layer = write_layer(store, &self.ctx, &format!("build-{key}"), &mut |out| {
+            if mode == WhiteoutMode::OverlayUpper {
+                Ok(berth_layer::diff_overlay_upper(&upper, out).map_err(StoreError::from)?)
             } else {
                 let lower = self.view(parent)?;
-                berth_layer::diff_trees(lower.path(), &upper, &mut tee).map_err(StoreError::from)?
-            };
-            let DiffIdWriter { inner, hash } = tee;
-            inner
-                .finish()
-                .map_err(|e| BuildError::Failed(format!("compressing the layer: {e}")))?;
-            Ok((hex(hash), stats.entries))
-        })();
-        let (diff_hex, entries) = match res {
-            Ok(v) => v,
-            Err(e) => {
-                drop(w);
-                let _ = store.content_abort(&self.ctx, &r);
-                return Err(e);
+                Ok(berth_layer::diff_trees(lower.path(), &upper, out).map_err(StoreError::from)?)
             }
-        };
-        if entries == 0 {
-            drop(w);
-            let _ = store.content_abort(&self.ctx, &r);
+        })?;
+        let Some((desc, diff_id)) = layer else {
             return Ok(None);
-        }
-        let diff_id = Digest::from_hex(&diff_hex)?;
-        let size = w.offset();
-        let computed = w.digest();
-        let mut labels = Labels::new();
-        labels.insert(
-            berth_store::images::LABEL_UNCOMPRESSED.into(),
-            diff_id.to_string(),
-        );
-        let digest = match w.commit(size, None, labels) {
-            Ok(d) => d,
-            Err(e) if e.is_already_exists() => computed,
-            Err(e) => return Err(e.into()),
         };
         let chain = match parent {
             None => diff_id.clone(),
@@ -1126,7 +1090,7 @@ impl Build<'_> {
         }
         drop(active);
         Ok(Some(cache::Layer {
-            desc: Descriptor::new(oci::MEDIA_TYPE_OCI_LAYER_GZIP, digest, size),
+            desc,
             diff_id,
             chain,
         }))
@@ -1198,7 +1162,6 @@ impl Build<'_> {
 
     /// Writes the image (config, manifest) and names it.
     fn commit_image(&self, st: &PlannedStage, out: &StageOut) -> Result<Output, BuildError> {
-        let store = &self.engine.store;
         let mut config = out.config.clone();
         if !self.req.labels.is_empty() {
             if !config["Labels"].is_object() {
@@ -1221,97 +1184,183 @@ impl Build<'_> {
         if !variant.is_empty() {
             doc["variant"] = json!(variant);
         }
-        let cfg_bytes = serde_json::to_vec(&doc).map_err(|e| BuildError::Failed(e.to_string()))?;
-        let mut cfg_labels = Labels::new();
-        if let Some(top) = out.fs.chain() {
-            cfg_labels.insert(
-                format!(
-                    "containerd.io/gc.ref.snapshot.{}",
-                    store.snapshotter().name()
-                ),
-                top.to_string(),
-            );
-        }
-        let cfg_digest = self.put_blob("config", &cfg_bytes, cfg_labels)?;
-        let cfg_desc = Descriptor::new(
-            oci::MEDIA_TYPE_OCI_CONFIG,
-            cfg_digest.clone(),
-            cfg_bytes.len() as u64,
-        );
-        let manifest = Manifest {
-            schema_version: 2,
-            media_type: Some(oci::MEDIA_TYPE_OCI_MANIFEST.into()),
-            config: cfg_desc.clone(),
-            layers: out.fs.layers.clone(),
-            annotations: BTreeMap::new(),
-        };
-        let m_bytes =
-            serde_json::to_vec(&manifest).map_err(|e| BuildError::Failed(e.to_string()))?;
-        let m_desc = Descriptor::new(
-            oci::MEDIA_TYPE_OCI_MANIFEST,
-            Digest::of(&m_bytes),
-            m_bytes.len() as u64,
-        );
-        let mut children = vec![cfg_desc];
-        children.extend(out.fs.layers.iter().cloned());
-        let m_labels: Labels = gc_child_labels(&m_desc, &children)
-            .into_iter()
-            .filter_map(|(k, v)| v.map(|v| (k, v)))
-            .collect();
-        let m_digest = self.put_blob("manifest", &m_bytes, m_labels)?;
-        let names = if self.req.tags.is_empty() {
-            vec![format!("berth-dangling@{cfg_digest}")]
-        } else {
-            self.req.tags.clone()
-        };
-        let plain = Ctx::new(self.ctx.namespace.clone());
-        for name in &names {
-            let img = Image {
-                name: name.clone(),
-                target: m_desc.clone(),
-                labels: Labels::new(),
-                created_at: std::time::SystemTime::now(),
-                updated_at: std::time::SystemTime::now(),
-            };
-            match store.image_create(&plain, &img) {
-                Ok(_) => {}
-                Err(e) if e.is_already_exists() => {
-                    store.image_update(&plain, &img, &["target".into()])?;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(Output {
-            image_id: cfg_digest,
-            manifest: m_digest,
-            names,
-        })
+        write_image(
+            &self.engine.store,
+            &self.ctx,
+            &doc,
+            &out.fs.layers,
+            &self.req.tags,
+        )
     }
+}
 
-    fn put_blob(&self, what: &str, data: &[u8], labels: Labels) -> Result<Digest, BuildError> {
-        let store = &self.engine.store;
-        let d = Digest::of(data);
-        let r = format!("build-{what}-{}", d.hex());
-        let mut w =
-            match store.content_writer(&self.ctx, &r, Some(data.len() as u64), Some(d.clone())) {
-                Ok(w) => w,
-                Err(e) if e.is_already_exists() => {
-                    if !labels.is_empty() {
-                        let l: Vec<(String, Option<String>)> =
-                            labels.into_iter().map(|(k, v)| (k, Some(v))).collect();
-                        store.content_set_labels(&self.ctx, &d, &l)?;
-                    }
-                    return Ok(d);
-                }
-                Err(e) => return Err(e.into()),
-            };
-        w.truncate(0)?;
-        w.write(data)?;
-        match w.commit(data.len() as u64, Some(&d), labels) {
-            Ok(_) => Ok(d),
-            Err(e) if e.is_already_exists() => Ok(d),
-            Err(e) => Err(e.into()),
+/// Writes a snapshot's changes, as `diff` produces them (an uncompressed layer tar), into a
+/// gzip layer blob of the content store under ingest ref `r`, labelled with its uncompressed
+/// digest. Returns the layer's descriptor and diff ID, or `None` when nothing changed. Run it
+/// inside a lease.
+pub fn write_layer(
+    store: &Store,
+    ctx: &Ctx,
+    r: &str,
+    diff: &mut dyn FnMut(&mut dyn Write) -> Result<berth_layer::DiffStats, BuildError>,
+) -> Result<Option<(Descriptor, Digest)>, BuildError> {
+    let mut w = store.content_writer(ctx, r, None, None)?;
+    w.truncate(0)?;
+    let res = (|| -> Result<(String, u64), BuildError> {
+        let mut tee = DiffIdWriter {
+            inner: berth_layer::compressor(&mut w, Compression::Gzip).map_err(StoreError::from)?,
+            hash: Sha256::new(),
+        };
+        let stats = diff(&mut tee)?;
+        let DiffIdWriter { inner, hash } = tee;
+        inner
+            .finish()
+            .map_err(|e| BuildError::Failed(format!("compressing the layer: {e}")))?;
+        Ok((hex(hash), stats.entries))
+    })();
+    let (diff_hex, entries) = match res {
+        Ok(v) => v,
+        Err(e) => {
+            drop(w);
+            let _ = store.content_abort(ctx, r);
+            return Err(e);
         }
+    };
+    if entries == 0 {
+        drop(w);
+        let _ = store.content_abort(ctx, r);
+        return Ok(None);
+    }
+    let diff_id = Digest::from_hex(&diff_hex)?;
+    let size = w.offset();
+    let computed = w.digest();
+    let mut labels = Labels::new();
+    labels.insert(
+        berth_store::images::LABEL_UNCOMPRESSED.into(),
+        diff_id.to_string(),
+    );
+    let digest = match w.commit(size, None, labels) {
+        Ok(d) => d,
+        Err(e) if e.is_already_exists() => computed,
+        Err(e) => return Err(e.into()),
+    };
+    Ok(Some((
+        Descriptor::new(oci::MEDIA_TYPE_OCI_LAYER_GZIP, digest, size),
+        diff_id,
+    )))
+}
+
+/// Writes an image: config `doc`, a manifest of `layers`, and an image record per name in
+/// `tags` (none: a dangling `berth-dangling@<config digest>` record). The config blob gets
+/// the GC reference to the top layer's snapshot. Run it inside a lease.
+pub fn write_image(
+    store: &Store,
+    ctx: &Ctx,
+    doc: &Value,
+    layers: &[Descriptor],
+    tags: &[String],
+) -> Result<Output, BuildError> {
+    let cfg_bytes = serde_json::to_vec(doc).map_err(|e| BuildError::Failed(e.to_string()))?;
+    let diff_ids: Vec<Digest> = doc["rootfs"]["diff_ids"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d.as_str().and_then(|s| s.parse().ok()))
+        .collect();
+    let mut cfg_labels = Labels::new();
+    if let Some(top) = oci::chain_ids(&diff_ids).pop() {
+        cfg_labels.insert(
+            format!(
+                "containerd.io/gc.ref.snapshot.{}",
+                store.snapshotter().name()
+            ),
+            top.to_string(),
+        );
+    }
+    let cfg_digest = put_blob(store, ctx, "config", &cfg_bytes, cfg_labels)?;
+    let cfg_desc = Descriptor::new(
+        oci::MEDIA_TYPE_OCI_CONFIG,
+        cfg_digest.clone(),
+        cfg_bytes.len() as u64,
+    );
+    let manifest = Manifest {
+        schema_version: 2,
+        media_type: Some(oci::MEDIA_TYPE_OCI_MANIFEST.into()),
+        config: cfg_desc.clone(),
+        layers: layers.to_vec(),
+        annotations: BTreeMap::new(),
+    };
+    let m_bytes = serde_json::to_vec(&manifest).map_err(|e| BuildError::Failed(e.to_string()))?;
+    let m_desc = Descriptor::new(
+        oci::MEDIA_TYPE_OCI_MANIFEST,
+        Digest::of(&m_bytes),
+        m_bytes.len() as u64,
+    );
+    let mut children = vec![cfg_desc];
+    children.extend(layers.iter().cloned());
+    let m_labels: Labels = gc_child_labels(&m_desc, &children)
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k, v)))
+        .collect();
+    let m_digest = put_blob(store, ctx, "manifest", &m_bytes, m_labels)?;
+    let names = if tags.is_empty() {
+        vec![format!("berth-dangling@{cfg_digest}")]
+    } else {
+        tags.to_vec()
+    };
+    let plain = Ctx::new(ctx.namespace.clone());
+    for name in &names {
+        let img = Image {
+            name: name.clone(),
+            target: m_desc.clone(),
+            labels: Labels::new(),
+            created_at: std::time::SystemTime::now(),
+            updated_at: std::time::SystemTime::now(),
+        };
+        match store.image_create(&plain, &img) {
+            Ok(_) => {}
+            Err(e) if e.is_already_exists() => {
+                store.image_update(&plain, &img, &["target".into()])?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(Output {
+        image_id: cfg_digest,
+        manifest: m_digest,
+        names,
+    })
+}
+
+/// Writes a blob (a config, a manifest) into the content store with `labels`; an existing one
+/// only gets the labels.
+fn put_blob(
+    store: &Store,
+    ctx: &Ctx,
+    what: &str,
+    data: &[u8],
+    labels: Labels,
+) -> Result<Digest, BuildError> {
+    let d = Digest::of(data);
+    let r = format!("build-{what}-{}", d.hex());
+    let mut w = match store.content_writer(ctx, &r, Some(data.len() as u64), Some(d.clone())) {
+        Ok(w) => w,
+        Err(e) if e.is_already_exists() => {
+            if !labels.is_empty() {
+                let l: Vec<(String, Option<String>)> =
+                    labels.into_iter().map(|(k, v)| (k, Some(v))).collect();
+                store.content_set_labels(ctx, &d, &l)?;
+            }
+            return Ok(d);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    w.truncate(0)?;
+    w.write(data)?;
+    match w.commit(data.len() as u64, Some(&d), labels) {
+        Ok(_) => Ok(d),
+        Err(e) if e.is_already_exists() => Ok(d),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -51,8 +51,8 @@ pub async fn handle(api: &Api, req: Req, name: &str) -> Reply {
 }
 
 /// The container's rootfs for the time of a request: the task's, or its snapshot mounted.
-struct Rootfs {
-    path: PathBuf,
+pub(super) struct Rootfs {
+    pub(super) path: PathBuf,
     _mount: Option<crate::daemon::mounts::TempMount>,
 }
 
@@ -65,7 +65,7 @@ fn is_mount_point(p: &Path) -> bool {
 }
 
 /// Runs in a blocking thread.
-fn rootfs(api: &Api, c: &berth_store::metadata::Container) -> Result<Rootfs, ApiError> {
+pub(super) fn rootfs(api: &Api, c: &berth_store::metadata::Container) -> Result<Rootfs, ApiError> {
     let state = api.state.state_dir();
     if crate::tasks::exists(state, NAMESPACE, &c.id) {
         let p = crate::tasks::bundle::Bundle::new(state, NAMESPACE, &c.id)
@@ -136,11 +136,11 @@ fn wanted(path: &str) -> Wanted {
     }
 }
 
-fn cstr(s: &[u8]) -> io::Result<CString> {
+pub(super) fn cstr(s: &[u8]) -> io::Result<CString> {
     CString::new(s).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
 }
 
-fn lstatat(dir: &OwnedFd, name: &CStr) -> io::Result<libc::stat> {
+pub(super) fn lstatat(dir: &OwnedFd, name: &CStr) -> io::Result<libc::stat> {
     // SAFETY: stat is plain data.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: valid C string and out pointer.
@@ -297,9 +297,9 @@ fn io_error(e: io::Error, path: &str, name: &str) -> ApiError {
 }
 
 /// Writes tar bytes to the response, in 64 KiB pieces.
-struct ChanWriter {
-    tx: mpsc::Sender<Chunk>,
-    buf: Vec<u8>,
+pub(super) struct ChanWriter {
+    pub(super) tx: mpsc::Sender<Chunk>,
+    pub(super) buf: Vec<u8>,
 }
 
 impl ChanWriter {
@@ -341,7 +341,7 @@ fn header(st: &libc::stat, kind: tar::EntryType) -> tar::Header {
 
 /// Adds `name` of `dir` (with lstat `st`) to the archive as `tar_name`, never following a
 /// symlink; directories recursively.
-fn add<W: Write>(
+pub(super) fn add<W: Write>(
     b: &mut tar::Builder<W>,
     dir: &OwnedFd,
     name: &CStr,

@@ -33,7 +33,7 @@ fn json_map(req: &Req, k: &str) -> Result<BTreeMap<String, String>, ApiError> {
         .collect())
 }
 
-fn api_error(e: BuildError) -> ApiError {
+pub(super) fn api_error(e: BuildError) -> ApiError {
     match e {
         BuildError::Invalid(m) => ApiError::bad_request(m),
         BuildError::NotFound(m) => ApiError::not_found(m),

@@ -88,7 +88,7 @@ const HOST_FIELDS: &[&str] = &[
 ];
 
 /// Whether `v` asks for nothing.
-fn is_zero(v: &Value) -> bool {
+pub(super) fn is_zero(v: &Value) -> bool {
     match v {
         Value::Null => true,
         Value::Bool(b) => !b,
@@ -100,7 +100,11 @@ fn is_zero(v: &Value) -> bool {
 }
 
 /// Refuses a field outside `known` that asks for something.
-fn only(section: &str, obj: &Map<String, Value>, known: &[&str]) -> Result<(), ApiError> {
+pub(super) fn only(
+    section: &str,
+    obj: &Map<String, Value>,
+    known: &[&str],
+) -> Result<(), ApiError> {
     for (k, v) in obj {
         if !known.contains(&k.as_str()) && !is_zero(v) {
             return Err(ApiError::unsupported(format!("{section}{k}")));

@@ -484,17 +484,7 @@ pub async fn tag(api: &Api, req: Req, name: &str) -> Reply {
     if repo.is_empty() {
         return Err(ApiError::bad_request("repository name (repo) is required"));
     }
-    let new_ref = if tag.is_empty() {
-        repo
-    } else {
-        format!("{repo}:{tag}")
-    };
-    let new_name = normalize_name(&new_ref).map_err(invalid_reference)?;
-    if split_name(&new_name).2.is_some() {
-        return Err(ApiError::bad_request(
-            "refusing to create a tag with a digest reference",
-        ));
-    }
+    let new_name = tag_name(&repo, &tag)?;
     let (store, ctx, name) = (api.state.store().clone(), api.ctx(), name.to_string());
     let rec = blocking(move || {
         let (img, rec) = find(&store, &ctx, &name)?;
@@ -519,6 +509,22 @@ pub async fn tag(api: &Api, req: Req, name: &str) -> Reply {
     .await?;
     services::images::publish_image(NAMESPACE, &rec);
     Ok(empty(StatusCode::CREATED))
+}
+
+/// The full image name of a `repo` and `tag` pair (tag, commit), refusing a digest.
+pub(super) fn tag_name(repo: &str, tag: &str) -> Result<String, ApiError> {
+    let new_ref = if tag.is_empty() {
+        repo.to_string()
+    } else {
+        format!("{repo}:{tag}")
+    };
+    let new_name = normalize_name(&new_ref).map_err(invalid_reference)?;
+    if split_name(&new_name).2.is_some() {
+        return Err(ApiError::bad_request(
+            "refusing to create a tag with a digest reference",
+        ));
+    }
+    Ok(new_name)
 }
 
 /// `DELETE /images/{name}?force=&noprune=`: untag, or remove the image when its last name

@@ -10,6 +10,8 @@
 
 pub mod archive;
 pub mod build;
+pub mod changes;
+pub mod commit;
 pub mod containers;
 pub mod create;
 pub mod errors;
@@ -20,7 +22,9 @@ pub mod logs;
 pub mod networks;
 pub mod registry;
 pub mod server;
+pub mod stats;
 pub mod system;
+pub mod update;
 pub mod version;
 pub mod volumes;
 

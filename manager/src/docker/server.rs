@@ -23,8 +23,8 @@ use tokio_stream::StreamExt;
 use super::errors::ApiError;
 use super::version::{ApiVersion, CURRENT, MIN};
 use super::{
-    archive, build, containers, create, exec, images, networks, registry, system, version, volumes,
-    Api,
+    archive, build, changes, commit, containers, create, exec, images, networks, registry, stats,
+    system, update, version, volumes, Api,
 };
 
 /// Largest JSON request body (network and volume definitions are a few hundred bytes).
@@ -465,6 +465,7 @@ async fn route(api: &Api, req: Request<Incoming>) -> Reply {
         "/images/prune" if post => return images::prune(api, req).await,
         "/images/search" if get => return registry::search(api, req).await,
         "/build" if post => return build::build(api, req).await,
+        "/commit" if post => return commit::commit(api, req).await,
         "/auth" if post => return registry::login(api, req).await,
         "/networks" if get => return networks::list(api, req).await,
         "/networks/create" if post => return networks::create(api, req).await,
@@ -500,10 +501,10 @@ async fn route(api: &Api, req: Request<Incoming>) -> Reply {
             ("rename", _, true, _) => containers::rename(api, req, &name).await,
             ("attach", _, true, _) => containers::attach(api, req, &name).await,
             ("exec", _, true, _) => exec::create(api, req, &name).await,
-            ("stats", true, _, _) => Err(ApiError::unsupported("container stats")),
-            ("changes", true, _, _) => Err(ApiError::unsupported("container changes")),
-            ("export", true, _, _) => Err(ApiError::unsupported("container export")),
-            ("update", _, true, _) => Err(ApiError::unsupported("container update")),
+            ("stats", true, _, _) => stats::stats(api, req, &name).await,
+            ("changes", true, _, _) => changes::changes(api, req, &name).await,
+            ("export", true, _, _) => changes::export(api, req, &name).await,
+            ("update", _, true, _) => update::update(api, req, &name).await,
             ("resize", _, true, _) => Err(ApiError::unsupported("terminal resize")),
             ("archive", _, _, _) => archive::handle(api, req, &name).await,
             _ => Err(not_found()),
