@@ -530,7 +530,19 @@ impl Snapshotter for FsSnapshotter {
                     return Err(e);
                 }
                 let (files, _) = self.apply_target(ctx, key)?;
-                warn!(key, "disk full: emptying the snapshot before removing its record");
+                // The failed transaction may have moved the directory aside already.
+                let files = match files.parent().and_then(|d| d.file_name()) {
+                    Some(id) if !files.exists() => self
+                        .root
+                        .join("snapshots")
+                        .join(format!("rm-{}", id.to_string_lossy()))
+                        .join("fs"),
+                    _ => files,
+                };
+                warn!(
+                    key,
+                    "disk full: emptying the snapshot before removing its record"
+                );
                 fsutil::empty_dir(&files)?;
                 self.meta
                     .write(|tx| self.remove_in_tx(tx, &ctx.namespace, key))?

@@ -252,4 +252,3 @@ pub fn assert_others_fetched_at_most_once(fake: &Fake, img: &image::Image, cut: 
         assert!(n <= 1, "layer {} fetched {n} times: {requests:?}", l.digest);
     }
 }
-
