@@ -507,7 +507,7 @@ impl OnSmallDisk {
     /// Fills the disk until `left` bytes are free.
     fn fill(&self, left: u64) {
         let st = nix::sys::statvfs::statvfs(self.disk.path()).unwrap();
-        let free = st.blocks_available() as u64 * st.fragment_size() as u64;
+        let free = st.blocks_available() * st.fragment_size();
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

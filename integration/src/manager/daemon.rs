@@ -598,13 +598,6 @@ impl SmallDisk {
         )
         .with_context(|| format!("resizing the tmpfs on {}", self.dir.path().display()))
     }
-
-    /// Bytes in use.
-    pub fn used(&self) -> u64 {
-        nix::sys::statvfs::statvfs(self.dir.path())
-            .map(|s| (s.blocks() - s.blocks_free()) as u64 * s.fragment_size() as u64)
-            .unwrap_or(0)
-    }
 }
 
 impl Drop for SmallDisk {
