@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Crash torture: berthd on temp dirs, a local docker-registry on 127.0.0.1 serving a 3-layer
 # image. Each trial starts work in the background (pull, import, `run -d`, removal of an older
-# container, image removal and its GC), then at a random moment SIGKILLs berthd (one trial in
-# four, BERTH_TORTURE_SUPERVISOR_KILLS=25 percent: the supervisor of a running container
-# instead), restarts it, finishes or retries the
-# work and runs `berth check`. Counts:
-#   trials, berthd kills, supervisor kills;
+# container, image removal and its GC; every fourth trial a `berth build` with a RUN and a
+# COPY too), then at a random moment SIGKILLs berthd (BERTH_TORTURE_SUPERVISOR_KILLS=25
+# percent of the trials: the supervisor of a running container instead;
+# BERTH_TORTURE_RUNTIME_KILLS=20 percent: the runtime's `create` of the trial's `run -d` as
+# soon as it appears), restarts it, finishes or retries the work and runs `berth check`.
+# Counts:
+#   trials, berthd kills, supervisor kills, runtime kills (and misses: no create was seen);
 #   corrupt blobs   (`corrupt-blob` findings);
 #   lost containers (confirmed running before the kill — `run -d` had returned — and not
 #                    running after it; the container whose supervisor was killed is not
@@ -14,13 +16,15 @@
 #                    supervisor's container that cannot be removed, and, at the end, with
 #                    everything removed and berthd stopped: supervisors, mounts and cgroups
 #                    left, and the findings of the offline `berthd check`).
-#   work failed     (a pull or `run -d` that still fails, three tries, after the restart).
+#   work failed     (a pull, `run -d` or build that still fails, three tries, after the
+#                    restart).
 # Prints a summary; exits 1 when any of the last four counts is not 0.
 #
 #   hack/torture.sh     (as root; BERTH_TORTURE_TRIALS [50], BERTH_TORTURE_SECONDS [600]: no
 #                        trial starts after that, BERTH_TORTURE_SUPERVISOR_KILLS [25]: the
-#                        percentage of trials that kill a supervisor; BERTHD/BERTH override
-#                        the binaries)
+#                        percentage of trials that kill a supervisor,
+#                        BERTH_TORTURE_RUNTIME_KILLS [20]: of trials that kill the runtime's
+#                        create; BERTHD/BERTH override the binaries)
 # Cleans up on any exit: processes by pid, mounts and cgroups it made, the temp dir.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,11 +33,13 @@ cd "$(dirname "$0")/.."
 trials=${BERTH_TORTURE_TRIALS:-50}
 cap=${BERTH_TORTURE_SECONDS:-600}
 sup=${BERTH_TORTURE_SUPERVISOR_KILLS:-25}
-for v in "$trials" "$cap" "$sup"; do
-  [[ $v =~ ^[0-9]+$ ]] || { echo "torture: BERTH_TORTURE_TRIALS, _SECONDS and _SUPERVISOR_KILLS take a number, not '$v'" >&2; exit 2; }
+rtk=${BERTH_TORTURE_RUNTIME_KILLS:-20}
+for v in "$trials" "$cap" "$sup" "$rtk"; do
+  [[ $v =~ ^[0-9]+$ ]] || { echo "torture: BERTH_TORTURE_TRIALS, _SECONDS, _SUPERVISOR_KILLS and _RUNTIME_KILLS take a number, not '$v'" >&2; exit 2; }
 done
+(( sup + rtk <= 100 )) || { echo "torture: BERTH_TORTURE_SUPERVISOR_KILLS + BERTH_TORTURE_RUNTIME_KILLS is over 100 ($sup + $rtk)" >&2; exit 2; }
 bench_binaries
-bench_need_tools docker-registry python3 jq sha256sum gzip tar
+bench_need_tools docker-registry python3 jq sha256sum gzip tar pgrep
 bench_tmpdir berth-torture
 ns=torture-$$
 # The containers' cgroups are /<ns>/<id>: removed at exit whatever happens.
@@ -126,6 +132,13 @@ B images push --plain-http "$remote" >/dev/null
 B images rm docker.io/berth/torture:latest "$remote" >/dev/null
 rm -f "$tmp/image.tar"
 say "registry on 127.0.0.1:$port serves $remote; $trials trials, at most ${cap} s"
+# The build some trials run: a RUN (a container through the runtime) and a COPY, no cache.
+mkdir -p "$tmp/ctx"
+printf 'FROM %s\nRUN echo built > /built\nCOPY f /f\n' "$remote" >"$tmp/ctx/Dockerfile"
+head -c 200000 /dev/urandom >"$tmp/ctx/f"
+build() { # TRIAL
+  B build --no-cache -q -t "berth.test/built:$1" "$tmp/ctx" && B images rm "berth.test/built:$1"
+}
 
 # ---- the trials ----
 started=$tmp/started    # containers whose `run -d` returned, oldest first
@@ -176,6 +189,7 @@ work() { # ID: one trial's work; every step may fail when berthd dies under it
   B images pull --plain-http "$remote" >/dev/null 2>&1
   B images import "$busybox_archive" >/dev/null 2>&1
   B run -d "$remote" "$id" sleep 100000 >/dev/null 2>&1 && echo "$id" >>"$started"
+  if (( t % 4 == 2 )); then build "$t" >/dev/null 2>&1; fi
   if [ "$(wc -l <"$started")" -gt 3 ]; then
     old=$(head -n1 "$started")
     drop_started "$old"
@@ -185,7 +199,21 @@ work() { # ID: one trial's work; every step may fail when berthd dies under it
   return 0
 }
 
-kills=0 shim_kills=0 corrupt=0 lost=0 leaked=0 failed=0 done_trials=0
+# SIGKILLs the runtime's `create` for this namespace as soon as one runs (within 5 s);
+# fails if none was seen.
+kill_create() {
+  local p i pat="berth-runc --root $state/runtime/$ns --log [^ ]* --log-format json create "
+  for i in $(seq 1000); do
+    if p=$(pgrep -f -- "$pat"); then
+      kill -9 $p 2>/dev/null && return 0
+    fi
+    kill -0 "$work_pid" 2>/dev/null || return 1
+    sleep 0.005
+  done
+  return 1
+}
+
+kills=0 shim_kills=0 rt_kills=0 rt_missed=0 corrupt=0 lost=0 leaked=0 failed=0 done_trials=0
 t0=$SECONDS
 for t in $(seq 1 "$trials"); do
   if (( SECONDS - t0 >= cap )); then
@@ -198,14 +226,24 @@ for t in $(seq 1 "$trials"); do
   work_pid=$!
   bench_track_pid "$work_pid"
   delay=$(awk -v r=$RANDOM 'BEGIN{printf "%.3f", r % 1500 / 1000}')
-  sleep "$delay"
-  victim=""
-  if (( RANDOM % 100 < sup )); then
+  victim="" kind=$((RANDOM % 100)) runtime_killed=""
+  if (( kind >= sup && kind < sup + rtk )); then
+    delay=0
+    if kill_create; then runtime_killed=yes; rt_kills=$((rt_kills + 1)); else rt_missed=$((rt_missed + 1)); fi
+    wait "$work_pid" || true
+  else
+    sleep "$delay"
+  fi
+  if (( kind >= sup && kind < sup + rtk )); then
+    :
+  elif (( kind < sup )); then
     for v in $(tac "$started"); do
       if p=$(shim_of "$v"); then victim=$v; kill -9 "$p" 2>/dev/null || true; break; fi
     done
   fi
-  if [ -n "$victim" ]; then
+  if (( kind >= sup && kind < sup + rtk )); then
+    :
+  elif [ -n "$victim" ]; then
     shim_kills=$((shim_kills + 1))
     echo "$victim" >>"$victims"
     wait "$work_pid" || true
@@ -232,6 +270,10 @@ for t in $(seq 1 "$trials"); do
   if ! retry B images pull --plain-http "$remote"; then
     failed=$((failed + 1))
     say "trial $t: the pull fails after the restart: $(tail -n1 "$tmp/retry.err")" | tee -a "$log"
+  fi
+  if (( t % 4 == 2 )) && ! retry build "$t"; then
+    failed=$((failed + 1))
+    say "trial $t: the build fails after the restart: $(tail -n1 "$tmp/retry.err")" | tee -a "$log"
   fi
   if [ -n "$victim" ]; then
     drop_started "$victim"
@@ -265,7 +307,14 @@ for t in $(seq 1 "$trials"); do
     remove "$c" || { leaked=$((leaked + 1)); say "trial $t: cannot remove $c" | tee -a "$log"; }
   done
 
-  say "trial $t: killed $( [ -n "$victim" ] && echo "the supervisor of $victim" || echo berthd) after ${delay} s; running now: $(running | tr '\n' ' ')"
+  if (( kind >= sup && kind < sup + rtk )); then
+    what=$( [ -n "$runtime_killed" ] && echo "the runtime's create of $id" || echo "nothing (no create seen)")
+  elif [ -n "$victim" ]; then
+    what="the supervisor of $victim"
+  else
+    what=berthd
+  fi
+  say "trial $t: killed $what after ${delay} s; running now: $(running | tr '\n' ' ')"
 
   # Check; repair what it found so that the next trial starts clean.
   set +e
@@ -312,6 +361,7 @@ fi
 elapsed=$((SECONDS - t0))
 echo
 echo "torture: trials $done_trials, berthd kills $kills, supervisor kills $shim_kills," \
+  "runtime kills $rt_kills (missed $rt_missed)," \
   "corrupt blobs $corrupt, lost containers $lost, leaked pieces $leaked," \
   "work failed after restart $failed ($elapsed s)"
 if (( corrupt + lost + leaked + failed > 0 )); then

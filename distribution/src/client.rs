@@ -26,13 +26,43 @@ pub struct ClientOptions {
     pub credentials: Option<Credentials>,
     /// Ask tokens for push as well as pull.
     pub push: bool,
-    /// Per-request idle timeout (default 60 s).
+    /// How long one read or write may wait for the registry (default 60 s): a body that
+    /// stalls longer fails the download (which is then retried, see [`Retries`]).
     pub timeout: Option<Duration>,
+    /// How often a blob download is tried, and how long to wait in between.
+    pub retries: Retries,
     /// TLS settings for this registry (private CA, client certificate, skip-verify).
     pub tls: crate::tls::TlsOptions,
     /// Reach this `host[:port]` instead of the reference's registry (a mirror); the
     /// repository path stays the same.
     pub endpoint: Option<String>,
+}
+
+/// Retries of a blob download that failed on the way (connection reset, read timeout, body
+/// cut short, HTTP 5xx or 429), as Docker's download manager does: up to `attempts` tries in
+/// all, waiting `delay` × the number of tries so far before the next (Docker: 5 tries, 5 s).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retries {
+    /// Tries in all (at least 1).
+    pub attempts: u32,
+    /// The wait after the first failure; the n-th failure waits n times as long.
+    pub delay: Duration,
+}
+
+impl Default for Retries {
+    fn default() -> Retries {
+        Retries {
+            attempts: 5,
+            delay: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Retries {
+    /// The wait after the `failed`-th failed try (1-based).
+    pub fn backoff(&self, failed: u32) -> Duration {
+        self.delay.saturating_mul(failed)
+    }
 }
 
 /// A manifest or index as fetched.
@@ -159,6 +189,11 @@ impl Client {
             opts,
             auth: Mutex::new(None),
         })
+    }
+
+    /// How blob downloads are retried.
+    pub fn retries(&self) -> Retries {
+        self.opts.retries
     }
 
     /// The repository this client talks to.

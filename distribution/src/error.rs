@@ -72,5 +72,17 @@ pub enum DistributionError {
     },
 }
 
+impl DistributionError {
+    /// True for a failure that may pass if the request is made again: a transport error
+    /// (reset, timeout, refused) or a server-side status (5xx, 429 Too Many Requests).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            DistributionError::Transport { .. } => true,
+            DistributionError::Status { status, .. } => *status >= 500 || *status == 429,
+            _ => false,
+        }
+    }
+}
+
 /// Shorthand result.
 pub type Result<T, E = DistributionError> = std::result::Result<T, E>;

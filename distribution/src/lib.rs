@@ -14,7 +14,7 @@ pub mod reference;
 pub mod tls;
 
 pub use auth::{Credentials, DockerConfig};
-pub use client::{BlobBody, Client, ClientOptions, FetchedManifest, SearchResult};
+pub use client::{BlobBody, Client, ClientOptions, FetchedManifest, Retries, SearchResult};
 pub use error::{DistributionError, Result};
 pub use reference::Reference;
 pub use tls::TlsOptions;

@@ -2,179 +2,17 @@
 //! request from a table (404, 401, 500, garbage JSON, wrong digest, short blob, unsupported
 //! media type, missing platform), and berth must fail with a clear error and register nothing.
 //! The same server cuts a layer mid-way to check that a second pull resumes it with an HTTP
-//! Range request from where the first stopped.
+//! Range request from where the first stopped. (Faults within one pull, and its retries, are
+//! in `manager_faults.rs`.)
 
-use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
-use std::sync::{Arc, Mutex};
-
+use berth_integration::manager::fake_registry::{
+    assert_others_fetched_at_most_once, biggest_layer, range_reply, serving, Fake, Reply,
+    OCI_INDEX, OCI_MANIFEST,
+};
 use berth_integration::manager::{image, unique, Berthd};
 
-/// One canned answer.
-#[derive(Clone)]
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-    /// Send only this many body bytes (with the full Content-Length), then close.
-    cut: Option<usize>,
-    /// After the `cut` bytes, hold the connection open (a registry that stalls) for this long.
-    stall: Option<std::time::Duration>,
-}
-
-impl Reply {
-    fn new(status: u16, content_type: &str, body: Vec<u8>) -> Reply {
-        Reply {
-            status,
-            headers: vec![("Content-Type".into(), content_type.into())],
-            body,
-            cut: None,
-            stall: None,
-        }
-    }
-}
-
-/// Request lines with their Range header, in arrival order.
-type RequestLog = Arc<Mutex<Vec<(String, Option<String>)>>>;
-
-type Handler = dyn Fn(&str, &str, &HashMap<String, String>, usize) -> Reply + Send + Sync;
-
-/// A fake registry on 127.0.0.1: `handler(method, path, headers, nth request to this path)`.
-/// Every request line and its Range header is logged. Stops when dropped (the listener thread
-/// ends at the next connection, which Drop makes).
-struct Fake {
-    port: u16,
-    log: RequestLog,
-    stop: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Fake {
-    fn start(handler: Arc<Handler>) -> Fake {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        let log: RequestLog = Arc::default();
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (log2, stop2) = (log.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let counts: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
-            for s in l.incoming() {
-                if stop2.load(std::sync::atomic::Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(mut s) = s else { continue };
-                let (counts, log2, handler) = (counts.clone(), log2.clone(), handler.clone());
-                // One thread per connection: clients keep idle connections open.
-                std::thread::spawn(move || {
-                    let Ok(c) = s.try_clone() else { return };
-                    let mut r = BufReader::new(c);
-                    // Keep-alive: serve requests on this connection until it closes.
-                    loop {
-                        let mut line = String::new();
-                        if r.read_line(&mut line).unwrap_or(0) == 0 {
-                            break;
-                        }
-                        let mut headers = HashMap::new();
-                        loop {
-                            let mut h = String::new();
-                            if r.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
-                                break;
-                            }
-                            if let Some((k, v)) = h.split_once(':') {
-                                headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
-                            }
-                        }
-                        let mut parts = line.split_whitespace();
-                        let method = parts.next().unwrap_or("").to_string();
-                        let path = parts.next().unwrap_or("").to_string();
-                        let n = {
-                            let mut c = counts.lock().unwrap();
-                            let n = c.entry(format!("{method} {path}")).or_default();
-                            *n += 1;
-                            *n
-                        };
-                        log2.lock()
-                            .unwrap()
-                            .push((format!("{method} {path}"), headers.get("range").cloned()));
-                        let rep = handler(&method, &path, &headers, n);
-                        let mut head = format!("HTTP/1.1 {} X\r\n", rep.status);
-                        for (k, v) in &rep.headers {
-                            head.push_str(&format!("{k}: {v}\r\n"));
-                        }
-                        head.push_str(&format!("Content-Length: {}\r\n\r\n", rep.body.len()));
-                        let _ = s.write_all(head.as_bytes());
-                        if method != "HEAD" {
-                            let end = rep.cut.unwrap_or(rep.body.len());
-                            let _ = s.write_all(&rep.body[..end]);
-                        }
-                        let _ = s.flush();
-                        if let Some(t) = rep.stall {
-                            std::thread::sleep(t);
-                        }
-                        if rep.cut.is_some() {
-                            let _ = s.shutdown(std::net::Shutdown::Both);
-                            break;
-                        }
-                    }
-                });
-            }
-        });
-        Fake { port, log, stop }
-    }
-
-    fn reference(&self, repo_tag: &str) -> String {
-        format!("127.0.0.1:{}/{repo_tag}", self.port)
-    }
-
-    fn requests(&self) -> Vec<(String, Option<String>)> {
-        self.log.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Fake {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
-    }
-}
-
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-
-/// Serves `img` (manifest under any tag, blobs by digest) unless `over` answers first.
-fn serving(
-    img: &image::Image,
-    over: impl Fn(&str, &str, &HashMap<String, String>, usize) -> Option<Reply> + Send + Sync + 'static,
-) -> Arc<Handler> {
-    let img = img.clone();
-    Arc::new(move |method, path, headers, n| {
-        if let Some(r) = over(method, path, headers, n) {
-            return r;
-        }
-        if path == "/v2/" {
-            return Reply::new(200, "application/json", b"{}".to_vec());
-        }
-        if path.contains("/manifests/") {
-            return Reply::new(200, OCI_MANIFEST, img.manifest.clone());
-        }
-        if let Some((_, d)) = path.split_once("/blobs/") {
-            if d == image::sha256(&img.config) {
-                return Reply::new(200, "application/octet-stream", img.config.clone());
-            }
-            for l in &img.layers {
-                if d == l.digest {
-                    return Reply::new(200, "application/octet-stream", l.gz.clone());
-                }
-            }
-        }
-        Reply::new(
-            404,
-            "application/json",
-            br#"{"errors":[{"code":"BLOB_UNKNOWN","message":"blob unknown to registry"}]}"#
-                .to_vec(),
-        )
-    })
-}
+/// berthd retrying a failed blob download after 50 ms instead of Docker's 5 s.
+const FAST_RETRIES: &[(&str, &str)] = &[("BERTH_PULL_RETRY_DELAY", "0.05")];
 
 /// Pulls `reference` expecting failure; returns stderr. Checks nothing was registered.
 fn pull_fails(d: &Berthd, ns: &str, reference: &str, extra: &[&str]) -> String {
@@ -190,48 +28,9 @@ fn pull_fails(d: &Berthd, ns: &str, reference: &str, extra: &[&str]) -> String {
     e
 }
 
-/// A 206 answer with `blob` from the offset of a `Range: bytes=N-` request; None without one.
-fn range_reply(blob: &[u8], headers: &HashMap<String, String>) -> Option<Reply> {
-    let from: usize = headers
-        .get("range")?
-        .strip_prefix("bytes=")?
-        .trim_end_matches('-')
-        .parse()
-        .ok()?;
-    let mut r = Reply::new(206, "application/octet-stream", blob.get(from..)?.to_vec());
-    r.headers.push((
-        "Content-Range".into(),
-        format!("bytes {from}-{}/{}", blob.len() - 1, blob.len()),
-    ));
-    Some(r)
-}
-
-/// The image's biggest layer (the one the resume tests cut).
-fn biggest_layer(img: &image::Image) -> image::Layer {
-    img.layers
-        .iter()
-        .max_by_key(|l| l.gz.len())
-        .expect("the image has layers")
-        .clone()
-}
-
-/// Every layer but `cut` was GET at most once over all pulls: a second pull fetched only what
-/// was missing.
-#[track_caller]
-fn assert_others_fetched_at_most_once(fake: &Fake, img: &image::Image, cut: &image::Layer) {
-    let requests = fake.requests();
-    for l in img.layers.iter().filter(|l| l.digest != cut.digest) {
-        let n = requests
-            .iter()
-            .filter(|(r, _)| r.starts_with("GET") && r.ends_with(&l.digest))
-            .count();
-        assert!(n <= 1, "layer {} fetched {n} times: {requests:?}", l.digest);
-    }
-}
-
 #[test]
 fn bad_registry_answers_give_clear_errors_and_store_no_image() {
-    let d = Berthd::start().unwrap();
+    let d = Berthd::start_with_env(FAST_RETRIES).unwrap();
     let ns = unique("badreg");
     let img = image::busybox_single("x/y:z").unwrap();
     let mut bad_layer = img.clone();
@@ -355,7 +154,8 @@ fn bad_registry_answers_give_clear_errors_and_store_no_image() {
 
 #[test]
 fn interrupted_pull_resumes_with_a_range_request() {
-    let d = Berthd::start().unwrap();
+    // One try per pull: this is about the next pull resuming what the last one left.
+    let d = Berthd::start_with_env(&[("BERTH_PULL_ATTEMPTS", "1")]).unwrap();
     let ns = unique("resume");
     let img = image::busybox_multi("x/y:z").unwrap();
     // The biggest layer is cut after half its bytes on the first GET.
@@ -411,7 +211,7 @@ fn interrupted_pull_resumes_with_a_range_request() {
 
 #[test]
 fn a_pull_killed_with_berthd_resumes_after_the_restart() {
-    let mut d = Berthd::start().unwrap();
+    let mut d = Berthd::start_with_env(FAST_RETRIES).unwrap();
     let ns = unique("killpull");
     let img = image::busybox_multi("x/y:z").unwrap();
     let big = biggest_layer(&img);

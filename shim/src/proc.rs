@@ -2,10 +2,12 @@
 //! statuses.
 
 use std::fs::File;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
 use crate::console::{self, Tty};
 use crate::logs::Logs;
@@ -128,16 +130,77 @@ fn run(mut cmd: Command, stdio: [File; 3], what: &str, bundle: &Path) -> Result<
     cmd.stdin(Stdio::from(i))
         .stdout(Stdio::from(o))
         .stderr(Stdio::from(e));
-    let status = cmd.status().map_err(|e| {
-        format!(
-            "running the runtime {} for {what}: {e}",
-            cmd.get_program().to_string_lossy()
-        )
-    })?;
+    // Its own process group, so that a timeout kills what it started too.
+    cmd.process_group(0);
+    let runtime = cmd.get_program().to_string_lossy().into_owned();
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("running the runtime {runtime} for {what}: {e}"))?;
+    drop(cmd); // the parent's copies of the stdio files
+    let limit = timeout();
+    let status = match wait_until(&mut child, limit) {
+        Ok(Some(st)) => st,
+        Ok(None) => {
+            // SAFETY: a signal to the group our own, unreaped child leads.
+            unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL) };
+            let _ = child.wait();
+            return Err(format!(
+                "runtime {runtime} {what}: no answer within the runtime timeout of {limit:?} \
+                 (killed; berthd's runtime_timeout sets it)"
+            ));
+        }
+        Err(e) => return Err(format!("runtime {runtime} {what}: waiting: {e}")),
+    };
     if status.success() {
         return Ok(());
     }
     Err(runtime_error(bundle).unwrap_or_else(|| format!("runtime {what} failed: {status}")))
+}
+
+/// How long the runtime's create or exec may take: `$BERTH_RUNTIME_TIMEOUT_MS` (berthd sets
+/// it from its `runtime_timeout`), else 60 s.
+fn timeout() -> Duration {
+    std::env::var("BERTH_RUNTIME_TIMEOUT_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|ms| *ms > 0)
+        .map(Duration::from_millis)
+        .unwrap_or(Duration::from_secs(60))
+}
+
+/// Waits for `child` until `limit` (on a pidfd: no polling, SIGCHLD untouched); None if it
+/// still runs then.
+fn wait_until(child: &mut Child, limit: Duration) -> std::io::Result<Option<ExitStatus>> {
+    // SAFETY: pidfd_open on our own unreaped child.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a new fd nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(st) = child.try_wait()? {
+            return Ok(Some(st));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(None);
+        }
+        let mut p = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
+        // SAFETY: one valid pollfd.
+        if unsafe { libc::poll(&mut p, 1, ms) } < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
 }
 
 fn read_pid(path: &Path) -> Result<u32, String> {

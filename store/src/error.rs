@@ -92,6 +92,24 @@ impl StoreError {
         }
     }
 
+    /// True if the error (or one of its sources) is ENOSPC: the disk is full.
+    pub fn is_disk_full(&self) -> bool {
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(e) = cur {
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                if io.raw_os_error() == Some(libc::ENOSPC) {
+                    return true;
+                }
+            }
+            let t = e.to_string();
+            if t.contains("No space left on device") || t.contains("os error 28") {
+                return true;
+            }
+            cur = e.source();
+        }
+        false
+    }
+
     /// True when [`kind`](Self::kind) is `NotFound`.
     pub fn is_not_found(&self) -> bool {
         self.kind() == ErrorKind::NotFound

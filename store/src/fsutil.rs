@@ -122,3 +122,18 @@ pub(crate) mod time_nanos {
         Ok(super::from_nanos(n))
     }
 }
+
+/// Removes everything inside `dir`, keeping `dir` itself.
+pub(crate) fn empty_dir(dir: &Path) -> Result<()> {
+    let entries = std::fs::read_dir(dir).ctx("read", dir)?;
+    for e in entries {
+        let e = e.ctx("read", dir)?;
+        let p = e.path();
+        let r = match e.file_type() {
+            Ok(t) if t.is_dir() => std::fs::remove_dir_all(&p),
+            _ => std::fs::remove_file(&p),
+        };
+        r.ctx("remove", &p)?;
+    }
+    Ok(())
+}

@@ -41,8 +41,8 @@ pub struct Progress {
     pub id: String,
     /// `index`, `manifest`, `config` or `layer`.
     pub kind: &'static str,
-    /// `resolving`, `waiting`, `downloading`, `exists`, `done`, `unpacking`, `uploading`,
-    /// `mounted`.
+    /// `resolving`, `waiting`, `downloading`, `retrying`, `exists`, `done`, `unpacking`,
+    /// `uploading`, `mounted`.
     pub status: &'static str,
     /// Bytes transferred so far.
     pub offset: u64,
@@ -253,6 +253,14 @@ fn spawn_apply(
     (tx, h)
 }
 
+/// How one try of a download failed.
+enum Try {
+    /// Worth another try (the registry or the network failed on the way).
+    Transient(StoreError),
+    /// Not worth one (bad content, the store failed, 4xx).
+    Fatal(StoreError),
+}
+
 struct Fetcher<'a> {
     store: &'a Store,
     ctx: &'a Ctx,
@@ -270,13 +278,47 @@ impl Fetcher<'_> {
     }
 
     /// Downloads one blob into the content store, resuming its ingest. True if fetched, false
-    /// if it was present already.
+    /// if it was present already. A try that fails on the way (reset, stall, cut short, 5xx)
+    /// is retried as the client's [`berth_distribution::Retries`] say, from where it stopped
+    /// (HTTP Range); the stream into the apply ends at the first failure (unpack redoes it).
     fn blob(
         &self,
         desc: &Descriptor,
         kind: &'static str,
-        mut tee: Option<SyncSender<Vec<u8>>>,
+        tee: Option<SyncSender<Vec<u8>>>,
     ) -> Result<bool> {
+        let retries = self.client.retries();
+        let attempts = retries.attempts.max(1);
+        let mut tee = tee;
+        let mut failed = 0;
+        loop {
+            match self.blob_once(desc, kind, tee.take()) {
+                Ok(fetched) => return Ok(fetched),
+                Err(Try::Fatal(e)) => return Err(e),
+                Err(Try::Transient(e)) => {
+                    failed += 1;
+                    if failed >= attempts {
+                        return Err(e.context(format!("giving up after {failed} tries")));
+                    }
+                    let wait = retries.backoff(failed);
+                    warn!(
+                        digest = %desc.digest, try = failed, of = attempts, error = %e,
+                        "download failed; retrying in {wait:?}"
+                    );
+                    emit(&self.progress, &desc.digest, kind, "retrying", 0, desc.size);
+                    std::thread::sleep(wait);
+                }
+            }
+        }
+    }
+
+    /// One try of [`Fetcher::blob`].
+    fn blob_once(
+        &self,
+        desc: &Descriptor,
+        kind: &'static str,
+        mut tee: Option<SyncSender<Vec<u8>>>,
+    ) -> std::result::Result<bool, Try> {
         let d = &desc.digest;
         if self.store.content_info(self.ctx, d).is_ok() {
             emit(&self.progress, d, kind, "exists", desc.size, desc.size);
@@ -292,22 +334,25 @@ impl Fetcher<'_> {
                 emit(&self.progress, d, kind, "exists", desc.size, desc.size);
                 return Ok(false);
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(Try::Fatal(e)),
         };
         let mut offset = w.offset();
         if offset >= desc.size {
-            w.truncate(0)?;
+            w.truncate(0).map_err(Try::Fatal)?;
             offset = 0;
         }
         if offset > 0 {
             info!(digest = %d, offset, "resuming download");
         }
-        let body = self
-            .client
-            .fetch_blob(d.as_str(), offset)
-            .map_err(registry_error)?;
+        let body = self.client.fetch_blob(d.as_str(), offset).map_err(|e| {
+            if e.is_transient() {
+                Try::Transient(registry_error(e))
+            } else {
+                Try::Fatal(registry_error(e))
+            }
+        })?;
         if body.offset != offset {
-            w.truncate(body.offset)?;
+            w.truncate(body.offset).map_err(Try::Fatal)?;
         }
         if body.offset != 0 {
             // A resumed blob: the apply would miss the first bytes; unpack applies it later.
@@ -322,23 +367,23 @@ impl Fetcher<'_> {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    return Err(StoreError::Unavailable(format!(
+                    return Err(Try::Transient(StoreError::Unavailable(format!(
                         "{kind} {d}: download interrupted after {} of {} bytes: {e} \
                          (pull again to resume)",
                         w.offset(),
                         desc.size
-                    )))
+                    ))))
                 }
             };
             if w.offset() + n as u64 > desc.size {
                 drop(w);
                 let _ = self.store.content_abort(self.ctx, &r);
-                return Err(StoreError::InvalidArgument(format!(
+                return Err(Try::Fatal(StoreError::InvalidArgument(format!(
                     "{kind} {d}: the registry sent more than the {} bytes of its descriptor",
                     desc.size
-                )));
+                ))));
             }
-            w.write(&buf[..n])?;
+            w.write(&buf[..n]).map_err(Try::Fatal)?;
             if let Some(t) = &tee {
                 if t.send(buf[..n].to_vec()).is_err() {
                     tee = None; // the apply stopped; unpack redoes this layer
@@ -351,20 +396,20 @@ impl Fetcher<'_> {
             }
         }
         if w.offset() < desc.size {
-            return Err(StoreError::Unavailable(format!(
+            return Err(Try::Transient(StoreError::Unavailable(format!(
                 "{kind} {d}: blob cut short: got {} of {} bytes (pull again to resume)",
                 w.offset(),
                 desc.size
-            )));
+            ))));
         }
         match w.commit(desc.size, Some(d), self.labels()) {
             Ok(_) => {}
             Err(e) if e.is_already_exists() => {}
             Err(e) => {
                 let _ = self.store.content_abort(self.ctx, &r);
-                return Err(StoreError::InvalidArgument(format!(
+                return Err(Try::Fatal(StoreError::InvalidArgument(format!(
                     "{kind} {d}: content does not match its descriptor: {e}"
-                )));
+                ))));
             }
         }
         emit(&self.progress, d, kind, "done", desc.size, desc.size);

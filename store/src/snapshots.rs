@@ -516,9 +516,39 @@ impl Snapshotter for FsSnapshotter {
     }
 
     fn remove(&self, ctx: &Ctx, key: &str) -> Result<()> {
-        let dir = self
+        let dir = match self
             .meta
-            .write(|tx| self.remove_in_tx(tx, &ctx.namespace, key))?;
+            .write(|tx| self.remove_in_tx(tx, &ctx.namespace, key))
+        {
+            Ok(dir) => dir,
+            Err(e) if e.is_disk_full() => {
+                // A full disk refuses even the metadata write that would free space (the
+                // database is copy-on-write). An active snapshot being removed is nobody's
+                // parent and its files are going anyway: free them first, then try again.
+                let info = self.stat(ctx, key)?;
+                if info.kind != SnapshotKind::Active {
+                    return Err(e);
+                }
+                let (files, _) = self.apply_target(ctx, key)?;
+                // The failed transaction may have moved the directory aside already.
+                let files = match files.parent().and_then(|d| d.file_name()) {
+                    Some(id) if !files.exists() => self
+                        .root
+                        .join("snapshots")
+                        .join(format!("rm-{}", id.to_string_lossy()))
+                        .join("fs"),
+                    _ => files,
+                };
+                warn!(
+                    key,
+                    "disk full: emptying the snapshot before removing its record"
+                );
+                fsutil::empty_dir(&files)?;
+                self.meta
+                    .write(|tx| self.remove_in_tx(tx, &ctx.namespace, key))?
+            }
+            Err(e) => return Err(e),
+        };
         fs::remove_dir_all(&dir).ctx("remove", &dir)
     }
 

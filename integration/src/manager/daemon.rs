@@ -32,6 +32,8 @@ pub struct Berthd {
     netns: Option<PathBuf>,
     /// Extra environment for berthd.
     env: Vec<(String, String)>,
+    /// A caller's dir used instead of `dir` for everything (see [`Berthd::start_on`]).
+    on: Option<PathBuf>,
 }
 
 /// What a command printed and how it ended.
@@ -119,6 +121,32 @@ impl Berthd {
         Ok(d)
     }
 
+    /// Starts berthd (in the host's network namespace) with `env` added to its environment,
+    /// e.g. short registry or runtime timeouts.
+    pub fn start_with_env(env: &[(&str, &str)]) -> Result<Berthd> {
+        let mut d = Self::new_inner(None)?;
+        d.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        d.spawn()?;
+        Ok(d)
+    }
+
+    /// Starts berthd on `dir` (a directory the caller made, e.g. a small tmpfs) instead of a
+    /// fresh temp dir under /var/tmp, with `env` added. `dir` holds root, state and sockets
+    /// as [`Berthd::dir`] does; it is not removed on drop (its owner removes it).
+    pub fn start_on(dir: &Path, env: &[(&str, &str)]) -> Result<Berthd> {
+        let mut d = Self::new_inner(None)?;
+        d.on = Some(dir.to_path_buf());
+        d.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        d.spawn()?;
+        Ok(d)
+    }
+
     /// The network namespace berthd runs in, if it has one of its own.
     pub fn netns(&self) -> Option<&Path> {
         self.netns.as_deref()
@@ -162,32 +190,33 @@ impl Berthd {
             hide_unified: false,
             netns: None,
             env: Vec::new(),
+            on: None,
         })
     }
 
     /// The temp dir holding everything.
     pub fn dir(&self) -> &Path {
-        self.dir.path()
+        self.on.as_deref().unwrap_or(self.dir.path())
     }
 
     /// `--root`.
     pub fn root(&self) -> PathBuf {
-        self.dir.path().join("root")
+        self.dir().join("root")
     }
 
     /// `--state`.
     pub fn state(&self) -> PathBuf {
-        self.dir.path().join("state")
+        self.dir().join("state")
     }
 
     /// `--address`.
     pub fn socket(&self) -> PathBuf {
-        self.dir.path().join("berthd.sock")
+        self.dir().join("berthd.sock")
     }
 
     /// `--docker-address`: the Docker Engine API's socket.
     pub fn docker_socket(&self) -> PathBuf {
-        self.dir.path().join("docker.sock")
+        self.dir().join("docker.sock")
     }
 
     /// Runs Debian's docker CLI (`/usr/bin/docker`, 20.10; not the newer one in /usr/local)
@@ -201,7 +230,7 @@ impl Berthd {
     /// command it stops itself).
     pub fn docker_command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(DOCKER);
-        cmd.env("DOCKER_CONFIG", self.dir.path().join("docker-config"))
+        cmd.env("DOCKER_CONFIG", self.dir().join("docker-config"))
             .env_remove("DOCKER_CONTEXT")
             .env_remove("DOCKER_API_VERSION")
             .arg("-H")
@@ -263,7 +292,7 @@ impl Berthd {
 
     /// The daemon's log file (stderr).
     pub fn log_path(&self) -> PathBuf {
-        self.dir.path().join("berthd.log")
+        self.dir().join("berthd.log")
     }
 
     /// The daemon's log so far.
@@ -491,7 +520,11 @@ impl Drop for Berthd {
         // The names resolver outlives berthd by design (running containers keep their
         // names across a restart); the test's goes with the test.
         berth_network::dns::Aardvark::new(&self.state().join("networks").join("dns"), 53).stop();
-        for m in mounts_under(self.dir.path()) {
+        let own = self.on.clone();
+        for m in mounts_under(self.dir())
+            .into_iter()
+            .filter(|m| Some(m) != own.as_ref())
+        {
             let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
         }
     }
@@ -576,6 +609,57 @@ impl Drop for MountGuard {
     fn drop(&mut self) {
         for _ in 0..self.count {
             let _ = nix::mount::umount2(self.dir.path(), nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+/// A small tmpfs on a private temp dir under /var/tmp, to fill a disk on purpose: unmounted
+/// (lazily) and removed on drop, pass or fail.
+pub struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    /// Mounts a tmpfs of `size` bytes.
+    pub fn mount(size: u64) -> Result<SmallDisk> {
+        let dir = tempfile::Builder::new()
+            .prefix("berth-small-disk-")
+            .tempdir_in("/var/tmp")?;
+        nix::mount::mount(
+            Some("tmpfs"),
+            dir.path(),
+            Some("tmpfs"),
+            nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+            Some(format!("size={size},mode=0755").as_str()),
+        )
+        .with_context(|| format!("mounting a tmpfs on {}", dir.path().display()))?;
+        Ok(SmallDisk { dir })
+    }
+
+    /// The mount point.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Grows (or shrinks) the tmpfs to `size` bytes, keeping its files.
+    pub fn resize(&self, size: u64) -> Result<()> {
+        nix::mount::mount(
+            None::<&str>,
+            self.dir.path(),
+            None::<&str>,
+            nix::mount::MsFlags::MS_REMOUNT
+                | nix::mount::MsFlags::MS_NOSUID
+                | nix::mount::MsFlags::MS_NODEV,
+            Some(format!("size={size}").as_str()),
+        )
+        .with_context(|| format!("resizing the tmpfs on {}", self.dir.path().display()))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        for m in mounts_under(self.dir.path()) {
+            let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
         }
     }
 }

@@ -25,7 +25,8 @@ struct Args {
     #[arg(long)]
     docker_address: Option<String>,
     /// TOML config file (keys: root, state, address, docker_address, log_level, max_blocking_threads, runtime,
-    /// log_max_size, and
+    /// log_max_size, registry_timeout, pull_attempts, pull_retry_delay, runtime_timeout (each also
+    /// $BERTH_<KEY>, which wins), and
     /// [registries."host:port"] sections with plain_http, ca_file, client_cert, client_key,
     /// insecure_skip_verify, mirrors).
     #[arg(long, short = 'c')]

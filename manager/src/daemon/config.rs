@@ -1,6 +1,7 @@
 //! berthd's settings: command-line flags over an optional TOML file over defaults.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde::Deserialize;
@@ -34,6 +35,16 @@ pub struct FileConfig {
     pub runtime: Option<String>,
     /// Size bound of one container log file in bytes (default 10 MiB; one rotated copy kept).
     pub log_max_size: Option<u64>,
+    /// Seconds one read from a registry may stall before the download fails (default 60).
+    pub registry_timeout: Option<f64>,
+    /// Tries of a blob download in all (default 5, as Docker's max-download-attempts).
+    pub pull_attempts: Option<u32>,
+    /// Seconds waited after a failed blob download's first try; the n-th waits n times as
+    /// long (default 5, as Docker).
+    pub pull_retry_delay: Option<f64>,
+    /// Seconds a runtime command (create, start, kill, delete, ...) may take before it is
+    /// killed and the operation fails (default 60).
+    pub runtime_timeout: Option<f64>,
     /// Per-registry settings: `[registries."host:port"]` (see `daemon::registries`).
     #[serde(default)]
     pub registries: std::collections::BTreeMap<String, super::registries::RegistryConfig>,
@@ -67,8 +78,44 @@ pub struct Config {
     pub runtime: Option<String>,
     /// Size bound of one container log file in bytes.
     pub log_max_size: Option<u64>,
-    /// Per-registry TLS, plain HTTP and mirrors.
+    /// Per-registry TLS, plain HTTP and mirrors, and every registry's timeout and retries.
     pub registries: super::registries::Registries,
+    /// How long a runtime command may take.
+    pub runtime_timeout: Duration,
+}
+
+/// Default of `runtime_timeout`.
+pub const DEFAULT_RUNTIME_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `BERTH_<KEY>` from the environment, over the file's `key`: the environment wins so that one
+/// run (a test, a slow machine) can change a setting without a config file.
+fn env_or<T: std::str::FromStr>(key: &str, file: Option<T>) -> Result<Option<T>>
+where
+    T::Err: std::fmt::Display,
+{
+    let var = format!("BERTH_{}", key.to_ascii_uppercase());
+    match std::env::var(&var) {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("{var}={v:?}: {e}")),
+        Err(_) => Ok(file),
+    }
+}
+
+/// A setting in seconds: `BERTH_<KEY>` or the file's `key`, checked to be a positive number.
+fn seconds(key: &str, file: Option<f64>) -> Result<Option<Duration>> {
+    let Some(s) = env_or(key, file)? else {
+        return Ok(None);
+    };
+    if !s.is_finite() || s <= 0.0 || s > 1e9 {
+        anyhow::bail!(
+            "{key} (BERTH_{}): {s} is not a positive number of seconds",
+            key.to_ascii_uppercase()
+        );
+    }
+    Ok(Some(Duration::from_secs_f64(s)))
 }
 
 impl Config {
@@ -80,7 +127,23 @@ impl Config {
         address: Option<PathBuf>,
         log_level: Option<String>,
     ) -> Result<Config> {
-        let registries = super::registries::Registries::new(file.registries)?;
+        let attempts = env_or("pull_attempts", file.pull_attempts)?;
+        if attempts == Some(0) {
+            anyhow::bail!("pull_attempts (BERTH_PULL_ATTEMPTS): must be at least 1");
+        }
+        let defaults = berth_distribution::Retries::default();
+        let transfer = super::registries::Transfer {
+            timeout: seconds("registry_timeout", file.registry_timeout)?,
+            retries: berth_distribution::Retries {
+                attempts: attempts.unwrap_or(defaults.attempts),
+                delay: seconds("pull_retry_delay", file.pull_retry_delay)?
+                    .unwrap_or(defaults.delay),
+            },
+        };
+        let runtime_timeout =
+            seconds("runtime_timeout", file.runtime_timeout)?.unwrap_or(DEFAULT_RUNTIME_TIMEOUT);
+        let registries =
+            super::registries::Registries::new(file.registries)?.with_transfer(transfer);
         Ok(Config {
             root: root.or(file.root).unwrap_or_else(|| DEFAULT_ROOT.into()),
             state: state.or(file.state).unwrap_or_else(|| DEFAULT_STATE.into()),
@@ -99,6 +162,7 @@ impl Config {
             runtime: file.runtime.filter(|r| !r.is_empty()),
             log_max_size: file.log_max_size,
             registries,
+            runtime_timeout,
         })
     }
 }
@@ -127,6 +191,31 @@ mod tests {
         let file: FileConfig = toml::from_str("docker_address = \"\"").unwrap();
         let c = Config::resolve(file, None, None, None, None).unwrap();
         assert_eq!(c.docker_address, None);
+    }
+
+    #[test]
+    fn timeouts_and_retries_are_read_and_checked() {
+        let file: FileConfig =
+            toml::from_str("registry_timeout = 2.5\npull_attempts = 3\nruntime_timeout = 9")
+                .unwrap();
+        let c = Config::resolve(file, None, None, None, None).unwrap();
+        assert_eq!(c.runtime_timeout, Duration::from_secs(9));
+        let o = c
+            .registries
+            .client_options("x", &berth_distribution::ClientOptions::default());
+        assert_eq!(o.timeout, Some(Duration::from_millis(2500)));
+        assert_eq!(o.retries.attempts, 3);
+        assert_eq!(o.retries.delay, Duration::from_secs(5));
+        for bad in [
+            "registry_timeout = 0",
+            "runtime_timeout = -1",
+            "pull_attempts = 0",
+        ] {
+            let file: FileConfig = toml::from_str(bad).unwrap();
+            let e = Config::resolve(file, None, None, None, None).unwrap_err();
+            let key = bad.split(' ').next().unwrap();
+            assert!(e.to_string().contains(key), "{bad}: {e}");
+        }
     }
 
     #[test]

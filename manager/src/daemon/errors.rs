@@ -6,6 +6,11 @@ use tonic::{Code, Status};
 /// The gRPC status for a store error: the kind picks the code, the message is the error's text
 /// with its sources.
 pub fn status(e: StoreError) -> Status {
+    let msg = message(&e);
+    if is_disk_full(&msg) {
+        tracing::warn!(error = %msg, "disk full");
+        return Status::resource_exhausted(msg);
+    }
     let code = match e.kind() {
         ErrorKind::NotFound => Code::NotFound,
         ErrorKind::AlreadyExists => Code::AlreadyExists,
@@ -14,7 +19,6 @@ pub fn status(e: StoreError) -> Status {
         ErrorKind::Unavailable => Code::Unavailable,
         ErrorKind::Internal => Code::Internal,
     };
-    let msg = message(&e);
     if code == Code::Internal {
         tracing::warn!(error = %msg, "internal error");
     }
@@ -34,7 +38,24 @@ pub fn message(e: &StoreError) -> String {
         }
         src = s.source();
     }
-    msg
+    with_disk_full(msg)
+}
+
+/// True if `msg` tells of ENOSPC (or EDQUOT): the disk under berthd's root or state is full.
+pub fn is_disk_full(msg: &str) -> bool {
+    msg.contains("No space left on device")
+        || msg.contains("os error 28")
+        || msg.contains("Disk quota exceeded")
+}
+
+/// `msg`, starting with "disk full: " if it tells of ENOSPC, so that the reason is read first
+/// however deep in the error it was.
+pub fn with_disk_full(msg: String) -> String {
+    if is_disk_full(&msg) && !msg.starts_with("disk full") {
+        format!("disk full: {msg}")
+    } else {
+        msg
+    }
 }
 
 /// Lets `?` turn store results into gRPC statuses.

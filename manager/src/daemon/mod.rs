@@ -50,6 +50,7 @@ async fn serve(config: Config) -> Result<()> {
     }
     // Held until berthd exits: refuses a second berthd or an offline check on this root.
     let _lock = lock::RootLock::take(&config.root, "berthd")?;
+    crate::tasks::runtime::set_timeout(config.runtime_timeout);
     let state = state::State::open(&config)?;
     // Tasks whose create or removal a crash cut short: nothing is in flight yet.
     crate::check::host::recover_unfinished_tasks(&config.state);

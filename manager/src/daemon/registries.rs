@@ -45,6 +45,18 @@ pub struct RegistryConfig {
 #[derive(Debug, Clone, Default)]
 pub struct Registries {
     hosts: BTreeMap<String, RegistryConfig>,
+    /// The read timeout and download retries every client gets (berthd's `registry_timeout`,
+    /// `pull_attempts`, `pull_retry_delay`).
+    transfer: Transfer,
+}
+
+/// How long a registry may stall and how downloads are retried, for every registry.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Transfer {
+    /// One read or write's timeout (None: the client's default, 60 s).
+    pub timeout: Option<std::time::Duration>,
+    /// Blob download retries.
+    pub retries: berth_distribution::Retries,
 }
 
 impl RegistryConfig {
@@ -84,12 +96,23 @@ impl Registries {
                 mirror_endpoint(m).with_context(ctx)?;
             }
         }
-        Ok(Registries { hosts })
+        Ok(Registries {
+            hosts,
+            transfer: Transfer::default(),
+        })
+    }
+
+    /// The same registries with `transfer` for every client.
+    pub fn with_transfer(mut self, transfer: Transfer) -> Registries {
+        self.transfer = transfer;
+        self
     }
 
     /// `base` (from the request) with this host's settings applied.
     pub fn client_options(&self, host: &str, base: &ClientOptions) -> ClientOptions {
         let mut o = base.clone();
+        o.timeout = o.timeout.or(self.transfer.timeout);
+        o.retries = self.transfer.retries;
         if let Some(c) = self.hosts.get(host) {
             o.plain_http |= c.plain_http;
             o.tls = c.tls();

@@ -35,6 +35,9 @@ pub enum TaskError {
     /// The runtime, the supervisor or the system failed.
     #[error("{0}")]
     Internal(String),
+    /// The runtime did not finish within its timeout (and was killed).
+    #[error("{0}")]
+    Timeout(String),
 }
 
 /// Result of task operations.

@@ -36,6 +36,10 @@ pub fn launch(l: &Launch<'_>) -> Result<u32> {
         .arg(l.runtime_root)
         .args(l.stdio)
         .args(l.terminal.then_some("terminal"))
+        .env(
+            super::runtime::SHIM_TIMEOUT_ENV,
+            super::runtime::timeout().as_millis().to_string(),
+        )
         .output()
         .map_err(|e| {
             TaskError::Internal(format!("starting the supervisor {}: {e}", l.shim.display()))
@@ -45,6 +49,8 @@ pub fn launch(l: &Launch<'_>) -> Result<u32> {
         return Err(
             if msg.contains("executable file not found") || msg.contains("no such file") {
                 TaskError::FailedPrecondition(msg)
+            } else if msg.contains("within the runtime timeout") {
+                TaskError::Timeout(format!("creating the container: {msg}"))
             } else {
                 TaskError::Internal(format!("creating the container: {msg}"))
             },

@@ -61,7 +61,13 @@ pub fn engine(state: &State) -> Engine {
 }
 
 fn status(e: BuildError) -> Status {
+    use crate::daemon::errors::{is_disk_full, with_disk_full};
     match e {
+        BuildError::Invalid(m) | BuildError::NotFound(m) | BuildError::Failed(m)
+            if is_disk_full(&m) =>
+        {
+            Status::resource_exhausted(with_disk_full(m))
+        }
         BuildError::Invalid(m) => Status::invalid_argument(m),
         BuildError::NotFound(m) => Status::not_found(m),
         BuildError::Failed(m) => Status::unknown(m),

@@ -29,6 +29,10 @@ fn status(e: TaskError) -> Status {
         TaskError::AlreadyExists(m) => Status::already_exists(m),
         TaskError::FailedPrecondition(m) => Status::failed_precondition(m),
         TaskError::InvalidArgument(m) => Status::invalid_argument(m),
+        TaskError::Timeout(m) => {
+            tracing::warn!(error = %m, "task operation timed out");
+            Status::deadline_exceeded(m)
+        }
         TaskError::Internal(m) => {
             tracing::warn!(error = %m, "task operation failed");
             Status::internal(m)
