@@ -111,7 +111,7 @@ left() { # WHAT COUNT
   [ "$2" = 0 ] || fail=1
 }
 echo "left behind:"
-left "mounts under root/state" "$(awk -v r="$tmp/berth/" 'index($5, r) == 1' /proc/self/mountinfo | wc -l)"
+left "mounts under root/state" "$(awk -v r="$tmp/berth/" 'index($5, r) == 1 && $5 !~ /\/netns$/' /proc/self/mountinfo | wc -l)"
 cg=0
 while read -r m; do
   for n in "$ns" moby; do
@@ -120,7 +120,7 @@ while read -r m; do
 done < <(awk '{for (i = 7; i < NF; i++) if ($i == "-") { if ($(i+1) ~ /^cgroup2?$/) print $5; break }}' /proc/self/mountinfo | sort -u)
 left "cgroups under /$ns, /moby" "$cg"
 left "active snapshots" "$( (ctr -a "$berth_sock" -n "$ns" snapshots ls; ctr -a "$berth_sock" -n moby snapshots ls) | grep -c Active || true)"
-left "containers" "$( ($B containers ls -q; $D ps -aq) | grep -c . || true)"
+left "containers" "$( (ctr -a "$berth_sock" -n "$ns" containers ls -q; $D ps -aq) | grep -c . || true)"
 left "task bundles" "$(find "$tmp/berth/state/tasks" -mindepth 2 -maxdepth 2 2>/dev/null | wc -l)"
 left "berth-shim processes" "$(bench_shim_pids berth-shim | wc -l)"
 left "netns" "$(find "$tmp/berth/state/netns" -mindepth 1 2>/dev/null | wc -l)"
