@@ -22,7 +22,35 @@ pub async fn connect(path: impl Into<PathBuf>) -> Result<Channel> {
             }
         }))
         .await
-        .with_context(|| format!("connecting to berthd at {}", path.display()))
+        .map_err(|e| {
+            if is_permission_denied(&e) {
+                anyhow::anyhow!(permission_denied(&path))
+            } else {
+                anyhow::Error::new(e).context(format!("connecting to berthd at {}", path.display()))
+            }
+        })
+}
+
+fn is_permission_denied(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(e) = cur {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::PermissionDenied {
+                return true;
+            }
+        }
+        cur = e.source();
+    }
+    false
+}
+
+/// What to say when the socket refuses the caller: who may use it.
+fn permission_denied(path: &std::path::Path) -> String {
+    format!(
+        "permission denied on {}: berthd's socket is for root, and for the group berthd's \
+         --group names if it was started with one",
+        path.display()
+    )
 }
 
 /// Adds `containerd-namespace` (and `containerd-lease` when set) to each request.

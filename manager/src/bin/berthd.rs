@@ -24,9 +24,14 @@ struct Args {
     /// "moby"), mode 0660; an empty value turns it off [default: /run/berth/docker.sock].
     #[arg(long)]
     docker_address: Option<String>,
+    /// Group (name or gid) given access to both sockets, which become 0660 owned by it
+    /// [default: none: the gRPC socket is 0600 root, the Docker socket 0660 root's group].
+    #[arg(long)]
+    group: Option<String>,
     /// TOML config file (keys: root, state, address, docker_address, log_level, max_blocking_threads, runtime,
-    /// log_max_size, registry_timeout, pull_attempts, pull_retry_delay, runtime_timeout (each also
-    /// $BERTH_<KEY>, which wins), and
+    /// log_max_size, group, max_connections, header_timeout_secs, registry_timeout,
+    /// pull_attempts, pull_retry_delay, runtime_timeout (these four also $BERTH_<KEY>, which
+    /// wins), and
     /// [registries."host:port"] sections with plain_http, ca_file, client_cert, client_key,
     /// insecure_skip_verify, mirrors).
     #[arg(long, short = 'c')]
@@ -109,6 +114,9 @@ fn main() -> Result<std::process::ExitCode> {
     let mut config = Config::resolve(file, args.root, args.state, args.address, args.log_level)?;
     if args.runtime.is_some() {
         config.runtime = args.runtime;
+    }
+    if let Some(g) = args.group {
+        config.group = Some(g).filter(|g| !g.is_empty());
     }
     if let Some(d) = args.docker_address {
         config.docker_address = Some(PathBuf::from(d)).filter(|p| !p.as_os_str().is_empty());

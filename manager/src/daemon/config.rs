@@ -45,6 +45,14 @@ pub struct FileConfig {
     /// Seconds a runtime command (create, start, kill, delete, ...) may take before it is
     /// killed and the operation fails (default 60).
     pub runtime_timeout: Option<f64>,
+    /// Group (name or gid) given access to both sockets: they become 0660 owned by it.
+    pub group: Option<String>,
+    /// Connections open at once on one socket (default 2048; cut to fit the open-files
+    /// limit); more are closed as soon as they are accepted.
+    pub max_connections: Option<usize>,
+    /// Seconds a new connection has to send its first bytes, and on the Docker socket each
+    /// request's headers (default 30).
+    pub header_timeout_secs: Option<u64>,
     /// Per-registry settings: `[registries."host:port"]` (see `daemon::registries`).
     #[serde(default)]
     pub registries: std::collections::BTreeMap<String, super::registries::RegistryConfig>,
@@ -80,6 +88,13 @@ pub struct Config {
     pub log_max_size: Option<u64>,
     /// Per-registry TLS, plain HTTP and mirrors, and every registry's timeout and retries.
     pub registries: super::registries::Registries,
+    /// Group given access to both sockets (None: the gRPC socket is root's alone, the Docker
+    /// socket root's and its group's).
+    pub group: Option<String>,
+    /// Connections open at once on one socket.
+    pub max_connections: usize,
+    /// Deadline for a connection's first bytes and a Docker API request's headers.
+    pub header_timeout: std::time::Duration,
     /// How long a runtime command may take.
     pub runtime_timeout: Duration,
 }
@@ -163,6 +178,15 @@ impl Config {
             log_max_size: file.log_max_size,
             registries,
             runtime_timeout,
+            group: file.group.filter(|g| !g.is_empty()),
+            max_connections: file
+                .max_connections
+                .unwrap_or(super::conns::DEFAULT_MAX_CONNECTIONS),
+            header_timeout: match file.header_timeout_secs {
+                Some(0) => anyhow::bail!("header_timeout_secs must be at least 1"),
+                Some(s) => std::time::Duration::from_secs(s),
+                None => super::conns::DEFAULT_HEADER_TIMEOUT,
+            },
         })
     }
 }
@@ -216,6 +240,23 @@ mod tests {
             let key = bad.split(' ').next().unwrap();
             assert!(e.to_string().contains(key), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn connection_limits_default_and_a_zero_timeout_is_refused() {
+        let c = Config::resolve(FileConfig::default(), None, None, None, None).unwrap();
+        assert_eq!(
+            c.max_connections,
+            crate::daemon::conns::DEFAULT_MAX_CONNECTIONS
+        );
+        assert_eq!(
+            c.header_timeout,
+            crate::daemon::conns::DEFAULT_HEADER_TIMEOUT
+        );
+        assert_eq!(c.group, None);
+        let file: FileConfig = toml::from_str("header_timeout_secs = 0").unwrap();
+        let err = Config::resolve(file, None, None, None, None).unwrap_err();
+        assert!(err.to_string().contains("header_timeout_secs"), "{err}");
     }
 
     #[test]

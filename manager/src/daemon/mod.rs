@@ -1,6 +1,7 @@
 //! The daemon: settings, the socket, and the gRPC services wired onto the stores.
 
 pub mod config;
+pub mod conns;
 pub mod errors;
 pub mod lock;
 pub mod meta;
@@ -19,8 +20,10 @@ pub fn trim_heap() {
     }
 }
 
+use std::os::unix::fs::DirBuilderExt;
+
 use anyhow::{Context, Result};
-use tokio_stream::wrappers::UnixListenerStream;
+use tokio_stream::wrappers::ReceiverStream;
 
 use config::Config;
 
@@ -46,7 +49,13 @@ pub fn run(config: Config) -> Result<()> {
 
 async fn serve(config: Config) -> Result<()> {
     for dir in [&config.root, &config.state] {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        // 0711 as containerd's: other users may reach a socket or a bundle by its path, but
+        // list nothing (volumes' data, images' files).
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o711)
+            .create(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
     }
     // Held until berthd exits: refuses a second berthd or an offline check on this root.
     let _lock = lock::RootLock::take(&config.root, "berthd")?;
@@ -54,17 +63,37 @@ async fn serve(config: Config) -> Result<()> {
     let state = state::State::open(&config)?;
     // Tasks whose create or removal a crash cut short: nothing is in flight yet.
     crate::check::host::recover_unfinished_tasks(&config.state);
-    let listener = socket::bind(&config.address)?;
+    let gid = config.group.as_deref().map(socket::group_id).transpose()?;
+    let nofile = conns::raise_nofile_limit();
+    let sockets = if config.docker_address.is_some() {
+        2
+    } else {
+        1
+    };
+    let limits = conns::Limits::new(
+        config.max_connections,
+        config.header_timeout,
+        nofile,
+        sockets,
+    );
+    let listener = match gid {
+        Some(gid) => socket::bind_mode(&config.address, 0o660, Some(gid))?,
+        None => socket::bind(&config.address)?,
+    };
     tracing::info!(
         address = %config.address.display(),
         root = %config.root.display(),
         state = %config.state.display(),
         version = services::version::VERSION,
+        group = config.group.as_deref().unwrap_or("-"),
+        nofile,
+        max_connections = limits.max_connections,
+        header_timeout = ?limits.header_timeout,
         "berthd serving"
     );
     let docker = match &config.docker_address {
         Some(path) => {
-            let l = socket::bind_mode(path, 0o660)?;
+            let l = socket::bind_mode(path, 0o660, gid)?;
             tracing::info!(address = %path.display(), namespace = crate::docker::NAMESPACE, "Docker API serving");
             Some((path.clone(), l))
         }
@@ -78,7 +107,7 @@ async fn serve(config: Config) -> Result<()> {
         tokio::spawn(async move { restoring.restore().await });
         (
             path,
-            tokio::spawn(crate::docker::server::serve(api, l, stop_rx)),
+            tokio::spawn(crate::docker::server::serve(api, l, limits, stop_rx)),
         )
     });
     let router = services::router(state)?;
@@ -98,7 +127,10 @@ async fn serve(config: Config) -> Result<()> {
         let _ = stop_tx.send(true);
     };
     let res = router
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(
+            ReceiverStream::new(conns::accept(listener, limits, "grpc")),
+            shutdown,
+        )
         .await;
     if let Err(e) = std::fs::remove_file(&config.address) {
         tracing::warn!(error = %e, "removing the socket");

@@ -1,5 +1,6 @@
-//! The listening unix sockets: created mode 0600 (the Docker API's 0660), a stale file removed
-//! only when nothing answers.
+//! The listening unix sockets: created mode 0600 (the Docker API's 0660, root's group), or
+//! 0660 owned by the group `--group` names, both; a stale file removed only when nothing
+//! answers.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -10,12 +11,12 @@ use tokio::net::UnixListener;
 /// Binds `path`, creating its parent directory (0711). A socket file left by a dead daemon is
 /// removed; one that still accepts connections means another daemon runs, which is an error.
 pub fn bind(path: &Path) -> Result<UnixListener> {
-    bind_mode(path, 0o600)
+    bind_mode(path, 0o600, None)
 }
 
 /// [`bind`] with the socket's final mode (0660 for the Docker API's socket: root's group may
-/// use it, as with dockerd's).
-pub fn bind_mode(path: &Path, mode: u32) -> Result<UnixListener> {
+/// use it, as with dockerd's) and, if given, its group.
+pub fn bind_mode(path: &Path, mode: u32, gid: Option<u32>) -> Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating socket directory {}", dir.display()))?;
@@ -48,7 +49,23 @@ pub fn bind_mode(path: &Path, mode: u32) -> Result<UnixListener> {
     let listener = UnixListener::bind(path);
     nix::sys::stat::umask(old);
     let listener = listener.with_context(|| format!("binding {}", path.display()))?;
+    if let Some(gid) = gid {
+        std::os::unix::fs::chown(path, None, Some(gid))
+            .with_context(|| format!("chgrp {gid} {}", path.display()))?;
+    }
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("chmod {mode:o} {}", path.display()))?;
     Ok(listener)
+}
+
+/// The gid of group `name` (a name from the group database, or a number).
+pub fn group_id(name: &str) -> Result<u32> {
+    if let Ok(gid) = name.parse::<u32>() {
+        return Ok(gid);
+    }
+    match nix::unistd::Group::from_name(name) {
+        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        Ok(None) => bail!("group {name:?} (berthd --group) does not exist"),
+        Err(e) => Err(e).with_context(|| format!("looking up group {name:?}")),
+    }
 }

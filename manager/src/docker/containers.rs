@@ -777,7 +777,7 @@ pub async fn logs(api: &Api, req: Req, name: &str) -> Reply {
     let exits = api.notifier.get(&c.id).subscribe();
     let seen = exits.borrow().count;
     let o2 = o.clone();
-    tokio::task::spawn_blocking(move || {
+    logs::spawn_follower(move || {
         // Whole records now; with follow, those written later too (from the size the file
         // had when the old ones were read: no record twice, none lost).
         let size = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
@@ -830,7 +830,7 @@ pub async fn attach(api: &Api, mut req: Req, name: &str) -> Reply {
     let from_start = !running && !started_already;
     if stream && (running || !started_already) {
         let o2 = o.clone();
-        tokio::task::spawn_blocking(move || {
+        logs::spawn_follower(move || {
             logs::follow(log, o2, from_start.then_some(0), exits, seen, tx);
         });
     } else {

@@ -123,6 +123,19 @@ pub fn existing(log: &Path, o: &Options) -> Vec<Record> {
     v
 }
 
+/// Runs a log reader that may follow on a thread of its own, which ends with it. A follower
+/// polls the file for as long as the container runs: on tokio's blocking pool (8 threads by
+/// default) eight attached `docker run`s took every thread, and the store and task calls that
+/// would have started their containers waited behind them for ever.
+pub fn spawn_follower(f: impl FnOnce() + Send + 'static) {
+    if let Err(e) = std::thread::Builder::new()
+        .name("log-follow".into())
+        .spawn(f)
+    {
+        tracing::warn!(error = %e, "cannot start a log reader thread");
+    }
+}
+
 /// Follows the log from byte `start` (None: its current end) and sends each
 /// wanted record's frame to `tx`, until the container has exited after `exits` (then what is
 /// left is drained) or the receiver is gone. Runs on a blocking thread.

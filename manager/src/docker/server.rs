@@ -37,13 +37,20 @@ pub type Body = BoxBody<Bytes, io::Error>;
 pub type Reply = Result<Response<Body>, ApiError>;
 
 /// Serves the Docker API on `listener` until `stop` turns true; connections in progress are
-/// closed gracefully.
-pub async fn serve(api: Api, listener: UnixListener, mut stop: watch::Receiver<bool>) {
+/// closed gracefully. `limits` bounds the connections and the time for a request's headers
+/// (hyper's header read timeout, which also closes idle keep-alive connections).
+pub async fn serve(
+    api: Api,
+    listener: UnixListener,
+    limits: crate::daemon::conns::Limits,
+    mut stop: watch::Receiver<bool>,
+) {
     let api = Arc::new(api);
+    let mut incoming = crate::daemon::conns::accept(listener, limits, "docker");
     loop {
         tokio::select! {
-            r = listener.accept() => match r {
-                Ok((stream, _)) => {
+            r = incoming.recv() => match r {
+                Some(Ok(stream)) => {
                     let api = api.clone();
                     let mut stop = stop.clone();
                     tokio::spawn(async move {
@@ -53,6 +60,8 @@ pub async fn serve(api: Api, listener: UnixListener, mut stop: watch::Receiver<b
                         });
                         // Upgrades: attach and exec start take the connection over.
                         let conn = hyper::server::conn::http1::Builder::new()
+                            .timer(hyper_util::rt::TokioTimer::new())
+                            .header_read_timeout(limits.header_timeout)
                             .serve_connection(TokioIo::new(stream), svc)
                             .with_upgrades();
                         tokio::pin!(conn);
@@ -70,10 +79,8 @@ pub async fn serve(api: Api, listener: UnixListener, mut stop: watch::Receiver<b
                         }
                     });
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "docker api: accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
+                Some(Err(e)) => tracing::warn!(error = %e, "docker api: accept failed"),
+                None => break,
             },
             _ = stop.changed() => break,
         }

@@ -203,6 +203,7 @@ pub fn create(t: CreateTask<'_>) -> Result<TaskInfo> {
         undo.mounted = true;
         spec["root"]["path"] = serde_json::Value::String("rootfs".into());
     }
+    super::volumes::check_sources(&spec)?;
     super::volumes::copy_up(&spec, &rootfs)?;
     // The terminal flag on the wire wins over the spec's.
     if spec["process"].is_object() {

@@ -30,6 +30,40 @@ pub const LABEL_VOLUMES: &str = "berth.io/volumes";
 /// Volume label of an anonymous volume (`berth_store::volumes::LABEL_ANONYMOUS`).
 pub const LABEL_ANONYMOUS: &str = "berth.io/anonymous";
 
+/// Refuses a spec whose volume mount source (a `…/volumes/<ns>/<name>/_data`) has a symlink
+/// anywhere on its path: the runtime would follow it and bind whatever it leads to, which a
+/// volume never is. Whether or not the volume is copied up.
+pub fn check_sources(spec: &Value) -> Result<()> {
+    for m in spec["mounts"].as_array().into_iter().flatten() {
+        let source = Path::new(m["source"].as_str().unwrap_or(""));
+        if !is_volume_data(source) {
+            continue;
+        }
+        let dest = m["destination"].as_str().unwrap_or("");
+        match openat2(
+            libc::AT_FDCWD,
+            source,
+            libc::O_DIRECTORY | libc::O_PATH,
+            libc::RESOLVE_NO_SYMLINKS,
+        ) {
+            Ok(_) => {}
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => {
+                return Err(TaskError::InvalidArgument(format!(
+                    "volume mount {dest:?}: {} is not a directory (a symlink is never followed)",
+                    source.display()
+                )))
+            }
+            Err(e) => {
+                return Err(TaskError::Internal(format!(
+                    "volume mount {dest:?}: opening {}: {e}",
+                    source.display()
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Copies the image's content into every marked, empty volume of `spec`. `rootfs` is the
 /// mounted root filesystem. On failure the volumes filled so far are emptied again.
 pub fn copy_up(spec: &Value, rootfs: &Path) -> Result<()> {
@@ -357,6 +391,22 @@ mod tests {
     fn labels_match_the_stores() {
         assert_eq!(LABEL_VOLUMES, berth_store::volumes::LABEL_VOLUMES);
         assert_eq!(LABEL_ANONYMOUS, berth_store::volumes::LABEL_ANONYMOUS);
+    }
+
+    #[test]
+    fn a_volume_source_under_a_symlink_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let real = t.path().join("volumes/ns/v1/_data");
+        std::fs::create_dir_all(&real).unwrap();
+        std::os::unix::fs::symlink(
+            t.path().join("volumes/ns/v1"),
+            t.path().join("volumes/ns/v2"),
+        )
+        .unwrap();
+        let spec = |src: &Path| json!({"mounts": [{"destination": "/d", "source": src}]});
+        check_sources(&spec(&real)).unwrap();
+        let e = check_sources(&spec(&t.path().join("volumes/ns/v2/_data"))).unwrap_err();
+        assert!(e.to_string().contains("a symlink is never followed"), "{e}");
     }
 
     #[test]
