@@ -13,12 +13,15 @@ pub mod build;
 pub mod containers;
 pub mod create;
 pub mod errors;
+pub mod events;
 pub mod exec;
+pub mod health;
 pub mod images;
 pub mod lifecycle;
 pub mod logs;
 pub mod networks;
 pub mod server;
+pub mod stdin;
 pub mod system;
 pub mod version;
 pub mod volumes;
@@ -54,6 +57,10 @@ pub struct Api {
     pub create_lock: Arc<tokio::sync::Mutex<()>>,
     /// Exec instances (`docker exec`), in memory as in dockerd.
     pub execs: Arc<exec::Execs>,
+    /// Docker's events: the live stream and the ring `since` replays.
+    pub events: Arc<events::Events>,
+    /// The stdin FIFOs of containers made with OpenStdin.
+    pub stdins: Arc<stdin::Stdins>,
 }
 
 impl Api {
@@ -67,6 +74,8 @@ impl Api {
             backoff: Arc::default(),
             create_lock: Arc::default(),
             execs: Arc::default(),
+            events: Arc::default(),
+            stdins: Arc::default(),
         }
     }
 

@@ -23,7 +23,8 @@ use tokio_stream::StreamExt;
 use super::errors::ApiError;
 use super::version::{ApiVersion, CURRENT, MIN};
 use super::{
-    archive, build, containers, create, exec, images, networks, system, version, volumes, Api,
+    archive, build, containers, create, events, exec, images, networks, system, version, volumes,
+    Api,
 };
 
 /// Largest JSON request body (network and volume definitions are a few hundred bytes).
@@ -456,7 +457,7 @@ async fn route(api: &Api, req: Request<Incoming>) -> Reply {
         "/version" if get => return version::version(api, req).await,
         "/info" if get => return system::info(api, req).await,
         "/system/df" if get => return system::df(api, req).await,
-        "/events" if get => return system::events(api, req).await,
+        "/events" if get => return events::serve(api, req).await,
         "/images/json" if get => return images::list(api, req).await,
         "/images/create" if post => return images::create(api, req).await,
         "/images/load" if post => return images::load(api, req).await,
@@ -508,7 +509,7 @@ async fn route(api: &Api, req: Request<Incoming>) -> Reply {
             ("changes", true, _, _) => Err(ApiError::unsupported("container changes")),
             ("export", true, _, _) => Err(ApiError::unsupported("container export")),
             ("update", _, true, _) => Err(ApiError::unsupported("container update")),
-            ("resize", _, true, _) => Err(ApiError::unsupported("terminal resize")),
+            ("resize", _, true, _) => containers::resize(api, req, &name).await,
             ("archive", _, _, _) => archive::handle(api, req, &name).await,
             _ => Err(not_found()),
         };
