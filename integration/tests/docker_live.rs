@@ -13,11 +13,11 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use berth_integration::manager::image::{self, Image, Layer};
 use berth_integration::manager::tasks::NsDaemon;
-use berth_integration::manager::{wait_timeout, Berthd};
+use berth_integration::manager::{until, wait_timeout, Berthd};
 use serde_json::Value;
 
 const IMAGE: &str = "berth/live-test:v1";
@@ -69,14 +69,6 @@ fn load(d: &Berthd, dir: &Path) {
     }
 }
 
-fn until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn inspect(d: &Berthd, name: &str, format: &str) -> String {
     d.docker(&["inspect", "--format", format, name])
         .stdout
@@ -105,13 +97,8 @@ struct Running(Option<Child>);
 
 impl Running {
     fn spawn(d: &Berthd, args: &[&str]) -> Running {
-        let child = Command::new("/usr/bin/docker")
-            .env("DOCKER_CONFIG", d.dir().join("docker-config"))
-            .env_remove("DOCKER_CONTEXT")
-            .env_remove("DOCKER_API_VERSION")
-            .arg("-H")
-            .arg(format!("unix://{}", d.docker_socket().display()))
-            .args(args)
+        let child = d
+            .docker_command(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -452,7 +439,10 @@ fn health_checks_in_inspect_ps_and_events() {
         )),
     );
     assert_eq!(code, 400, "{body}");
-    assert!(body.contains("unknown type") && body.contains("PING"), "{body}");
+    assert!(
+        body.contains("unknown type") && body.contains("PING"),
+        "{body}"
+    );
     d.docker(&["rm", "-f", "good", "bad", "slow", "fromimage", "nocheck"])
         .ok();
 }

@@ -194,15 +194,19 @@ impl Berthd {
     /// against berthd's Docker socket, with a config dir of its own (no credentials or
     /// contexts of the host's).
     pub fn docker(&self, args: &[&str]) -> Out {
-        self.run(
-            Command::new(DOCKER)
-                .env("DOCKER_CONFIG", self.dir.path().join("docker-config"))
-                .env_remove("DOCKER_CONTEXT")
-                .env_remove("DOCKER_API_VERSION")
-                .arg("-H")
-                .arg(format!("unix://{}", self.docker_socket().display()))
-                .args(args),
-        )
+        self.run(&mut self.docker_command(args))
+    }
+
+    /// The docker CLI command [`Berthd::docker`] runs, for a caller that wants its pipes.
+    pub fn docker_command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(DOCKER);
+        c.env("DOCKER_CONFIG", self.dir.path().join("docker-config"))
+            .env_remove("DOCKER_CONTEXT")
+            .env_remove("DOCKER_API_VERSION")
+            .arg("-H")
+            .arg(format!("unix://{}", self.docker_socket().display()))
+            .args(args);
+        c
     }
 
     /// The docker CLI's environment as a shell prefix (`DOCKER_CONFIG=... /usr/bin/docker -H
@@ -219,13 +223,8 @@ impl Berthd {
     /// A CLI still running after 30 s is killed and the test fails.
     pub fn docker_stdin(&self, args: &[&str], input: &[u8]) -> (i32, String, String) {
         use std::io::Write;
-        let mut child = Command::new(DOCKER)
-            .env("DOCKER_CONFIG", self.dir.path().join("docker-config"))
-            .env_remove("DOCKER_CONTEXT")
-            .env_remove("DOCKER_API_VERSION")
-            .arg("-H")
-            .arg(format!("unix://{}", self.docker_socket().display()))
-            .args(args)
+        let mut child = self
+            .docker_command(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -624,5 +623,15 @@ pub fn wait_timeout(
             );
             panic!("the command did not finish within {limit:?}");
         }
+    }
+}
+
+/// Polls `f` every 100 ms until it holds; panics naming `what` after `secs` seconds.
+#[track_caller]
+pub fn until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -6,4 +6,4 @@ pub mod registry;
 pub mod tasks;
 pub mod token;
 
-pub use daemon::{files_under, mounts_under, unique, wait_timeout, Berthd, MountGuard, Out};
+pub use daemon::{files_under, mounts_under, unique, until, wait_timeout, Berthd, MountGuard, Out};

@@ -467,12 +467,7 @@ pub async fn inspect(api: &Api, _req: Req, name: &str) -> Reply {
 /// `POST /containers/{id}/resize?h=&w=`: the size of the container's terminal. Like dockerd,
 /// a running container without one takes it and nothing changes; one not running is a 409.
 pub async fn resize(api: &Api, req: Req, name: &str) -> Reply {
-    let dim = |k: &str| -> Result<u32, ApiError> {
-        let v = req.q(k).unwrap_or("");
-        v.parse::<u32>()
-            .map_err(|_| ApiError::bad_request(format!("invalid value for {k}: {v:?}")))
-    };
-    let (height, width) = (dim("h")?, dim("w")?);
+    let (height, width) = super::exec::size_q(&req)?;
     let c = api.find_container(name).await?;
     if !api.run_state(&c).await.running() {
         return Err(ApiError::conflict(format!(

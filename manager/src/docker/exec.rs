@@ -338,12 +338,7 @@ pub async fn inspect(api: &Api, _req: Req, id: &str) -> Reply {
 
 /// `POST /exec/{id}/resize?h=&w=`.
 pub async fn resize(api: &Api, req: Req, id: &str) -> Reply {
-    let dim = |k: &str| -> Result<u32, ApiError> {
-        let v = req.q(k).unwrap_or("");
-        v.parse::<u32>()
-            .map_err(|_| ApiError::bad_request(format!("invalid value for {k}: {v:?}")))
-    };
-    let (height, width) = (dim("h")?, dim("w")?);
+    let (height, width) = size_q(&req)?;
     let cid = api
         .execs
         .with(|m| m.get(id).map(|i| i.container_id.clone()))
@@ -358,6 +353,16 @@ pub async fn resize(api: &Api, req: Req, id: &str) -> Reply {
         .await
         .map_err(|s| task_error("resizing the exec's terminal", s))?;
     Ok(empty(StatusCode::OK))
+}
+
+/// The `h` and `w` of a resize request (not numbers: 400).
+pub(super) fn size_q(req: &Req) -> Result<(u32, u32), ApiError> {
+    let dim = |k: &str| -> Result<u32, ApiError> {
+        let v = req.q(k).unwrap_or("");
+        v.parse::<u32>()
+            .map_err(|_| ApiError::bad_request(format!("invalid value for {k}: {v:?}")))
+    };
+    Ok((dim("h")?, dim("w")?))
 }
 
 /// The body of `POST /exec/{id}/start` (its `Tty` repeats the instance's and is not read).

@@ -388,13 +388,8 @@ impl Api {
     }
 
     async fn finish(&self, id: &str, code: i64, ran: Duration) {
-        let _ = self
-            .tasks
-            .delete(rq(tpb::DeleteTaskRequest {
-                container_id: id.to_string(),
-            }))
-            .await;
-        self.stdins.exited(id).await;
+        // Recorded (and announced) while the task is still there: a removal waits for that
+        // (see `remove_container`), so the record and the die event come first.
         let meta = self
             .update_meta(id, move |m| {
                 m.exit_code = code;
@@ -408,6 +403,13 @@ impl Api {
             self.events
                 .container(id, m, "die", &[("exitCode", code.to_string())]);
         }
+        let _ = self
+            .tasks
+            .delete(rq(tpb::DeleteTaskRequest {
+                container_id: id.to_string(),
+            }))
+            .await;
+        self.stdins.exited(id).await;
         self.notifier.get(id).send_modify(|e| {
             e.count += 1;
             e.code = code;
@@ -564,13 +566,14 @@ impl Api {
     /// Removes a stopped container: its task if one is left, the record, its snapshot, its
     /// log, and with `volumes` the anonymous volumes made for it.
     pub async fn remove_container(&self, id: &str, volumes: bool) -> Result<(), ApiError> {
-        // An exit the monitor has not finished yet (a `docker rm` right after a kill) is
-        // finished first: its die event and record come before the removal.
+        // An exit the monitor has not finished yet (a `docker rm` right after a kill: the
+        // monitor deletes the task last) is finished first: its die event and record come
+        // before the removal.
         let mut rx = self.notifier.get(id).subscribe();
         let seen = rx.borrow().count;
         if crate::tasks::exists(self.state.state_dir(), NAMESPACE, id) {
-            let _ = tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|e| e.count > seen))
-                .await;
+            let _ =
+                tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|e| e.count > seen)).await;
         }
         let _ = self
             .tasks
