@@ -7,12 +7,11 @@
 //! over the project's bridge inside it, and the published port is checked on its loopback.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use berth_integration::manager::image;
 use berth_integration::manager::tasks::NsDaemon;
-use berth_integration::manager::Berthd;
+use berth_integration::manager::{Berthd, Out};
 
 const NS: &str = "moby";
 const BASE: &str = "berth/compose-base:v1";
@@ -36,34 +35,8 @@ fn load(d: &Berthd, dir: &Path) {
     d.docker(&["load", "-i", tar.to_str().unwrap()]).ok();
 }
 
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
 fn compose(d: &Berthd, dir: &Path, args: &[&str]) -> Out {
-    let o = Command::new("docker-compose")
-        .current_dir(dir)
-        .env(
-            "DOCKER_HOST",
-            format!("unix://{}", d.docker_socket().display()),
-        )
-        .env("DOCKER_CONFIG", dir.join(".docker"))
-        .env("COMPOSE_DOCKER_CLI_BUILD", "0")
-        .env("DOCKER_BUILDKIT", "0")
-        .env("COMPOSE_INTERACTIVE_NO_CLI", "1")
-        .env_remove("DOCKER_CONTEXT")
-        .args(["-p", "berthapp"])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("running docker-compose");
-    Out {
-        code: o.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-    }
+    d.compose(dir, "berthapp", args)
 }
 
 fn ok(o: Out, what: &str) -> String {

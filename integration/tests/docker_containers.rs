@@ -8,11 +8,11 @@
 //! loopback, reached with nsenter; nothing leaves it.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use berth_integration::manager::image;
 use berth_integration::manager::tasks::NsDaemon;
-use berth_integration::manager::Berthd;
+use berth_integration::manager::{until, Berthd};
 
 const NS: &str = "moby";
 const IMAGE: &str = "berth/ctr-test:v1";
@@ -35,14 +35,6 @@ fn load(d: &Berthd, dir: &Path) {
     let tar = dir.join("image.tar");
     img.write_docker_archive(&tar).unwrap();
     d.docker(&["load", "-i", tar.to_str().unwrap()]).ok();
-}
-
-fn until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn state(d: &Berthd, name: &str) -> String {

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use berth_integration::manager::image;
-use berth_integration::manager::Berthd;
+use berth_integration::manager::{wait_timeout, Berthd};
 
 const IMAGE: &str = "berth/exec-test:v1";
 /// What the container's /etc/shadow holds (the host's must never be read instead).
@@ -63,54 +63,6 @@ fn run(d: &Berthd, name: &str) {
         .ok();
 }
 
-/// Runs the docker CLI with `input` on its stdin.
-fn docker_stdin(d: &Berthd, args: &[&str], input: &[u8]) -> (i32, String, String) {
-    use std::io::Write;
-    let mut child = Command::new("/usr/bin/docker")
-        .env("DOCKER_CONFIG", d.dir().join("docker-config"))
-        .env_remove("DOCKER_CONTEXT")
-        .env_remove("DOCKER_API_VERSION")
-        .arg("-H")
-        .arg(format!("unix://{}", d.docker_socket().display()))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let data = input.to_vec();
-    let writer = std::thread::spawn(move || {
-        let _ = stdin.write_all(&data);
-    });
-    let out = wait_timeout(child, Duration::from_secs(30));
-    let _ = writer.join();
-    out
-}
-
-/// Waits for a child with a deadline (killed after it: a hang is a failure, not a stuck test).
-fn wait_timeout(child: std::process::Child, limit: Duration) -> (i32, String, String) {
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(limit) {
-        Ok(Ok(o)) => (
-            o.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&o.stdout).into_owned(),
-            String::from_utf8_lossy(&o.stderr).into_owned(),
-        ),
-        _ => {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-            panic!("docker did not finish within {limit:?}");
-        }
-    }
-}
-
 #[test]
 fn exec_output_exit_codes_stdin_env_user_tty() {
     let d = daemon();
@@ -128,12 +80,12 @@ fn exec_output_exit_codes_stdin_env_user_tty() {
     assert_eq!(out.stdout, "out\n");
     assert_eq!(out.stderr, "err\n");
     // stdin: piped input reaches the process, and so does its end.
-    let (code, stdout, stderr) = docker_stdin(&d, &["exec", "-i", "ex1", "cat"], b"data\nmore");
+    let (code, stdout, stderr) = d.docker_stdin(&["exec", "-i", "ex1", "cat"], b"data\nmore");
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(stdout, "data\nmore");
     let big = vec![b'x'; 300_000];
     let (code, stdout, stderr) =
-        docker_stdin(&d, &["exec", "-i", "ex1", "sh", "-c", "cat | wc -c"], &big);
+        d.docker_stdin(&["exec", "-i", "ex1", "sh", "-c", "cat | wc -c"], &big);
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(stdout.trim(), "300000");
     // -e -w -u

@@ -290,6 +290,57 @@ impl Berthd {
         let _ = std::fs::remove_file(&tar);
     }
 
+    /// The docker CLI's environment as a shell prefix (`DOCKER_CONFIG=... /usr/bin/docker -H
+    /// unix://...`), for commands run through `sh -c` or script(1).
+    pub fn docker_shell(&self) -> String {
+        format!(
+            "DOCKER_CONFIG={} {DOCKER} -H unix://{}",
+            self.dir().join("docker-config").display(),
+            self.docker_socket().display()
+        )
+    }
+
+    /// Runs the docker CLI with `input` on its stdin (then its end); exit code, stdout, stderr.
+    /// A CLI still running after 30 s is killed and the test fails.
+    pub fn docker_stdin(&self, args: &[&str], input: &[u8]) -> (i32, String, String) {
+        use std::io::Write;
+        let mut child = self
+            .docker_command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("running docker");
+        let mut stdin = child.stdin.take().expect("docker's stdin");
+        let data = input.to_vec();
+        let writer = std::thread::spawn(move || {
+            let _ = stdin.write_all(&data);
+        });
+        let out = wait_timeout(child, std::time::Duration::from_secs(30));
+        let _ = writer.join();
+        out
+    }
+
+    /// Runs Debian's docker-compose 1.29 in `dir` (its project dir) as project `project`
+    /// against berthd's Docker socket (classic builder, no credentials of the host's).
+    pub fn compose(&self, dir: &Path, project: &str, args: &[&str]) -> Out {
+        self.run(
+            Command::new("docker-compose")
+                .current_dir(dir)
+                .env(
+                    "DOCKER_HOST",
+                    format!("unix://{}", self.docker_socket().display()),
+                )
+                .env("DOCKER_CONFIG", dir.join(".docker"))
+                .env("COMPOSE_DOCKER_CLI_BUILD", "0")
+                .env("DOCKER_BUILDKIT", "0")
+                .env("COMPOSE_INTERACTIVE_NO_CLI", "1")
+                .env_remove("DOCKER_CONTEXT")
+                .args(["-p", project])
+                .args(args),
+        )
+    }
+
     /// The daemon's log file (stderr).
     pub fn log_path(&self) -> PathBuf {
         self.dir().join("berthd.log")
@@ -682,4 +733,41 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// Waits for a child with a deadline (killed after it: a hang is a failure, not a stuck
+/// test); exit code, stdout, stderr.
+pub fn wait_timeout(
+    child: std::process::Child,
+    limit: std::time::Duration,
+) -> (i32, String, String) {
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(Ok(o)) => (
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        ),
+        _ => {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            panic!("the command did not finish within {limit:?}");
+        }
+    }
+}
+
+/// Polls `f` every 100 ms until it holds; panics naming `what` after `secs` seconds.
+#[track_caller]
+pub fn until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

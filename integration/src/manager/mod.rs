@@ -7,4 +7,6 @@ pub mod registry;
 pub mod tasks;
 pub mod token;
 
-pub use daemon::{files_under, mounts_under, unique, Berthd, MountGuard, Out, SmallDisk};
+pub use daemon::{
+    files_under, mounts_under, unique, until, wait_timeout, Berthd, MountGuard, Out, SmallDisk,
+};

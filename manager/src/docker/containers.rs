@@ -47,7 +47,11 @@ fn human(secs: i64) -> String {
 fn status_text(st: &RunState, m: &Meta) -> String {
     let now = chrono::Utc::now().timestamp();
     match st.status {
-        "running" => format!("Up {}", human(now - unix_of(&m.started_at))),
+        "running" => format!(
+            "Up {}{}",
+            human(now - unix_of(&m.started_at)),
+            super::health::ps_suffix(m)
+        ),
         "paused" => format!("Up {} (Paused)", human(now - unix_of(&m.started_at))),
         "restarting" => format!(
             "Restarting ({}) {} ago",
@@ -257,8 +261,15 @@ pub async fn list(api: &Api, req: Req) -> Reply {
         .map(|l| l as usize);
     let f = req.filters()?;
     f.only(&[
-        "id", "name", "label", "status", "exited", "ancestor", "network",
+        "id", "name", "label", "status", "exited", "ancestor", "network", "health",
     ])?;
+    for h in f.get("health") {
+        if !matches!(h.as_str(), "starting" | "healthy" | "unhealthy" | "none") {
+            return Err(ApiError::bad_request(format!(
+                "Unrecognised filter value for health: {h}"
+            )));
+        }
+    }
     for s in f.get("status") {
         if !matches!(
             s.as_str(),
@@ -325,6 +336,17 @@ pub async fn list(api: &Api, req: Req) -> Reply {
             continue;
         }
         if !f.get("ancestor").is_empty() && !ancestors.contains(&m.image_id) {
+            continue;
+        }
+        if !f.get("health").is_empty() && {
+            // Only a running container has a health status (dockerd's rule).
+            let h = if st.running() {
+                super::health::status_for_filter(&m)
+            } else {
+                "none"
+            };
+            !f.get("health").iter().any(|x| x == h)
+        } {
             continue;
         }
         if !f.get("network").is_empty() {
@@ -435,7 +457,37 @@ pub async fn inspect(api: &Api, _req: Req, name: &str) -> Reply {
             "Networks": nets,
         },
     });
+    let mut v = v;
+    if let Some(h) = super::health::inspect_value(&m) {
+        v["State"]["Health"] = h;
+    }
     Ok(json_reply(StatusCode::OK, &v))
+}
+
+/// `POST /containers/{id}/resize?h=&w=`: the size of the container's terminal. Like dockerd,
+/// a running container without one takes it and nothing changes; one not running is a 409.
+pub async fn resize(api: &Api, req: Req, name: &str) -> Reply {
+    let (height, width) = super::exec::size_q(&req)?;
+    let c = api.find_container(name).await?;
+    if !api.run_state(&c).await.running() {
+        return Err(ApiError::conflict(format!(
+            "Container {} is not running",
+            c.id
+        )));
+    }
+    if !Meta::of(&c).tty() {
+        return Ok(empty(StatusCode::OK));
+    }
+    api.tasks
+        .resize_pty(rq(tpb::ResizePtyRequest {
+            container_id: c.id.clone(),
+            exec_id: String::new(),
+            width,
+            height,
+        }))
+        .await
+        .map_err(|s| task_error("resizing the container's terminal", s))?;
+    Ok(empty(StatusCode::OK))
 }
 
 /// `POST /containers/{id}/start`: 204, or 304 when it is running already.
@@ -494,6 +546,7 @@ pub async fn restart(api: &Api, req: Req, name: &str) -> Reply {
     }
     let c = api.find_container(&c.id).await?;
     api.start_task(&c).await?;
+    api.events.container(&c.id, &Meta::of(&c), "restart", &[]);
     Ok(empty(StatusCode::NO_CONTENT))
 }
 
@@ -614,6 +667,12 @@ pub async fn pause(api: &Api, _req: Req, name: &str, on: bool) -> Reply {
             .await
     };
     r.map_err(|s| task_error(if on { "pausing" } else { "unpausing" }, s))?;
+    api.events.container(
+        &c.id,
+        &Meta::of(&c),
+        if on { "pause" } else { "unpause" },
+        &[],
+    );
     Ok(empty(StatusCode::NO_CONTENT))
 }
 
@@ -646,16 +705,19 @@ pub async fn rename(api: &Api, req: Req, name: &str) -> Reply {
         c.id.clone(),
         new.clone(),
     );
-    blocking(move || {
+    let m = blocking(move || {
         let mut c = store.container(&ctx, &id)?;
         let mut m = Meta::of(&c);
         m.name = n2.clone();
         m.put(&mut c);
         c.labels.insert(super::lifecycle::NAME_LABEL.into(), n2);
         store.container_update(&ctx, &c)?;
-        Ok(())
+        Ok(m)
     })
     .await?;
+    let old = Meta::of(&c).name;
+    api.events
+        .container(&c.id, &m, "rename", &[("oldName", format!("/{old}"))]);
     Ok(empty(StatusCode::NO_CONTENT))
 }
 
@@ -802,14 +864,12 @@ pub async fn logs(api: &Api, req: Req, name: &str) -> Reply {
 }
 
 /// `POST /containers/{id}/attach`: the connection is taken over (`Upgrade: tcp`) and the
-/// container's output is written to it, framed unless it has a terminal, until it exits.
-/// Input (stdin) is not offered: containers made here have none.
+/// container's output is written to it, framed unless it has a terminal, until it exits. With
+/// `stdin=1` on a container made with OpenStdin, the client's input goes to the process's
+/// stdin (`super::stdin`); with StdinOnce, the client's half-close ends that input.
 pub async fn attach(api: &Api, mut req: Req, name: &str) -> Reply {
     let c = api.find_container(name).await?;
     let m = Meta::of(&c);
-    if req.q_bool("stdin")? && m.config["OpenStdin"].as_bool() == Some(true) {
-        return Err(ApiError::unsupported("attaching stdin"));
-    }
     if req.q_bool("logs")? {
         return Err(ApiError::unsupported("attach with logs=1"));
     }
@@ -820,36 +880,64 @@ pub async fn attach(api: &Api, mut req: Req, name: &str) -> Reply {
         ..Default::default()
     };
     let stream = req.q_bool("stream")?;
+    let hijack = req.headers.contains_key(UPGRADE);
+    // Input needs the hijacked connection; a container without OpenStdin has none to take.
+    let stdin = req.q_bool("stdin")? && m.open_stdin() && hijack;
     let log = crate::tasks::log_path(api.state.state_dir(), NAMESPACE, &c.id);
     let exits = api.notifier.get(&c.id).subscribe();
-    let seen = exits.borrow().count;
+    let seen = *exits.borrow();
     let (tx, mut rx) = mpsc::channel::<Bytes>(64);
     let running = api.run_state(&c).await.running();
     let started_already = !m.started_at.is_empty();
     // A container not started yet writes from the start of a new log; a running one from now.
     let from_start = !running && !started_already;
-    if stream && (running || !started_already) {
-        let o2 = o.clone();
+    let follows = stream && (running || !started_already);
+    if follows {
+        let (o2, exits) = (o.clone(), exits.clone());
         logs::spawn_follower(move || {
-            logs::follow(log, o2, from_start.then_some(0), exits, seen, tx);
+            logs::follow(log, o2, from_start.then_some(0), exits, seen.count, tx);
         });
     } else {
         drop(tx);
     }
+    let input = if stdin && follows {
+        Some(api.stdins.writer(api.state.state_dir(), &c.id).await?)
+    } else {
+        None
+    };
+    api.events.container(&c.id, &m, "attach", &[]);
     let content_type = raw_stream_type(&req, o.tty);
     let upgrade = req.upgrade.take();
     match upgrade {
-        Some(on) if req.headers.contains_key(UPGRADE) => {
+        Some(on) if hijack => {
+            let (api, id, once) = (api.clone(), c.id.clone(), m.stdin_once());
             tokio::spawn(async move {
                 let Ok(up) = on.await else { return };
-                let mut io = hyper_util::rt::TokioIo::new(up);
+                let (mut rd, mut wr) = tokio::io::split(hyper_util::rt::TokioIo::new(up));
+                let pump = input.map(|mut w| {
+                    let mut exits = exits.clone();
+                    tokio::spawn(async move {
+                        let ended = async move {
+                            let _ = exits.wait_for(|e| e.count > seen.count || e.removed).await;
+                        };
+                        super::exec::copy_input(&mut rd, &mut w, ended).await;
+                        drop(w);
+                        if once {
+                            api.stdins.close(&api, &id).await;
+                        }
+                    })
+                });
                 while let Some(b) = rx.recv().await {
-                    if io.write_all(&b).await.is_err() {
+                    if wr.write_all(&b).await.is_err() {
+                        // The client left; its input side ends by itself.
                         return;
                     }
                 }
-                let _ = io.flush().await;
-                let _ = io.shutdown().await;
+                let _ = wr.flush().await;
+                let _ = wr.shutdown().await;
+                if let Some(p) = pump {
+                    let _ = p.await;
+                }
             });
             let mut r: Response<Body> = empty(StatusCode::SWITCHING_PROTOCOLS);
             let h = r.headers_mut();

@@ -44,6 +44,10 @@ const CONFIG_FIELDS: &[&str] = &[
     "AttachStdout",
     "AttachStderr",
     "StdinOnce",
+    // The process gets a stdin berthd writes (`super::stdin`).
+    "OpenStdin",
+    // Run by berthd (`super::health`).
+    "Healthcheck",
     "ArgsEscaped",
     "OnBuild",
     "Shell",
@@ -443,14 +447,8 @@ pub async fn create(api: &Api, req: Req) -> Reply {
         HOST_FIELDS,
     )?;
     defaults_only(&host)?;
-    for k in ["OpenStdin"] {
-        if config.get(k).is_some_and(|v| !is_zero(v)) {
-            return Err(ApiError::unsupported(format!(
-                "{k} (docker run -i; stdin for containers made through the Docker API)"
-            )));
-        }
-    }
     let config = Value::Object(config);
+    super::health::validate(&config["Healthcheck"])?;
     let image_name = config["Image"]
         .as_str()
         .filter(|s| !s.is_empty())
@@ -612,6 +610,14 @@ pub async fn create(api: &Api, req: Req) -> Reply {
         shown["Entrypoint"] = image_cfg["Entrypoint"].clone();
     }
     shown["Hostname"] = spec["hostname"].clone();
+    let hc = super::health::merge(&config["Healthcheck"], &image_cfg["Healthcheck"]);
+    if hc.is_null() {
+        if let Some(o) = shown.as_object_mut() {
+            o.remove("Healthcheck");
+        }
+    } else {
+        shown["Healthcheck"] = hc;
+    }
     let mut all_labels: BTreeMap<String, String> = image_cfg["Labels"]
         .as_object()
         .into_iter()
@@ -765,9 +771,15 @@ pub async fn create(api: &Api, req: Req) -> Reply {
         meta.put(&mut c);
         let c = store.container_create(&ctx, &c)?;
         made.done = true;
-        Ok(c)
+        Ok((c, made.volumes.clone()))
     })
     .await?;
+    let (record, new_volumes) = record;
+    for v in &new_volumes {
+        api.events.volume(v, "create", &[]);
+    }
+    api.events
+        .container(&record.id, &Meta::of(&record), "create", &[]);
     crate::daemon::services::events::publish(
         super::NAMESPACE,
         "/containers/create",

@@ -35,7 +35,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 
 use super::errors::ApiError;
-use super::lifecycle::{rq, task_error};
+use super::lifecycle::{rq, task_error, Meta};
 use super::logs;
 use super::server::{empty, json as json_reply, Body, Reply, Req};
 use super::{Api, NAMESPACE};
@@ -164,8 +164,20 @@ pub async fn create(api: &Api, req: Req, name: &str) -> Reply {
     }
     let c = api.find_container(name).await?;
     check_running(api, &c).await?;
+    let id = register(api, &c, cfg, false);
+    Ok(json_reply(StatusCode::CREATED, &json!({ "Id": id })))
+}
+
+/// Records a new exec instance of `c` (already claimed as started with `started`); its ID.
+fn register(
+    api: &Api,
+    c: &berth_store::metadata::Container,
+    cfg: ExecConfig,
+    started: bool,
+) -> String {
     api.execs.prune();
     let id = new_id();
+    let what = exec_event("exec_create", &cfg);
     api.execs.with(|m| {
         m.insert(
             id.clone(),
@@ -173,16 +185,103 @@ pub async fn create(api: &Api, req: Req, name: &str) -> Reply {
                 container_id: c.id.clone(),
                 config: cfg,
                 created: Instant::now(),
-                started: false,
-                running: false,
+                started,
+                running: started,
                 pid: 0,
                 exit_code: None,
                 ended: None,
             },
         )
     });
+    api.events
+        .container(&c.id, &Meta::of(c), &what, &[("execID", id.clone())]);
     tracing::debug!(container = %c.id, exec = %id, "docker api: exec created");
-    Ok(json_reply(StatusCode::CREATED, &json!({ "Id": id })))
+    id
+}
+
+/// `exec_create: sh -c ...`, as dockerd names exec events.
+fn exec_event(action: &str, cfg: &ExecConfig) -> String {
+    format!(
+        "{action}: {}",
+        cfg.cmd.clone().unwrap_or_default().join(" ")
+    )
+}
+
+/// What a health probe gives back: its exit code and the start of its output.
+pub(super) struct ProbeResult {
+    /// The exit code (-1: it did not finish within its timeout).
+    pub code: i64,
+    /// stdout and stderr as they came, at most [`PROBE_OUTPUT`] bytes.
+    pub output: String,
+}
+
+/// The most output a probe keeps (dockerd's limit).
+pub(super) const PROBE_OUTPUT: usize = 4096;
+
+/// Runs `cmd` in running container `c` as an exec (the path `docker exec` takes), collecting
+/// its output; past `timeout` the process is killed and the result is a failure (-1).
+pub(super) async fn probe(
+    api: &Api,
+    c: &berth_store::metadata::Container,
+    cmd: Vec<String>,
+    timeout: Duration,
+) -> ProbeResult {
+    let cfg = ExecConfig {
+        attach_stdout: true,
+        attach_stderr: true,
+        cmd: Some(cmd),
+        ..Default::default()
+    };
+    let id = register(api, c, cfg.clone(), true);
+    let mut s = match launch(api, c, &id, &cfg).await {
+        Ok(s) => s,
+        Err(e) => {
+            return ProbeResult {
+                code: 126,
+                output: e.message,
+            }
+        }
+    };
+    drop(s.stdin.take());
+    let mut output = Vec::new();
+    let collect = async {
+        while let Some(b) = s.out.recv().await {
+            // Each item is one frame: its 8-byte header, then the data.
+            let data = b.get(8..).unwrap_or(&[]);
+            let room = PROBE_OUTPUT.saturating_sub(output.len());
+            output.extend_from_slice(&data[..data.len().min(room)]);
+        }
+    };
+    let timed_out = tokio::time::timeout(timeout, collect).await.is_err();
+    if timed_out {
+        if let Err(st) = api
+            .tasks
+            .kill(rq(tpb::KillRequest {
+                container_id: c.id.clone(),
+                exec_id: id.clone(),
+                signal: 9,
+                all: false,
+            }))
+            .await
+        {
+            tracing::debug!(exec = %id, error = %st.message(), "docker api: killing a probe");
+        }
+        // The runner records the exit and cleans up; the output is not waited for again.
+        tokio::spawn(async move { while s.out.recv().await.is_some() {} });
+        return ProbeResult {
+            code: -1,
+            output: format!("Health check exceeded timeout ({}s)", timeout.as_secs_f64()),
+        };
+    }
+    ended(&mut s.done).await;
+    let code = api
+        .execs
+        .with(|m| m.get(&id).and_then(|i| i.exit_code))
+        .unwrap_or(-1);
+    ProbeResult {
+        code,
+        output: String::from_utf8_lossy(&output).into_owned(),
+    }
 }
 
 /// 409 unless the container is running, with dockerd's words.
@@ -239,12 +338,7 @@ pub async fn inspect(api: &Api, _req: Req, id: &str) -> Reply {
 
 /// `POST /exec/{id}/resize?h=&w=`.
 pub async fn resize(api: &Api, req: Req, id: &str) -> Reply {
-    let dim = |k: &str| -> Result<u32, ApiError> {
-        let v = req.q(k).unwrap_or("");
-        v.parse::<u32>()
-            .map_err(|_| ApiError::bad_request(format!("invalid value for {k}: {v:?}")))
-    };
-    let (height, width) = (dim("h")?, dim("w")?);
+    let (height, width) = size_q(&req)?;
     let cid = api
         .execs
         .with(|m| m.get(id).map(|i| i.container_id.clone()))
@@ -259,6 +353,16 @@ pub async fn resize(api: &Api, req: Req, id: &str) -> Reply {
         .await
         .map_err(|s| task_error("resizing the exec's terminal", s))?;
     Ok(empty(StatusCode::OK))
+}
+
+/// The `h` and `w` of a resize request (not numbers: 400).
+pub(super) fn size_q(req: &Req) -> Result<(u32, u32), ApiError> {
+    let dim = |k: &str| -> Result<u32, ApiError> {
+        let v = req.q(k).unwrap_or("");
+        v.parse::<u32>()
+            .map_err(|_| ApiError::bad_request(format!("invalid value for {k}: {v:?}")))
+    };
+    Ok((dim("h")?, dim("w")?))
 }
 
 /// The body of `POST /exec/{id}/start` (its `Tty` repeats the instance's and is not read).
@@ -466,6 +570,14 @@ async fn launch(
     cfg: &ExecConfig,
 ) -> Result<Streams, ApiError> {
     let r = prepare_and_start(api, c, id, cfg).await;
+    if r.is_ok() {
+        api.events.container(
+            &c.id,
+            &Meta::of(c),
+            &exec_event("exec_start", cfg),
+            &[("execID", id.to_string())],
+        );
+    }
     if let Err(e) = &r {
         tracing::debug!(container = %c.id, exec = %id, error = %e.message, "docker api: exec failed to start");
         api.execs.finish(id, 126);
@@ -575,6 +687,7 @@ async fn prepare_and_start(
         .map(|(rx, stream)| tokio::spawn(relay(rx, stream, tty, tx.clone(), exited.clone())))
         .collect();
     let (api2, cid, eid) = (api.clone(), c.id.clone(), id.to_string());
+    let meta = Meta::of(c);
     tokio::spawn(async move {
         let code = match api2
             .tasks
@@ -599,6 +712,12 @@ async fn prepare_and_start(
         // Recorded, and the process and its FIFOs gone, before the stream ends (`tx` is the
         // last sender): the CLI asks for the code right after.
         api2.execs.finish(&eid, code);
+        api2.events.container(
+            &cid,
+            &meta,
+            "exec_die",
+            &[("execID", eid.clone()), ("exitCode", code.to_string())],
+        );
         delete_process(&api2, &cid, &eid).await;
         drop(fifos);
         drop(tx);
@@ -723,21 +842,7 @@ fn connect(
             let (api, cid, id) = (api.clone(), cid.clone(), id.clone());
             let mut done = done.clone();
             tokio::spawn(async move {
-                let mut buf = vec![0u8; 32 * 1024];
-                loop {
-                    tokio::select! {
-                        r = rd.read(&mut buf) => match r {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => {
-                                tokio::select! {
-                                    r = w.write_all(&buf[..n]) => if r.is_err() { break },
-                                    _ = ended(&mut done) => break,
-                                }
-                            }
-                        },
-                        _ = ended(&mut done) => break,
-                    }
-                }
+                copy_input(&mut rd, &mut w, ended(&mut done)).await;
                 drop(w);
                 close_stdin(api, cid, id);
             })
@@ -767,6 +872,35 @@ fn connect(
     h.insert(UPGRADE, HeaderValue::from_static("tcp"));
     h.insert(CONTENT_TYPE, HeaderValue::from_static(RAW_STREAM));
     r
+}
+
+/// Copies a hijacked connection's input to a process's stdin until the client half-closes
+/// (or goes away, or the input cannot be written), or `ended` completes (the process is gone).
+/// Shared by exec and attach.
+pub(super) async fn copy_input<R, W>(
+    rd: &mut R,
+    w: &mut W,
+    ended: impl std::future::Future<Output = ()>,
+) where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    tokio::pin!(ended);
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        tokio::select! {
+            r = rd.read(&mut buf) => match r {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    tokio::select! {
+                        r = w.write_all(&buf[..n]) => if r.is_err() { return },
+                        _ = &mut ended => return,
+                    }
+                }
+            },
+            _ = &mut ended => return,
+        }
+    }
 }
 
 /// Returns once the process has ended and its output is drained.

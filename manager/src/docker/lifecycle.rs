@@ -65,6 +65,8 @@ pub struct Meta {
     pub anonymous_volumes: Vec<String>,
     /// Why the last start failed.
     pub error: String,
+    /// The health check's state (none: the container has no health check).
+    pub health: Option<super::health::Health>,
 }
 
 impl Meta {
@@ -97,6 +99,16 @@ impl Meta {
     /// Whether the container has a terminal.
     pub fn tty(&self) -> bool {
         self.config["Tty"].as_bool().unwrap_or(false)
+    }
+
+    /// Whether the container's process has a stdin berthd writes (`docker run -i`).
+    pub fn open_stdin(&self) -> bool {
+        self.config["OpenStdin"].as_bool().unwrap_or(false)
+    }
+
+    /// Whether the first attach that ends closes the stdin (`docker run -i` attached).
+    pub fn stdin_once(&self) -> bool {
+        self.config["StdinOnce"].as_bool().unwrap_or(false)
     }
 }
 
@@ -285,7 +297,8 @@ impl Api {
     /// the monitor that sees it exit.
     pub async fn start_task(&self, c: &Container) -> Result<(), ApiError> {
         let id = c.id.clone();
-        let tty = Meta::of(c).tty();
+        let meta = Meta::of(c);
+        let tty = meta.tty();
         // A stopped task left behind (an exit berthd did not see) goes first.
         let _ = self
             .tasks
@@ -294,16 +307,29 @@ impl Api {
             }))
             .await;
         let log = crate::tasks::LOG_STDIO.to_string();
-        self.tasks
+        let stdin = if meta.open_stdin() {
+            self.stdins.for_start(self.state.state_dir(), &id).await?
+        } else {
+            String::new()
+        };
+        let created = self
+            .tasks
             .create(rq(tpb::CreateTaskRequest {
                 container_id: id.clone(),
+                stdin,
                 stdout: log.clone(),
                 stderr: if tty { String::new() } else { log },
                 terminal: tty,
                 ..Default::default()
             }))
-            .await
-            .map_err(|s| start_error(&id, s))?;
+            .await;
+        if let Err(s) = created {
+            self.stdins.exited(&id).await;
+            return Err(start_error(&id, s));
+        }
+        if meta.open_stdin() {
+            self.stdins.started(self, &id).await;
+        }
         if let Err(s) = self
             .tasks
             .start(rq(tpb::StartRequest {
@@ -318,15 +344,21 @@ impl Api {
                     container_id: id.clone(),
                 }))
                 .await;
+            self.stdins.exited(&id).await;
             return Err(start_error(&id, s));
         }
-        self.update_meta(&id, |m| {
-            m.started_at = now();
-            m.manually_stopped = false;
-            m.error.clear();
-        })
-        .await?;
+        let meta = self
+            .update_meta(&id, |m| {
+                m.started_at = now();
+                m.manually_stopped = false;
+                m.error.clear();
+                super::health::reset(m);
+            })
+            .await?;
         self.notifier.get(&id).send_modify(|e| e.starts += 1);
+        self.volume_events(c, "mount");
+        self.events.container(&id, &meta, "start", &[]);
+        super::health::watch(self, &id, &meta);
         self.monitor(id);
         Ok(())
     }
@@ -356,18 +388,28 @@ impl Api {
     }
 
     async fn finish(&self, id: &str, code: i64, ran: Duration) {
-        let _ = self
-            .tasks
-            .delete(rq(tpb::DeleteTaskRequest {
-                container_id: id.to_string(),
-            }))
-            .await;
+        // Recorded (and announced) while the task is still there: a removal waits for that
+        // (see `remove_container`), so the record and the die event come first.
         let meta = self
             .update_meta(id, move |m| {
                 m.exit_code = code;
                 m.finished_at = now();
             })
             .await;
+        if let Ok(m) = &meta {
+            if let Ok(c) = self.find_container(id).await {
+                self.volume_events(&c, "unmount");
+            }
+            self.events
+                .container(id, m, "die", &[("exitCode", code.to_string())]);
+        }
+        let _ = self
+            .tasks
+            .delete(rq(tpb::DeleteTaskRequest {
+                container_id: id.to_string(),
+            }))
+            .await;
+        self.stdins.exited(id).await;
         self.notifier.get(id).send_modify(|e| {
             e.count += 1;
             e.code = code;
@@ -418,6 +460,17 @@ impl Api {
         }
     }
 
+    /// `mount` or `unmount` events for the named volumes container `c` uses.
+    fn volume_events(&self, c: &Container, action: &str) {
+        let Some(list) = c.labels.get(crate::tasks::volumes::LABEL_VOLUMES) else {
+            return;
+        };
+        for v in list.split(',').filter(|v| !v.is_empty()) {
+            self.events
+                .volume(v, action, &[("container", c.id.clone())]);
+        }
+    }
+
     fn set_restarting(&self, id: &str, on: bool) {
         let mut r = self.restarting.lock().unwrap_or_else(|e| e.into_inner());
         if on {
@@ -444,6 +497,12 @@ impl Api {
                     task_error(&format!("killing {}", c.id), s)
                 }
             })?;
+        self.events.container(
+            &c.id,
+            &Meta::of(c),
+            "kill",
+            &[("signal", signal.to_string())],
+        );
         Ok(())
     }
 
@@ -500,12 +559,22 @@ impl Api {
             let _ = self.signal(c, 9).await;
             let _ = tokio::time::timeout(Duration::from_secs(30), exited(&mut rx)).await;
         }
+        self.events.container(&c.id, &meta, "stop", &[]);
         Ok(())
     }
 
     /// Removes a stopped container: its task if one is left, the record, its snapshot, its
     /// log, and with `volumes` the anonymous volumes made for it.
     pub async fn remove_container(&self, id: &str, volumes: bool) -> Result<(), ApiError> {
+        // An exit the monitor has not finished yet (a `docker rm` right after a kill: the
+        // monitor deletes the task last) is finished first: its die event and record come
+        // before the removal.
+        let mut rx = self.notifier.get(id).subscribe();
+        let seen = rx.borrow().count;
+        if crate::tasks::exists(self.state.state_dir(), NAMESPACE, id) {
+            let _ =
+                tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|e| e.count > seen)).await;
+        }
         let _ = self
             .tasks
             .delete(rq(tpb::DeleteTaskRequest {
@@ -530,21 +599,31 @@ impl Api {
         })
         .await?;
         crate::tasks::remove_logs(self.state.state_dir(), NAMESPACE, id);
+        self.stdins.remove(self.state.state_dir(), id);
+        self.events.container(id, &meta, "destroy", &[]);
         if volumes {
             let (store, ctx, names) = (
                 self.state.store().clone(),
                 self.ctx(),
                 meta.anonymous_volumes.clone(),
             );
-            let _ = blocking(move || {
+            let gone = blocking(move || {
+                let mut gone = Vec::new();
                 for n in names {
-                    if let Err(e) = store.volume_delete(&ctx, &n) {
-                        tracing::warn!(volume = %n, error = %e, "docker api: removing a volume");
+                    match store.volume_delete(&ctx, &n) {
+                        Ok(_) => gone.push(n),
+                        Err(e) => {
+                            tracing::warn!(volume = %n, error = %e, "docker api: removing a volume")
+                        }
                     }
                 }
-                Ok(())
+                Ok(gone)
             })
-            .await;
+            .await
+            .unwrap_or_default();
+            for n in gone {
+                self.events.volume(&n, "destroy", &[]);
+            }
         }
         crate::daemon::services::events::publish(
             NAMESPACE,
@@ -564,10 +643,12 @@ impl Api {
         Ok(())
     }
 
-    /// After berthd starts: running containers get their monitor again; those a crash left
+    /// After berthd starts: image events start to be relayed to Docker's event stream;
+    /// running containers get their monitor (and health probes) again; those a crash left
     /// stopped are finished; `always` and `unless-stopped` ones (and `on-failure` ones that
     /// failed) start again unless a user stopped them, as dockerd does at its start.
     pub async fn restore(&self) {
+        self.events.relay_images();
         let Ok(all) = self.containers().await else {
             return;
         };
@@ -577,6 +658,7 @@ impl Api {
             }
             let st = self.run_state(&c).await;
             if st.running() {
+                super::health::watch(self, &c.id, &Meta::of(&c));
                 self.monitor(c.id.clone());
                 continue;
             }

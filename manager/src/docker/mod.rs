@@ -15,7 +15,9 @@ pub mod commit;
 pub mod containers;
 pub mod create;
 pub mod errors;
+pub mod events;
 pub mod exec;
+pub mod health;
 pub mod images;
 pub mod lifecycle;
 pub mod logs;
@@ -23,6 +25,7 @@ pub mod networks;
 pub mod registry;
 pub mod server;
 pub mod stats;
+pub mod stdin;
 pub mod system;
 pub mod update;
 pub mod version;
@@ -59,6 +62,10 @@ pub struct Api {
     pub create_lock: Arc<tokio::sync::Mutex<()>>,
     /// Exec instances (`docker exec`), in memory as in dockerd.
     pub execs: Arc<exec::Execs>,
+    /// Docker's events: the live stream and the ring `since` replays.
+    pub events: Arc<events::Events>,
+    /// The stdin FIFOs of containers made with OpenStdin.
+    pub stdins: Arc<stdin::Stdins>,
 }
 
 impl Api {
@@ -72,6 +79,8 @@ impl Api {
             backoff: Arc::default(),
             create_lock: Arc::default(),
             execs: Arc::default(),
+            events: Arc::default(),
+            stdins: Arc::default(),
         }
     }
 

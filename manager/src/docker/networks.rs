@@ -38,6 +38,14 @@ impl Found {
             Found::Predefined(n, _) => n,
         }
     }
+
+    /// The ID docker shows.
+    fn id(&self) -> String {
+        match self {
+            Found::Record(r) => r.id.clone(),
+            Found::Predefined(n, _) => predefined_id(n),
+        }
+    }
 }
 
 fn predefined_shape(name: &str, driver: &str) -> Value {
@@ -370,6 +378,7 @@ pub async fn create(api: &Api, req: Req) -> Reply {
         )?)
     })
     .await?;
+    api.events.network(&rec.id, &rec.name, "create", &[]);
     Ok(server::json(
         StatusCode::CREATED,
         &json!({"Id": rec.id, "Warning": ""}),
@@ -379,13 +388,17 @@ pub async fn create(api: &Api, req: Req) -> Reply {
 /// `DELETE /networks/{id}` (204); pre-defined or in use: 403.
 pub async fn remove(api: &Api, _req: Req, id: &str) -> Reply {
     let (nets, ctx, id) = (nets(api), api.ctx(), id.to_string());
-    blocking(move || match find(&nets, &ctx, &id)? {
+    let (nid, name) = blocking(move || match find(&nets, &ctx, &id)? {
         Found::Predefined(n, _) => Err(ApiError::forbidden(format!(
             "{n} is a pre-defined network and cannot be removed"
         ))),
-        f => Ok(nets.remove(&ctx, f.name())?),
+        f => {
+            nets.remove(&ctx, f.name())?;
+            Ok((f.id(), f.name().to_string()))
+        }
     })
     .await?;
+    api.events.network(&nid, &name, "destroy", &[]);
     Ok(empty(StatusCode::NO_CONTENT))
 }
 
@@ -427,9 +440,11 @@ pub async fn connect(api: &Api, req: Req, id: &str) -> Reply {
         .filter_map(|a| a.as_str().map(str::to_string))
         .collect();
     let (nets, ctx, id) = (nets(api), api.ctx(), id.to_string());
-    blocking(move || {
+    let cid = c.id.clone();
+    let (nid, nname) = blocking(move || {
         let f = find(&nets, &ctx, &id)?;
         let name = f.name().to_string();
+        let nid = f.id();
         if matches!(name.as_str(), "host" | "none") {
             return Err(ApiError::forbidden(format!(
                 "container cannot be disconnected from host network or connected to {name} network"
@@ -443,13 +458,17 @@ pub async fn connect(api: &Api, req: Req, id: &str) -> Reply {
                 }
             }
         }
+        let joined = name.clone();
         nets.connect(&ctx, &c.id, &crate::networks::Join { name, aliases, ip })
             .map_err(|e| match e {
                 crate::networks::NetworkError::AlreadyExists(m) => ApiError::forbidden(m),
                 e => e.into(),
-            })
+            })?;
+        Ok((nid, joined))
     })
     .await?;
+    api.events
+        .network(&nid, &nname, "connect", &[("container", cid)]);
     Ok(empty(StatusCode::OK))
 }
 
@@ -462,11 +481,15 @@ pub async fn disconnect(api: &Api, req: Req, id: &str) -> Reply {
     }
     let c = api.find_container(&who).await?;
     let (nets, ctx, id) = (nets(api), api.ctx(), id.to_string());
-    blocking(move || {
+    let cid = c.id.clone();
+    let (nid, name) = blocking(move || {
         let f = find(&nets, &ctx, &id)?;
-        Ok(nets.disconnect(&ctx, &c.id, f.name())?)
+        nets.disconnect(&ctx, &c.id, f.name())?;
+        Ok((f.id(), f.name().to_string()))
     })
     .await?;
+    api.events
+        .network(&nid, &name, "disconnect", &[("container", cid)]);
     Ok(empty(StatusCode::OK))
 }
 

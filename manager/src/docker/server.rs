@@ -23,8 +23,8 @@ use tokio_stream::StreamExt;
 use super::errors::ApiError;
 use super::version::{ApiVersion, CURRENT, MIN};
 use super::{
-    archive, build, changes, commit, containers, create, exec, images, networks, registry, stats,
-    system, update, version, volumes, Api,
+    archive, build, changes, commit, containers, create, events, exec, images, networks,
+    registry, stats, system, update, version, volumes, Api,
 };
 
 /// Largest JSON request body (network and volume definitions are a few hundred bytes).
@@ -464,7 +464,7 @@ async fn route(api: &Api, req: Request<Incoming>) -> Reply {
         "/version" if get => return version::version(api, req).await,
         "/info" if get => return system::info(api, req).await,
         "/system/df" if get => return system::df(api, req).await,
-        "/events" if get => return system::events(api, req).await,
+        "/events" if get => return events::serve(api, req).await,
         "/images/json" if get => return images::list(api, req).await,
         "/images/create" if post => return images::create(api, req).await,
         "/images/load" if post => return images::load(api, req).await,
@@ -512,7 +512,7 @@ async fn route(api: &Api, req: Request<Incoming>) -> Reply {
             ("changes", true, _, _) => changes::changes(api, req, &name).await,
             ("export", true, _, _) => changes::export(api, req, &name).await,
             ("update", _, true, _) => update::update(api, req, &name).await,
-            ("resize", _, true, _) => Err(ApiError::unsupported("terminal resize")),
+            ("resize", _, true, _) => containers::resize(api, req, &name).await,
             ("archive", _, _, _) => archive::handle(api, req, &name).await,
             _ => Err(not_found()),
         };

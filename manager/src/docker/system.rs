@@ -1,14 +1,11 @@
-//! `/info`, `/system/df` and `/events`.
+//! `/info` and `/system/df` (`/events` is [`super::events`]).
 
 use std::path::Path;
 
-use bytes::Bytes;
 use http::StatusCode;
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
 
-use super::errors::ApiError;
-use super::server::{self, line, Chunk, Reply, Req};
+use super::server::{self, Reply, Req};
 use super::version::{goarch, kernel_version};
 use super::{blocking, images, volumes, Api, NAMESPACE};
 
@@ -226,105 +223,4 @@ pub async fn df(api: &Api, _req: Req) -> Reply {
     })
     .await?;
     Ok(server::json(StatusCode::OK, &v))
-}
-
-/// A unix time from `since`/`until` (`1700000000` or `1700000000.5`).
-fn unix_time(k: &str, s: &str) -> Result<f64, ApiError> {
-    s.parse::<f64>().map_err(|_| {
-        ApiError::bad_request(format!(
-            "invalid {k} time {s:?}: a unix timestamp is expected"
-        ))
-    })
-}
-
-/// `GET /events`: the image events of the `moby` namespace from now on, in Docker's shape
-/// (`type` and `event` filters), until `until` or the client leaves. Past events are not kept,
-/// so `since` is refused.
-pub async fn events(_api: &Api, req: Req) -> Reply {
-    if req.q("since").is_some_and(|s| !s.is_empty()) {
-        return Err(ApiError::unsupported("events since a past time (--since)"));
-    }
-    let until = match req.q("until").filter(|s| !s.is_empty()) {
-        Some(u) => Some(unix_time("until", u)?),
-        None => None,
-    };
-    let f = req.filters()?;
-    f.only(&["type", "event", "image"])?;
-    let types = f.get("type").to_vec();
-    let actions = f.get("event").to_vec();
-    let images_f = f.get("image").to_vec();
-    let mut sub = crate::daemon::services::events::subscribe();
-    let (tx, rx) = mpsc::channel::<Chunk>(64);
-    let _ = tx.send(Ok(Bytes::new())).await;
-    tokio::spawn(async move {
-        let deadline = until.map(|u| {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs_f64())
-                .unwrap_or(0.0);
-            tokio::time::Instant::now() + std::time::Duration::from_secs_f64((u - now).max(0.0))
-        });
-        loop {
-            let next = async {
-                match deadline {
-                    Some(d) => tokio::time::timeout_at(d, sub.recv()).await.ok(),
-                    None => Some(sub.recv().await),
-                }
-            };
-            tokio::select! {
-                _ = tx.closed() => break,
-                r = next => match r {
-                    None => break,
-                    Some(Err(tokio::sync::broadcast::error::RecvError::Closed)) => break,
-                    Some(Err(_)) => continue,
-                    Some(Ok(env)) => {
-                        if env.namespace != NAMESPACE {
-                            continue;
-                        }
-                        let action = match env.topic.as_str() {
-                            "/images/create" | "/images/update" => "tag",
-                            "/images/delete" => "untag",
-                            _ => continue,
-                        };
-                        let name = env
-                            .event
-                            .as_ref()
-                            .and_then(|a| image_name(&a.value))
-                            .unwrap_or_default();
-                        let name = images::familiar(&name);
-                        if (!types.is_empty() && !types.iter().any(|t| t == "image"))
-                            || (!actions.is_empty() && !actions.iter().any(|a| a == action))
-                            || (!images_f.is_empty() && !images_f.contains(&name))
-                        {
-                            continue;
-                        }
-                        let (secs, nanos) = env
-                            .timestamp
-                            .map(|t| (t.seconds, t.nanos as i64))
-                            .unwrap_or((0, 0));
-                        let v = json!({
-                            "status": action, "id": name,
-                            "Type": "image", "Action": action,
-                            "Actor": {"ID": name, "Attributes": {"name": name}},
-                            "scope": "local",
-                            "time": secs, "timeNano": secs * 1_000_000_000 + nanos,
-                        });
-                        if tx.send(Ok(line(&v))).await.is_err() {
-                            break;
-                        }
-                    }
-                }
-            }
-        }
-    });
-    server::stream(rx, "application/json", true).await
-}
-
-/// The `name` (field 1) of an ImageCreate/Update/Delete event payload (the other fields are
-/// skipped as unknown).
-fn image_name(data: &[u8]) -> Option<String> {
-    use berth_proto::prost::Message;
-    berth_proto::containerd::events::ImageDelete::decode(data)
-        .ok()
-        .map(|e| e.name)
 }

@@ -131,12 +131,17 @@ pub async fn create(api: &Api, req: Req) -> Reply {
                     "volume {name} already exists with different options"
                 )));
             }
-            return Ok(shape(&store, &ctx, &v));
+            return Ok((shape(&store, &ctx, &v), false));
         }
         let v = store.volume_create(&ctx, &name, labels.into_iter().collect(), opts)?;
-        Ok(shape(&store, &ctx, &v))
+        Ok((shape(&store, &ctx, &v), true))
     })
     .await?;
+    let (v, made) = v;
+    if made {
+        api.events
+            .volume(v["Name"].as_str().unwrap_or(""), "create", &[]);
+    }
     Ok(server::json(StatusCode::CREATED, &v))
 }
 
@@ -144,12 +149,14 @@ pub async fn create(api: &Api, req: Req) -> Reply {
 pub async fn remove(api: &Api, req: Req, name: &str) -> Reply {
     let force = req.q_bool("force")?;
     let (store, ctx, name) = (api.state.store().clone(), api.ctx(), name.to_string());
-    blocking(move || {
+    let n2 = name.clone();
+    let gone = blocking(move || {
+        let name = n2;
         match store.volume(&ctx, &name) {
             Ok(_) => {}
             Err(e) if e.is_not_found() || e.kind() == berth_store::ErrorKind::InvalidArgument => {
                 return if force {
-                    Ok(())
+                    Ok(false)
                 } else {
                     Err(no_such_volume(&name))
                 };
@@ -163,9 +170,13 @@ pub async fn remove(api: &Api, req: Req, name: &str) -> Reply {
                 users.join(", ")
             )));
         }
-        Ok(store.volume_delete(&ctx, &name)?)
+        store.volume_delete(&ctx, &name)?;
+        Ok(true)
     })
     .await?;
+    if gone {
+        api.events.volume(&name, "destroy", &[]);
+    }
     Ok(empty(StatusCode::NO_CONTENT))
 }
 
