@@ -320,7 +320,6 @@ fn bad_input_gets_dockers_codes_and_messages() {
     for (flag, field) in [
         (vec!["--privileged"], "Privileged"),
         (vec!["--device", "/dev/null"], "Devices"),
-        (vec!["-i"], "OpenStdin"),
         (vec!["--log-driver", "syslog"], "syslog"),
     ] {
         let mut args = vec!["create"];

@@ -532,33 +532,61 @@ pub async fn start(api: &Api, mut req: Req, id: &str) -> Reply {
         });
         return Err(e);
     }
+    if let (Some(on), true, false) = (upgrade, hijack, sc.detach) {
+        // As dockerd, the 101 goes out before the process starts: output that came with the
+        // answer's head would land in the client's header buffer, where docker-py (compose)
+        // never looks for it.
+        let (api, id) = (api.clone(), id.to_string());
+        tokio::spawn(async move {
+            let up = match on.await {
+                Ok(up) => up,
+                Err(e) => {
+                    tracing::debug!(exec = %id, error = %e, "docker api: exec upgrade failed");
+                    // Nothing ran: the instance can be started again.
+                    api.execs.with(|m| {
+                        if let Some(i) = m.get_mut(&id) {
+                            i.started = false;
+                            i.running = false;
+                        }
+                    });
+                    return;
+                }
+            };
+            let streams = started_streams(launch(&api, &c, &id, &cfg).await, tty);
+            pump(api, c.id, id, streams, up).await;
+        });
+        let mut r: Response<Body> = empty(StatusCode::SWITCHING_PROTOCOLS);
+        let h = r.headers_mut();
+        h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(UPGRADE, HeaderValue::from_static("tcp"));
+        h.insert(CONTENT_TYPE, HeaderValue::from_static(RAW_STREAM));
+        return Ok(r);
+    }
     let started = launch(api, &c, id, &cfg).await;
     if sc.detach {
-        return match started {
-            Ok(_) => Ok(empty(StatusCode::OK)),
-            Err(e) => Err(e),
-        };
+        return started.map(|_| empty(StatusCode::OK));
     }
-    let streams = match started {
-        Ok(s) => s,
-        Err(e) => {
-            // As dockerd: the error is written into the stream, the exit code is 126.
-            let (tx, out) = mpsc::channel(1);
-            let msg = format!("{}\r\n", e.message);
-            let _ = tx.try_send(if tty {
-                Bytes::from(msg)
-            } else {
-                logs::frame(1, msg.as_bytes())
-            });
-            let (_done_tx, done) = watch::channel(true);
-            Streams {
-                out,
-                stdin: None,
-                done,
-            }
+    Ok(body_of(api, &cid, id, started_streams(started, tty)))
+}
+
+/// The streams of a started process, or (as dockerd) a stream holding the error that kept
+/// it from starting; its exit code is then 126.
+fn started_streams(started: Result<Streams, ApiError>, tty: bool) -> Streams {
+    started.unwrap_or_else(|e| {
+        let (tx, out) = mpsc::channel(1);
+        let msg = format!("{}\r\n", e.message);
+        let _ = tx.try_send(if tty {
+            Bytes::from(msg)
+        } else {
+            logs::frame(1, msg.as_bytes())
+        });
+        let (_done_tx, done) = watch::channel(true);
+        Streams {
+            out,
+            stdin: None,
+            done,
         }
-    };
-    Ok(connect(api, &cid, id, streams, upgrade.filter(|_| hijack)))
+    })
 }
 
 /// Creates and starts the process; its runner relays its output. On failure the instance is
@@ -796,82 +824,59 @@ async fn relay(
     }
 }
 
-/// Gives the streams to the client: on the hijacked connection (input too), or as the body.
-fn connect(
-    api: &Api,
-    cid: &str,
-    id: &str,
-    s: Streams,
-    upgrade: Option<hyper::upgrade::OnUpgrade>,
-) -> Response<Body> {
+/// Gives the output to a client that did not hijack its connection, as the response body;
+/// it has no way to send input, so the process's stdin ends now.
+fn body_of(api: &Api, cid: &str, id: &str, s: Streams) -> Response<Body> {
+    if s.stdin.is_some() {
+        drop(s.stdin);
+        close_stdin(api.clone(), cid.to_string(), id.to_string());
+    }
+    let body = ReceiverStream::new(s.out).map(|b| Ok::<_, std::io::Error>(Frame::data(b)));
+    let mut r = Response::new(BodyExt::boxed(StreamBody::new(body)));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(RAW_STREAM));
+    r
+}
+
+/// Runs a hijacked connection: the client's bytes to the process's stdin, its output back,
+/// until the process ends (or the client goes away).
+async fn pump(api: Api, cid: String, id: String, s: Streams, up: hyper::upgrade::Upgraded) {
     let Streams {
         mut out,
         stdin,
         mut done,
     } = s;
-    let Some(on) = upgrade else {
-        // No input this way: the process's stdin ends now.
-        if stdin.is_some() {
-            drop(stdin);
-            close_stdin(api.clone(), cid.to_string(), id.to_string());
-        }
-        let body = ReceiverStream::new(out).map(|b| Ok::<_, std::io::Error>(Frame::data(b)));
-        let mut r = Response::new(BodyExt::boxed(StreamBody::new(body)));
-        r.headers_mut()
-            .insert(CONTENT_TYPE, HeaderValue::from_static(RAW_STREAM));
-        return r;
-    };
-    let (api, cid, id) = (api.clone(), cid.to_string(), id.to_string());
-    tokio::spawn(async move {
-        let up = match on.await {
-            Ok(up) => up,
-            Err(e) => {
-                tracing::debug!(exec = %id, error = %e, "docker api: exec upgrade failed");
-                if stdin.is_some() {
-                    drop(stdin);
-                    close_stdin(api, cid, id);
-                }
-                return;
-            }
-        };
-        let io = hyper_util::rt::TokioIo::new(up);
-        let (mut rd, mut wr) = tokio::io::split(io);
-        // Input: the client's bytes to the stdin FIFO until it half-closes (or goes away, or
-        // the process ends); then the process's stdin is closed.
-        let input = stdin.map(|mut w| {
-            let (api, cid, id) = (api.clone(), cid.clone(), id.clone());
-            let mut done = done.clone();
-            tokio::spawn(async move {
-                copy_input(&mut rd, &mut w, ended(&mut done)).await;
-                drop(w);
-                close_stdin(api, cid, id);
-            })
-        });
-        // Output until the runner closes the channel.
-        let mut client_gone = false;
-        while let Some(b) = out.recv().await {
-            if wr.write_all(&b).await.is_err() {
-                client_gone = true;
-                break;
-            }
-        }
-        drop(out);
-        if !client_gone {
-            let _ = wr.flush().await;
-            let _ = wr.shutdown().await;
-        }
-        // The input side ends with the process (or with the client).
-        ended(&mut done).await;
-        if let Some(t) = input {
-            let _ = t.await;
-        }
+    let io = hyper_util::rt::TokioIo::new(up);
+    let (mut rd, mut wr) = tokio::io::split(io);
+    // Input: the client's bytes to the stdin FIFO until it half-closes (or goes away, or
+    // the process ends); then the process's stdin is closed.
+    let input = stdin.map(|mut w| {
+        let (api, cid, id) = (api.clone(), cid.clone(), id.clone());
+        let mut done = done.clone();
+        tokio::spawn(async move {
+            copy_input(&mut rd, &mut w, ended(&mut done)).await;
+            drop(w);
+            close_stdin(api, cid, id);
+        })
     });
-    let mut r: Response<Body> = empty(StatusCode::SWITCHING_PROTOCOLS);
-    let h = r.headers_mut();
-    h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
-    h.insert(UPGRADE, HeaderValue::from_static("tcp"));
-    h.insert(CONTENT_TYPE, HeaderValue::from_static(RAW_STREAM));
-    r
+    // Output until the runner closes the channel.
+    let mut client_gone = false;
+    while let Some(b) = out.recv().await {
+        if wr.write_all(&b).await.is_err() {
+            client_gone = true;
+            break;
+        }
+    }
+    drop(out);
+    if !client_gone {
+        let _ = wr.flush().await;
+        let _ = wr.shutdown().await;
+    }
+    // The input side ends with the process (or with the client).
+    ended(&mut done).await;
+    if let Some(t) = input {
+        let _ = t.await;
+    }
 }
 
 /// Copies a hijacked connection's input to a process's stdin until the client half-closes
