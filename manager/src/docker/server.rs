@@ -23,8 +23,8 @@ use tokio_stream::StreamExt;
 use super::errors::ApiError;
 use super::version::{ApiVersion, CURRENT, MIN};
 use super::{
-    archive, build, changes, commit, containers, create, events, exec, images, networks,
-    registry, stats, system, update, version, volumes, Api,
+    archive, build, changes, commit, containers, create, events, exec, images, networks, registry,
+    stats, system, update, version, volumes, Api,
 };
 
 /// Largest JSON request body (network and volume definitions are a few hundred bytes).
