@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 packages=(
   # build
   libseccomp-dev pkg-config gcc
+  # berth-init (init/build.rs) is linked statically against glibc's libc.a
+  libc6-dev
   # tests: the busybox rootfs, peers and tools
   busybox-static runc crun containerd docker-registry skopeo umoci jq iproute2 util-linux
   # the terminal tests give berth and ctr a real terminal with script(1)
