@@ -163,6 +163,64 @@ fn berth_run_applies_docker_default_seccomp_profile_unless_unconfined() {
 }
 
 #[test]
+fn berth_run_init_and_privileged() {
+    let ns = unique("binit");
+    let d = daemon(&ns);
+    // --init: PID 1 is berth-init with the command after it; the command is its child and
+    // its exit code comes back through it.
+    let out = d.berth(
+        &ns,
+        &[
+            "run",
+            "--rm",
+            "--init",
+            IMAGE,
+            &unique("c"),
+            "sh",
+            "-c",
+            "echo $$ $PPID; cat /proc/1/cmdline; exit 3",
+        ],
+    );
+    assert_eq!(out.code, 3, "{out:?}");
+    let mut lines = out.stdout.splitn(2, '\n');
+    let ids: Vec<&str> = lines.next().unwrap().split(' ').collect();
+    assert_ne!(ids[0], "1", "{}", out.stdout);
+    assert_eq!(ids[1], "1", "{}", out.stdout);
+    assert!(
+        lines
+            .next()
+            .unwrap()
+            .starts_with("/sbin/docker-init\0--\0sh\0-c\0"),
+        "{:?}",
+        out.stdout
+    );
+    // --privileged: every capability berthd holds (its bounding set, as this test's).
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let bounding = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let caps = |extra: &[&str]| {
+        let c = unique("c");
+        let mut args = vec!["run", "--rm"];
+        args.extend(extra);
+        args.extend([IMAGE, c.as_str(), "sh", "-c", "cat /proc/self/status"]);
+        let out = d.berth(&ns, &args);
+        out.ok()
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    assert_eq!(caps(&["--privileged"]), bounding);
+    assert_eq!(caps(&[]), "00000000a80425fb");
+    assert_clean(&d, &ns);
+}
+
+#[test]
 fn berth_run_limits_are_read_back_from_the_kernel() {
     let ns = unique("blim");
     let d = daemon(&ns);

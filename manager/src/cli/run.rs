@@ -69,6 +69,14 @@ pub struct Args {
     /// Security options: `seccomp=unconfined` turns off the default seccomp profile.
     #[arg(long = "security-opt")]
     pub security_opt: Vec<String>,
+    /// Docker's `--privileged`: every capability, no seccomp profile, no masked or read-only
+    /// paths, /sys and the cgroup tree writable, and the host's devices.
+    #[arg(long)]
+    pub privileged: bool,
+    /// Run berthd's init (berth-init) as PID 1, the command as its child: signals are passed
+    /// on and zombies reaped, as with Docker's `--init`.
+    #[arg(long)]
+    pub init: bool,
     /// Runtime binary or name (berth-runc, runc, crun, or a path).
     #[arg(long, default_value = "io.containerd.runc.v2")]
     pub runtime: String,
@@ -109,6 +117,8 @@ pub fn spec(ns: &str, a: &Args, cfg: &Value) -> Result<Value> {
         cpus: a.cpus,
         pids_limit: a.pids_limit,
         security_opt: a.security_opt.clone(),
+        privileged: a.privileged,
+        init: a.init,
         ..Default::default()
     };
     runspec::spec(ns, &a.id, &o, cfg).map_err(|e| anyhow::anyhow!("{} {}", e.field.flag(), e))

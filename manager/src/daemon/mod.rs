@@ -61,6 +61,11 @@ async fn serve(config: Config) -> Result<()> {
     let _lock = lock::RootLock::take(&config.root, "berthd")?;
     crate::tasks::runtime::set_timeout(config.runtime_timeout);
     let state = state::State::open(&config)?;
+    // The init of `--init` containers; without it only those fail (naming the path).
+    match crate::tasks::init::install(&config.root) {
+        Ok(p) => tracing::debug!(path = %p.display(), "init for --init containers"),
+        Err(e) => tracing::warn!(root = %config.root.display(), error = %e, "writing berth-init"),
+    }
     // Tasks whose create or removal a crash cut short: nothing is in flight yet.
     crate::check::host::recover_unfinished_tasks(&config.state);
     let gid = config.group.as_deref().map(socket::group_id).transpose()?;

@@ -78,6 +78,8 @@ const HOST_FIELDS: &[&str] = &[
     "Ulimits",
     "LogConfig",
     "ConsoleSize",
+    "Privileged",
+    "Init",
     // Defaults that ask for what berthd does anyway.
     "IpcMode",
     "PidMode",
@@ -171,6 +173,15 @@ fn strs(v: &Value, what: &str) -> Result<Vec<String>, ApiError> {
         _ => Err(ApiError::bad_request(format!(
             "{what}: expected a list of strings"
         ))),
+    }
+}
+
+/// A boolean field (null: false).
+fn flag(v: &Value, what: &str) -> Result<bool, ApiError> {
+    match v {
+        Value::Null => Ok(false),
+        Value::Bool(b) => Ok(*b),
+        _ => Err(ApiError::bad_request(format!("{what}: expected a boolean"))),
     }
 }
 
@@ -511,6 +522,8 @@ pub async fn create(api: &Api, req: Req) -> Reply {
         cap_drop: strs(&host["CapDrop"], "HostConfig.CapDrop")?,
         readonly_rootfs: host["ReadonlyRootfs"].as_bool().unwrap_or(false),
         ulimits,
+        privileged: flag(&host["Privileged"], "HostConfig.Privileged")?,
+        init: flag(&host["Init"], "HostConfig.Init")?,
     };
     let binds = strs(&host["Binds"], "HostConfig.Binds")?;
     let mounts = host["Mounts"]
@@ -582,10 +595,12 @@ pub async fn create(api: &Api, req: Req) -> Reply {
         .flatten()
         .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
         .collect();
+    // Path and Args are the command, as dockerd shows them, without the init before it.
     let args: Vec<String> = spec["process"]["args"]
         .as_array()
         .into_iter()
         .flatten()
+        .skip(if opts.init { 2 } else { 0 })
         .filter_map(|a| a.as_str().map(str::to_string))
         .collect();
     // The Config inspect shows: the request over the image's.
@@ -811,10 +826,14 @@ mod tests {
         assert!(!is_zero(&json!(true)));
         let m = json!({"Binds": ["a:/b"], "Privileged": false, "Devices": []});
         assert!(only("HostConfig.", m.as_object().unwrap(), HOST_FIELDS).is_ok());
-        let m = json!({"Privileged": true});
+        let m = json!({"Devices": [{"PathOnHost": "/dev/loop0"}]});
         let e = only("HostConfig.", m.as_object().unwrap(), HOST_FIELDS).unwrap_err();
         assert_eq!(e.status, StatusCode::BAD_REQUEST);
-        assert!(e.message.contains("HostConfig.Privileged"), "{}", e.message);
+        assert!(e.message.contains("HostConfig.Devices"), "{}", e.message);
+        assert!(flag(&json!("yes"), "HostConfig.Init")
+            .unwrap_err()
+            .message
+            .contains("HostConfig.Init"));
     }
 
     #[test]

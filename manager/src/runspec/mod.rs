@@ -31,7 +31,8 @@ pub const CAPS: &[&str] = &[
     "CAP_AUDIT_WRITE",
 ];
 
-/// Every capability the runtime knows (for `CapAdd: ALL` and for checking names).
+/// Every capability the runtime knows (for `CapAdd: ALL` and for checking names), in the
+/// kernel's order: a capability's index is its bit.
 const ALL_CAPS: &[&str] = &[
     "CAP_CHOWN",
     "CAP_DAC_OVERRIDE",
@@ -71,7 +72,17 @@ const ALL_CAPS: &[&str] = &[
     "CAP_WAKE_ALARM",
     "CAP_BLOCK_SUSPEND",
     "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
 ];
+
+/// Where a `--init` container's init is mounted, as Docker mounts its docker-init.
+pub const INIT_PATH: &str = "/sbin/docker-init";
+
+/// The annotation that asks berthd, at task create, to bind-mount its init (berth-init) at
+/// the annotation's value ([`INIT_PATH`]); `berth run` cannot know the host's path of it.
+pub const ANNOTATION_INIT: &str = "berth.io/init";
 
 /// Paths Docker masks in /proc and /sys.
 pub const MASKED_PATHS: &[&str] = &[
@@ -252,6 +263,11 @@ pub struct RunOptions {
     pub readonly_rootfs: bool,
     /// Resource limits.
     pub ulimits: Vec<Ulimit>,
+    /// Docker's `--privileged`: every capability, no seccomp profile, no masked or read-only
+    /// paths, /sys and the cgroup tree writable, the host's devices.
+    pub privileged: bool,
+    /// Docker's `--init`: berth-init runs as PID 1 with the command as its child.
+    pub init: bool,
 }
 
 /// `512`, `64m`, `1g`, `100k`: bytes with an optional 1024-based unit.
@@ -343,6 +359,93 @@ pub fn parse_user(user: &str) -> Result<(u32, u32), SpecError> {
     Ok((uid, gid))
 }
 
+/// The capabilities of a privileged container: as Docker's, every one the engine may hand
+/// on, here those in the bounding set of the process making the spec (a sandbox may have
+/// dropped some from root's; asking for them would fail the runtime's capset). Every one
+/// when the set cannot be read.
+fn privileged_caps() -> Vec<String> {
+    let bounding = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapBnd:"))
+                .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+        });
+    ALL_CAPS
+        .iter()
+        .enumerate()
+        .filter(|(bit, _)| bounding.is_none_or(|b| (b >> bit) & 1 == 1))
+        .map(|(_, c)| c.to_string())
+        .collect()
+}
+
+/// What `--privileged` changes in a spec made with the defaults: no masked or read-only paths,
+/// /sys and the cgroup tree writable, and the host's device nodes (see [`host_devices`]).
+fn privileged(spec: &mut Value) {
+    spec["linux"]["maskedPaths"] = json!([]);
+    spec["linux"]["readonlyPaths"] = json!([]);
+    for m in spec["mounts"].as_array_mut().into_iter().flatten() {
+        if matches!(m["type"].as_str(), Some("sysfs" | "cgroup")) {
+            if let Some(o) = m["options"].as_array_mut() {
+                o.retain(|o| o != "ro");
+            }
+        }
+    }
+    spec["linux"]["devices"] = json!(host_devices(std::path::Path::new("/dev")));
+}
+
+/// The device nodes under `dir` (the host's /dev), as OCI `linux.devices` entries with their
+/// type, numbers, mode and owner: what runc's `HostDevices` gives Docker for `--privileged`,
+/// skipping the same entries (pts, shm, fd, mqueue and the lxc/udev dirs, which the container
+/// has its own of, and the console). A dir that cannot be read is skipped, as by runc.
+pub fn host_devices(dir: &std::path::Path) -> Vec<Value> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    let mut entries: Vec<_> = entries.flatten().collect();
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let path = e.path();
+        let Ok(md) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        let name = e.file_name();
+        let ft = md.file_type();
+        if ft.is_dir() {
+            if !matches!(
+                name.to_str(),
+                Some("pts" | "shm" | "fd" | "mqueue" | ".lxc" | ".lxd-mounts" | ".udev")
+            ) {
+                out.extend(host_devices(&path));
+            }
+            continue;
+        }
+        if name == "console" {
+            continue;
+        }
+        let ty = if ft.is_char_device() {
+            "c"
+        } else if ft.is_block_device() {
+            "b"
+        } else {
+            continue;
+        };
+        let rdev = md.rdev();
+        out.push(json!({
+            "path": path.to_string_lossy(),
+            "type": ty,
+            "major": nix::sys::stat::major(rdev),
+            "minor": nix::sys::stat::minor(rdev),
+            "fileMode": md.mode() & 0o7777,
+            "uid": md.uid(),
+            "gid": md.gid(),
+        }));
+    }
+    out
+}
+
 /// The OCI spec of container `id` in namespace `ns`, for `image` (the image config's
 /// `config` object) and `o`. Mounts beyond Docker's defaults and the network are added by the
 /// caller ([`mounts`], [`net`]).
@@ -363,6 +466,9 @@ pub fn spec(ns: &str, id: &str, o: &RunOptions, image: &Value) -> Result<Value, 
             Field::Command,
             "no command: the image has no entrypoint or cmd and none was given",
         );
+    }
+    if o.init {
+        args.splice(0..0, [INIT_PATH.to_string(), "--".to_string()]);
     }
     let mut env = strs(&image["Env"]);
     if !env.iter().any(|e| e.starts_with("PATH=")) {
@@ -400,7 +506,8 @@ pub fn spec(ns: &str, id: &str, o: &RunOptions, image: &Value) -> Result<Value, 
         .or_else(|| nonempty("User"))
         .unwrap_or_else(|| "0".into());
     let (uid, gid) = parse_user(&user)?;
-    let mut resources = json!({"devices": [{"allow": false, "access": "rwm"}]});
+    // Every device is denied but those the runtime allows by default; privileged allows all.
+    let mut resources = json!({"devices": [{"allow": o.privileged, "access": "rwm"}]});
     if let Some(m) = o.memory.filter(|m| *m != 0) {
         if m < 0 {
             return bad(
@@ -481,6 +588,16 @@ pub fn spec(ns: &str, id: &str, o: &RunOptions, image: &Value) -> Result<Value, 
         }
     }
     let caps = capabilities(&o.cap_add, &o.cap_drop)?;
+    // Docker's privileged: every capability whatever was added or dropped (names are checked
+    // above all the same), and no seccomp profile whatever --security-opt says.
+    let caps = if o.privileged {
+        privileged_caps()
+    } else {
+        caps
+    };
+    if o.privileged {
+        seccomp = None;
+    }
     let mut rlimits = vec![json!({"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024})];
     for u in &o.ulimits {
         let ty = format!("RLIMIT_{}", u.name.to_ascii_uppercase());
@@ -543,6 +660,12 @@ pub fn spec(ns: &str, id: &str, o: &RunOptions, image: &Value) -> Result<Value, 
     if let Some(p) = seccomp {
         spec["linux"]["seccomp"] = p;
     }
+    if o.init {
+        spec["annotations"] = json!({ANNOTATION_INIT: INIT_PATH});
+    }
+    if o.privileged {
+        privileged(&mut spec);
+    }
     Ok(spec)
 }
 
@@ -574,6 +697,83 @@ mod tests {
         };
         let s = spec("ns", "c1", &o, &cfg).unwrap();
         assert_eq!(s["process"]["args"], json!(["/bin/other"]));
+    }
+
+    #[test]
+    fn privileged_lifts_the_confinement() {
+        let cfg = json!({"Cmd": ["sh"]});
+        let plain = spec("ns", "c", &RunOptions::default(), &cfg).unwrap();
+        assert!(plain["linux"]["seccomp"].is_object());
+        assert_eq!(plain["linux"]["resources"]["devices"][0]["allow"], false);
+        let o = RunOptions {
+            privileged: true,
+            cap_drop: vec!["ALL".into()],
+            ..Default::default()
+        };
+        let s = spec("ns", "c", &o, &cfg).unwrap();
+        let caps = &s["process"]["capabilities"];
+        for set in ["bounding", "effective", "permitted"] {
+            assert_eq!(caps[set], json!(privileged_caps()), "{set}");
+        }
+        assert!(privileged_caps().contains(&"CAP_SYS_ADMIN".to_string()));
+        // The list is in bit order.
+        assert_eq!(ALL_CAPS[21], "CAP_SYS_ADMIN");
+        assert_eq!(ALL_CAPS[40], "CAP_CHECKPOINT_RESTORE");
+        assert!(s["linux"]["seccomp"].is_null());
+        assert_eq!(s["linux"]["maskedPaths"], json!([]));
+        assert_eq!(s["linux"]["readonlyPaths"], json!([]));
+        assert_eq!(
+            s["linux"]["resources"]["devices"],
+            json!([{"allow": true, "access": "rwm"}])
+        );
+        for m in s["mounts"].as_array().unwrap() {
+            if matches!(m["destination"].as_str(), Some("/sys" | "/sys/fs/cgroup")) {
+                assert!(
+                    !m["options"].as_array().unwrap().contains(&json!("ro")),
+                    "{m}"
+                );
+            }
+        }
+        // The host's /dev/null is among the devices, with its numbers.
+        let devs = s["linux"]["devices"].as_array().unwrap();
+        let null = devs.iter().find(|d| d["path"] == "/dev/null").unwrap();
+        assert_eq!(
+            (
+                null["type"].as_str(),
+                null["major"].as_u64(),
+                null["minor"].as_u64()
+            ),
+            (Some("c"), Some(1), Some(3))
+        );
+        assert!(devs
+            .iter()
+            .all(|d| !d["path"].as_str().unwrap().starts_with("/dev/pts/")));
+    }
+
+    #[test]
+    fn host_devices_are_the_nodes_under_the_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("file"), b"").unwrap();
+        std::os::unix::fs::symlink("/dev/null", dir.path().join("link")).unwrap();
+        assert_eq!(host_devices(dir.path()), Vec::<Value>::new());
+        assert_eq!(
+            host_devices(&dir.path().join("missing")),
+            Vec::<Value>::new()
+        );
+    }
+
+    #[test]
+    fn init_runs_the_command_as_its_child() {
+        let cfg = json!({"Entrypoint": ["/ep"], "Cmd": ["x"]});
+        let o = RunOptions {
+            init: true,
+            ..Default::default()
+        };
+        let s = spec("ns", "c", &o, &cfg).unwrap();
+        assert_eq!(s["process"]["args"], json!([INIT_PATH, "--", "/ep", "x"]));
+        assert_eq!(s["annotations"][ANNOTATION_INIT], INIT_PATH);
+        let plain = spec("ns", "c", &RunOptions::default(), &cfg).unwrap();
+        assert!(plain["annotations"].is_null());
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! every task again just by looking.
 
 pub mod bundle;
+pub mod init;
 pub mod metrics;
 pub mod mounts;
 pub mod runtime;

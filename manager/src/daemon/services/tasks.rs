@@ -21,6 +21,8 @@ pub struct TasksService {
     state: State,
     runtime: PathBuf,
     shim: PathBuf,
+    /// The init `--init` containers get (`crate::tasks::init`).
+    init: PathBuf,
 }
 
 fn status(e: TaskError) -> Status {
@@ -114,6 +116,7 @@ impl TasksService {
         TasksService {
             runtime,
             shim: crate::tasks::helper_binary("BERTH_SHIM", "berth-shim"),
+            init: crate::tasks::init::binary(state.root()),
             state,
         }
     }
@@ -314,6 +317,8 @@ impl Tasks for TasksService {
         let mut spec: serde_json::Value = serde_json::from_slice(&spec.value).map_err(|e| {
             Status::invalid_argument(format!("container {:?}: spec is not JSON: {e}", rec.id))
         })?;
+        // `--init`: berthd's init, mounted where the command expects it.
+        crate::tasks::init::apply(&mut spec, &self.init).map_err(status)?;
         // Networks the container asked for (berth run's labels): its namespace, addresses,
         // ports and resolver files, before the runtime sees the spec.
         let plan =
