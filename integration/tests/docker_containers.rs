@@ -318,7 +318,7 @@ fn bad_input_gets_dockers_codes_and_messages() {
     );
     // Options berthd does not do are refused by name, and leave nothing behind.
     for (flag, field) in [
-        (vec!["--privileged"], "Privileged"),
+        (vec!["--pid", "host"], "PidMode"),
         (vec!["--device", "/dev/null"], "Devices"),
         (vec!["--log-driver", "syslog"], "syslog"),
     ] {

@@ -46,13 +46,7 @@ fn load(d: &Berthd, dir: &Path) {
 /// The CapEff a privileged container gets: every capability berthd (root, as this test) may
 /// hand on, its bounding set.
 fn full_caps() -> String {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let bnd = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapBnd:"))
-        .unwrap()
-        .trim()
-        .to_string();
+    let bnd = berth_integration::cap_bounding();
     assert!(bnd.len() == 16 && bnd != "0000000000000000", "{bnd}");
     bnd
 }

@@ -195,13 +195,7 @@ fn berth_run_init_and_privileged() {
         out.stdout
     );
     // --privileged: every capability berthd holds (its bounding set, as this test's).
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let bounding = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapBnd:"))
-        .unwrap()
-        .trim()
-        .to_string();
+    let bounding = berth_integration::cap_bounding();
     let caps = |extra: &[&str]| {
         let c = unique("c");
         let mut args = vec!["run", "--rm"];
