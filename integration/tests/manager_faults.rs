@@ -604,8 +604,6 @@ fn a_disk_full_during_an_import_leaves_nothing_and_the_import_works_later() {
 }
 
 #[test]
-#[ignore = "redb refuses every write after one failed on ENOSPC until the database is \
-            reopened, so the extraction snapshots cannot be removed (see the README's Faults)"]
 fn a_disk_full_during_an_unpack_leaves_no_snapshot_and_the_unpack_works_later() {
     let d = OnSmallDisk::start("fullunp");
     let tmp = tempfile::tempdir().unwrap();
