@@ -1511,3 +1511,28 @@ fn add_fetches_urls_checks_checksums_and_never_unpacks() {
         .all(|l| !l.contains("add-url:bad")));
     assert_clean(&d);
 }
+
+#[test]
+fn a_short_tag_is_run_and_removed_by_its_short_name() {
+    let d = daemon("build-short");
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox\nCMD [\"echo\", \"short-name\"]\n",
+    )]);
+    build(&d, ctx.path(), &["-t", "berthtest/short:1"]).ok();
+    // Stored under Docker's full name, as `docker build` and nerdctl store it...
+    let ls = d.berth(&d.ns, &["images", "ls"]);
+    assert!(
+        ls.ok().contains("docker.io/berthtest/short:1"),
+        "{}",
+        ls.stdout
+    );
+    // ... and found by the name the user gave.
+    assert_eq!(run(&d, "berthtest/short:1", ""), "short-name\n");
+    d.berth(&d.ns, &["images", "rm", "berthtest/short:1"]).ok();
+    let ls = d.berth(&d.ns, &["images", "ls"]);
+    assert!(!ls.ok().contains("berthtest/short"), "{}", ls.stdout);
+    let id = unique("b");
+    let gone = d.berth(&d.ns, &["run", "--rm", "berthtest/short:1", &id]);
+    assert!(gone.err().contains("berthtest/short:1"), "{}", gone.stderr);
+}
