@@ -139,6 +139,10 @@ pub fn spawn(ctx: &Settings, opts: &CreateOptions, gate: Gate) -> Result<Spawned
         .as_ref()
         .map(|p| p.to_string_lossy().into_owned());
     let cg = setup_cgroup(ctx, linux, cg_path.as_deref(), &opts.id, &mut rb)?;
+    if let (Some(cg), Some(dir)) = (&cg, &rb.dir) {
+        dir.save_creating_cgroup(cg)
+            .context("recording the container's cgroup")?;
+    }
     let cgroup_mount = cg.as_ref().and_then(|cg| cgroup_mount_source(&cfg, cg));
 
     // The start fifo: `start` opens it for reading, which lets the init exec.
@@ -188,8 +192,16 @@ pub fn spawn(ctx: &Settings, opts: &CreateOptions, gate: Gate) -> Result<Spawned
         .namespaces()
         .iter()
         .any(|n| n.typ() == LinuxNamespaceType::User && n.path().is_none());
+    // The runtime's own end of the sync socket and the state dir's lock: the init closes its
+    // copies first thing, so that it sees the runtime's death as the end of the socket (and
+    // exits) instead of waiting on it forever, holding the lock.
+    let parent_fds = [
+        std::os::fd::AsRawFd::as_raw_fd(&parent_sock),
+        rb.dir.as_ref().map_or(-1, StateDir::lock_fd),
+    ];
     let init_args = InitArgs {
         cfg: &cfg,
+        parent_fds: &parent_fds,
         sync: &child_sock,
         gate: match &fifo_fd {
             Some(f) => StartGate::Fifo(f),
@@ -303,6 +315,15 @@ pub fn spawn(ctx: &Settings, opts: &CreateOptions, gate: Gate) -> Result<Spawned
         if let Err(e) = write_pid_file(pid_file, pid.as_raw()) {
             rb.dir = Some(dir);
             return Err(e);
+        }
+    }
+    if gate == Gate::Fifo {
+        // The state is saved: only now may the init wait on the fifo. Had we died before this,
+        // it would have seen the socket end and exited instead of waiting for a `start` that
+        // no state could ever lead to.
+        if let Err(e) = sync::send(&parent_sock, &Message::Go) {
+            rb.dir = Some(dir);
+            return Err(anyhow!(e).context("container init exited during setup"));
         }
     }
     rb.child = None;
