@@ -85,6 +85,10 @@ impl From<String> for Failure {
 }
 
 fn init(a: &InitArgs<'_>) -> Result<Infallible, Failure> {
+    // A process of its own, as runc's init is: `ps` and `pgrep` must not take the container's
+    // init, waiting for `start`, for the runtime's `create` (the torture's runtime kill
+    // SIGKILLed it in start's last moment, and `start` reported a process that never ran).
+    sys::set_process_title("berth-runc init");
     for &fd in a.parent_fds.iter().filter(|fd| **fd >= 0) {
         // SAFETY: our copies of descriptors only the runtime uses; nothing here owns them.
         unsafe { libc::close(fd) };

@@ -373,6 +373,20 @@ mod tests {
     }
 
     #[test]
+    fn a_creating_cgroup_is_read_back_and_a_corrupt_one_is_named() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = StateDir::create(root.path(), "two").unwrap();
+        assert!(dir.load_creating_cgroup().unwrap().is_none());
+        let cg = berth_cgroups::Cgroup::resolve(Some("/berth-unit/two"), "two").unwrap();
+        dir.save_creating_cgroup(&cg).unwrap();
+        assert_eq!(dir.load_creating_cgroup().unwrap(), Some(cg));
+        fs::write(dir.path.join(CREATING_CGROUP), "{").unwrap();
+        let err = dir.load_creating_cgroup().unwrap_err().to_string();
+        assert!(err.contains("two"), "{err}");
+        dir.remove().unwrap();
+    }
+
+    #[test]
     fn an_id_is_claimed_once() {
         let root = tempfile::tempdir().unwrap();
         let dir = StateDir::create(root.path(), "one").unwrap();
