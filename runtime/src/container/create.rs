@@ -139,10 +139,6 @@ pub fn spawn(ctx: &Settings, opts: &CreateOptions, gate: Gate) -> Result<Spawned
         .as_ref()
         .map(|p| p.to_string_lossy().into_owned());
     let cg = setup_cgroup(ctx, linux, cg_path.as_deref(), &opts.id, &mut rb)?;
-    if let (Some(cg), Some(dir)) = (&cg, &rb.dir) {
-        dir.save_creating_cgroup(cg)
-            .context("recording the container's cgroup")?;
-    }
     let cgroup_mount = cg.as_ref().and_then(|cg| cgroup_mount_source(&cfg, cg));
 
     // The start fifo: `start` opens it for reading, which lets the init exec.
@@ -373,6 +369,12 @@ fn setup_cgroup(
         return Err(anyhow!(e).context("creating cgroup"));
     }
     rb.cgroup = Some(cg.clone());
+    // At once, before the limits (many writes): a create killed from here on leaves the
+    // record `delete` removes the cgroup by.
+    if let Some(dir) = &rb.dir {
+        dir.save_creating_cgroup(&cg)
+            .context("recording the container's cgroup")?;
+    }
     let mut resources = linux.resources().clone().unwrap_or_default();
     let rules = devices::cgroup_rules(
         resources.devices().as_deref().unwrap_or(&[]),
