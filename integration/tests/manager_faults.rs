@@ -409,29 +409,48 @@ fn a_create_that_hangs_is_killed_after_the_timeout_and_leaves_nothing() {
         !alive(sleeper),
         "the hung runtime's process {sleeper} lives on"
     );
-    assert_eq!(bundles(&d, &ns), Vec::<PathBuf>::new(), "a bundle stayed");
-    let sups = supervisors_under(&d.state().join("tasks").join(&ns));
-    assert!(sups.is_empty(), "supervisors left: {sups:?}");
-    let mounts = mounts_under(&d.state());
-    assert!(mounts.is_empty(), "mounts left: {mounts:?}");
-    assert_eq!(cgroups_of(&ns, &id), Vec::<PathBuf>::new());
-    let tasks = d.berth(&ns, &["--format", "json", "tasks", "ls"]).json();
-    assert_eq!(tasks, serde_json::json!([]), "a task stayed");
-    let ctrs = d
-        .berth(&ns, &["--format", "json", "containers", "ls"])
-        .json();
-    assert_eq!(ctrs, serde_json::json!([]), "a container record stayed");
-    assert!(
-        !d.state().join("runtime").join(&ns).join(&id).exists(),
-        "the runtime's state stayed"
-    );
-    assert_check_clean(&d, &ns);
+    assert_nothing_left(&d, &ns, &id, "hung create");
 
     // Once the runtime behaves, the same container id works.
     rt.hang("create", false);
     d.berth(&ns, &run).ok();
     let ps = d.berth(&ns, &["tasks", "ls"]).ok().to_string();
     assert!(ps.contains(&id) && ps.contains("RUNNING"), "{ps}");
+}
+
+/// After a failed `run -d` of `id` (`what` went wrong): no bundle, supervisor, mount, cgroup,
+/// task, container record or runtime state is left, and `berth check` is clean.
+#[track_caller]
+fn assert_nothing_left(d: &Berthd, ns: &str, id: &str, what: &str) {
+    assert_eq!(
+        bundles(d, ns),
+        Vec::<PathBuf>::new(),
+        "{what}: a bundle stayed"
+    );
+    let sups = supervisors_under(&d.state().join("tasks").join(ns));
+    assert!(sups.is_empty(), "{what}: supervisors left: {sups:?}");
+    let mounts = mounts_under(&d.state());
+    assert!(mounts.is_empty(), "{what}: mounts left: {mounts:?}");
+    assert_eq!(
+        cgroups_of(ns, id),
+        Vec::<PathBuf>::new(),
+        "{what}: cgroup left"
+    );
+    let tasks = d.berth(ns, &["--format", "json", "tasks", "ls"]).json();
+    assert_eq!(tasks, serde_json::json!([]), "{what}: a task stayed");
+    let ctrs = d
+        .berth(ns, &["--format", "json", "containers", "ls"])
+        .json();
+    assert_eq!(
+        ctrs,
+        serde_json::json!([]),
+        "{what}: a container record stayed"
+    );
+    assert!(
+        !d.state().join("runtime").join(ns).join(id).exists(),
+        "{what}: the runtime's state stayed"
+    );
+    assert_check_clean(d, ns);
 }
 
 /// Processes whose command line names `needle` (the runtime's root of one berthd): what a
@@ -535,33 +554,7 @@ fn a_create_whose_runtime_or_init_is_killed_fails_leaves_nothing_and_a_retry_run
         );
         let left = processes_naming(&runtime_root.display().to_string());
         assert!(left.is_empty(), "{how} killed: processes left: {left:?}");
-        assert_eq!(
-            bundles(&d, &ns),
-            Vec::<PathBuf>::new(),
-            "{how}: a bundle stayed"
-        );
-        let sups = supervisors_under(&d.state().join("tasks").join(&ns));
-        assert!(sups.is_empty(), "{how}: supervisors left: {sups:?}");
-        let mounts = mounts_under(&d.state());
-        assert!(mounts.is_empty(), "{how}: mounts left: {mounts:?}");
-        assert_eq!(
-            cgroups_of(&ns, &id),
-            Vec::<PathBuf>::new(),
-            "{how}: cgroup left"
-        );
-        assert!(
-            !runtime_root.join(&id).exists(),
-            "{how}: the runtime's state stayed"
-        );
-        let ctrs = d
-            .berth(&ns, &["--format", "json", "containers", "ls"])
-            .json();
-        assert_eq!(
-            ctrs,
-            serde_json::json!([]),
-            "{how}: a container record stayed"
-        );
-        assert_check_clean(&d, &ns);
+        assert_nothing_left(&d, &ns, &id, how);
 
         // The same run again, the runtime left alone: the container runs and answers.
         rt.kill_create(None);
