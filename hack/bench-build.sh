@@ -7,6 +7,9 @@
 # cache). Nothing comes from the network; berthd runs on a temp root with berth-runc, its state
 # dir on a tmpfs as its default /run/berth is.
 # Targets: berth no-cache <= 0.25 x buildah no-cache; berth fully cached <= 20 ms.
+# Then RUN's network: five RUN steps without cache on the default bridge (each its own netns,
+# veth, address and CNI ADD/DEL) against --network none and host; the bridge's cost per step
+# is (bridge - none) / 5.
 # Then two contexts sent whole (COPY . /ctx): 10,000 small files, and one 200 MB file, each
 # without cache and fully cached, for both; reported as context MB/s (target for berth's
 # big context: >= 300 MB/s sent and cached).
@@ -25,7 +28,8 @@ bench_cgroup_ns berth-build
 
 base=docker.io/library/busybox:latest
 bench_busybox_image "$base"
-bench_state_tmpfs=1 start_berthd
+# In a network namespace of its own: RUN steps join the default bridge.
+bench_berthd_netns=1 bench_state_tmpfs=1 start_berthd
 B="$BERTH --address $berth_sock -n bench"
 $B images import "$busybox_archive" >/dev/null
 
@@ -122,3 +126,19 @@ for c in many big; do
     done
   done
 done
+
+# ---- RUN's network ----
+netctx=$tmp/ctx-net
+mkdir -p "$netctx"
+printf 'FROM %s\nRUN true\nRUN true\nRUN true\nRUN true\nRUN true\n' "$base" > "$netctx/Dockerfile"
+for n in default none host; do $B build -q --no-cache --network "$n" -t bench/net:$n "$netctx" >/dev/null; done
+hyperfine -N --warmup 1 --runs "$runs" --export-json "$tmp/bench-net.json" \
+  -n "bridge" "$B build -q --no-cache -t bench/net:default $netctx" \
+  -n "none" "$B build -q --no-cache --network none -t bench/net:none $netctx" \
+  -n "host" "$B build -q --no-cache --network host -t bench/net:host $netctx"
+nmed() { jq -r --arg n "$1" '.results[] | select(.command == $n) | .median * 1000' "$tmp/bench-net.json"; }
+nb=$(nmed bridge); nn=$(nmed none); nh=$(nmed host)
+awk -v b="$nb" -v n="$nn" -v h="$nh" 'BEGIN {
+  printf "\n5 RUN steps, no cache, median ms: bridge %.1f, none %.1f, host %.1f\n", b, n, h
+  printf "bridge per RUN step: +%.1f ms over none (ratio bridge/none %.2f)\n", (b - n) / 5, b / n
+}'
