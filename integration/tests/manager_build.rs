@@ -1835,3 +1835,47 @@ fn run_steps_join_a_named_network_and_bad_networks_are_named() {
     );
     assert_clean(&d);
 }
+
+#[test]
+fn a_running_steps_network_is_no_orphan_and_a_crash_leaves_none_of_it() {
+    let mut d = daemon("build-netcrash");
+    let ctx = context(&[]);
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM busybox\nRUN echo running-$((1+1)); sleep 3\n",
+    )
+    .unwrap();
+    let mut cmd = d.berth_command(
+        Some(&d.ns),
+        &["build", "--progress", "plain", ctx.path().to_str().unwrap()],
+    );
+    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    loop {
+        let l = lines.next().expect("build output ended").unwrap();
+        // (the output, not the step's label)
+        if l.contains("running-2") {
+            break;
+        }
+    }
+    // The step is on the bridge: berth check counts its attachment as the build's.
+    let during = network_left(&d);
+    assert!(
+        during.iter().any(|l| l.starts_with("attachment build-")),
+        "{during:?}"
+    );
+    let check = d.berth(&d.ns, &["check"]);
+    assert!(!check.stdout.contains("orphan"), "{}", check.stdout);
+    check.ok();
+    // berthd dies mid-step; its next start releases the step's network before it serves
+    // requests (the first answer comes after it).
+    // (The step's rootfs mount under <state>/tmpmounts is left to `berth check --repair`.)
+    d.d.crash();
+    let _ = child.wait();
+    d.d.restart().unwrap();
+    let check = d.berth(&d.ns, &["check"]);
+    assert!(!check.stdout.contains("attachment"), "{}", check.stdout);
+    let after = network_left(&d);
+    assert!(after.is_empty(), "{after:?}");
+}
