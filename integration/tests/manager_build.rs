@@ -730,25 +730,30 @@ fn bad_input_is_refused_and_leaves_nothing() {
     assert_clean(&d);
 }
 
+/// `berth build ARGS CONTEXT` of a context holding only `dockerfile`, to be spawned: stdout
+/// to /dev/null, stderr piped. The context goes with the returned dir.
+fn build_command(
+    d: &NsDaemon,
+    dockerfile: &str,
+    args: &[&str],
+) -> (std::process::Command, tempfile::TempDir) {
+    let ctx = context(&[("Dockerfile", dockerfile)]);
+    let mut a = vec!["build"];
+    a.extend_from_slice(args);
+    a.push(ctx.path().to_str().unwrap());
+    let mut cmd = d.berth_command(Some(&d.ns), &a);
+    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+    (cmd, ctx)
+}
+
 #[test]
 fn a_cancelled_build_leaves_nothing() {
     let d = daemon("build-cancel");
-    let ctx = context(&[]);
-    std::fs::write(
-        ctx.path().join("Dockerfile"),
+    let (mut cmd, _ctx) = build_command(
+        &d,
         "FROM busybox\nRUN echo started; sleep 60\n",
-    )
-    .unwrap();
-    let mut cmd = d.berth_command(
-        Some(&d.ns),
-        &[
-            "build",
-            "-t",
-            "berth.test/cancel:1",
-            ctx.path().to_str().unwrap(),
-        ],
+        &["-t", "berth.test/cancel:1"],
     );
-    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
     // Ctrl-C's default action, even when the suite runs with SIGINT ignored (a shell's
     // background job: the ignored disposition is inherited across exec).
     unsafe {
@@ -1839,17 +1844,11 @@ fn run_steps_join_a_named_network_and_bad_networks_are_named() {
 #[test]
 fn a_running_steps_network_is_no_orphan_and_a_crash_leaves_none_of_it() {
     let mut d = daemon("build-netcrash");
-    let ctx = context(&[]);
-    std::fs::write(
-        ctx.path().join("Dockerfile"),
+    let (mut cmd, _ctx) = build_command(
+        &d,
         "FROM busybox\nRUN echo running-$((1+1)); sleep 3\n",
-    )
-    .unwrap();
-    let mut cmd = d.berth_command(
-        Some(&d.ns),
-        &["build", "--progress", "plain", ctx.path().to_str().unwrap()],
+        &["--progress", "plain"],
     );
-    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     loop {
