@@ -163,7 +163,9 @@ mkdir -p "$tmp/ctx"
 printf 'FROM %s\nRUN echo built > /built\nCOPY f /f\n' "$remote" >"$tmp/ctx/Dockerfile"
 head -c 200000 /dev/urandom >"$tmp/ctx/f"
 build() { # TRIAL
-  B build --no-cache -q -t "berth.test/built:$1" "$tmp/ctx" && B images rm "berth.test/built:$1"
+  # (--network none: this berthd is on the host's network, where the default bridge and its
+  # rules would outlive the run.)
+  B build --no-cache -q --network none -t "berth.test/built:$1" "$tmp/ctx" && B images rm "berth.test/built:$1"
 }
 
 # ---- the trials ----
