@@ -7,11 +7,15 @@
 # cache). Nothing comes from the network; berthd runs on a temp root with berth-runc, its state
 # dir on a tmpfs as its default /run/berth is.
 # Targets: berth no-cache <= 0.25 x buildah no-cache; berth fully cached <= 20 ms.
+# Then RUN's network: five RUN steps without cache on the default bridge (each its own netns,
+# veth, address and CNI ADD/DEL) against --network none and host; the bridge's cost per step
+# is (bridge - none) / 5.
 # Then two contexts sent whole (COPY . /ctx): 10,000 small files, and one 200 MB file, each
 # without cache and fully cached, for both; reported as context MB/s (target for berth's
 # big context: >= 300 MB/s sent and cached).
 #
-#   hack/bench-build.sh [runs] [context-runs]   (as root; default 10 and 3 runs, 2/1 warm-ups)
+#   hack/bench-build.sh [runs] [context-runs]   (as root; default 10 and 3 runs, 2/1 warm-ups;
+#                                                context-runs 0 skips the big contexts)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=hack/lib.sh
@@ -25,7 +29,8 @@ bench_cgroup_ns berth-build
 
 base=docker.io/library/busybox:latest
 bench_busybox_image "$base"
-bench_state_tmpfs=1 start_berthd
+# In a network namespace of its own: RUN steps join the default bridge.
+bench_berthd_netns=1 bench_state_tmpfs=1 start_berthd
 B="$BERTH --address $berth_sock -n bench"
 $B images import "$busybox_archive" >/dev/null
 
@@ -76,13 +81,14 @@ awk -v bnc="$bnc" -v bc="$bc" -v hnc="$hnc" -v hc="$hc" 'BEGIN {
 }'
 
 # ---- big contexts ----
-mkctx() { # DIR: a Dockerfile copying the whole context
-  mkdir -p "$1"
-  printf 'FROM %s\nCOPY . /ctx\n' "$base" > "$1/Dockerfile"
-}
-many=$tmp/ctx-many
-mkctx "$many"
-python3 - "$many" <<'PY'
+if [ "$cruns" -gt 0 ]; then
+  mkctx() { # DIR: a Dockerfile copying the whole context
+    mkdir -p "$1"
+    printf 'FROM %s\nCOPY . /ctx\n' "$base" > "$1/Dockerfile"
+  }
+  many=$tmp/ctx-many
+  mkctx "$many"
+  python3 - "$many" <<'PY'
 import os, sys
 root = sys.argv[1]
 for d in range(100):
@@ -91,34 +97,51 @@ for d in range(100):
         with open(f"{root}/d{d:03}/f{f:03}", "wb") as fh:
             fh.write(os.urandom(64) + f"file {d}/{f}\n".encode() * 4)
 PY
-big=$tmp/ctx-big
-mkctx "$big"
-head -c 200M /dev/urandom > "$big/big"
-ctx_mb() { du -sm --apparent-size "$1" | cut -f1; }
-many_mb=$(ctx_mb "$many"); big_mb=$(ctx_mb "$big")
-echo "bench: contexts: 10,000 files ($many_mb MB), one big file ($big_mb MB)"
-for c in many big; do
-  d=$tmp/ctx-$c
-  $B build -q -t "bench/$c:c" "$d" >/dev/null
-  $BA bud --isolation chroot --pull=never --layers -q -t "bench/$c:c" "$d" >/dev/null
-done
-hyperfine -N --warmup 1 --runs "$cruns" --export-json "$tmp/bench-ctx.json" \
-  -n "berth many no-cache" "$B build -q --no-cache -t bench/many:nc $many" \
-  -n "berth many cached" "$B build -q -t bench/many:c $many" \
-  -n "buildah many no-cache" "$BA bud --isolation chroot --pull=never --no-cache -q -t bench/many:nc $many" \
-  -n "buildah many cached" "$BA bud --isolation chroot --pull=never --layers -q -t bench/many:c $many" \
-  -n "berth big no-cache" "$B build -q --no-cache -t bench/big:nc $big" \
-  -n "berth big cached" "$B build -q -t bench/big:c $big" \
-  -n "buildah big no-cache" "$BA bud --isolation chroot --pull=never --no-cache -q -t bench/big:nc $big" \
-  -n "buildah big cached" "$BA bud --isolation chroot --pull=never --layers -q -t bench/big:c $big"
-cmed() { jq -r --arg n "$1" '.results[] | select(.command == $n) | .median' "$tmp/bench-ctx.json"; }
-printf '\n%-24s %10s %10s\n' "context (median)" "ms" "MB/s"
-for c in many big; do
-  mb=$many_mb; [ "$c" = big ] && mb=$big_mb
-  for who in berth buildah; do
-    for mode in no-cache cached; do
-      s=$(cmed "$who $c $mode")
-      awk -v n="$who $c $mode" -v s="$s" -v mb="$mb" 'BEGIN { printf "%-24s %10.1f %10.1f\n", n, s * 1000, mb / s }'
+  big=$tmp/ctx-big
+  mkctx "$big"
+  head -c 200M /dev/urandom > "$big/big"
+  ctx_mb() { du -sm --apparent-size "$1" | cut -f1; }
+  many_mb=$(ctx_mb "$many"); big_mb=$(ctx_mb "$big")
+  echo "bench: contexts: 10,000 files ($many_mb MB), one big file ($big_mb MB)"
+  for c in many big; do
+    d=$tmp/ctx-$c
+    $B build -q -t "bench/$c:c" "$d" >/dev/null
+    $BA bud --isolation chroot --pull=never --layers -q -t "bench/$c:c" "$d" >/dev/null
+  done
+  hyperfine -N --warmup 1 --runs "$cruns" --export-json "$tmp/bench-ctx.json" \
+    -n "berth many no-cache" "$B build -q --no-cache -t bench/many:nc $many" \
+    -n "berth many cached" "$B build -q -t bench/many:c $many" \
+    -n "buildah many no-cache" "$BA bud --isolation chroot --pull=never --no-cache -q -t bench/many:nc $many" \
+    -n "buildah many cached" "$BA bud --isolation chroot --pull=never --layers -q -t bench/many:c $many" \
+    -n "berth big no-cache" "$B build -q --no-cache -t bench/big:nc $big" \
+    -n "berth big cached" "$B build -q -t bench/big:c $big" \
+    -n "buildah big no-cache" "$BA bud --isolation chroot --pull=never --no-cache -q -t bench/big:nc $big" \
+    -n "buildah big cached" "$BA bud --isolation chroot --pull=never --layers -q -t bench/big:c $big"
+  cmed() { jq -r --arg n "$1" '.results[] | select(.command == $n) | .median' "$tmp/bench-ctx.json"; }
+  printf '\n%-24s %10s %10s\n' "context (median)" "ms" "MB/s"
+  for c in many big; do
+    mb=$many_mb; [ "$c" = big ] && mb=$big_mb
+    for who in berth buildah; do
+      for mode in no-cache cached; do
+        s=$(cmed "$who $c $mode")
+        awk -v n="$who $c $mode" -v s="$s" -v mb="$mb" 'BEGIN { printf "%-24s %10.1f %10.1f\n", n, s * 1000, mb / s }'
+      done
     done
   done
-done
+fi
+
+# ---- RUN's network ----
+netctx=$tmp/ctx-net
+mkdir -p "$netctx"
+printf 'FROM %s\nRUN true\nRUN true\nRUN true\nRUN true\nRUN true\n' "$base" > "$netctx/Dockerfile"
+for n in default none host; do $B build -q --no-cache --network "$n" -t bench/net:$n "$netctx" >/dev/null; done
+hyperfine -N --warmup 1 --runs "$runs" --export-json "$tmp/bench-net.json" \
+  -n "bridge" "$B build -q --no-cache -t bench/net:default $netctx" \
+  -n "none" "$B build -q --no-cache --network none -t bench/net:none $netctx" \
+  -n "host" "$B build -q --no-cache --network host -t bench/net:host $netctx"
+nmed() { jq -r --arg n "$1" '.results[] | select(.command == $n) | .median * 1000' "$tmp/bench-net.json"; }
+nb=$(nmed bridge); nn=$(nmed none); nh=$(nmed host)
+awk -v b="$nb" -v n="$nn" -v h="$nh" 'BEGIN {
+  printf "\n5 RUN steps, no cache, median ms: bridge %.1f, none %.1f, host %.1f\n", b, n, h
+  printf "bridge per RUN step: +%.1f ms over none (ratio bridge/none %.2f)\n", (b - n) / 5, b / n
+}'

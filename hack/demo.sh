@@ -72,7 +72,9 @@ ENV GREETING_FILE=/srv/greeting.txt
 CMD ["sh", "-c", "cat /built-by $GREETING_FILE; echo \"in $(pwd) as uid $(id -u)\""]
 DOCKERFILE
 cat "$ctx/Dockerfile"
-$B build --progress plain -t "$image" "$ctx"
+# --network none: this berthd runs on the host's network, where the default bridge (berth0)
+# and its iptables rules would outlive the demo.
+$B build --progress plain --network none -t "$image" "$ctx"
 
 say "berth run (the built image)"
 $B run --rm "$image" "demo-run1-$$"

@@ -11,6 +11,7 @@
 #   bench_big_image             the ~200 MB, 6-layer OCI archive: archive, archive_mb, image
 #   bench_busybox_image REF     a busybox-static OCI archive: busybox_archive
 #   start_berthd                berthd on $tmp/berth/{root,state}: berthd_pid, berth_sock
+#                               (bench_berthd_netns=1: in a netns of its own, $berthd_netns)
 #   start_containerd            containerd, private config, CRI off: containerd_pid, containerd_sock
 #   start_registry              Debian's docker-registry on 127.0.0.1:<free port>, plain HTTP: registry_port
 #   bench_shim_pids NAME        pids of the shims (berth-shim, containerd-shim-runc-v2) of $tmp
@@ -196,12 +197,25 @@ start_berthd() {
     mkdir -p "$tmp/berth/state"
     mount -t tmpfs -o mode=0711 berth-bench-state "$tmp/berth/state"
   fi
-  "$BERTHD" --root "$tmp/berth/root" --state "$tmp/berth/state" --address "$berth_sock" \
+  # bench_berthd_netns=1: in a network namespace of its own with only loopback
+  # ($berthd_netns), so that its bridges and iptables rules live and die there.
+  local in_netns=()
+  if [ "${bench_berthd_netns:-0}" = 1 ]; then
+    berthd_netns=$tmp/berthd-netns
+    touch "$berthd_netns"
+    unshare --net="$berthd_netns" true
+    bench_on_cleanup _unmount_berthd_netns
+    nsenter --net="$berthd_netns" ip link set lo up
+    in_netns=(nsenter --net="$berthd_netns")
+  fi
+  "${in_netns[@]}" "$BERTHD" --root "$tmp/berth/root" --state "$tmp/berth/state" --address "$berth_sock" \
     --docker-address "$tmp/docker.sock" --log-level warn &
   berthd_pid=$!
   bench_track_pid "$berthd_pid"
   wait_sock "$berth_sock"
 }
+
+_unmount_berthd_netns() { umount "$berthd_netns" 2>/dev/null || true; }
 
 start_registry() {
   registry_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')

@@ -281,14 +281,7 @@ impl Client {
                     }
                     Err(e) => return Err(Self::transport(&realm, e)),
                 };
-                let mut raw = Vec::new();
-                resp.into_reader()
-                    .take(1 << 20)
-                    .read_to_end(&mut raw)
-                    .map_err(|e| Self::transport(&realm, e))?;
-                let t: TokenBody = serde_json::from_slice(&raw).map_err(|e| {
-                    DistributionError::Invalid(format!("token from {realm}: invalid JSON: {e}"))
-                })?;
+                let t: TokenBody = Self::read_json(resp, &realm, "token", 1 << 20)?;
                 let tok = t.token.or(t.access_token).ok_or_else(|| {
                     DistributionError::Invalid(format!("token from {realm}: no token"))
                 })?;
@@ -622,6 +615,24 @@ impl Client {
         }
     }
 
+    /// Reads a JSON answer of at most `max` bytes (more is cut off, and then not JSON);
+    /// `what` names it in the error.
+    fn read_json<T: serde::de::DeserializeOwned>(
+        resp: ureq::Response,
+        url: &str,
+        what: &str,
+        max: u64,
+    ) -> Result<T> {
+        let mut raw = Vec::new();
+        resp.into_reader()
+            .take(max)
+            .read_to_end(&mut raw)
+            .map_err(|e| Self::transport(url, e))?;
+        serde_json::from_slice(&raw).map_err(|e| {
+            DistributionError::Invalid(format!("{what} from {url}: invalid JSON: {e}"))
+        })
+    }
+
     /// The registry's repositories (`GET /v2/_catalog`, following its `Link` pages), at most
     /// `max` of them. A registry without a catalog answers `NotFound` or `Unauthorized`.
     pub fn catalog(&self, max: usize) -> Result<Vec<String>> {
@@ -642,14 +653,7 @@ impl Client {
                 .and_then(|l| l.split_once('<'))
                 .and_then(|(_, r)| r.split_once('>'))
                 .map(|(u, _)| self.absolute(u));
-            let mut raw = Vec::new();
-            resp.into_reader()
-                .take(MAX_MANIFEST)
-                .read_to_end(&mut raw)
-                .map_err(|e| Self::transport(&url, e))?;
-            let page: Page = serde_json::from_slice(&raw).map_err(|e| {
-                DistributionError::Invalid(format!("catalog from {url}: invalid JSON: {e}"))
-            })?;
+            let page: Page = Self::read_json(resp, &url, "catalog", MAX_MANIFEST)?;
             let empty = page.repositories.is_empty();
             names.extend(page.repositories);
             match next {
@@ -686,14 +690,7 @@ impl Client {
             Err((404, _)) => return Ok(None),
             Err((code, r)) => return Err(Self::fail("GET", &url, "search", code, r)),
         };
-        let mut raw = Vec::new();
-        resp.into_reader()
-            .take(MAX_MANIFEST)
-            .read_to_end(&mut raw)
-            .map_err(|e| Self::transport(&url, e))?;
-        let a: Answer = serde_json::from_slice(&raw).map_err(|e| {
-            DistributionError::Invalid(format!("search answer from {url}: invalid JSON: {e}"))
-        })?;
+        let a: Answer = Self::read_json(resp, &url, "search answer", MAX_MANIFEST)?;
         Ok(Some(a.results))
     }
 }

@@ -107,6 +107,21 @@ fn docker_build_of_a_multi_stage_dockerfile() {
     let bad = d.docker(&["build", ctx.to_str().unwrap()]);
     assert_ne!(bad.code, 0);
     assert!(bad.stderr.contains('7'), "{}", bad.stderr);
+    // RUN's network (networkmode): a missing one is named; none builds.
+    let missing = d.docker(&["build", "--network", "nosuch-net", ctx.to_str().unwrap()]);
+    assert_ne!(missing.code, 0);
+    assert!(
+        missing.stderr.contains("network nosuch-net not found"),
+        "{}",
+        missing.stderr
+    );
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {BASE}\nRUN echo on-none\n"),
+    )
+    .unwrap();
+    let none = d.docker(&["build", "--network", "none", ctx.to_str().unwrap()]);
+    assert!(none.ok().contains("on-none"), "{}", none.stdout);
 }
 
 #[test]

@@ -5,7 +5,8 @@
 //! no image was named.
 //!
 //! The base image is a local busybox imported as docker.io/library/busybox:latest in the
-//! test's namespace; nothing is pulled.
+//! test's namespace; nothing is pulled. berthd runs in a network namespace of the test's own
+//! (RUN steps join the default bridge): bridges, veths and iptables rules go with it.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -39,10 +40,24 @@ const APPLETS: &[&str] = &[
     "bin/cp",
     "bin/chmod",
     "bin/chown",
+    "bin/ip",
+    "bin/nc",
+    "bin/cut",
+    "bin/hostname",
 ];
 
+/// berthd in a network namespace of its own, with the base image.
 fn daemon(prefix: &str) -> NsDaemon {
-    let d = Berthd::start().unwrap();
+    daemon_on(Berthd::start_in_netns(&[]).unwrap(), prefix)
+}
+
+/// berthd on the host's network (to reach a server of the test's on 127.0.0.1), for builds
+/// that run no container on a bridge.
+fn daemon_on_host(prefix: &str) -> NsDaemon {
+    daemon_on(Berthd::start().unwrap(), prefix)
+}
+
+fn daemon_on(d: Berthd, prefix: &str) -> NsDaemon {
     let ns = unique(prefix);
     let mut entries = vec![Entry::Dir("bin", 0o755)];
     for a in APPLETS {
@@ -123,7 +138,12 @@ fn assert_clean(d: &NsDaemon) {
     // Background work (a cancelled build's cleanup) may still be finishing.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let mounts = mounts_under(&d.state());
+        // (`<state>/netns` itself is a mount of the networks' for good.)
+        let netns_dir = d.state().join("netns");
+        let mounts: Vec<_> = mounts_under(&d.state())
+            .into_iter()
+            .filter(|m| *m != netns_dir)
+            .collect();
         let snaps = d.ctr(&d.ns, &["snapshots", "ls"]).ok().to_string();
         let leases = d.ctr(&d.ns, &["leases", "ls"]).ok().to_string();
         let builds: Vec<_> = std::fs::read_dir(d.state().join("builds"))
@@ -144,16 +164,69 @@ fn assert_clean(d: &NsDaemon) {
             .lines()
             .any(|l| l.starts_with("build-") && !l.starts_with("build-cache-"));
         let dirs = builds.iter().any(|n| n != "runtime");
-        if mounts.is_empty() && !active && !build_lease && !dirs && runtime.is_empty() {
+        let network = network_left(d);
+        if mounts.is_empty()
+            && !active
+            && !build_lease
+            && !dirs
+            && runtime.is_empty()
+            && network.is_empty()
+        {
             return;
         }
         if Instant::now() > deadline {
             panic!(
-                "build left: mounts {mounts:?}\nsnapshots:\n{snaps}\nleases:\n{leases}\nbuild dirs {builds:?}\nruntime {runtime:?}"
+                "build left: mounts {mounts:?}\nsnapshots:\n{snaps}\nleases:\n{leases}\nbuild dirs {builds:?}\nruntime {runtime:?}\nnetwork: {network:?}"
             );
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// What RUN steps' networks left: network namespaces, attachments, address leases and, in
+/// berthd's own network namespace, veths and iptables rules naming a build container.
+fn network_left(d: &NsDaemon) -> Vec<String> {
+    let names = |dir: &Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .map(|r| {
+                r.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut left: Vec<String> = names(&d.state().join("netns"))
+        .into_iter()
+        .map(|n| format!("netns {n}"))
+        .collect();
+    left.extend(
+        names(&d.state().join("networks").join(&d.ns))
+            .into_iter()
+            .map(|n| format!("attachment {n}")),
+    );
+    let ipam = d.root().join("networks").join("ipam");
+    for net in names(&ipam) {
+        for f in names(&ipam.join(&net)) {
+            if f.parse::<std::net::IpAddr>().is_ok() {
+                left.push(format!("address lease {net}/{f}"));
+            }
+        }
+    }
+    if d.netns().is_some() {
+        let veths = d.in_netns(&["ip", "-o", "link", "show", "type", "veth"]);
+        left.extend(veths.ok().lines().map(|l| format!("veth {l}")));
+        for table in ["nat", "filter"] {
+            let rules = d.in_netns(&["iptables-save", "-t", table]);
+            left.extend(
+                rules
+                    .ok()
+                    .lines()
+                    .filter(|l| l.contains("build-"))
+                    .map(|l| format!("{table} rule {l}")),
+            );
+        }
+    }
+    left
 }
 
 type Check = fn(&NsDaemon, &str, &Value);
@@ -657,25 +730,30 @@ fn bad_input_is_refused_and_leaves_nothing() {
     assert_clean(&d);
 }
 
+/// `berth build ARGS CONTEXT` of a context holding only `dockerfile`, to be spawned: stdout
+/// to /dev/null, stderr piped. The context goes with the returned dir.
+fn build_command(
+    d: &NsDaemon,
+    dockerfile: &str,
+    args: &[&str],
+) -> (std::process::Command, tempfile::TempDir) {
+    let ctx = context(&[("Dockerfile", dockerfile)]);
+    let mut a = vec!["build"];
+    a.extend_from_slice(args);
+    a.push(ctx.path().to_str().unwrap());
+    let mut cmd = d.berth_command(Some(&d.ns), &a);
+    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+    (cmd, ctx)
+}
+
 #[test]
 fn a_cancelled_build_leaves_nothing() {
     let d = daemon("build-cancel");
-    let ctx = context(&[]);
-    std::fs::write(
-        ctx.path().join("Dockerfile"),
+    let (mut cmd, _ctx) = build_command(
+        &d,
         "FROM busybox\nRUN echo started; sleep 60\n",
-    )
-    .unwrap();
-    let mut cmd = d.berth_command(
-        Some(&d.ns),
-        &[
-            "build",
-            "-t",
-            "berth.test/cancel:1",
-            ctx.path().to_str().unwrap(),
-        ],
+        &["-t", "berth.test/cancel:1"],
     );
-    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
     // Ctrl-C's default action, even when the suite runs with SIGINT ignored (a shell's
     // background job: the ignored disposition is inherited across exec).
     unsafe {
@@ -718,6 +796,7 @@ fn base_images_are_pulled_when_missing_or_asked_to() {
     use berth_integration::manager::registry::Registry;
     let reg = Registry::start().unwrap();
     let toml = format!("[registries.\"{}\"]\nplain_http = true\n", reg.addr());
+    // On the host's network, to reach the registry on 127.0.0.1: the RUN steps take none.
     let d = NsDaemon {
         d: Berthd::start_with_config(&toml).unwrap(),
         ns: unique("build-pull"),
@@ -744,7 +823,11 @@ fn base_images_are_pulled_when_missing_or_asked_to() {
         format!("FROM {name}\nRUN cat /marker > /seen\n"),
     )
     .unwrap();
-    let out = build(&d, ctx.path(), &["-t", "berth.test/pulled:1"]);
+    let out = build(
+        &d,
+        ctx.path(),
+        &["-t", "berth.test/pulled:1", "--network", "none"],
+    );
     out.ok();
     assert!(
         out.stderr.contains(&format!("pulling {name}")),
@@ -755,10 +838,19 @@ fn base_images_are_pulled_when_missing_or_asked_to() {
 
     // A newer base in the registry: used only with --pull.
     push("second");
-    let out = build(&d, ctx.path(), &["-t", "berth.test/pulled:2"]);
+    let out = build(
+        &d,
+        ctx.path(),
+        &["-t", "berth.test/pulled:2", "--network", "none"],
+    );
     assert!(!out.ok().contains("pulling") && !out.stderr.contains("pulling"));
     assert_eq!(run(&d, "berth.test/pulled:2", "cat /seen"), "first");
-    build(&d, ctx.path(), &["-t", "berth.test/pulled:3", "--pull"]).ok();
+    build(
+        &d,
+        ctx.path(),
+        &["-t", "berth.test/pulled:3", "--pull", "--network", "none"],
+    )
+    .ok();
     assert_eq!(run(&d, "berth.test/pulled:3", "cat /seen"), "second");
     assert_clean(&d);
 }
@@ -1284,7 +1376,7 @@ fn same_images_as_buildah() {
     // entry's mode to the file it links to, and the shared fixture's base layer writes its
     // link as 0644 (berth keeps the file's 0755).
     let d = NsDaemon {
-        d: Berthd::start().unwrap(),
+        d: Berthd::start_in_netns(&[]).unwrap(),
         ns: unique("build-buildah"),
     };
     let mut entries = vec![
@@ -1440,7 +1532,8 @@ fn http_files(files: Vec<(&'static str, Vec<u8>)>) -> u16 {
 
 #[test]
 fn add_fetches_urls_checks_checksums_and_never_unpacks() {
-    let d = daemon("build-add-url");
+    // No RUN: nothing joins a network; the files are served on the host's 127.0.0.1.
+    let d = daemon_on_host("build-add-url");
     let layer = image::Layer::build(&[image::Entry::File("inside", 0o644, b"x".to_vec())]).unwrap();
     let tar_digest = layer.diff_id.clone();
     let tar = layer.tar;
@@ -1510,4 +1603,303 @@ fn add_fetches_urls_checks_checksums_and_never_unpacks() {
         .lines()
         .all(|l| !l.contains("add-url:bad")));
     assert_clean(&d);
+}
+
+#[test]
+fn a_short_tag_is_run_and_removed_by_its_short_name() {
+    let d = daemon("build-short");
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox\nCMD [\"echo\", \"short-name\"]\n",
+    )]);
+    build(&d, ctx.path(), &["-t", "berthtest/short:1"]).ok();
+    // Stored under Docker's full name, as `docker build` and nerdctl store it...
+    let ls = d.berth(&d.ns, &["images", "ls"]);
+    assert!(
+        ls.ok().contains("docker.io/berthtest/short:1"),
+        "{}",
+        ls.stdout
+    );
+    // ... and found by the name the user gave.
+    assert_eq!(run(&d, "berthtest/short:1", ""), "short-name\n");
+    d.berth(&d.ns, &["images", "rm", "berthtest/short:1"]).ok();
+    let ls = d.berth(&d.ns, &["images", "ls"]);
+    assert!(!ls.ok().contains("berthtest/short"), "{}", ls.stdout);
+    let id = unique("b");
+    let gone = d.berth(&d.ns, &["run", "--rm", "berthtest/short:1", &id]);
+    assert!(gone.err().contains("berthtest/short:1"), "{}", gone.stderr);
+}
+
+// ---- RUN's network ----
+
+/// A TCP server of the test's in berthd's network namespace, on every address there (the
+/// bridges' gateways included): answers each connection's first line with `pong <line>` and
+/// reports the peer's address and the line.
+fn pong_server(d: &NsDaemon) -> (u16, std::sync::mpsc::Receiver<(std::net::IpAddr, String)>) {
+    let ns = berth_network::netns::Netns::from_path(d.netns().unwrap());
+    let l = ns
+        .run(|| std::net::TcpListener::bind("0.0.0.0:0"))
+        .unwrap()
+        .unwrap();
+    let port = l.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::Write;
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let peer = s.peer_addr().unwrap().ip();
+            let mut line = String::new();
+            let _ = BufReader::new(&s).read_line(&mut line);
+            let line = line.trim().to_string();
+            let _ = s.write_all(format!("pong {line}\n").as_bytes());
+            drop(s);
+            if tx.send((peer, line)).is_err() {
+                break;
+            }
+        }
+    });
+    (port, rx)
+}
+
+/// The network's subnet and gateway (`berth network inspect`).
+fn subnet_of(d: &NsDaemon, net: &str) -> (String, String) {
+    let n = d.berth(&d.ns, &["network", "inspect", net]).json()[0].clone();
+    let c = &n["IPAM"]["Config"][0];
+    (
+        c["Subnet"].as_str().unwrap().to_string(),
+        c["Gateway"].as_str().unwrap().to_string(),
+    )
+}
+
+/// The IPv4 address of `ifname` in `ip -o -4 addr show` output, without its prefix length.
+fn address_in(addrs: &str, ifname: &str) -> Option<String> {
+    addrs.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(1) == Some(&ifname) && f.get(2) == Some(&"inet"))
+            .then(|| f[3].split('/').next().unwrap().to_string())
+    })
+}
+
+/// Whether `ip` (a.b.c.d) is in `subnet` (a.b.c.d/n).
+fn in_subnet(ip: &str, subnet: &str) -> bool {
+    let (net, bits) = subnet.split_once('/').unwrap();
+    let a: std::net::Ipv4Addr = ip.parse().unwrap();
+    let n: std::net::Ipv4Addr = net.parse().unwrap();
+    let bits: u32 = bits.parse().unwrap();
+    let mask = if bits == 0 {
+        0
+    } else {
+        u32::MAX << (32 - bits)
+    };
+    u32::from(a) & mask == u32::from(n) & mask
+}
+
+#[test]
+fn run_steps_join_the_bridge_by_default_and_leave_nothing_of_it() {
+    let d = daemon("build-net");
+    let (port, served) = pong_server(&d);
+    let (subnet, gateway) = subnet_of(&d, "bridge");
+    let ctx = context(&[]);
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        format!(
+            "FROM busybox\n\
+             RUN ip -o -4 addr show > /addrs && cp /etc/hosts /hosts-seen \
+                 && hostname > /hostname-seen \
+                 && echo hello | nc {gateway} {port} > /reply \
+                 && echo 10.9.9.9 added-by-run >> /etc/hosts && echo nameserver 10.9.9.9 >> /etc/resolv.conf\n"
+        ),
+    )
+    .unwrap();
+    let tag = "berth.test/net:bridge";
+    build(&d, ctx.path(), &["-t", tag]).ok();
+
+    // The step had eth0 on the bridge's subnet and reached the test's server on the gateway,
+    // which saw it come from that address; its /etc/hosts named it there.
+    let addrs = run(&d, tag, "cat /addrs");
+    let ip = address_in(&addrs, "eth0").unwrap_or_else(|| panic!("no eth0 address:\n{addrs}"));
+    assert!(in_subnet(&ip, &subnet), "{ip} is not in {subnet}");
+    assert_eq!(run(&d, tag, "cat /reply"), "pong hello\n");
+    let (peer, line) = served.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!((peer.to_string(), line.as_str()), (ip.clone(), "hello"));
+    let hosts = run(&d, tag, "cat /hosts-seen");
+    assert!(
+        hosts
+            .lines()
+            .any(|l| l.starts_with(&ip) && l.contains("buildkitsandbox")),
+        "{hosts}"
+    );
+    assert_eq!(run(&d, tag, "cat /hostname-seen"), "buildkitsandbox\n");
+
+    // hosts, resolv.conf and hostname were bound over the rootfs: neither the files nor what
+    // the step wrote into them are in the image. A container gets its own.
+    let paths = layer_paths(&d, tag);
+    for f in ["etc/hosts", "etc/resolv.conf", "etc/hostname"] {
+        assert!(
+            !paths.iter().any(|p| p == f),
+            "{f} is in a layer: {paths:?}"
+        );
+    }
+    let etc = run(&d, tag, "ls /etc");
+    assert!(etc.contains("passwd"), "{etc}");
+    for f in ["hosts", "resolv.conf", "hostname"] {
+        assert!(
+            !etc.lines().any(|l| l == f),
+            "/etc/{f} is in the image: {etc}"
+        );
+    }
+    let id = unique("c");
+    let hosts = d
+        .berth(
+            &d.ns,
+            &[
+                "run",
+                "--rm",
+                "--net",
+                "bridge",
+                tag,
+                &id,
+                "cat",
+                "/etc/hosts",
+            ],
+        )
+        .ok()
+        .to_string();
+    assert!(!hosts.contains("added-by-run"), "{hosts}");
+    assert!(hosts.contains(id.get(..12).unwrap_or(&id)), "{hosts}");
+
+    // After the build: no veth, netns, attachment, address lease or rule of the step.
+    assert_clean(&d);
+
+    // The network is not part of the cache key (as Docker's): all cached under none.
+    let again = build(&d, ctx.path(), &["-t", tag, "--network", "none"]);
+    assert_eq!(
+        again.stderr.matches("CACHED").count(),
+        1,
+        "{}",
+        again.stderr
+    );
+
+    // --network none: only lo; host names of its own are not bound.
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM busybox\nRUN ip -o link show | cut -d: -f2 > /links; ls /etc > /etc-seen\n",
+    )
+    .unwrap();
+    build(
+        &d,
+        ctx.path(),
+        &["-t", "berth.test/net:none", "--network", "none"],
+    )
+    .ok();
+    assert_eq!(run(&d, "berth.test/net:none", "cat /links"), " lo\n");
+    let etc = run(&d, "berth.test/net:none", "cat /etc-seen");
+    assert!(
+        etc.contains("passwd") && !etc.contains("hosts") && !etc.contains("resolv.conf"),
+        "{etc}"
+    );
+    assert_clean(&d);
+}
+
+#[test]
+fn run_steps_join_a_named_network_and_bad_networks_are_named() {
+    let d = daemon("build-netname");
+    let net = unique("bn");
+    d.berth(
+        &d.ns,
+        &["network", "create", "--subnet", "10.213.7.0/24", &net],
+    )
+    .ok();
+    let (port, served) = pong_server(&d);
+    let ctx = context(&[]);
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        format!(
+            "FROM busybox\nRUN ip -o -4 addr show > /addrs && echo named | nc 10.213.7.1 {port} > /reply\nRUN false\n"
+        ),
+    )
+    .unwrap();
+    // The second step fails: its network is released all the same.
+    let out = build(
+        &d,
+        ctx.path(),
+        &["-t", "berth.test/net:named", "--network", &net],
+    );
+    assert!(out.err().contains("exit code: 1"), "{}", out.stderr);
+    assert_clean(&d);
+    let (peer, line) = served.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert!(in_subnet(&peer.to_string(), "10.213.7.0/24"), "{peer}");
+    assert_eq!(line, "named");
+    // The network can go now that no step is on it.
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM busybox\nRUN ip -o -4 addr show > /addrs\n",
+    )
+    .unwrap();
+    build(
+        &d,
+        ctx.path(),
+        &["-t", "berth.test/net:named", "--network", &net],
+    )
+    .ok();
+    let addrs = run(&d, "berth.test/net:named", "cat /addrs");
+    let ip = address_in(&addrs, "eth0").unwrap_or_else(|| panic!("no eth0 address:\n{addrs}"));
+    assert!(in_subnet(&ip, "10.213.7.0/24"), "{ip}");
+    d.berth(&d.ns, &["network", "rm", &net]).ok();
+
+    // A network that is not there, or another container's, is refused by name before
+    // anything runs (even with no RUN step at all).
+    std::fs::write(ctx.path().join("Dockerfile"), "FROM busybox\nENV A=1\n").unwrap();
+    let missing = unique("nosuch");
+    let out = build(&d, ctx.path(), &["--network", &missing]);
+    assert!(
+        out.err().contains(&format!("network {missing} not found")),
+        "{}",
+        out.stderr
+    );
+    let out = build(&d, ctx.path(), &["--network", "container:abc"]);
+    assert!(
+        out.err().contains("--network \"container:abc\""),
+        "{}",
+        out.stderr
+    );
+    assert_clean(&d);
+}
+
+#[test]
+fn a_running_steps_network_is_no_orphan_and_a_crash_leaves_none_of_it() {
+    let mut d = daemon("build-netcrash");
+    let (mut cmd, _ctx) = build_command(
+        &d,
+        "FROM busybox\nRUN echo running-$((1+1)); sleep 3\n",
+        &["--progress", "plain"],
+    );
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    loop {
+        let l = lines.next().expect("build output ended").unwrap();
+        // (the output, not the step's label)
+        if l.contains("running-2") {
+            break;
+        }
+    }
+    // The step is on the bridge: berth check counts its attachment as the build's.
+    let during = network_left(&d);
+    assert!(
+        during.iter().any(|l| l.starts_with("attachment build-")),
+        "{during:?}"
+    );
+    let check = d.berth(&d.ns, &["check"]);
+    assert!(!check.stdout.contains("orphan"), "{}", check.stdout);
+    check.ok();
+    // berthd dies mid-step; its next start releases the step's network before it serves
+    // requests (the first answer comes after it).
+    // (The step's rootfs mount under <state>/tmpmounts is left to `berth check --repair`.)
+    d.d.crash();
+    let _ = child.wait();
+    d.d.restart().unwrap();
+    let check = d.berth(&d.ns, &["check"]);
+    assert!(!check.stdout.contains("attachment"), "{}", check.stdout);
+    let after = network_left(&d);
+    assert!(after.is_empty(), "{after:?}");
 }

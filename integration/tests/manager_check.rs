@@ -15,7 +15,7 @@ use berth_integration::manager::image::hex;
 use berth_integration::manager::tasks::{
     import, remove_namespace_cgroups, run_image, supervisors_under, Cleanup,
 };
-use berth_integration::manager::{unique, Berthd, Out};
+use berth_integration::manager::{mounts_under, unique, Berthd, Out};
 
 const IMAGE: &str = "docker.io/berth/check:v1";
 
@@ -364,4 +364,42 @@ fn torture_script_runs_a_few_trials_without_losses() {
     );
     assert_eq!(out.code, 0, "{out:?}");
     assert!(out.stdout.contains("trials 3"), "{out:?}");
+}
+
+#[test]
+fn a_temporary_mount_of_a_killed_berthd_is_removed_at_the_next_start() {
+    let ns = unique("chk");
+    let (mut d, _img) = daemon(&ns);
+    d.crash();
+    // What a berthd killed in the middle of a diff or a commit leaves: a tree mounted on a
+    // directory under <state>/tmpmounts named after its pid (two mounts stacked here).
+    let left = d.state().join("tmpmounts").join("m-999999-1");
+    std::fs::create_dir_all(&left).unwrap();
+    // Unmounted by the test too if berthd does not (a failing test leaves nothing).
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            while nix::mount::umount2(self.0, nix::mount::MntFlags::MNT_DETACH).is_ok() {}
+            let _ = std::fs::remove_dir(self.0);
+        }
+    }
+    let _unmount = Unmount(&left);
+    for _ in 0..2 {
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "tmpfs"])
+            .arg(&left)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        std::fs::write(left.join("f"), "x").unwrap();
+    }
+    d.restart().unwrap();
+    assert_eq!(
+        mounts_under(&d.state()),
+        Vec::<PathBuf>::new(),
+        "mounts left"
+    );
+    assert!(!left.exists(), "{} still there", left.display());
+    let out = d.berth(&ns, &["check"]);
+    assert_eq!(out.code, 0, "{out:?}");
 }

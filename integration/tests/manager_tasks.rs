@@ -496,3 +496,47 @@ fn twenty_berth_runs_started_concurrently_all_run_and_are_cleaned() {
         );
     }
 }
+
+#[test]
+fn a_supervisor_keeps_no_descriptor_its_parent_let_slip() {
+    use std::os::fd::AsRawFd;
+    // A descriptor without close-on-exec, as a careless library in berthd could leave one:
+    // berthd inherits it from this test, and would pass it on to every supervisor it starts.
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("leaked-marker");
+    let f = std::fs::File::create(&marker).unwrap();
+    // SAFETY: clears FD_CLOEXEC on a descriptor this test owns.
+    assert_eq!(
+        unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETFD, 0) },
+        0,
+        "clearing FD_CLOEXEC"
+    );
+    let ns = unique("fds");
+    let d = daemon(&ns);
+    drop(f);
+    let _g = Cleanup::new(&d, &ns);
+    let id = unique("c");
+    d.ctr(&ns, &["run", "-d", IMAGE, &id, "sleep", "1000"]).ok();
+    let shims = supervisors_under(&d.state().join("tasks").join(&ns));
+    assert_eq!(shims.len(), 1, "{shims:?}");
+    let fds: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", shims[0]))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .map(|p| p.display().to_string())
+        .collect();
+    assert!(
+        !fds.iter().any(|p| p.contains("leaked-marker")),
+        "the supervisor holds berthd's stray descriptor: {fds:?}"
+    );
+    // The daemon did inherit it (else this test proves nothing).
+    let berthd: Vec<String> =
+        std::fs::read_dir(format!("/proc/{}/fd", d.pid().expect("berthd runs")))
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .map(|p| p.display().to_string())
+            .collect();
+    assert!(
+        berthd.iter().any(|p| p.contains("leaked-marker")),
+        "{berthd:?}"
+    );
+}

@@ -154,6 +154,10 @@ pub struct Attachment {
     /// `--dns` name servers (empty: the first user-defined network's resolver).
     #[serde(default)]
     pub dns: Vec<IpAddr>,
+    /// The build whose RUN step this is (no container record owns it): it belongs to that
+    /// build while its work dir `<state>/builds/<id>` is there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<String>,
 }
 
 /// One network joined.
@@ -180,6 +184,8 @@ pub struct Plan {
     pub extra_hosts: Vec<HostEntry>,
     /// `--net container:ID`: that container's namespace instead of one of our own.
     pub netns_of: Option<String>,
+    /// A build's RUN step (the build's id), not a container.
+    pub build: Option<String>,
 }
 
 impl Plan {
@@ -230,6 +236,7 @@ impl Plan {
             dns,
             extra_hosts,
             netns_of,
+            build: None,
         }))
     }
 }
@@ -240,6 +247,9 @@ pub struct Networks {
     ipam_dir: PathBuf,
     netns_dir: PathBuf,
     dir: PathBuf,
+    /// The builds' work dirs (`<state>/builds`): a build's attachment is owned while its
+    /// build's dir is there.
+    builds_dir: PathBuf,
     cni: Cni,
     dns: Aardvark,
     /// One attach or detach at a time: ports and addresses are chosen against what exists.
@@ -261,6 +271,7 @@ impl Networks {
             store,
             ipam_dir: root.join("networks").join("ipam"),
             netns_dir: state.join("netns"),
+            builds_dir: state.join("builds"),
             dns: Aardvark::new(&dir.join("dns"), 53),
             dir,
             cni,
@@ -635,6 +646,7 @@ impl Networks {
                 .map(|h| format!("{}:{}", h.names.join(" "), h.ip))
                 .collect(),
             dns: plan.dns.clone(),
+            build: plan.build.clone(),
         };
         write_file(&cdir.join("hostname"), &format!("{hostname}\n"))?;
         let (hosts, resolv) = container_files(&attachment);
@@ -1077,6 +1089,44 @@ fn new_id() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+impl Networks {
+    /// The namespaces that have attachments (directories under `<state>/networks`).
+    fn namespaces_attached(&self) -> Vec<String> {
+        std::fs::read_dir(&self.dir)
+            .map(|r| {
+                r.flatten()
+                    .filter(|e| e.path().is_dir())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n != "cni-cache" && n != "dns")
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// At berthd's start no build runs: releases what the RUN steps of builds a crash
+    /// interrupted still hold (addresses, veths, network namespaces).
+    pub fn release_builds(&self) {
+        for ns in self.namespaces_attached() {
+            for a in self.attachments(&ns).unwrap_or_default() {
+                if a.build.is_none() {
+                    continue;
+                }
+                match self.detach(&ns, &a.container_id) {
+                    Ok(()) => tracing::info!(
+                        id = a.container_id,
+                        "released the network of an interrupted build step"
+                    ),
+                    Err(e) => tracing::warn!(
+                        id = a.container_id,
+                        error = %e,
+                        "releasing the network of an interrupted build step"
+                    ),
+                }
+            }
+        }
+    }
+}
+
 /// What `berth check` finds in berthd's network state: namespaces, attachments and address
 /// leases that belong to no container, as `(kind, what, detail, repaired)`.
 impl Networks {
@@ -1091,28 +1141,21 @@ impl Networks {
         let mut out = Vec::new();
         let mut netns_used = std::collections::HashSet::new();
         let mut leases_used = std::collections::HashSet::new();
-        let namespaces: Vec<String> = std::fs::read_dir(&self.dir)
-            .map(|r| {
-                r.flatten()
-                    .filter(|e| e.path().is_dir())
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| n != "cni-cache" && n != "dns")
-                    .collect()
-            })
-            .unwrap_or_default();
-        for ns in namespaces {
+        for ns in self.namespaces_attached() {
             let ctx = Ctx::new(ns.clone());
             for a in self.attachments(&ns).unwrap_or_default() {
                 let what = format!("{ns}/{}", a.container_id);
-                let owned = self.store.container(&ctx, &a.container_id).is_ok();
+                let owned = match &a.build {
+                    Some(b) => self.builds_dir.join(b).is_dir(),
+                    None => self.store.container(&ctx, &a.container_id).is_ok(),
+                };
                 if !owned {
                     let repaired = repair && self.detach(&ns, &a.container_id).is_ok();
-                    out.push((
-                        "orphan-attachment",
-                        what,
-                        "network attachment of a container that no longer exists".into(),
-                        repaired,
-                    ));
+                    let detail = match &a.build {
+                        Some(b) => format!("network attachment of build {b}, which is over"),
+                        None => "network attachment of a container that no longer exists".into(),
+                    };
+                    out.push(("orphan-attachment", what, detail, repaired));
                     continue;
                 }
                 if !a.netns.exists() {

@@ -34,6 +34,9 @@ pub enum StartGate<'a> {
 /// What the init needs; it lives in the parent's memory, which clone() copied.
 pub struct InitArgs<'a> {
     pub cfg: &'a Config,
+    /// The runtime's own descriptors (its end of the sync socket, the state dir's lock), which
+    /// the init closes before anything else (-1: none).
+    pub parent_fds: &'a [std::os::fd::RawFd],
     pub sync: &'a OwnedFd,
     pub gate: StartGate<'a>,
     pub console: Option<&'a OwnedFd>,
@@ -82,6 +85,14 @@ impl From<String> for Failure {
 }
 
 fn init(a: &InitArgs<'_>) -> Result<Infallible, Failure> {
+    // A process of its own, as runc's init is: `ps` and `pgrep` must not take the container's
+    // init, waiting for `start`, for the runtime's `create` (the torture's runtime kill
+    // SIGKILLed it in start's last moment, and `start` reported a process that never ran).
+    sys::set_process_title("berth-runc init");
+    for &fd in a.parent_fds.iter().filter(|fd| **fd >= 0) {
+        // SAFETY: our copies of descriptors only the runtime uses; nothing here owns them.
+        unsafe { libc::close(fd) };
+    }
     match sync::recv(a.sync) {
         Ok(Some(Message::Go)) => {}
         Ok(_) | Err(_) => return Err("the runtime went away during create".to_string().into()),
@@ -246,6 +257,16 @@ fn init(a: &InitArgs<'_>) -> Result<Infallible, Failure> {
     // process was executed, as the runtime-spec orders them.
     let _fifo = match &a.gate {
         StartGate::Fifo(fifo) => {
+            // The runtime says "go" once it has saved the state `start` needs; without it (the
+            // runtime died) nothing could ever start us: exit rather than wait forever.
+            match sync::recv(a.sync) {
+                Ok(Some(Message::Go)) => {}
+                _ => {
+                    return Err(Failure::Exec(
+                        "the runtime went away before it saved the container's state".into(),
+                    ))
+                }
+            }
             // Blocks until `start` opens the fifo for reading.
             let f = nix::fcntl::open(
                 &sys::fd_path(*fifo),

@@ -190,6 +190,42 @@ impl StateDir {
         })
     }
 
+    /// The descriptor that holds the lock: the init closes its copy at once (see
+    /// `init::InitArgs::parent_fds`), so that only the runtime holds the lock.
+    pub fn lock_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&*self._lock)
+    }
+
+    /// Records the cgroup a create made, before the init exists: a create killed before it
+    /// saved state.json leaves this file, from which `delete` removes the cgroup and whatever
+    /// runs in it (written atomically, temp + rename).
+    pub fn save_creating_cgroup(&self, cg: &berth_cgroups::Cgroup) -> Result<(), StateError> {
+        let tmp = self.path.join(format!("{CREATING_CGROUP}.tmp"));
+        let data = serde_json::to_vec(cg).map_err(|source| StateError::Corrupt {
+            id: self.id.clone(),
+            source,
+        })?;
+        fs::write(&tmp, data).map_err(io("writing", &tmp))?;
+        let dst = self.path.join(CREATING_CGROUP);
+        fs::rename(&tmp, &dst).map_err(io("renaming", &dst))?;
+        Ok(())
+    }
+
+    /// The cgroup recorded by [`StateDir::save_creating_cgroup`], if the file is there.
+    pub fn load_creating_cgroup(&self) -> Result<Option<berth_cgroups::Cgroup>, StateError> {
+        let path = self.path.join(CREATING_CGROUP);
+        match fs::read(&path) {
+            Ok(d) => serde_json::from_slice(&d)
+                .map(Some)
+                .map_err(|source| StateError::Corrupt {
+                    id: self.id.clone(),
+                    source,
+                }),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io("reading", &path)(e)),
+        }
+    }
+
     /// The path of the start fifo.
     pub fn fifo_path(&self) -> PathBuf {
         self.path.join(FIFO_NAME)
@@ -227,6 +263,10 @@ impl StateDir {
 
 /// The start fifo's file name inside a state dir.
 pub const FIFO_NAME: &str = "exec.fifo";
+
+/// The cgroup of a create in progress, inside its state dir (see
+/// [`StateDir::save_creating_cgroup`]).
+pub const CREATING_CGROUP: &str = "creating-cgroup.json";
 
 /// Read a container's state.json without locking (it is always replaced whole).
 pub fn load_state(dir: &Path, id: &str) -> Result<ContainerState, StateError> {
@@ -330,6 +370,20 @@ mod tests {
         for bad in ["", ".", "..", "a/b", "../x", "a..b", "a b", "a\nb"] {
             assert!(validate_id(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn a_creating_cgroup_is_read_back_and_a_corrupt_one_is_named() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = StateDir::create(root.path(), "two").unwrap();
+        assert!(dir.load_creating_cgroup().unwrap().is_none());
+        let cg = berth_cgroups::Cgroup::resolve(Some("/berth-unit/two"), "two").unwrap();
+        dir.save_creating_cgroup(&cg).unwrap();
+        assert_eq!(dir.load_creating_cgroup().unwrap(), Some(cg));
+        fs::write(dir.path.join(CREATING_CGROUP), "{").unwrap();
+        let err = dir.load_creating_cgroup().unwrap_err().to_string();
+        assert!(err.contains("two"), "{err}");
+        dir.remove().unwrap();
     }
 
     #[test]

@@ -181,6 +181,47 @@ pub fn set_non_dumpable() -> std::io::Result<()> {
     Ok(())
 }
 
+/// Renames this process as `ps` and `pgrep` see it: its comm (`/proc/self/stat`, 15 bytes at
+/// most) and its command line, overwritten in place in the argument area (the memory is this
+/// process's own copy: the init calls it right after clone, the runtime keeps its name). Best
+/// effort: without the area's bounds (`/proc/self/stat` fields 48 and 49) only comm changes.
+pub fn set_process_title(title: &str) {
+    if let Ok(name) = CString::new(
+        title
+            .as_bytes()
+            .iter()
+            .take(15)
+            .copied()
+            .collect::<Vec<u8>>(),
+    ) {
+        // SAFETY: PR_SET_NAME reads a NUL-terminated string of ours.
+        unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr(), 0, 0, 0) };
+    }
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return;
+    };
+    // Fields after the parenthesised comm start with field 3 (state).
+    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+        return;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<usize>().ok());
+    let (Some(start), Some(end)) = (field(48), field(49)) else {
+        return;
+    };
+    if start == 0 || end <= start {
+        return;
+    }
+    let len = end - start;
+    let n = title.len().min(len - 1);
+    // SAFETY: [start, end) is this process's argument area (the kernel's arg_start/arg_end),
+    // mapped writable on its stack; nothing else runs in this single-threaded process.
+    unsafe {
+        std::ptr::copy_nonoverlapping(title.as_ptr(), start as *mut u8, n);
+        std::ptr::write_bytes((start + n) as *mut u8, 0, len - n);
+    }
+}
+
 /// Fail unless the working directory is reachable from our root. A cwd given as a path through
 /// a leaked fd (`/proc/self/fd/N`, CVE-2024-21626) lands outside the container's root, which
 /// the kernel reports as "(unreachable)".

@@ -75,7 +75,32 @@ fn parse_args() -> Result<Args, String> {
     })
 }
 
+/// Closes every fd above stderr: the shim lives as long as its container, so a descriptor its
+/// parent let slip (a client's connection, a listening socket, a lock) would stay open that
+/// long, and pass on to the runtime. The shim needs none: its inputs are its arguments.
+fn close_inherited_fds() {
+    // SAFETY: close_range only closes descriptors; nothing in this process uses one yet.
+    let r = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    if r == 0 {
+        return;
+    }
+    // Before Linux 5.9: the fds listed in /proc/self/fd (collected first: the listing's own
+    // fd is among them).
+    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .filter(|fd| *fd > 2)
+                .collect()
+        })
+        .unwrap_or_default();
+    for fd in fds {
+        // SAFETY: as above; a stale number (the listing's fd) just fails with EBADF.
+        unsafe { libc::close(fd) };
+    }
+}
+
 fn main() -> ExitCode {
+    close_inherited_fds();
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {

@@ -154,7 +154,8 @@ fn run(mut cmd: Command, stdio: [File; 3], what: &str, bundle: &Path) -> Result<
     if status.success() {
         return Ok(());
     }
-    Err(runtime_error(bundle).unwrap_or_else(|| format!("runtime {what} failed: {status}")))
+    Err(runtime_error(bundle)
+        .unwrap_or_else(|| format!("runtime {runtime} {what} failed: {status}")))
 }
 
 /// How long the runtime's create or exec may take: `$BERTH_RUNTIME_TIMEOUT_MS` (berthd sets

@@ -306,8 +306,16 @@ impl Default for Container {
 }
 
 /// The metadata database. `Send + Sync`.
+///
+/// redb refuses every transaction after one failed with an I/O error (a full disk) until the
+/// database is opened again; [`Metadata`] does that itself at the next transaction, so a
+/// freed disk makes berthd work again without a restart.
 pub struct Metadata {
-    db: Database,
+    path: std::path::PathBuf,
+    /// `None` while being reopened, or after a reopen failed (the next call tries again).
+    db: std::sync::RwLock<Option<Database>>,
+    /// Set when a transaction failed on I/O: reopen before the next one.
+    broken: std::sync::atomic::AtomicBool,
 }
 
 impl Metadata {
@@ -316,37 +324,121 @@ impl Metadata {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| StoreError::io("create directory", dir, e))?;
         }
-        let db = Database::create(path)
-            .map_err(|e| StoreError::Db(format!("opening {}: {e}", path.display())))?;
-        let txn = db.begin_write()?;
-        for t in ALL {
-            txn.open_table(t)?;
-        }
-        txn.commit()?;
-        Ok(Metadata { db })
+        let db = open_db(path)?;
+        Ok(Metadata {
+            path: path.to_path_buf(),
+            db: std::sync::RwLock::new(Some(db)),
+            broken: std::sync::atomic::AtomicBool::new(false),
+        })
     }
 
     /// Runs `f` in a read transaction (a consistent snapshot; never blocks on writers).
     pub fn read<R>(&self, f: impl FnOnce(&ReadTx) -> Result<R>) -> Result<R> {
-        let txn = self.db.begin_read()?;
+        self.heal()?;
+        let txn = self.with_db(|db| db.begin_read().map_err(|e| self.failed(e)))?;
         f(&ReadTx { txn })
     }
 
     /// Runs `f` in a write transaction, committed if `f` returns `Ok`, aborted otherwise.
     pub fn write<R>(&self, f: impl FnOnce(&WriteTx) -> Result<R>) -> Result<R> {
-        let txn = self.db.begin_write()?;
+        self.heal()?;
+        let txn = self.with_db(|db| db.begin_write().map_err(|e| self.failed(e)))?;
         let tx = WriteTx { txn };
         match f(&tx) {
             Ok(r) => {
-                tx.txn.commit()?;
+                tx.txn.commit().map_err(|e| self.failed(e))?;
                 Ok(r)
             }
             Err(e) => {
-                tx.txn.abort()?;
+                if e.to_string().contains("Previous I/O error") || is_io(&e) {
+                    self.mark_broken();
+                }
+                let _ = tx.txn.abort();
                 Err(e)
             }
         }
     }
+
+    fn with_db<T>(&self, f: impl FnOnce(&Database) -> Result<T>) -> Result<T> {
+        let g = self
+            .db
+            .read()
+            .map_err(|_| StoreError::Db("metadata database lock poisoned".into()))?;
+        match g.as_ref() {
+            Some(db) => f(db),
+            None => Err(StoreError::Unavailable(format!(
+                "metadata database {} is being reopened after an I/O error",
+                self.path.display()
+            ))),
+        }
+    }
+
+    /// Converts a redb error, noting an I/O failure for [`Metadata::heal`].
+    fn failed(&self, e: impl Into<redb::Error>) -> StoreError {
+        let e: redb::Error = e.into();
+        if matches!(e, redb::Error::Io(_) | redb::Error::PreviousIo) {
+            self.mark_broken();
+        }
+        StoreError::Db(e.to_string())
+    }
+
+    fn mark_broken(&self) {
+        tracing::warn!(path = %self.path.display(), "metadata database: I/O error, reopening it before the next transaction");
+        self.broken.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Reopens the database after an I/O error (or a failed reopen). Transactions still open
+    /// on the old handle keep its file locked: their end is waited for, up to 10 s.
+    fn heal(&self) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        if !self.broken.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let mut g = self
+            .db
+            .write()
+            .map_err(|_| StoreError::Db("metadata database lock poisoned".into()))?;
+        if !self.broken.load(Ordering::SeqCst) {
+            return Ok(()); // another caller reopened it
+        }
+        drop(g.take());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match open_db(&self.path) {
+                Ok(db) => {
+                    *g = Some(db);
+                    self.broken.store(false, Ordering::SeqCst);
+                    tracing::info!(path = %self.path.display(), "metadata database reopened");
+                    return Ok(());
+                }
+                Err(e)
+                    if std::time::Instant::now() < deadline
+                        && e.to_string().contains("already open") =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => {
+                    return Err(e.context("reopening the metadata database after an I/O error"))
+                }
+            }
+        }
+    }
+}
+
+fn is_io(e: &StoreError) -> bool {
+    matches!(e, StoreError::Io { .. })
+}
+
+/// Opens (creating) the redb file and its tables.
+fn open_db(path: &Path) -> Result<Database> {
+    let db = Database::create(path)
+        .map_err(|e| StoreError::Db(format!("opening {}: {e}", path.display())))?;
+    let txn = db.begin_write()?;
+    for t in ALL {
+        txn.open_table(t)?;
+    }
+    txn.commit()?;
+    Ok(db)
 }
 
 fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T> {

@@ -42,13 +42,40 @@ use sha2::{Digest as _, Sha256};
 use crate::daemon::mounts::TempMount;
 
 /// RUN's network.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NetworkMode {
-    /// A network namespace of its own with only loopback (the default).
-    #[default]
+    /// A network namespace of its own with only loopback.
     None,
     /// The host's network.
     Host,
+    /// A network namespace of its own on this berthd network (`bridge`, the default, or a
+    /// user-defined one), joined as containers join it (`crate::networks`) for the step only.
+    Network(String),
+}
+
+impl Default for NetworkMode {
+    /// Docker's classic builder: the default bridge.
+    fn default() -> NetworkMode {
+        NetworkMode::Network(crate::networks::DEFAULT_NETWORK.to_string())
+    }
+}
+
+impl NetworkMode {
+    /// `--network` (berth build, `docker build`, the Docker API's `networkmode`): `default`
+    /// or empty (the bridge), `bridge`, `none`, `host` or a network's name. Whether a named
+    /// network exists is checked when the build starts.
+    pub fn parse(s: &str) -> Result<NetworkMode, BuildError> {
+        match s {
+            "" | "default" => Ok(NetworkMode::default()),
+            "none" => Ok(NetworkMode::None),
+            "host" => Ok(NetworkMode::Host),
+            other if other.starts_with("container:") => Err(BuildError::Invalid(format!(
+                "--network {other:?}: a build step cannot join another container's network \
+                 (default, bridge, none, host or a network's name)"
+            ))),
+            name => Ok(NetworkMode::Network(name.to_string())),
+        }
+    }
 }
 
 /// What a client asks for.
@@ -155,6 +182,8 @@ pub struct Engine {
     pub cache_mounts: PathBuf,
     /// Registry settings (for base images not in the store).
     pub registries: crate::daemon::registries::Registries,
+    /// berthd's networks, which RUN steps join (`NetworkMode::Network`).
+    pub networks: Arc<crate::networks::Networks>,
 }
 
 /// Names the tags as image names, refusing a bad one before anything is built.
@@ -423,6 +452,11 @@ impl Engine {
         emit: &(dyn Fn(Event) + Sync),
         abort: &AtomicBool,
     ) -> Result<Output, BuildError> {
+        if let NetworkMode::Network(name) = &req.network {
+            // Before anything is made: a build on a network that is not there fails at once,
+            // even if no RUN step would run.
+            self.networks.get(ns, name).map_err(network_error)?;
+        }
         let id = format!("{:016x}", fastrand::u64(..));
         let work = self.state_dir.join("builds").join(&id);
         std::fs::create_dir_all(&work)
@@ -531,6 +565,7 @@ impl Engine {
     /// At berthd's start no build runs: removes the work dirs a crashed berthd left. (Their
     /// snapshots, `extract-build-*` keys in a temporary lease, go with the store's recovery.)
     pub fn recover(&self) {
+        self.networks.release_builds();
         let Ok(rd) = std::fs::read_dir(self.state_dir.join("builds")) else {
             return;
         };
@@ -786,10 +821,10 @@ impl Build<'_> {
                 let network = match r.network {
                     Some(berth_build::instructions::NetworkMode::Host) => NetworkMode::Host,
                     Some(berth_build::instructions::NetworkMode::None) => NetworkMode::None,
-                    _ => self.req.network,
+                    _ => self.req.network.clone(),
                 };
                 self.fs_step(parent.as_ref(), &mut |rootfs| {
-                    self.run_step(step, r, rootfs, network, label)
+                    self.run_step(step, r, rootfs, &network, label)
                 })?
             }
             Instruction::Copy(t) | Instruction::Add(t) => {
@@ -1101,7 +1136,7 @@ impl Build<'_> {
         step: &Step,
         r: &berth_build::instructions::Run,
         rootfs: &Path,
-        network: NetworkMode,
+        network: &NetworkMode,
         label: &str,
     ) -> Result<(), BuildError> {
         let cfg = &step.config;
@@ -1127,7 +1162,8 @@ impl Build<'_> {
             .iter()
             .map(|p| (p.name.clone(), p.data.clone()))
             .collect();
-        let mounts = self.prepare_mounts(r, rootfs, &cwd)?;
+        let mut mounts = self.prepare_mounts(r, rootfs, &cwd)?;
+        let mount_spec = mounts.spec.clone();
         let spec = run::RunSpec {
             id: &id,
             rootfs,
@@ -1138,17 +1174,27 @@ impl Build<'_> {
             user,
             network,
             pipes: &pipes,
-            mounts: &mounts.spec,
+            mounts: &mount_spec,
         };
         let runtime_root = self.engine.state_dir.join("builds").join("runtime");
-        let code = run::run(
-            &self.engine.runtime,
-            &runtime_root,
-            &spec,
-            label,
-            self.emit,
-            self.abort,
-        );
+        let mut config = run::spec(&spec);
+        let code = self
+            .join_network(&id, network, &mut config, &mut mounts, rootfs)
+            .and_then(|net| {
+                let code = run::run(
+                    &self.engine.runtime,
+                    &runtime_root,
+                    &spec,
+                    &config,
+                    label,
+                    self.emit,
+                    self.abort,
+                );
+                // The container is gone (run waits for the runtime's delete, also when
+                // killed): its network goes now, on success, failure or cancel alike.
+                drop(net);
+                code
+            });
         mounts.finish(rootfs);
         let code = code?;
         if code != 0 {
@@ -1158,6 +1204,46 @@ impl Build<'_> {
             )));
         }
         Ok(())
+    }
+
+    /// For a step on a network: joins container `id` to it as `berth run --net` would
+    /// (`Networks::attach`: a netns with an address, /etc/hosts, resolv.conf and hostname
+    /// bound over the rootfs, whose missing mount points are made here and removed after the
+    /// run, so the layer never holds them). Released when the returned guard is dropped.
+    fn join_network(
+        &self,
+        id: &str,
+        network: &NetworkMode,
+        config: &mut Value,
+        mounts: &mut mounts::Prepared<'_>,
+        rootfs: &Path,
+    ) -> Result<Option<StepNetwork<'_>>, BuildError> {
+        let NetworkMode::Network(name) = network else {
+            return Ok(None);
+        };
+        self.stub_files(
+            mounts,
+            rootfs,
+            &["/etc/hosts", "/etc/resolv.conf", "/etc/hostname"],
+        )?;
+        let plan = crate::networks::Plan {
+            joins: vec![crate::networks::Join {
+                name: name.clone(),
+                ..Default::default()
+            }],
+            hostname: run::HOSTNAME.to_string(),
+            build: Some(self.id.clone()),
+            ..Default::default()
+        };
+        let networks = &self.engine.networks;
+        networks
+            .attach(&self.ctx, id, &plan, config)
+            .map_err(network_error)?;
+        Ok(Some(StepNetwork {
+            networks,
+            namespace: self.ctx.namespace.clone(),
+            id: id.to_string(),
+        }))
     }
 
     /// Writes the image (config, manifest) and names it.
@@ -1191,6 +1277,32 @@ impl Build<'_> {
             &out.fs.layers,
             &self.req.tags,
         )
+    }
+}
+
+/// A RUN step's place on a network; dropping it releases everything `Networks::attach` made
+/// (CNI DEL: veth and address lease; the netns; hosts and resolv.conf).
+struct StepNetwork<'a> {
+    networks: &'a crate::networks::Networks,
+    namespace: String,
+    id: String,
+}
+
+impl Drop for StepNetwork<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.networks.detach(&self.namespace, &self.id) {
+            tracing::warn!(id = self.id, error = %e, "releasing a build step's network");
+        }
+    }
+}
+
+/// A network error as the build reports it (a missing network is the client's mistake).
+fn network_error(e: crate::networks::NetworkError) -> BuildError {
+    use crate::networks::NetworkError as N;
+    match e {
+        N::NotFound(m) => BuildError::NotFound(m),
+        N::InvalidArgument(m) => BuildError::Invalid(m),
+        other => BuildError::Failed(other.to_string()),
     }
 }
 

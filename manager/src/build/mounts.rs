@@ -293,6 +293,22 @@ impl<'e> Build<'e> {
         Ok(())
     }
 
+    /// Makes the mount points of files bound over the rootfs besides the `--mount`s (a
+    /// network's /etc/hosts, resolv.conf and hostname) where missing; `finish` removes them
+    /// with the others.
+    pub(super) fn stub_files(
+        &self,
+        p: &mut Prepared<'_>,
+        rootfs: &Path,
+        targets: &[&str],
+    ) -> Result<(), BuildError> {
+        let root = fsops::open_root(rootfs).map_err(|e| failed("opening the rootfs", e))?;
+        for t in targets {
+            self.stub(p, &root, t, false)?;
+        }
+        Ok(())
+    }
+
     /// The directory of a cache mount, made (and seeded) on first use, locked as its
     /// `sharing` says.
     fn cache_dir(

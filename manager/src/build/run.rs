@@ -3,7 +3,9 @@
 //!
 //! The spec is Docker's default for a container: its capabilities, masked and read-only paths,
 //! the default seccomp profile (`runspec/seccomp.rs`), no new privileges; the network namespace is
-//! a new one with only loopback (`--network none`, the default) or the host's (`host`).
+//! a new one with only loopback (`--network none`), the host's (`host`), or a new one that the
+//! step's caller joins to a network (the default bridge or a named one: `Networks::attach`
+//! points the spec at it and binds its /etc/hosts, resolv.conf and hostname over the rootfs).
 //! stdout and stderr go to the client as they come; a build that is cancelled (the client went
 //! away) kills the container and waits for the runtime to remove it.
 
@@ -37,14 +39,18 @@ pub struct RunSpec<'a> {
     /// uid, gid.
     pub user: (u32, u32),
     /// Network.
-    pub network: NetworkMode,
+    pub network: &'a NetworkMode,
     /// Heredoc files for /dev/pipes (name, content).
     pub pipes: &'a [(String, String)],
     /// `RUN --mount`s: OCI mount entries, after the defaults.
     pub mounts: &'a [Value],
 }
 
-fn spec(r: &RunSpec) -> Value {
+/// The host name of RUN containers (BuildKit's).
+pub const HOSTNAME: &str = "buildkitsandbox";
+
+/// The container's OCI spec (before a network is joined).
+pub fn spec(r: &RunSpec) -> Value {
     let mut mounts = crate::runspec::default_mounts(false);
     if !r.pipes.is_empty() {
         mounts.push(json!({"destination": "/dev/pipes", "type": "bind",
@@ -57,7 +63,7 @@ fn spec(r: &RunSpec) -> Value {
         json!({"type": "uts"}),
         json!({"type": "mount"}),
     ];
-    if r.network == NetworkMode::None {
+    if *r.network != NetworkMode::Host {
         namespaces.push(json!({"type": "network"}));
     }
     json!({
@@ -73,7 +79,7 @@ fn spec(r: &RunSpec) -> Value {
             "noNewPrivileges": true
         },
         "root": {"path": r.rootfs},
-        "hostname": "buildkitsandbox",
+        "hostname": HOSTNAME,
         "mounts": mounts,
         "linux": {
             "resources": {"devices": [{"allow": false, "access": "rwm"}]},
@@ -86,11 +92,13 @@ fn spec(r: &RunSpec) -> Value {
     })
 }
 
-/// Runs the container to its end; returns its exit code. Output goes to `emit`.
+/// Runs the container (spec `config`, from [`spec`]) to its end; returns its exit code.
+/// Output goes to `emit`.
 pub fn run(
     runtime: &Path,
     runtime_root: &Path,
     r: &RunSpec,
+    config: &Value,
     step: &str,
     emit: &(dyn Fn(Event) + Sync),
     cancel: &AtomicBool,
@@ -108,7 +116,7 @@ pub fn run(
                 .map_err(|e| internal("writing a heredoc", e))?;
         }
     }
-    let cfg = serde_json::to_vec(&spec(r)).map_err(|e| BuildError::Failed(e.to_string()))?;
+    let cfg = serde_json::to_vec(config).map_err(|e| BuildError::Failed(e.to_string()))?;
     std::fs::write(r.bundle.join("config.json"), cfg)
         .map_err(|e| internal("writing config.json", e))?;
     let log = r.bundle.join("runtime.log");

@@ -48,7 +48,7 @@ pub struct Args {
     /// Pull base images even if the store has them.
     #[arg(long)]
     pub pull: bool,
-    /// RUN's network: none (default) or host.
+    /// RUN's network: default (the bridge network), bridge, none, host or a network's name.
     #[arg(long)]
     pub network: Option<String>,
     /// Image label `K=V`; repeatable.

@@ -381,6 +381,7 @@ pub async fn run(env: &Env, cmd: Cmd) -> Result<()> {
         Cmd::Rm { names, r#async } => {
             let mut c = ImagesClient::new(env.ns.clone());
             for n in names {
+                let n = super::image_name(env, &n).await?;
                 c.delete(pb::DeleteImageRequest {
                     name: n.clone(),
                     sync: !r#async,

@@ -202,6 +202,30 @@ async fn version(env: &Env) -> Result<()> {
     Ok(())
 }
 
+/// The name berthd knows an image by: `name` itself when it has that (containerd's exact
+/// names, as `ctr` uses them), else its normalized form when it has that (`busybox` →
+/// `docker.io/library/busybox:latest`), as Docker and nerdctl read a short name.
+pub async fn image_name(env: &Env, name: &str) -> Result<String> {
+    use berth_proto::containerd::services::images::v1::{
+        images_client::ImagesClient, GetImageRequest,
+    };
+    let mut c = ImagesClient::new(env.ns.clone());
+    let get = |n: &str| GetImageRequest {
+        name: n.to_string(),
+    };
+    match c.get(get(name)).await {
+        Ok(_) => Ok(name.to_string()),
+        Err(s) if s.code() == tonic::Code::NotFound => {
+            match berth_store::images::normalize_name(name) {
+                Ok(n) if n != name && c.get(get(&n)).await.is_ok() => Ok(n),
+                // The caller's own request reports the name as given.
+                _ => Ok(name.to_string()),
+            }
+        }
+        Err(s) => Err(rpc_error(format!("image {name}"))(s)),
+    }
+}
+
 /// Turns a gRPC status into an error naming the operation and the server's message.
 pub fn rpc_error(what: impl std::fmt::Display) -> impl FnOnce(tonic::Status) -> anyhow::Error {
     move |s| anyhow::anyhow!("{what}: {} ({:?})", s.message(), s.code())

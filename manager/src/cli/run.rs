@@ -208,7 +208,8 @@ pub async fn run(env: &Env, a: Args) -> Result<i32> {
     }
     super::stdio::check_interactive_terminal(a.interactive, a.tty)?;
     crate::identifiers::validate(&a.id).map_err(|e| anyhow::anyhow!("container id: {e}"))?;
-    let (cfg, chain) = image_config(env, &a.image).await?;
+    let image = super::image_name(env, &a.image).await?;
+    let (cfg, chain) = image_config(env, &image).await?;
     let mut spec = spec(&env.namespace, &a, &cfg["config"])?;
     let labels = crate::runspec::net::apply(&a.net, &cfg["config"], &mut spec)?;
     if a.tty {
@@ -257,7 +258,7 @@ pub async fn run(env: &Env, a: Args) -> Result<i32> {
         .create(cpb::CreateContainerRequest {
             container: Some(cpb::Container {
                 id: a.id.clone(),
-                image: a.image.clone(),
+                image,
                 runtime: Some(cpb::container::Runtime {
                     name: a.runtime.clone(),
                     options: None,

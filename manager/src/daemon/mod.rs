@@ -68,6 +68,7 @@ async fn serve(config: Config) -> Result<()> {
     }
     // Tasks whose create or removal a crash cut short: nothing is in flight yet.
     crate::check::host::recover_unfinished_tasks(&config.state);
+    mounts::clear_stale(&config.state);
     let gid = config.group.as_deref().map(socket::group_id).transpose()?;
     let nofile = conns::raise_nofile_limit();
     let sockets = if config.docker_address.is_some() {

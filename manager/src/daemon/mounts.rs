@@ -32,6 +32,31 @@ impl TempMount {
     }
 }
 
+/// Unmounts and removes what a berthd that is gone left under `<state>/tmpmounts/` (killed
+/// while it had a tree mounted). Called at start, under the root lock, before any of this
+/// berthd's own: everything there is a predecessor's. A directory is only ever removed empty
+/// (never recursively: if an unmount failed, what is under it is a snapshot's files).
+pub fn clear_stale(state: &Path) {
+    let Ok(entries) = std::fs::read_dir(state.join("tmpmounts")) else {
+        return;
+    };
+    for dir in entries.flatten().map(|e| e.path()) {
+        // Stacked mounts come off one at a time; EINVAL once nothing is mounted there.
+        let mut unmounted = 0;
+        while unmounted < 64 && umount2(&dir, MntFlags::MNT_DETACH).is_ok() {
+            unmounted += 1;
+        }
+        match std::fs::remove_dir(&dir) {
+            Ok(()) => {
+                tracing::info!(dir = %dir.display(), unmounted, "removed a temporary mount left by a berthd that is gone")
+            }
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a temporary mount dir left by a berthd that is gone")
+            }
+        }
+    }
+}
+
 impl Drop for TempMount {
     fn drop(&mut self) {
         for _ in 0..self.mounted {

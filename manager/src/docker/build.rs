@@ -67,15 +67,7 @@ pub async fn build(api: &Api, req: Req) -> Reply {
             return Err(ApiError::unsupported(format!("build option {k}")));
         }
     }
-    let network = match req.q("networkmode").unwrap_or("") {
-        "" | "default" | "none" | "bridge" => NetworkMode::None,
-        "host" => NetworkMode::Host,
-        other => {
-            return Err(ApiError::unsupported(format!(
-                "build network mode {other:?} (none or host)"
-            )))
-        }
-    };
+    let network = NetworkMode::parse(req.q("networkmode").unwrap_or("")).map_err(api_error)?;
     let tags = crate::build::check_tags(&req.q_all("t")).map_err(api_error)?;
     let quiet = req.q_bool("q")?;
     let request = crate::build::Request {

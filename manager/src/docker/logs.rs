@@ -128,9 +128,14 @@ pub fn existing(log: &Path, o: &Options) -> Vec<Record> {
 /// default) eight attached `docker run`s took every thread, and the store and task calls that
 /// would have started their containers waited behind them for ever.
 pub fn spawn_follower(f: impl FnOnce() + Send + 'static) {
+    // In the runtime's context, so that `follow` can wait on the exit channel.
+    let rt = tokio::runtime::Handle::try_current().ok();
     if let Err(e) = std::thread::Builder::new()
         .name("log-follow".into())
-        .spawn(f)
+        .spawn(move || {
+            let _in_rt = rt.as_ref().map(|h| h.enter());
+            f()
+        })
     {
         tracing::warn!(error = %e, "cannot start a log reader thread");
     }
@@ -138,12 +143,12 @@ pub fn spawn_follower(f: impl FnOnce() + Send + 'static) {
 
 /// Follows the log from byte `start` (None: its current end) and sends each
 /// wanted record's frame to `tx`, until the container has exited after `exits` (then what is
-/// left is drained) or the receiver is gone. Runs on a blocking thread.
+/// left is drained) or the receiver is gone. Runs on a thread of its own ([`spawn_follower`]).
 pub fn follow(
     log: PathBuf,
     o: Options,
     start: Option<u64>,
-    exits: watch::Receiver<Exits>,
+    mut exits: watch::Receiver<Exits>,
     done_after: u64,
     tx: mpsc::Sender<Bytes>,
 ) {
@@ -188,7 +193,26 @@ pub fn follow(
         if tx.is_closed() {
             return;
         }
-        std::thread::sleep(Duration::from_millis(if ended { 5 } else { 20 }));
+        if ended {
+            std::thread::sleep(Duration::from_millis(5));
+        } else {
+            pause(&mut exits, Duration::from_millis(20));
+        }
+    }
+}
+
+/// Waits `d`, or less when the container's exits change: an attached `docker run` then ends
+/// as soon as its container has, not up to a polling period later.
+fn pause(exits: &mut watch::Receiver<Exits>, d: Duration) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) => h.block_on(async {
+            tokio::select! {
+                // A closed channel wakes at once: then sleep the period out.
+                r = exits.changed() => if r.is_err() { tokio::time::sleep(d).await },
+                _ = tokio::time::sleep(d) => {}
+            }
+        }),
+        Err(_) => std::thread::sleep(d),
     }
 }
 

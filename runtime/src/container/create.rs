@@ -188,8 +188,16 @@ pub fn spawn(ctx: &Settings, opts: &CreateOptions, gate: Gate) -> Result<Spawned
         .namespaces()
         .iter()
         .any(|n| n.typ() == LinuxNamespaceType::User && n.path().is_none());
+    // The runtime's own end of the sync socket and the state dir's lock: the init closes its
+    // copies first thing, so that it sees the runtime's death as the end of the socket (and
+    // exits) instead of waiting on it forever, holding the lock.
+    let parent_fds = [
+        std::os::fd::AsRawFd::as_raw_fd(&parent_sock),
+        rb.dir.as_ref().map_or(-1, StateDir::lock_fd),
+    ];
     let init_args = InitArgs {
         cfg: &cfg,
+        parent_fds: &parent_fds,
         sync: &child_sock,
         gate: match &fifo_fd {
             Some(f) => StartGate::Fifo(f),
@@ -305,6 +313,15 @@ pub fn spawn(ctx: &Settings, opts: &CreateOptions, gate: Gate) -> Result<Spawned
             return Err(e);
         }
     }
+    if gate == Gate::Fifo {
+        // The state is saved: only now may the init wait on the fifo. Had we died before this,
+        // it would have seen the socket end and exited instead of waiting for a `start` that
+        // no state could ever lead to.
+        if let Err(e) = sync::send(&parent_sock, &Message::Go) {
+            rb.dir = Some(dir);
+            return Err(anyhow!(e).context("container init exited during setup"));
+        }
+    }
     rb.child = None;
     rb.cgroup = None;
     rb.shared_ns_rootfs = None;
@@ -352,6 +369,12 @@ fn setup_cgroup(
         return Err(anyhow!(e).context("creating cgroup"));
     }
     rb.cgroup = Some(cg.clone());
+    // At once, before the limits (many writes): a create killed from here on leaves the
+    // record `delete` removes the cgroup by.
+    if let Some(dir) = &rb.dir {
+        dir.save_creating_cgroup(&cg)
+            .context("recording the container's cgroup")?;
+    }
     let mut resources = linux.resources().clone().unwrap_or_default();
     let rules = devices::cgroup_rules(
         resources.devices().as_deref().unwrap_or(&[]),

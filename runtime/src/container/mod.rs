@@ -176,8 +176,25 @@ pub fn delete(ctx: &Settings, id: &str, force: bool) -> Result<()> {
     };
     let st = match dir.load() {
         Ok(st) => st,
-        // A directory without state: a create that died before it saved anything.
+        // A directory without state: a create that died before it saved anything. If it got
+        // as far as making the cgroup, what runs there (an init the create had cloned) is
+        // killed and the cgroup removed with the directory.
         Err(StateError::NotExist(_)) => {
+            if let Some(cg) = dir.load_creating_cgroup()? {
+                let st = ContainerState {
+                    id: id.to_string(),
+                    pid: 0,
+                    pid_start: 0,
+                    bundle: Default::default(),
+                    rootfs: Default::default(),
+                    created: String::new(),
+                    annotations: Default::default(),
+                    owner: String::new(),
+                    cgroup: Some(cg),
+                    shared_ns_rootfs_mount: None,
+                };
+                kill_and_remove_cgroup(&st)?;
+            }
             dir.remove()?;
             return Ok(());
         }

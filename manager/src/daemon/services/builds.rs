@@ -57,6 +57,7 @@ pub fn engine(state: &State) -> Engine {
         runtime,
         cache_mounts: state.root().join("build-cache-mounts"),
         registries: state.registries().clone(),
+        networks: state.networks().clone(),
     }
 }
 
@@ -151,15 +152,7 @@ impl Builds for BuildsService {
                 "the first build message must carry the options",
             ));
         };
-        let network = match o.network.as_str() {
-            "" | "none" | "default" => NetworkMode::None,
-            "host" => NetworkMode::Host,
-            other => {
-                return Err(Status::invalid_argument(format!(
-                    "--network {other:?}: berth build supports none (the default) and host"
-                )))
-            }
-        };
+        let network = NetworkMode::parse(&o.network).map_err(status)?;
         let tags = crate::build::check_tags(&o.tags).map_err(status)?;
         let dockerfile_content = if o.dockerfile_content.is_empty() {
             None
