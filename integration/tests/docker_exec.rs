@@ -131,19 +131,8 @@ fn exec_output_exit_codes_stdin_env_user_tty() {
     assert!(stdout.contains("tty-ok"), "{stdout}");
     assert!(stdout.contains("/dev/pts/"), "{stdout}");
     // -it under script(1): typed input reaches the process through its terminal.
-    let cmd = format!(
-        "(sleep 1; printf 'typed\\r'; sleep 4) | script -qec \"DOCKER_CONFIG={} /usr/bin/docker -H unix://{} exec -it ex1 sh -c 'read x; echo got-\\$x'\" /dev/null",
-        d.dir().join("docker-config").display(),
-        d.docker_socket().display()
-    );
-    let child = Command::new("sh")
-        .args(["-c", &cmd])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (code, stdout, stderr) = wait_timeout(child, Duration::from_secs(30));
+    let (code, stdout, stderr) =
+        d.docker_typed("exec -it ex1 sh -c 'read x; echo got-\\$x'", "typed\\r");
     assert_eq!(code, 0, "{stdout} {stderr}");
     assert!(stdout.contains("got-typed"), "{stdout}");
     // Detached: runs, and the exec's inspect shows its end.

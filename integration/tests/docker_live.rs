@@ -185,18 +185,10 @@ fn stdin_tty_attach_and_resize() {
     assert_eq!(code, 3, "{out} {err}");
     assert!(out.contains("/dev/pts/") && out.contains("tty-ok"), "{out}");
     // Typed input reaches a -it process through its terminal.
-    let cmd = format!(
-        "(sleep 1; printf 'typed\\r'; sleep 4) | script -qec \"{} run -it --rm {IMAGE} sh -c 'read x; echo got-\\$x'\" /dev/null",
-        d.docker_shell()
+    let (code, out, err) = d.docker_typed(
+        &format!("run -it --rm {IMAGE} sh -c 'read x; echo got-\\$x'"),
+        "typed\\r",
     );
-    let child = Command::new("sh")
-        .args(["-c", &cmd])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (code, out, err) = wait_timeout(child, Duration::from_secs(30));
     assert_eq!(code, 0, "{out} {err}");
     assert!(out.contains("got-typed"), "{out}");
 

@@ -300,6 +300,24 @@ impl Berthd {
         )
     }
 
+    /// Runs `docker ARGS` (a shell-quoted string) on a terminal of script(1)'s and types
+    /// `typed` into it a second later: exit code, stdout, stderr. For `-it` runs and execs;
+    /// a CLI still running after 30 s is killed and the test fails.
+    pub fn docker_typed(&self, args: &str, typed: &str) -> (i32, String, String) {
+        let cmd = format!(
+            "(sleep 1; printf '{typed}'; sleep 4) | script -qec \"{} {args}\" /dev/null",
+            self.docker_shell()
+        );
+        let child = Command::new("sh")
+            .args(["-c", &cmd])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("running script(1)");
+        wait_timeout(child, Duration::from_secs(30))
+    }
+
     /// Runs the docker CLI with `input` on its stdin (then its end); exit code, stdout, stderr.
     /// A CLI still running after 30 s is killed and the test fails.
     pub fn docker_stdin(&self, args: &[&str], input: &[u8]) -> (i32, String, String) {
