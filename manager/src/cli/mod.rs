@@ -216,7 +216,7 @@ pub async fn image_name(env: &Env, name: &str) -> Result<String> {
     match c.get(get(name)).await {
         Ok(_) => Ok(name.to_string()),
         Err(s) if s.code() == tonic::Code::NotFound => {
-            match berth_store::images::normalize_name(name) {
+            match berth_distribution::Reference::parse(name).map(|r| r.to_string()) {
                 Ok(n) if n != name && c.get(get(&n)).await.is_ok() => Ok(n),
                 // The caller's own request reports the name as given.
                 _ => Ok(name.to_string()),
