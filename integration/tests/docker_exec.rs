@@ -114,25 +114,13 @@ fn exec_output_exit_codes_stdin_env_user_tty() {
         out.stderr
     );
     // -t under script(1): a terminal, and the output comes back.
-    let cmd = format!(
-        "DOCKER_CONFIG={} /usr/bin/docker -H unix://{} exec -t ex1 sh -c 'tty; echo tty-ok'",
-        d.dir().join("docker-config").display(),
-        d.docker_socket().display()
-    );
-    let child = Command::new("script")
-        .args(["-qec", &cmd, "/dev/null"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (code, stdout, stderr) = wait_timeout(child, Duration::from_secs(30));
+    let (code, stdout, stderr) = d.docker_on_tty("exec -t ex1 sh -c 'tty; echo tty-ok'");
     assert_eq!(code, 0, "{stdout} {stderr}");
     assert!(stdout.contains("tty-ok"), "{stdout}");
     assert!(stdout.contains("/dev/pts/"), "{stdout}");
     // -it under script(1): typed input reaches the process through its terminal.
     let (code, stdout, stderr) =
-        d.docker_typed("exec -it ex1 sh -c 'read x; echo got-\\$x'", "typed\\r");
+        d.docker_typed("exec -it ex1 sh -c 'read x; echo got-$x'", "typed\\r");
     assert_eq!(code, 0, "{stdout} {stderr}");
     assert!(stdout.contains("got-typed"), "{stdout}");
     // Detached: runs, and the exec's inspect shows its end.

@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use berth_integration::manager::image::{self, Image, Layer};
 use berth_integration::manager::tasks::NsDaemon;
-use berth_integration::manager::{until, wait_timeout, Berthd};
+use berth_integration::manager::{until, Berthd};
 use serde_json::Value;
 
 const IMAGE: &str = "berth/live-test:v1";
@@ -170,23 +170,14 @@ fn stdin_tty_attach_and_resize() {
     });
 
     // run -it under script(1): a terminal, raw output, the exit code passed through.
-    let cmd = format!(
-        "{} run -it --rm {IMAGE} sh -c 'tty; echo tty-ok; exit 3'",
-        d.docker_shell()
-    );
-    let child = Command::new("script")
-        .args(["-qec", &cmd, "/dev/null"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (code, out, err) = wait_timeout(child, Duration::from_secs(30));
+    let (code, out, err) = d.docker_on_tty(&format!(
+        "run -it --rm {IMAGE} sh -c 'tty; echo tty-ok; exit 3'"
+    ));
     assert_eq!(code, 3, "{out} {err}");
     assert!(out.contains("/dev/pts/") && out.contains("tty-ok"), "{out}");
     // Typed input reaches a -it process through its terminal.
     let (code, out, err) = d.docker_typed(
-        &format!("run -it --rm {IMAGE} sh -c 'read x; echo got-\\$x'"),
+        &format!("run -it --rm {IMAGE} sh -c 'read x; echo got-$x'"),
         "typed\\r",
     );
     assert_eq!(code, 0, "{out} {err}");

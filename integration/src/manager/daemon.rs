@@ -300,17 +300,32 @@ impl Berthd {
         )
     }
 
-    /// Runs `docker ARGS` (a shell-quoted string) on a terminal of script(1)'s and types
-    /// `typed` into it a second later: exit code, stdout, stderr. For `-it` runs and execs;
-    /// a CLI still running after 30 s is killed and the test fails.
+    /// Runs `docker ARGS` (a shell-quoted string) on a terminal of script(1)'s, with no
+    /// input: exit code, stdout, stderr. A CLI still running after 30 s is killed and the test
+    /// fails.
+    pub fn docker_on_tty(&self, args: &str) -> (i32, String, String) {
+        self.script(&format!("{} {args}", self.docker_shell()), Stdio::null())
+    }
+
+    /// [`Berthd::docker_on_tty`], typing `typed` into the terminal a second after the start
+    /// (for `-it` runs and execs).
     pub fn docker_typed(&self, args: &str, typed: &str) -> (i32, String, String) {
-        let cmd = format!(
-            "(sleep 1; printf '{typed}'; sleep 4) | script -qec \"{} {args}\" /dev/null",
-            self.docker_shell()
-        );
-        let child = Command::new("sh")
-            .args(["-c", &cmd])
-            .stdin(Stdio::null())
+        let mut feed = Command::new("sh")
+            .args(["-c", &format!("sleep 1; printf '{typed}'; sleep 4")])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("running the typist");
+        let input = feed.stdout.take().expect("the typist's output");
+        let out = self.script(&format!("{} {args}", self.docker_shell()), input.into());
+        let _ = feed.kill();
+        let _ = feed.wait();
+        out
+    }
+
+    fn script(&self, cmd: &str, stdin: Stdio) -> (i32, String, String) {
+        let child = Command::new("script")
+            .args(["-qec", cmd, "/dev/null"])
+            .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
