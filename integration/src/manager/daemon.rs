@@ -598,9 +598,53 @@ fn unescape(s: &str) -> String {
         .replace("\\134", "\\")
 }
 
+impl Berthd {
+    /// Kills what a test that failed half-way left running (supervisors outlive berthd by
+    /// design) and removes those containers' cgroups (`/<ns>/<id>` on every hierarchy).
+    fn kill_left_containers(&self) {
+        use nix::sys::signal::kill;
+        use nix::unistd::Pid;
+        let tasks = self.state().join("tasks");
+        for pid in crate::manager::tasks::supervisors_under(&tasks) {
+            let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+                .unwrap_or_default();
+            for c in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+                let _ = kill(Pid::from_raw(c), Signal::SIGKILL);
+            }
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let hierarchies: Vec<PathBuf> = mountinfo
+            .lines()
+            .filter_map(|l| {
+                let (left, right) = l.split_once(" - ")?;
+                if !matches!(right.split(' ').next(), Some("cgroup" | "cgroup2")) {
+                    return None;
+                }
+                left.split(' ').nth(4).map(PathBuf::from)
+            })
+            .collect();
+        for ns in std::fs::read_dir(&tasks).into_iter().flatten().flatten() {
+            for id in std::fs::read_dir(ns.path()).into_iter().flatten().flatten() {
+                for h in &hierarchies {
+                    let cg = h.join(ns.file_name()).join(id.file_name());
+                    // The kernel frees a cgroup a moment after its last process is reaped.
+                    for _ in 0..50 {
+                        if !cg.exists() || std::fs::remove_dir(&cg).is_ok() {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                }
+            }
+        }
+    }
+}
+
 impl Drop for Berthd {
     fn drop(&mut self) {
         self.stop_with(Signal::SIGTERM);
+        self.kill_left_containers();
         // The names resolver outlives berthd by design (running containers keep their
         // names across a restart); the test's goes with the test.
         berth_network::dns::Aardvark::new(&self.state().join("networks").join("dns"), 53).stop();
