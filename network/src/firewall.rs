@@ -27,7 +27,9 @@
 //! the jump go with the last network. Host-to-container traffic (OUTPUT, not FORWARD) is
 //! untouched. IPv4 only, like berth's networks for now.
 
-use std::process::Command;
+use std::collections::{BTreeMap, HashSet};
+use std::io::Write;
+use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
 use crate::config::Network;
@@ -121,160 +123,258 @@ fn rules(net: &Network) -> Vec<Rule> {
 }
 
 /// Runs iptables for one network's rules.
-struct Ipt<'a> {
-    network: &'a str,
+/// The filter and nat tables as `iptables-save` prints them: chains and rules in order.
+#[derive(Debug, Default)]
+struct Saved {
+    /// (table, chain) for every chain of those tables.
+    chains: HashSet<(String, String)>,
+    /// (table, chain, rule spec as printed after `-A CHAIN `).
+    rules: Vec<(String, String, String)>,
 }
 
-fn words(args: &[&str]) -> Vec<String> {
-    args.iter().map(|x| x.to_string()).collect()
-}
-
-impl Ipt<'_> {
-    fn err(&self, args: &[String], reason: String) -> FirewallError {
-        FirewallError {
-            network: self.network.to_string(),
-            args: args.join(" "),
-            reason,
-        }
-    }
-
-    /// Runs `iptables -w -t TABLE ARGS`; Ok(false) when it exits 1 (a -C that did not match,
-    /// a -S of a missing chain).
-    fn run(&self, table: &str, args: &[String]) -> Result<(bool, String), FirewallError> {
-        let out = Command::new("iptables")
-            .args(["-w", "-t", table])
-            .args(args)
-            .output()
-            .map_err(|e| self.err(args, e.to_string()))?;
-        match out.status.code() {
-            Some(0) => Ok((true, String::from_utf8_lossy(&out.stdout).into_owned())),
-            Some(1) => Ok((false, String::from_utf8_lossy(&out.stderr).into_owned())),
-            _ => Err(self.err(
-                args,
-                String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            )),
-        }
-    }
-
-    fn must(&self, table: &str, args: &[String]) -> Result<String, FirewallError> {
-        match self.run(table, args)? {
-            (true, out) => Ok(out),
-            (false, stderr) => Err(self.err(args, stderr.trim().to_string())),
-        }
-    }
-
-    fn chain_exists(&self, table: &str, chain: &str) -> Result<bool, FirewallError> {
-        Ok(self.run(table, &words(&["-S", chain]))?.0)
-    }
-
-    fn ensure_chain(&self, table: &str, chain: &str) -> Result<(), FirewallError> {
-        if !self.chain_exists(table, chain)? {
-            self.must(table, &words(&["-N", chain]))?;
-        }
-        Ok(())
-    }
-
-    fn exists(&self, table: &str, chain: &str, rule: &[String]) -> Result<bool, FirewallError> {
-        // iptables -C fails (status 2, not 1) for a jump to a chain that does not exist: such
-        // a rule cannot exist either (a network removed before its rules were ever installed).
-        if let Some(target) = rule
-            .windows(2)
-            .find(|w| w[0] == "-j" && w[1].starts_with("BERTH-"))
-            .map(|w| &w[1])
-        {
-            if !self.chain_exists(table, target)? {
-                return Ok(false);
+impl Saved {
+    fn parse(text: &str) -> Saved {
+        let mut saved = Saved::default();
+        let mut table = String::new();
+        for line in text.lines() {
+            if let Some(t) = line.strip_prefix('*') {
+                table = t.trim().to_string();
+            } else if let Some(rest) = line.strip_prefix(':') {
+                if let Some(chain) = rest.split_whitespace().next() {
+                    saved.chains.insert((table.clone(), chain.to_string()));
+                }
+            } else if let Some(rest) = line.strip_prefix("-A ") {
+                let (chain, spec) = rest.split_once(' ').unwrap_or((rest, ""));
+                saved
+                    .rules
+                    .push((table.clone(), chain.to_string(), spec.trim().to_string()));
             }
         }
-        let mut args = words(&["-C", chain]);
-        args.extend_from_slice(rule);
-        Ok(self.run(table, &args)?.0)
+        saved
     }
 
-    /// Appends `rule` to `chain` (inserts it first when `first`) unless it is there.
-    fn ensure(
-        &self,
-        table: &str,
-        chain: &str,
-        rule: &[String],
-        first: bool,
-    ) -> Result<(), FirewallError> {
-        if self.exists(table, chain, rule)? {
-            return Ok(());
-        }
-        let mut args = if first {
-            words(&["-I", chain, "1"])
+    fn has_chain(&self, table: &str, chain: &str) -> bool {
+        self.chains
+            .contains(&(table.to_string(), chain.to_string()))
+    }
+
+    fn has_rule(&self, table: &str, chain: &str, spec: &str) -> bool {
+        self.rules
+            .iter()
+            .any(|(t, c, s)| t == table && c == chain && s == spec)
+    }
+}
+
+/// Rule arguments as `iptables-save` prints them (the comment quoted).
+fn render(args: &[String]) -> String {
+    let mut out = Vec::with_capacity(args.len());
+    for (i, a) in args.iter().enumerate() {
+        if i > 0 && args[i - 1] == "--comment" {
+            out.push(format!("\"{a}\""));
         } else {
-            words(&["-A", chain])
-        };
-        args.extend_from_slice(rule);
-        self.must(table, &args).map(drop)
-    }
-
-    fn delete_all(&self, table: &str, chain: &str, rule: &[String]) -> Result<(), FirewallError> {
-        if !self.chain_exists(table, chain)? {
-            return Ok(());
+            out.push(a.clone());
         }
-        while self.exists(table, chain, rule)? {
-            let mut args = words(&["-D", chain]);
-            args.extend_from_slice(rule);
-            self.must(table, &args)?;
-        }
-        Ok(())
     }
-
-    /// The number of rules in `chain` (0 when it does not exist).
-    fn rule_count(&self, table: &str, chain: &str) -> Result<usize, FirewallError> {
-        if !self.chain_exists(table, chain)? {
-            return Ok(0);
-        }
-        let out = self.must(table, &words(&["-S", chain]))?;
-        Ok(out.lines().filter(|l| l.starts_with("-A ")).count())
-    }
+    out.join(" ")
 }
 
-/// Installs network `net`'s rules (and the shared chains and jumps if missing). Idempotent.
-pub fn install(net: &Network) -> Result<(), FirewallError> {
-    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let ipt = Ipt { network: &net.name };
-    for chain in [CHAIN1, CHAIN2, FORWARD_CHAIN] {
-        ipt.ensure_chain("filter", chain)?;
-    }
-    ipt.ensure("filter", FORWARD_CHAIN, &words(&["-j", CHAIN1]), true)?;
-    for (table, chain, rule) in rules(net) {
-        ipt.ensure(table, chain, &rule, false)?;
-    }
-    ipt.ensure("filter", "FORWARD", &words(&["-j", FORWARD_CHAIN]), true)?;
-    Ok(())
+/// The comment every rule of network `name` carries, as `iptables-save` prints it.
+fn tag(name: &str) -> String {
+    format!("--comment \"berth network {name}\"")
 }
 
-/// Removes network `net`'s rules (whether it was installed as internal or not); when no
-/// berth network is left, the jump and berth's chains too. Idempotent.
-pub fn remove(net: &Network) -> Result<(), FirewallError> {
-    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let ipt = Ipt { network: &net.name };
-    for internal in [false, true] {
-        let kind = Network {
-            internal,
-            ..net.clone()
-        };
-        for (table, chain, rule) in rules(&kind) {
-            ipt.delete_all(table, chain, &rule)?;
-        }
+/// One `iptables-restore --noflush` input: command lines per table, applied atomically per
+/// table.
+#[derive(Debug, Default)]
+struct Batch {
+    tables: BTreeMap<String, Vec<String>>,
+}
+
+impl Batch {
+    fn push(&mut self, table: &str, line: String) {
+        self.tables.entry(table.to_string()).or_default().push(line);
     }
-    let others = ipt.rule_count("filter", CHAIN1)?
-        + ipt.rule_count("filter", CHAIN2)?
-        + ipt.rule_count("filter", FORWARD_CHAIN)?.saturating_sub(1);
-    if others == 0 {
-        ipt.delete_all("filter", "FORWARD", &words(&["-j", FORWARD_CHAIN]))?;
-        for chain in [FORWARD_CHAIN, CHAIN1, CHAIN2] {
-            if ipt.chain_exists("filter", chain)? {
-                ipt.must("filter", &words(&["-F", chain]))?;
-                ipt.must("filter", &words(&["-X", chain]))?;
+
+    fn is_empty(&self) -> bool {
+        self.tables.is_empty()
+    }
+
+    fn text(&self) -> String {
+        let mut out = String::new();
+        for (table, lines) in &self.tables {
+            out.push_str(&format!("*{table}\n"));
+            for l in lines {
+                out.push_str(l);
+                out.push('\n');
             }
+            out.push_str("COMMIT\n");
+        }
+        out
+    }
+}
+
+fn err(network: &str, args: &str, reason: String) -> FirewallError {
+    FirewallError {
+        network: network.to_string(),
+        args: args.to_string(),
+        reason,
+    }
+}
+
+/// The host's filter and nat tables (one `iptables-save`).
+fn save(network: &str) -> Result<Saved, FirewallError> {
+    let out = Command::new("iptables-save")
+        .output()
+        .map_err(|e| err(network, "(iptables-save)", e.to_string()))?;
+    if !out.status.success() {
+        return Err(err(
+            network,
+            "(iptables-save)",
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ));
+    }
+    Ok(Saved::parse(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// Applies `batch` with one `iptables-restore --noflush` (nothing when it is empty).
+fn restore(network: &str, batch: &Batch) -> Result<(), FirewallError> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let text = batch.text();
+    let mut child = Command::new("iptables-restore")
+        .args(["-w", "--noflush"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| err(network, "(iptables-restore)", e.to_string()))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(text.as_bytes())
+            .map_err(|e| err(network, "(iptables-restore)", e.to_string()))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| err(network, "(iptables-restore)", e.to_string()))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(err(
+        network,
+        &format!("(iptables-restore of:\n{})", text.trim_end()),
+        String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    ))
+}
+
+/// Runs `plan` against a fresh save and applies its batch; once more from a new save if
+/// the restore fails (another program changed the tables in between).
+fn apply(network: &str, plan: impl Fn(&Saved) -> Batch) -> Result<(), FirewallError> {
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let first = restore(network, &plan(&save(network)?));
+    match first {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            tracing::debug!("retrying after a failed iptables-restore: {e}");
+            restore(network, &plan(&save(network)?))
         }
     }
-    Ok(())
+}
+
+/// Installs network `net`'s rules (and the shared chains and jumps if missing): one
+/// `iptables-save` and, when something is missing, one `iptables-restore`. A rule of the
+/// network that differs from what it should be is replaced. Idempotent.
+pub fn install(net: &Network) -> Result<(), FirewallError> {
+    apply(&net.name, |saved| install_plan(net, saved))
+}
+
+fn install_plan(net: &Network, saved: &Saved) -> Batch {
+    let mut b = Batch::default();
+    for chain in [CHAIN1, CHAIN2, FORWARD_CHAIN] {
+        if !saved.has_chain("filter", chain) {
+            b.push("filter", format!(":{chain} - [0:0]"));
+        }
+    }
+    let to_chain1 = format!("-j {CHAIN1}");
+    if !saved.has_rule("filter", FORWARD_CHAIN, &to_chain1) {
+        b.push("filter", format!("-I {FORWARD_CHAIN} 1 {to_chain1}"));
+    }
+    let wanted: Vec<(&str, &str, String)> = rules(net)
+        .into_iter()
+        .map(|(t, c, args)| (t, c, render(&args)))
+        .collect();
+    let tag = tag(&net.name);
+    for (t, c, spec) in &saved.rules {
+        let ours = spec.contains(&tag);
+        if ours
+            && !wanted
+                .iter()
+                .any(|(wt, wc, ws)| wt == t && wc == c && ws == spec)
+        {
+            b.push(t, format!("-D {c} {spec}"));
+        }
+    }
+    for (t, c, spec) in &wanted {
+        if !saved.has_rule(t, c, spec) {
+            b.push(t, format!("-A {c} {spec}"));
+        }
+    }
+    let to_forward = format!("-j {FORWARD_CHAIN}");
+    if !saved.has_rule("filter", "FORWARD", &to_forward) {
+        b.push("filter", format!("-I FORWARD 1 {to_forward}"));
+    }
+    b
+}
+
+/// Removes network `net`'s rules (whatever they were: found by their comment); when no
+/// berth network is left, the jump and berth's chains too (unless something else jumps to
+/// them). One `iptables-save` and one `iptables-restore`. Idempotent.
+pub fn remove(net: &Network) -> Result<(), FirewallError> {
+    apply(&net.name, |saved| remove_plan(net, saved))
+}
+
+fn remove_plan(net: &Network, saved: &Saved) -> Batch {
+    let mut b = Batch::default();
+    let tag = tag(&net.name);
+    for (t, c, spec) in saved.rules.iter().filter(|(_, _, s)| s.contains(&tag)) {
+        b.push(t, format!("-D {c} {spec}"));
+    }
+    let ours = [CHAIN1, CHAIN2, FORWARD_CHAIN];
+    let to_chain1 = format!("-j {CHAIN1}");
+    let others = saved.rules.iter().any(|(t, c, s)| {
+        t == "filter"
+            && ours.contains(&c.as_str())
+            && !s.contains(&tag)
+            && !(c == FORWARD_CHAIN && *s == to_chain1)
+    });
+    let to_forward = format!("-j {FORWARD_CHAIN}");
+    let jumps_in = saved.rules.iter().any(|(t, c, s)| {
+        t == "filter"
+            && !ours.contains(&c.as_str())
+            && ours.iter().any(|o| s.split_whitespace().any(|w| w == *o))
+            && !(c == "FORWARD" && *s == to_forward)
+    });
+    if !others && !jumps_in {
+        for _ in saved
+            .rules
+            .iter()
+            .filter(|(t, c, s)| t == "filter" && c == "FORWARD" && *s == to_forward)
+        {
+            b.push("filter", format!("-D FORWARD {to_forward}"));
+        }
+        let present: Vec<&str> = ours
+            .iter()
+            .copied()
+            .filter(|c| saved.has_chain("filter", c))
+            .collect();
+        for c in &present {
+            b.push("filter", format!("-F {c}"));
+        }
+        for c in &present {
+            b.push("filter", format!("-X {c}"));
+        }
+    }
+    b
 }
 
 #[cfg(test)]
@@ -307,6 +407,98 @@ mod tests {
                 format!("nat POSTROUTING -s 10.5.0.0/24 ! -o {br} {m} -j MASQUERADE"),
             ]
         );
+    }
+
+    /// What `iptables-save` prints with network `net`'s rules installed, plus `extra` lines
+    /// in the filter table.
+    fn saved_with(net: &Network, extra: &[&str]) -> String {
+        let mut filter = vec![
+            ":INPUT ACCEPT [0:0]".to_string(),
+            ":FORWARD ACCEPT [0:0]".into(),
+            format!(":{CHAIN1} - [0:0]"),
+            format!(":{CHAIN2} - [0:0]"),
+            format!(":{FORWARD_CHAIN} - [0:0]"),
+            format!("-A FORWARD -j {FORWARD_CHAIN}"),
+            format!("-A {FORWARD_CHAIN} -j {CHAIN1}"),
+        ];
+        let mut nat = vec![":POSTROUTING ACCEPT [0:0]".to_string()];
+        for (t, c, a) in rules(net) {
+            let line = format!("-A {c} {}", render(&a));
+            if t == "nat" {
+                nat.push(line)
+            } else {
+                filter.push(line)
+            }
+        }
+        filter.extend(extra.iter().map(|l| l.to_string()));
+        format!(
+            "# Generated by iptables-save\n*filter\n{}\nCOMMIT\n*nat\n{}\nCOMMIT\n",
+            filter.join("\n"),
+            nat.join("\n")
+        )
+    }
+
+    #[test]
+    fn install_on_empty_tables_makes_chains_jumps_and_rules_in_one_batch() {
+        let net = Network::new("web", ID, "10.5.0.0/24".parse().unwrap()).unwrap();
+        let b = install_plan(
+            &net,
+            &Saved::parse("*filter\n:FORWARD ACCEPT [0:0]\nCOMMIT\n"),
+        );
+        let text = b.text();
+        assert!(
+            text.starts_with("*filter\n:BERTH-ISOLATION-1 - [0:0]\n"),
+            "{text}"
+        );
+        assert!(text.contains("-I BERTH-FORWARD 1 -j BERTH-ISOLATION-1\n"));
+        assert!(text.contains(&format!(
+            "-A BERTH-FORWARD -i {} -m comment --comment \"berth network web\" -j ACCEPT\n",
+            net.bridge
+        )));
+        assert!(text.ends_with(
+            "-I FORWARD 1 -j BERTH-FORWARD\nCOMMIT\n*nat\n-A POSTROUTING -s 10.5.0.0/24 ! -o br-0123456789ab -m comment --comment \"berth network web\" -j MASQUERADE\nCOMMIT\n"
+        ), "{text}");
+    }
+
+    #[test]
+    fn install_when_installed_does_nothing_and_replaces_a_stale_rule() {
+        let net = Network::new("web", ID, "10.5.0.0/24".parse().unwrap()).unwrap();
+        assert!(install_plan(&net, &Saved::parse(&saved_with(&net, &[]))).is_empty());
+        let stale =
+            "-A BERTH-FORWARD -i br-old -m comment --comment \"berth network web\" -j ACCEPT";
+        let other =
+            "-A BERTH-FORWARD -i br-x -m comment --comment \"berth network web2\" -j ACCEPT";
+        let b = install_plan(&net, &Saved::parse(&saved_with(&net, &[stale, other])));
+        assert_eq!(
+            b.text(),
+            "*filter\n-D BERTH-FORWARD -i br-old -m comment --comment \"berth network web\" -j ACCEPT\nCOMMIT\n"
+        );
+    }
+
+    #[test]
+    fn remove_deletes_the_networks_rules_and_the_chains_with_the_last() {
+        let net = Network::new("web", ID, "10.5.0.0/24".parse().unwrap()).unwrap();
+        let b = remove_plan(&net, &Saved::parse(&saved_with(&net, &[])));
+        let text = b.text();
+        assert_eq!(text.matches("-D ").count(), 6 + 1, "{text}");
+        assert!(text.contains("-D FORWARD -j BERTH-FORWARD\n-F BERTH-ISOLATION-1\n"));
+        assert!(text.contains("-X BERTH-FORWARD\nCOMMIT\n*nat\n-D POSTROUTING -s 10.5.0.0/24"));
+        // Another network's rule keeps the chains and the jump.
+        let other =
+            "-A BERTH-FORWARD -i br-x -m comment --comment \"berth network web2\" -j ACCEPT";
+        let text = remove_plan(&net, &Saved::parse(&saved_with(&net, &[other]))).text();
+        assert_eq!(text.matches("-D ").count(), 6, "{text}");
+        assert!(!text.contains("-X") && !text.contains("web2"), "{text}");
+        // So does a jump into them from a chain that is not berth's.
+        let jump = "-A INPUT -j BERTH-FORWARD";
+        let text = remove_plan(&net, &Saved::parse(&saved_with(&net, &[jump]))).text();
+        assert!(!text.contains("-X"), "{text}");
+        // Nothing of the network's there: nothing to do but the empty chains.
+        let none = remove_plan(
+            &net,
+            &Saved::parse("*filter\n:FORWARD ACCEPT [0:0]\nCOMMIT\n"),
+        );
+        assert!(none.is_empty());
     }
 
     #[test]
