@@ -246,6 +246,31 @@ impl Cgroup {
         }
     }
 
+    /// This cgroup as [`Cgroup::create`] would leave it if it made every directory missing
+    /// now (leaves and ancestors, shallowest first): what a caller records before creating,
+    /// so that a process killed halfway through the creation leaves a record that names
+    /// everything it may have made. (A directory another process makes in between would be
+    /// named too; removal takes only empty cgroups.)
+    pub fn planned(&self) -> Cgroup {
+        let mut out = self.clone();
+        for d in &self.dirs {
+            let mut missing: Vec<PathBuf> = d
+                .path
+                .ancestors()
+                .take_while(|a| *a != d.mount && a.starts_with(&d.mount))
+                .filter(|a| !a.exists())
+                .map(Path::to_path_buf)
+                .collect();
+            missing.reverse();
+            for dir in missing {
+                if !out.created.contains(&dir) {
+                    out.created.push(dir);
+                }
+            }
+        }
+        out
+    }
+
     /// Creates the directories (missing ancestors included) and records those it made. On v1 a
     /// new cpuset cgroup gets cpuset.cpus/mems from its parent; on v2 the available
     /// controllers are enabled in the ancestors. An existing leaf is fine. On failure, what

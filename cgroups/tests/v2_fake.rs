@@ -335,3 +335,31 @@ fn destroy_removes_only_created_dirs() {
     assert!(!mid.join("ctr").exists());
     assert!(mid.is_dir());
 }
+
+#[test]
+fn planned_names_every_directory_create_would_make_and_no_existing_one() {
+    let (tmp, layout) = fake_root();
+    fs::create_dir(tmp.path().join("a")).unwrap();
+    let cg = Cgroup::resolve_in(&layout, Some("/a/b/c"), "x").unwrap();
+    let planned = cg.planned();
+    assert_eq!(
+        planned.created(),
+        &[tmp.path().join("a/b"), tmp.path().join("a/b/c")],
+        "the missing ones, parents first; /a existed"
+    );
+    assert!(cg.created().is_empty(), "planning changes nothing");
+    assert!(!tmp.path().join("a/b").exists(), "and makes nothing");
+    // A process killed right after making the directories: the planned record removes
+    // exactly them (what a runtime's `delete` does with it), /a stays.
+    fs::create_dir_all(tmp.path().join("a/b/c")).unwrap();
+    planned.destroy().unwrap();
+    assert!(!tmp.path().join("a/b").exists());
+    assert!(tmp.path().join("a").is_dir());
+    // An existing leaf is never planned (it is its maker's).
+    fs::create_dir_all(tmp.path().join("a/b/c")).unwrap();
+    assert!(Cgroup::resolve_in(&layout, Some("/a/b/c"), "x")
+        .unwrap()
+        .planned()
+        .created()
+        .is_empty());
+}

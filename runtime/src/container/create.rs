@@ -346,6 +346,12 @@ fn setup_cgroup(
 ) -> Result<Option<Cgroup>> {
     let mut cg =
         Cgroup::resolve(cg_path, id).with_context(|| format!("cgroup of container {id}"))?;
+    // Recorded before the first mkdir, so that a create killed while making the directories
+    // leaves a record of them for `delete` (a kill before the record made nothing).
+    if let Some(dir) = &rb.dir {
+        dir.save_creating_cgroup(&cg.planned())
+            .context("recording the container's cgroup")?;
+    }
     if let Err(e) = cg.create() {
         let denied = matches!(
             &e,
@@ -369,8 +375,8 @@ fn setup_cgroup(
         return Err(anyhow!(e).context("creating cgroup"));
     }
     rb.cgroup = Some(cg.clone());
-    // At once, before the limits (many writes): a create killed from here on leaves the
-    // record `delete` removes the cgroup by.
+    // Again with what create made (the record above may name directories that appeared in
+    // between), before the limits (many writes).
     if let Some(dir) = &rb.dir {
         dir.save_creating_cgroup(&cg)
             .context("recording the container's cgroup")?;
