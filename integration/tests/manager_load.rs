@@ -90,6 +90,7 @@ fn cgroups_left(ns: &str) -> Vec<String> {
 /// Nothing of namespace `ns`'s containers is left, and `berth check` is clean.
 #[track_caller]
 fn assert_nothing_left(d: &Berthd, ns: &str) {
+    d.networks_released();
     assert!(tasks::bundles(d, ns).is_empty(), "bundles left");
     assert!(
         tasks::supervisors_under(&d.state().join("tasks")).is_empty(),

@@ -147,6 +147,7 @@ fn fetch_on_host(d: &Daemon, port: u16) -> Option<String> {
 /// What a clean netns holds once every container is gone: no veth, no rule naming `ids`.
 #[track_caller]
 fn assert_released(d: &Daemon, ids: &[&str]) {
+    d.networks_released();
     let veths = d.in_netns(&["ip", "-o", "link", "show", "type", "veth"]);
     assert_eq!(veths.ok().trim(), "", "veths left");
     for table in ["nat", "filter"] {
@@ -454,6 +455,7 @@ fn twenty_concurrent_containers_get_distinct_addresses_and_release_them() {
             s.spawn(move || remove(d, id));
         }
     });
+    d.networks_released();
     assert_eq!(leases(&d), 0, "addresses still leased");
     let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
     assert_released(&d, &refs);
@@ -712,4 +714,80 @@ fn connect_and_disconnect_a_running_container() {
     remove(&d, &cli);
     remove(&d, &srv);
     assert_released(&d, &[&cli, &srv]);
+}
+
+/// The entries of berthd's queue of networks to release.
+fn release_queue(d: &Daemon) -> Vec<String> {
+    std::fs::read_dir(d.state().join("networks-releasing"))
+        .map(|r| {
+            r.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A deleted task's networks are released behind the delete (its CNI DELs do not hold it
+/// up); what is still queued goes first when the same container starts again, when another
+/// container publishes ports, and at berthd's next start after a crash.
+#[test]
+fn deleted_tasks_networks_are_released_behind_the_delete_and_after_a_crash() {
+    let ns = unique("brel");
+    // The real plugins, but the bridge plugin's DEL takes 3 s.
+    let plugins = tempfile::tempdir().unwrap();
+    for p in ["host-local", "portmap"] {
+        std::os::unix::fs::symlink(format!("/usr/lib/cni/{p}"), plugins.path().join(p)).unwrap();
+    }
+    let bridge = plugins.path().join("bridge");
+    std::fs::write(
+        &bridge,
+        "#!/bin/sh\n[ \"$CNI_COMMAND\" = DEL ] && sleep 3\nexec /usr/lib/cni/bridge\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&bridge, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = plugins.path().display().to_string();
+    let mut d = daemon_with(&ns, &[("BERTH_CNI_PATH", &path)]);
+    d.berth(
+        &ns,
+        &["network", "create", "--subnet", "10.213.52.0/24", "n"],
+    )
+    .ok();
+
+    // The delete returns while the DEL still sleeps: the attachment waits in the queue.
+    let c = unique("c");
+    d.berth(
+        &ns,
+        &["run", "-d", "--net", "n", IMAGE, &c, "sleep", "1000"],
+    )
+    .ok();
+    d.berth(&ns, &["tasks", "kill", "-s", "KILL", &c]).ok();
+    d.berth(&ns, &["tasks", "wait", &c]);
+    d.berth(&ns, &["tasks", "rm", &c]).ok();
+    assert_eq!(release_queue(&d), vec![format!("{ns}--{c}")]);
+    // The same container's next task: its queued release goes first, and it gets a
+    // namespace and an address again.
+    d.ctr(&ns, &["tasks", "start", "-d", &c]).ok();
+    assert!(release_queue(&d).is_empty(), "{:?}", release_queue(&d));
+    let ip = address_of(&d, "n", &c);
+    assert!(ip.starts_with("10.213.52."), "{ip}");
+    remove(&d, &c);
+
+    // A published port held by a queued release is free for the next container at once.
+    let (w1, w2) = (unique("w1"), unique("w2"));
+    web(&d, &w1, "n", Some("127.0.0.1:8652:80"));
+    assert_eq!(fetch_on_host(&d, 8652).as_deref(), Some(PAGE));
+    remove(&d, &w1);
+    web(&d, &w2, "n", Some("127.0.0.1:8652:80"));
+    assert_eq!(fetch_on_host(&d, 8652).as_deref(), Some(PAGE));
+    remove(&d, &w2);
+
+    // berthd killed with releases queued: its next start finishes them before it answers.
+    assert!(!release_queue(&d).is_empty(), "nothing queued to crash on");
+    d.d.crash();
+    d.d.restart().unwrap();
+    d.berth(&ns, &["version"]).ok();
+    assert!(release_queue(&d).is_empty(), "{:?}", release_queue(&d));
+    assert_released(&d, &[&c, &w1, &w2]);
+    let check = d.berth(&ns, &["check"]);
+    assert_eq!(check.code, 0, "{check:?}");
 }

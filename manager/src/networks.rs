@@ -12,12 +12,16 @@
 //! - `<state>/networks/dns/`: aardvark-dns's file per user-defined network (names of its
 //!   containers) and pid file: it serves names on the networks' gateways, port 53;
 //! - `<state>/networks/cni-cache/`: the plugins' cached results (CNI's cache, which DEL and
-//!   CHECK read as `prevResult`).
+//!   CHECK read as `prevResult`);
+//! - `<state>/networks-releasing/<ns>--<id>/`: attachments of deleted tasks whose CNI DELs
+//!   a worker thread is still to run (see [`release`]).
+
+mod release;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use berth_network::cni::{Cni, RuntimeConf};
 use berth_network::config::{Network, DEFAULT_BRIDGE};
@@ -254,6 +258,8 @@ pub struct Networks {
     dns: Aardvark,
     /// One attach or detach at a time: ports and addresses are chosen against what exists.
     lock: Mutex<()>,
+    /// Detached attachments whose teardown is queued.
+    releaser: Arc<release::Releaser>,
     /// Networks (by id) whose host rules this berthd has installed since it started:
     /// checked once per network, not on every attach (each check is several iptables runs).
     installed: Mutex<std::collections::HashSet<String>>,
@@ -267,9 +273,16 @@ impl Networks {
         if let Some(path) = std::env::var_os("BERTH_CNI_PATH") {
             cni = cni.with_plugin_path(std::env::split_paths(&path).collect());
         }
+        let ipam_dir = root.join("networks").join("ipam");
+        let releaser = release::Releaser::new(
+            cni.clone(),
+            ipam_dir.clone(),
+            state.join("networks-releasing"),
+        );
         Networks {
             store,
-            ipam_dir: root.join("networks").join("ipam"),
+            releaser,
+            ipam_dir,
             netns_dir: state.join("netns"),
             builds_dir: state.join("builds"),
             dns: Aardvark::new(&dir.join("dns"), 53),
@@ -502,6 +515,9 @@ impl Networks {
                 users.join(", ")
             )));
         }
+        // Queued teardowns on it go first: their DELs use its plugins' state.
+        self.releaser
+            .drain(|_, a| a.joined.iter().any(|j| j.network.id == rec.id));
         firewall::remove(&rec.network()?).map_err(internal)?;
         self.dns
             .remove(&rec.cni_name)
@@ -604,6 +620,11 @@ impl Networks {
                 "ports cannot be published from a container only on internal networks".into(),
             ));
         }
+        // A queued teardown of this container (a restart) or one holding ports goes first.
+        let key = Self::netns_name(&ctx.namespace, id);
+        let publishing = !plan.ports.is_empty();
+        self.releaser
+            .drain(|k, a| k == key || (publishing && !a.ports.is_empty()));
         let ports = ports::resolve(&plan.ports, &self.ports_taken())
             .map_err(|e| NetworkError::InvalidArgument(e.to_string()))?;
         let cdir = self.container_dir(&ctx.namespace, id);
@@ -615,8 +636,7 @@ impl Networks {
             added: Vec::new(),
             armed: true,
         };
-        let ns = Netns::create(&self.netns_dir, &Self::netns_name(&ctx.namespace, id))
-            .map_err(internal)?;
+        let ns = Netns::create(&self.netns_dir, &key).map_err(internal)?;
         undo.netns = Some(ns.clone());
         let mut joined = Vec::new();
         let publishing = records.iter().position(|(_, r)| !r.internal);
@@ -911,7 +931,9 @@ impl Networks {
         )))
     }
 
-    /// Tears down what [`Networks::attach`] set up for container `id` (idempotent).
+    /// Tears down what [`Networks::attach`] set up for container `id` (idempotent): its names
+    /// leave the resolver now; the CNI DELs and the namespace's removal are queued for
+    /// [`release`]'s worker (done here if the queue cannot take them).
     pub fn detach(&self, ns: &str, id: &str) -> Result<()> {
         let _g = self.guard();
         let cdir = self.container_dir(ns, id);
@@ -919,45 +941,23 @@ impl Networks {
             let _ = std::fs::remove_dir_all(&cdir);
             return Ok(());
         };
-        let mut first_err = None;
-        for j in a.joined.iter().rev() {
-            let publish = j.publishes && !a.ports.is_empty();
-            let list = match j
-                .network
-                .network()
-                .and_then(|n| n.conflist(&self.ipam_dir, publish).map_err(internal))
-            {
-                Ok(l) => l,
-                Err(e) => {
-                    first_err.get_or_insert(e);
-                    continue;
+        let queued = self.releaser.queue(&cdir, &Self::netns_name(ns, id));
+        let result = match queued {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                tracing::debug!("container {id}: releasing its networks now: {e}");
+                let r = release::teardown(&self.cni, &self.ipam_dir, &a);
+                match std::fs::remove_dir_all(&cdir) {
+                    Err(e) if r.is_ok() => Err(internal(e)),
+                    _ => r,
                 }
-            };
-            let mut rt = RuntimeConf::new(id, &a.netns, &j.ifname);
-            if j.publishes {
-                rt = rt.with_port_mappings(&a.ports);
             }
-            if let Err(e) = self.cni.del(&list, &rt) {
-                first_err.get_or_insert(NetworkError::Internal(format!(
-                    "network {}: {e}",
-                    j.network.name
-                )));
-            }
-        }
-        if let Err(e) = netns::remove_path(&a.netns) {
-            first_err.get_or_insert(internal(e));
-        }
-        if let Err(e) = std::fs::remove_dir_all(&cdir) {
-            first_err.get_or_insert(internal(e));
-        }
+        };
         let networks: Vec<&NetworkRecord> = a.joined.iter().map(|j| &j.network).collect();
         if let Err(e) = self.refresh_dns(ns, &networks) {
             tracing::warn!("container {id}: {e}");
         }
-        match first_err {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        result
     }
 }
 
@@ -1104,8 +1104,10 @@ impl Networks {
     }
 
     /// At berthd's start no build runs: releases what the RUN steps of builds a crash
-    /// interrupted still hold (addresses, veths, network namespaces).
+    /// interrupted still hold (addresses, veths, network namespaces), and what the teardown
+    /// queue holds (a crash leaves it as it was).
     pub fn release_builds(&self) {
+        self.releaser.drain(|_, _| true);
         for ns in self.namespaces_attached() {
             for a in self.attachments(&ns).unwrap_or_default() {
                 if a.build.is_none() {
@@ -1141,6 +1143,12 @@ impl Networks {
         let mut out = Vec::new();
         let mut netns_used = std::collections::HashSet::new();
         let mut leases_used = std::collections::HashSet::new();
+        for (_, a) in self.releaser.pending() {
+            netns_used.insert(a.netns.clone());
+            for j in &a.joined {
+                leases_used.insert((j.network.cni_name.clone(), j.ip.clone()));
+            }
+        }
         for ns in self.namespaces_attached() {
             let ctx = Ctx::new(ns.clone());
             for a in self.attachments(&ns).unwrap_or_default() {

@@ -209,6 +209,17 @@ impl Berthd {
         self.dir().join("state")
     }
 
+    /// Waits (up to 30 s) until berthd has released the networks of deleted tasks: it tears
+    /// them down on a thread of its own after the delete returns
+    /// (`<state>/networks-releasing` empty).
+    #[track_caller]
+    pub fn networks_released(&self) {
+        let queue = self.state().join("networks-releasing");
+        until("berthd to release deleted tasks' networks", 30, || {
+            std::fs::read_dir(&queue).map_or(true, |mut r| r.next().is_none())
+        });
+    }
+
     /// `--address`.
     pub fn socket(&self) -> PathBuf {
         self.dir().join("berthd.sock")
