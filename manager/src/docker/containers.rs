@@ -18,6 +18,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 
 use super::errors::ApiError;
+use super::exec::OutputEnd;
 use super::lifecycle::{parse_signal, rq, task_error, Meta, RunState};
 use super::logs;
 use super::server::{empty, json as json_reply, Body, Reply, Req};
@@ -880,6 +881,7 @@ pub async fn attach(api: &Api, mut req: Req, name: &str) -> Reply {
         ..Default::default()
     };
     let stream = req.q_bool("stream")?;
+    let keys = super::detach::DetachKeys::for_attach(req.q("detachKeys").unwrap_or(""))?;
     let hijack = req.headers.contains_key(UPGRADE);
     // Input needs the hijacked connection; a container without OpenStdin has none to take.
     let stdin = req.q_bool("stdin")? && m.open_stdin() && hijack;
@@ -910,28 +912,44 @@ pub async fn attach(api: &Api, mut req: Req, name: &str) -> Reply {
     let upgrade = req.upgrade.take();
     match upgrade {
         Some(on) if hijack => {
-            let (api, id, once) = (api.clone(), c.id.clone(), m.stdin_once());
+            let (api, id, once, tty) = (api.clone(), c.id.clone(), m.stdin_once(), m.tty());
+            // Only a terminal's input is watched for the detach keys, as by dockerd.
+            let escape = tty.then(|| keys.watch());
             tokio::spawn(async move {
                 let Ok(up) = on.await else { return };
                 let (mut rd, mut wr) = tokio::io::split(hyper_util::rt::TokioIo::new(up));
+                let (detached_tx, detached_rx) = tokio::sync::oneshot::channel::<()>();
                 let pump = input.map(|mut w| {
                     let mut exits = exits.clone();
+                    let api = api.clone();
+                    let id = id.clone();
                     tokio::spawn(async move {
                         let ended = async move {
                             let _ = exits.wait_for(|e| e.count > seen.count || e.removed).await;
                         };
-                        super::exec::copy_input(&mut rd, &mut w, ended).await;
+                        let end = super::exec::copy_input(&mut rd, &mut w, escape, ended).await;
                         drop(w);
-                        if once {
+                        if end == super::exec::InputEnd::Detached {
+                            let _ = detached_tx.send(());
+                        } else if once && !tty {
+                            // A terminal's input stays open for the next attach (dockerd
+                            // closes StdinOnce input only without one).
                             api.stdins.close(&api, &id).await;
                         }
                     })
                 });
-                while let Some(b) = rx.recv().await {
-                    if wr.write_all(&b).await.is_err() {
-                        // The client left; its input side ends by itself.
+                match super::exec::copy_output(&mut rx, &mut wr, detached_rx).await {
+                    // The client left; its input side ends by itself.
+                    OutputEnd::ClientGone => return,
+                    OutputEnd::Detached => {
+                        let _ = wr.shutdown().await;
+                        if let Ok(c) = api.find_container(&id).await {
+                            api.events.container(&id, &Meta::of(&c), "detach", &[]);
+                        }
+                        tracing::debug!(container = %id, "docker api: attach detached");
                         return;
                     }
+                    OutputEnd::Done => {}
                 }
                 let _ = wr.flush().await;
                 let _ = wr.shutdown().await;
