@@ -3,6 +3,7 @@
 //! `--detach-keys`, the CLI config's `detachKeys`) leave the container or exec running and
 //! its terminal usable by the next attach; berthd itself watches for them on a terminal's
 //! input (for clients that do not, like docker-py); bad keys are refused naming them.
+//! Attach with `logs=1` replays the log before following it (`stream=0`: only replays).
 //!
 //! berthd runs in a network namespace of the test's own; every test has its own daemon.
 
@@ -274,4 +275,134 @@ fn berthd_watches_a_terminals_input_for_the_detach_keys() {
     );
     assert!(body.contains("Unknown character: 'ctrl-'"), "{body}");
     d.docker(&["rm", "-f", "raw", "plain"]).ok();
+}
+
+/// The frames of a multiplexed stream: (stream, text).
+fn frames(body: &[u8]) -> Vec<(u8, String)> {
+    let mut out = Vec::new();
+    let mut rest = body;
+    while rest.len() >= 8 {
+        let len = u32::from_be_bytes([rest[4], rest[5], rest[6], rest[7]]) as usize;
+        let end = (8 + len).min(rest.len());
+        out.push((rest[0], String::from_utf8_lossy(&rest[8..end]).into_owned()));
+        rest = &rest[end..];
+    }
+    out
+}
+
+/// A plain (not hijacked) attach request: its status and body, read to the end.
+fn attach(d: &Berthd, name: &str, query: &str) -> (u16, Vec<u8>) {
+    let mut s = UnixStream::connect(d.docker_socket()).unwrap();
+    write!(
+        s,
+        "POST /v1.41/containers/{name}/attach?{query} HTTP/1.1\r\nHost: docker\r\n\
+         Connection: close\r\nContent-Length: 0\r\n\r\n"
+    )
+    .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).unwrap();
+    let at = all
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("an answer's head");
+    let head = String::from_utf8_lossy(&all[..at]).into_owned();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let mut body = all[at + 4..].to_vec();
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body = dechunk(&body);
+    }
+    (status, body)
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(at) = b.windows(2).position(|w| w == b"\r\n") {
+        let n = usize::from_str_radix(std::str::from_utf8(&b[..at]).unwrap().trim(), 16).unwrap();
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&b[at + 2..at + 2 + n]);
+        b = &b[at + 2 + n + 2..];
+    }
+    out
+}
+
+#[test]
+fn attach_with_logs_replays_the_log_first() {
+    let d = daemon();
+    d.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "lg",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo first; echo oops >&2; sleep 3; echo second",
+    ])
+    .ok();
+    until("lg's first lines", 20, || {
+        d.docker(&["logs", "lg"]).stderr.contains("oops")
+    });
+    // logs=1 with stream=1 on a running container: the log so far, then what comes after,
+    // each record once, until it exits.
+    let (code, body) = attach(&d, "lg", "logs=1&stream=1&stdout=1&stderr=1");
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(
+        frames(&body),
+        [
+            (1, "first\n".to_string()),
+            (2, "oops\n".to_string()),
+            (1, "second\n".to_string())
+        ]
+    );
+    assert_eq!(running(&d, "lg"), "false");
+    // On the exited container: stream=0 (or nothing left to follow) gives the log and ends;
+    // the streams asked for only.
+    let (code, body) = attach(&d, "lg", "logs=1&stream=0&stdout=1");
+    assert_eq!(code, 200);
+    assert_eq!(
+        frames(&body),
+        [(1, "first\n".to_string()), (1, "second\n".to_string())]
+    );
+    let (code, body) = attach(&d, "lg", "logs=1&stream=1&stderr=1");
+    assert_eq!(code, 200);
+    assert_eq!(frames(&body), [(2, "oops\n".to_string())]);
+    // stream=0 without logs: nothing, at once, on a running container too.
+    d.docker(&[
+        "run",
+        "-d",
+        "-t",
+        "--name",
+        "lt",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo on-tty; sleep 1000",
+    ])
+    .ok();
+    until("lt's line", 20, || {
+        d.docker(&["logs", "lt"]).stdout.contains("on-tty")
+    });
+    let (code, body) = attach(&d, "lt", "stream=0&stdout=1");
+    assert_eq!((code, body.len()), (200, 0), "{body:?}");
+    // A terminal's log is raw, not framed.
+    let (code, body) = attach(&d, "lt", "logs=1&stream=0&stdout=1");
+    assert_eq!(code, 200);
+    assert_eq!(String::from_utf8_lossy(&body).trim_end(), "on-tty");
+    assert_eq!(running(&d, "lt"), "true");
+    // Bad input: logs must be a boolean.
+    let (code, body) = attach(&d, "lt", "logs=maybe&stream=0&stdout=1");
+    let text = String::from_utf8_lossy(&body);
+    assert_eq!(code, 400, "{text}");
+    assert!(text.contains("invalid boolean value for logs"), "{text}");
+    d.docker(&["rm", "-f", "lg", "lt"]).ok();
 }

@@ -840,21 +840,8 @@ pub async fn logs(api: &Api, req: Req, name: &str) -> Reply {
     let exits = api.notifier.get(&c.id).subscribe();
     let seen = exits.borrow().count;
     let o2 = o.clone();
-    logs::spawn_follower(move || {
-        // Whole records now; with follow, those written later too (from the size the file
-        // had when the old ones were read: no record twice, none lost).
-        let size = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
-        for r in logs::existing(&log, &o2) {
-            if tx.blocking_send(o2.frame(&r)).is_err() {
-                return;
-            }
-        }
-        if follow && running {
-            let mut o3 = o2.clone();
-            o3.tail = None;
-            logs::follow(log, o3, Some(size), exits, seen, tx);
-        }
-    });
+    let then_follow = (follow && running).then_some((exits, seen));
+    logs::spawn_follower(move || logs::replay(log, o2, then_follow, tx));
     let body = ReceiverStream::new(rx).map(|b| Ok::<_, std::io::Error>(Frame::data(b)));
     let mut r = Response::new(BodyExt::boxed(StreamBody::new(body)));
     r.headers_mut().insert(
@@ -871,9 +858,6 @@ pub async fn logs(api: &Api, req: Req, name: &str) -> Reply {
 pub async fn attach(api: &Api, mut req: Req, name: &str) -> Reply {
     let c = api.find_container(name).await?;
     let m = Meta::of(&c);
-    if req.q_bool("logs")? {
-        return Err(ApiError::unsupported("attach with logs=1"));
-    }
     let o = logs::Options {
         stdout: req.q_bool("stdout")?,
         stderr: req.q_bool("stderr")?,
@@ -881,6 +865,7 @@ pub async fn attach(api: &Api, mut req: Req, name: &str) -> Reply {
         ..Default::default()
     };
     let stream = req.q_bool("stream")?;
+    let replay = req.q_bool("logs")?;
     let keys = super::detach::DetachKeys::for_attach(req.q("detachKeys").unwrap_or(""))?;
     let hijack = req.headers.contains_key(UPGRADE);
     // Input needs the hijacked connection; a container without OpenStdin has none to take.
@@ -894,7 +879,12 @@ pub async fn attach(api: &Api, mut req: Req, name: &str) -> Reply {
     // A container not started yet writes from the start of a new log; a running one from now.
     let from_start = !running && !started_already;
     let follows = stream && (running || !started_already);
-    if follows {
+    if replay {
+        // What the log holds first (dockerd's logs=1), then what comes after it.
+        let (o2, exits) = (o.clone(), exits.clone());
+        let then_follow = follows.then_some((exits, seen.count));
+        logs::spawn_follower(move || logs::replay(log, o2, then_follow, tx));
+    } else if follows {
         let (o2, exits) = (o.clone(), exits.clone());
         logs::spawn_follower(move || {
             logs::follow(log, o2, from_start.then_some(0), exits, seen.count, tx);
