@@ -200,3 +200,37 @@ fn a_missing_init_is_named() {
     assert_eq!(code, 400, "{text}");
     assert!(text.contains("HostConfig.Init"), "{text}");
 }
+
+#[test]
+fn exec_privileged_gets_every_capability() {
+    let d = daemon(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    load(&d, dir.path());
+    d.docker(&["run", "-d", "--name", "ep", IMAGE, "sleep", "1000"])
+        .ok();
+    let exec = |privileged: bool, cmd: &[&str]| {
+        let mut args = vec!["exec"];
+        if privileged {
+            args.push("--privileged");
+        }
+        args.push("ep");
+        args.extend_from_slice(cmd);
+        d.docker(&args)
+    };
+    let caps = ["grep", "CapEff", "/proc/self/status"];
+    let out = exec(true, &caps);
+    assert_eq!(out.ok().trim(), format!("CapEff:\t{}", full_caps()));
+    let out = exec(false, &caps);
+    assert_eq!(out.ok().trim(), "CapEff:\t00000000a80425fb");
+    // What the capabilities allow (CAP_NET_ADMIN, in the container's own network namespace):
+    // the privileged exec may, the plain one may not.
+    let link = [
+        "ip", "link", "add", "pv0", "type", "veth", "peer", "name", "pv1",
+    ];
+    let out = exec(false, &link);
+    assert_ne!(out.code, 0, "{}", out.stdout);
+    exec(true, &link).ok();
+    let out = exec(false, &["ip", "link", "show", "pv0"]);
+    assert!(out.ok().contains("pv0"), "{}", out.stdout);
+    d.docker(&["rm", "-f", "ep"]).ok();
+}

@@ -140,11 +140,6 @@ fn new_id() -> String {
 /// `POST /containers/{id}/exec`.
 pub async fn create(api: &Api, req: Req, name: &str) -> Reply {
     let cfg: ExecConfig = req.json().await?;
-    if cfg.privileged {
-        return Err(ApiError::unsupported(
-            "Privileged (docker exec --privileged)",
-        ));
-    }
     super::detach::DetachKeys::for_exec(&cfg.detach_keys)?;
     let cmd = cfg.cmd.clone().unwrap_or_default();
     if cmd.is_empty() {
@@ -318,7 +313,7 @@ pub async fn inspect(api: &Api, _req: Req, id: &str) -> Reply {
                     "tty": i.config.tty,
                     "entrypoint": cmd.first().cloned().unwrap_or_default(),
                     "arguments": cmd.get(1..).unwrap_or(&[]),
-                    "privileged": false,
+                    "privileged": i.config.privileged,
                     "user": i.config.user,
                 },
                 "OpenStdin": i.config.attach_stdin,
@@ -477,6 +472,11 @@ fn exec_process(c: &berth_store::metadata::Container, cfg: &ExecConfig) -> Resul
     }
     if !cfg.working_dir.is_empty() {
         p["cwd"] = json!(cfg.working_dir);
+    }
+    if cfg.privileged {
+        // dockerd's exec --privileged: every capability, as a privileged container gets.
+        let caps = crate::runspec::privileged_caps();
+        p["capabilities"] = json!({"bounding": caps, "effective": caps, "permitted": caps});
     }
     Ok(p)
 }
@@ -1024,29 +1024,32 @@ fn close_stdin(api: Api, cid: String, id: String) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn exec_env_replaces_the_containers_and_keeps_the_rest() {
-        let mut c = berth_store::metadata::Container {
+    /// A container record whose spec is `spec`.
+    fn container_with(spec: Value) -> berth_store::metadata::Container {
+        berth_store::metadata::Container {
             id: "x".into(),
             labels: Default::default(),
             image: String::new(),
             runtime_name: String::new(),
             runtime_options: None,
-            spec: None,
+            spec: Some(berth_store::metadata::AnyValue {
+                type_url: String::new(),
+                value: serde_json::to_vec(&spec).unwrap(),
+            }),
             snapshotter: String::new(),
             snapshot_key: String::new(),
             extensions: Default::default(),
             sandbox: String::new(),
             created_at: std::time::SystemTime::UNIX_EPOCH,
             updated_at: std::time::SystemTime::UNIX_EPOCH,
-        };
-        c.spec = Some(berth_store::metadata::AnyValue {
-            type_url: String::new(),
-            value: serde_json::to_vec(&json!({"process": {
-                "args": ["sleep", "1"], "cwd": "/", "env": ["PATH=/bin", "A=1"], "user": {"uid": 0, "gid": 0}
-            }}))
-            .unwrap(),
-        });
+        }
+    }
+
+    #[test]
+    fn exec_env_replaces_the_containers_and_keeps_the_rest() {
+        let c = container_with(json!({"process": {
+            "args": ["sleep", "1"], "cwd": "/", "env": ["PATH=/bin", "A=1"], "user": {"uid": 0, "gid": 0}
+        }}));
         let cfg = ExecConfig {
             cmd: Some(vec!["sh".into(), "-c".into(), "env".into()]),
             env: Some(vec!["A=2".into(), "B=3".into()]),
@@ -1055,11 +1058,32 @@ mod tests {
             ..Default::default()
         };
         let p = exec_process(&c, &cfg).unwrap();
+        assert!(p.get("capabilities").is_none());
         assert_eq!(p["args"], json!(["sh", "-c", "env"]));
         assert_eq!(p["env"], json!(["PATH=/bin", "A=2", "B=3"]));
         assert_eq!(p["cwd"], "/tmp");
         assert_eq!(p["terminal"], true);
         assert_eq!(p["user"]["uid"], 0);
+    }
+
+    #[test]
+    fn privileged_exec_gets_every_capability() {
+        let c = container_with(json!({"process": {
+            "args": ["sleep", "1"], "cwd": "/",
+            "capabilities": {"bounding": ["CAP_CHOWN"], "effective": ["CAP_CHOWN"], "permitted": ["CAP_CHOWN"]}
+        }}));
+        let mut cfg = ExecConfig {
+            cmd: Some(vec!["id".into()]),
+            ..Default::default()
+        };
+        let p = exec_process(&c, &cfg).unwrap();
+        assert_eq!(p["capabilities"]["effective"], json!(["CAP_CHOWN"]));
+        cfg.privileged = true;
+        let p = exec_process(&c, &cfg).unwrap();
+        let all = json!(crate::runspec::privileged_caps());
+        for set in ["bounding", "effective", "permitted"] {
+            assert_eq!(p["capabilities"][set], all, "{set}");
+        }
     }
 
     #[test]
