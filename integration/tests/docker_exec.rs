@@ -235,14 +235,27 @@ fn exec_bad_input() {
     assert_eq!(code, 404, "{text}");
     let (code, text) = raw(&d, "POST", "/v1.41/exec/nope/resize?h=10&w=20", b"");
     assert_eq!(code, 404, "{text}");
+    // Privileged is served (docker_privileged_init.rs) but must be a boolean; detach keys
+    // must be keys.
     let (code, text) = raw(
         &d,
         "POST",
         "/v1.41/containers/ex3/exec",
-        br#"{"Cmd":["true"],"Privileged":true}"#,
+        br#"{"Cmd":["true"],"Privileged":"yes"}"#,
     );
     assert_eq!(code, 400, "{text}");
-    assert!(text.contains("Privileged"), "{text}");
+    assert!(text.contains("expected a boolean"), "{text}");
+    let (code, text) = raw(
+        &d,
+        "POST",
+        "/v1.41/containers/ex3/exec",
+        br#"{"Cmd":["true"],"DetachKeys":"ctrl-p,ctrl-"}"#,
+    );
+    assert_eq!(code, 400, "{text}");
+    assert!(
+        text.contains("Invalid escape keys (ctrl-p,ctrl-) provided"),
+        "{text}"
+    );
     let (code, text) = raw(&d, "POST", "/v1.41/containers/ex3/exec", br#"{"Cmd":[]}"#);
     assert_eq!(code, 400, "{text}");
     let (code, text) = raw(

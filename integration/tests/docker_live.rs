@@ -686,3 +686,133 @@ fn events_since_until_and_filters() {
     let (code, body) = api(&d, "GET", "/events?since=yesterday", None);
     assert_eq!(code, 400, "{body}");
 }
+
+#[test]
+fn start_and_exit_are_network_connect_and_disconnect_events() {
+    let d = daemon();
+    let dir = tempfile::tempdir().unwrap();
+    load(&d, dir.path());
+    d.docker(&["network", "create", "nev"]).ok();
+    let t0 = now_unix();
+    // One run on the default network, one on a network of ours that is also put on the
+    // default one while it runs, then stopped.
+    d.docker(&["run", "--rm", "--name", "nrun", IMAGE, "true"])
+        .ok();
+    let id = d
+        .docker(&[
+            "run",
+            "-d",
+            "--name",
+            "nlong",
+            "--network",
+            "nev",
+            IMAGE,
+            "sleep",
+            "1000",
+        ])
+        .ok()
+        .trim()
+        .to_string();
+    d.docker(&["network", "connect", "bridge", "nlong"]).ok();
+    d.docker(&["stop", "-t", "0", "nlong"]).ok();
+    let t1 = now_unix();
+    let net_id = |n: &str| {
+        d.docker(&["network", "inspect", "--format", "{{.Id}}", n])
+            .ok()
+            .trim()
+            .to_string()
+    };
+    let (bridge, nev) = (net_id("bridge"), net_id("nev"));
+
+    let all = events(&d, &["--since", &t0, "--until", &t1]);
+    let nets: Vec<&Value> = all.iter().filter(|e| e["Type"] == "network").collect();
+    let brief = |e: &Value| {
+        let a = &e["Actor"]["Attributes"];
+        format!(
+            "{} {} {} {}",
+            e["Action"].as_str().unwrap(),
+            a["name"].as_str().unwrap(),
+            a["type"].as_str().unwrap(),
+            if a["container"] == id.as_str() {
+                "nlong"
+            } else {
+                "other"
+            },
+        )
+    };
+    let got: Vec<String> = nets.iter().map(|e| brief(e)).collect();
+    assert_eq!(
+        got,
+        [
+            "connect bridge bridge other",
+            "disconnect bridge bridge other",
+            "connect nev bridge nlong",
+            "connect bridge bridge nlong",
+            "disconnect nev bridge nlong",
+            "disconnect bridge bridge nlong",
+        ],
+        "{nets:?}"
+    );
+    for e in &nets {
+        let want = if e["Actor"]["Attributes"]["name"] == "nev" {
+            &nev
+        } else {
+            &bridge
+        };
+        assert_eq!(e["Actor"]["ID"], want.as_str(), "{e}");
+        assert_eq!(
+            e["Actor"]["Attributes"]["container"]
+                .as_str()
+                .unwrap()
+                .len(),
+            64
+        );
+    }
+    // Where they come in the container's life, as with dockerd: connect before start,
+    // disconnect after die.
+    let nrun = all
+        .iter()
+        .find(|e| e["Type"] == "container" && e["Actor"]["Attributes"]["name"] == "nrun")
+        .unwrap()["Actor"]["ID"]
+        .clone();
+    let life: Vec<String> = all
+        .iter()
+        .filter(|e| e["Actor"]["ID"] == nrun || e["Actor"]["Attributes"]["container"] == nrun)
+        .map(|e| {
+            format!(
+                "{} {}",
+                e["Type"].as_str().unwrap(),
+                e["Action"].as_str().unwrap()
+            )
+        })
+        .collect();
+    let pos = |a: &str| {
+        life.iter()
+            .position(|x| x == a)
+            .unwrap_or_else(|| panic!("no {a}: {life:?}"))
+    };
+    assert!(pos("network connect") < pos("container start"), "{life:?}");
+    assert!(pos("container die") < pos("network disconnect"), "{life:?}");
+    assert!(
+        pos("network disconnect") < pos("container destroy"),
+        "{life:?}"
+    );
+    // The network filter sees them by name.
+    let ev = events(
+        &d,
+        &[
+            "--since",
+            &t0,
+            "--until",
+            &t1,
+            "--filter",
+            "type=network",
+            "--filter",
+            "network=nev",
+        ],
+    );
+    let acts: Vec<&str> = ev.iter().map(|e| e["Action"].as_str().unwrap()).collect();
+    assert_eq!(acts, ["connect", "disconnect"]);
+    d.docker(&["rm", "nlong"]).ok();
+    d.docker(&["network", "rm", "nev"]).ok();
+}

@@ -200,3 +200,85 @@ fn a_missing_init_is_named() {
     assert_eq!(code, 400, "{text}");
     assert!(text.contains("HostConfig.Init"), "{text}");
 }
+
+#[test]
+fn exec_privileged_gets_every_capability() {
+    let d = daemon(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    load(&d, dir.path());
+    d.docker(&["run", "-d", "--name", "ep", IMAGE, "sleep", "1000"])
+        .ok();
+    let exec = |privileged: bool, cmd: &[&str]| {
+        let mut args = vec!["exec"];
+        if privileged {
+            args.push("--privileged");
+        }
+        args.push("ep");
+        args.extend_from_slice(cmd);
+        d.docker(&args)
+    };
+    let caps = ["grep", "CapEff", "/proc/self/status"];
+    let out = exec(true, &caps);
+    assert_eq!(out.ok().trim(), format!("CapEff:\t{}", full_caps()));
+    let out = exec(false, &caps);
+    assert_eq!(out.ok().trim(), "CapEff:\t00000000a80425fb");
+    // What the capabilities allow (CAP_NET_ADMIN, in the container's own network namespace):
+    // the privileged exec may, the plain one may not.
+    let link = [
+        "ip", "link", "add", "pv0", "type", "veth", "peer", "name", "pv1",
+    ];
+    let out = exec(false, &link);
+    assert_ne!(out.code, 0, "{}", out.stdout);
+    exec(true, &link).ok();
+    let out = exec(false, &["ip", "link", "show", "pv0"]);
+    assert!(out.ok().contains("pv0"), "{}", out.stdout);
+    d.docker(&["rm", "-f", "ep"]).ok();
+}
+
+#[test]
+fn compose_init_and_privileged() {
+    let d = daemon(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    load(&d, dir.path());
+    std::fs::write(
+        dir.path().join("docker-compose.yml"),
+        format!(
+            "version: \"2.4\"\nservices:\n  \
+             boxed:\n    image: {IMAGE}\n    command: sleep 1000\n    init: true\n    \
+             privileged: true\n  \
+             plain:\n    image: {IMAGE}\n    command: sleep 1000\n"
+        ),
+    )
+    .unwrap();
+    let compose = |args: &[&str]| d.compose(dir.path(), "privinit", args);
+    let up = compose(&["up", "-d"]);
+    assert_eq!(up.code, 0, "{}\n{}", up.stdout, up.stderr);
+    // init: true runs berth-init as PID 1, the command its child.
+    let pid1 = compose(&["exec", "-T", "boxed", "cat", "/proc/1/cmdline"]);
+    assert_eq!(pid1.ok(), "/sbin/docker-init\0--\0sleep\x001000\0");
+    let pid1 = compose(&["exec", "-T", "plain", "cat", "/proc/1/cmdline"]);
+    assert_eq!(pid1.ok(), "sleep\x001000\0");
+    // privileged: true gives the service every capability (its execs too); compose's own
+    // exec --privileged gives them to one process of the plain service.
+    let caps = |svc: &str, privileged: bool| {
+        let mut a = vec!["exec", "-T"];
+        if privileged {
+            a.push("--privileged");
+        }
+        a.extend([svc, "grep", "CapEff", "/proc/self/status"]);
+        compose(&a).ok().trim().to_string()
+    };
+    let full = format!("CapEff:\t{}", full_caps());
+    assert_eq!(caps("boxed", false), full);
+    assert_eq!(caps("plain", false), "CapEff:\t00000000a80425fb");
+    assert_eq!(caps("plain", true), full);
+    let i = d.docker(&[
+        "inspect",
+        "--format",
+        "{{.HostConfig.Init}} {{.HostConfig.Privileged}}",
+        "privinit_boxed_1",
+    ]);
+    assert_eq!(i.ok().trim(), "true true");
+    let down = compose(&["down", "-t", "0"]);
+    assert_eq!(down.code, 0, "{}\n{}", down.stdout, down.stderr);
+}

@@ -321,8 +321,18 @@ impl Berthd {
     /// [`Berthd::docker_on_tty`], typing `typed` into the terminal a second after the start
     /// (for `-it` runs and execs).
     pub fn docker_typed(&self, args: &str, typed: &str) -> (i32, String, String) {
+        self.docker_typed_steps(args, &[typed])
+    }
+
+    /// [`Berthd::docker_typed`] typing each of `steps` a second after the one before (so
+    /// that, say, a detach key comes after the output of the command typed first).
+    pub fn docker_typed_steps(&self, args: &str, steps: &[&str]) -> (i32, String, String) {
+        let typing: String = steps
+            .iter()
+            .map(|t| format!("sleep 1; printf '{t}'; "))
+            .collect();
         let mut feed = Command::new("sh")
-            .args(["-c", &format!("sleep 1; printf '{typed}'; sleep 4")])
+            .args(["-c", &format!("{typing}sleep 4")])
             .stdout(Stdio::piped())
             .spawn()
             .expect("running the typist");

@@ -18,6 +18,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 
 use super::errors::ApiError;
+use super::exec::OutputEnd;
 use super::lifecycle::{parse_signal, rq, task_error, Meta, RunState};
 use super::logs;
 use super::server::{empty, json as json_reply, Body, Reply, Req};
@@ -839,21 +840,8 @@ pub async fn logs(api: &Api, req: Req, name: &str) -> Reply {
     let exits = api.notifier.get(&c.id).subscribe();
     let seen = exits.borrow().count;
     let o2 = o.clone();
-    logs::spawn_follower(move || {
-        // Whole records now; with follow, those written later too (from the size the file
-        // had when the old ones were read: no record twice, none lost).
-        let size = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
-        for r in logs::existing(&log, &o2) {
-            if tx.blocking_send(o2.frame(&r)).is_err() {
-                return;
-            }
-        }
-        if follow && running {
-            let mut o3 = o2.clone();
-            o3.tail = None;
-            logs::follow(log, o3, Some(size), exits, seen, tx);
-        }
-    });
+    let then_follow = (follow && running).then_some((exits, seen));
+    logs::spawn_follower(move || logs::replay(log, o2, then_follow, tx));
     let body = ReceiverStream::new(rx).map(|b| Ok::<_, std::io::Error>(Frame::data(b)));
     let mut r = Response::new(BodyExt::boxed(StreamBody::new(body)));
     r.headers_mut().insert(
@@ -870,9 +858,6 @@ pub async fn logs(api: &Api, req: Req, name: &str) -> Reply {
 pub async fn attach(api: &Api, mut req: Req, name: &str) -> Reply {
     let c = api.find_container(name).await?;
     let m = Meta::of(&c);
-    if req.q_bool("logs")? {
-        return Err(ApiError::unsupported("attach with logs=1"));
-    }
     let o = logs::Options {
         stdout: req.q_bool("stdout")?,
         stderr: req.q_bool("stderr")?,
@@ -880,6 +865,8 @@ pub async fn attach(api: &Api, mut req: Req, name: &str) -> Reply {
         ..Default::default()
     };
     let stream = req.q_bool("stream")?;
+    let replay = req.q_bool("logs")?;
+    let keys = super::detach::DetachKeys::for_attach(req.q("detachKeys").unwrap_or(""))?;
     let hijack = req.headers.contains_key(UPGRADE);
     // Input needs the hijacked connection; a container without OpenStdin has none to take.
     let stdin = req.q_bool("stdin")? && m.open_stdin() && hijack;
@@ -892,7 +879,12 @@ pub async fn attach(api: &Api, mut req: Req, name: &str) -> Reply {
     // A container not started yet writes from the start of a new log; a running one from now.
     let from_start = !running && !started_already;
     let follows = stream && (running || !started_already);
-    if follows {
+    if replay {
+        // What the log holds first (dockerd's logs=1), then what comes after it.
+        let (o2, exits) = (o.clone(), exits.clone());
+        let then_follow = follows.then_some((exits, seen.count));
+        logs::spawn_follower(move || logs::replay(log, o2, then_follow, tx));
+    } else if follows {
         let (o2, exits) = (o.clone(), exits.clone());
         logs::spawn_follower(move || {
             logs::follow(log, o2, from_start.then_some(0), exits, seen.count, tx);
@@ -910,28 +902,44 @@ pub async fn attach(api: &Api, mut req: Req, name: &str) -> Reply {
     let upgrade = req.upgrade.take();
     match upgrade {
         Some(on) if hijack => {
-            let (api, id, once) = (api.clone(), c.id.clone(), m.stdin_once());
+            let (api, id, once, tty) = (api.clone(), c.id.clone(), m.stdin_once(), m.tty());
+            // Only a terminal's input is watched for the detach keys, as by dockerd.
+            let escape = tty.then(|| keys.watch());
             tokio::spawn(async move {
                 let Ok(up) = on.await else { return };
                 let (mut rd, mut wr) = tokio::io::split(hyper_util::rt::TokioIo::new(up));
+                let (detached_tx, detached_rx) = tokio::sync::oneshot::channel::<()>();
                 let pump = input.map(|mut w| {
                     let mut exits = exits.clone();
+                    let api = api.clone();
+                    let id = id.clone();
                     tokio::spawn(async move {
                         let ended = async move {
                             let _ = exits.wait_for(|e| e.count > seen.count || e.removed).await;
                         };
-                        super::exec::copy_input(&mut rd, &mut w, ended).await;
+                        let end = super::exec::copy_input(&mut rd, &mut w, escape, ended).await;
                         drop(w);
-                        if once {
+                        if end == super::exec::InputEnd::Detached {
+                            let _ = detached_tx.send(());
+                        } else if once && !tty {
+                            // A terminal's input stays open for the next attach (dockerd
+                            // closes StdinOnce input only without one).
                             api.stdins.close(&api, &id).await;
                         }
                     })
                 });
-                while let Some(b) = rx.recv().await {
-                    if wr.write_all(&b).await.is_err() {
-                        // The client left; its input side ends by itself.
+                match super::exec::copy_output(&mut rx, &mut wr, detached_rx).await {
+                    // The client left; its input side ends by itself.
+                    OutputEnd::ClientGone => return,
+                    OutputEnd::Detached => {
+                        let _ = wr.shutdown().await;
+                        if let Ok(c) = api.find_container(&id).await {
+                            api.events.container(&id, &Meta::of(&c), "detach", &[]);
+                        }
+                        tracing::debug!(container = %id, "docker api: attach detached");
                         return;
                     }
+                    OutputEnd::Done => {}
                 }
                 let _ = wr.flush().await;
                 let _ = wr.shutdown().await;

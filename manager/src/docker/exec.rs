@@ -140,11 +140,7 @@ fn new_id() -> String {
 /// `POST /containers/{id}/exec`.
 pub async fn create(api: &Api, req: Req, name: &str) -> Reply {
     let cfg: ExecConfig = req.json().await?;
-    if cfg.privileged {
-        return Err(ApiError::unsupported(
-            "Privileged (docker exec --privileged)",
-        ));
-    }
+    super::detach::DetachKeys::for_exec(&cfg.detach_keys)?;
     let cmd = cfg.cmd.clone().unwrap_or_default();
     if cmd.is_empty() {
         return Err(ApiError::bad_request("No exec command specified"));
@@ -317,7 +313,7 @@ pub async fn inspect(api: &Api, _req: Req, id: &str) -> Reply {
                     "tty": i.config.tty,
                     "entrypoint": cmd.first().cloned().unwrap_or_default(),
                     "arguments": cmd.get(1..).unwrap_or(&[]),
-                    "privileged": false,
+                    "privileged": i.config.privileged,
                     "user": i.config.user,
                 },
                 "OpenStdin": i.config.attach_stdin,
@@ -477,6 +473,11 @@ fn exec_process(c: &berth_store::metadata::Container, cfg: &ExecConfig) -> Resul
     if !cfg.working_dir.is_empty() {
         p["cwd"] = json!(cfg.working_dir);
     }
+    if cfg.privileged {
+        // dockerd's exec --privileged: every capability, as a privileged container gets.
+        let caps = crate::runspec::privileged_caps();
+        p["capabilities"] = json!({"bounding": caps, "effective": caps, "permitted": caps});
+    }
     Ok(p)
 }
 
@@ -553,7 +554,12 @@ pub async fn start(api: &Api, mut req: Req, id: &str) -> Reply {
                 }
             };
             let streams = started_streams(launch(&api, &c, &id, &cfg).await, tty);
-            pump(api, c.id, id, streams, up).await;
+            // Checked at create; only a terminal's input is watched, as by dockerd.
+            let escape = super::detach::DetachKeys::parse(&cfg.detach_keys)
+                .ok()
+                .filter(|_| tty)
+                .map(|k| k.watch());
+            pump(api, c.id, id, streams, up, escape).await;
         });
         let mut r: Response<Body> = empty(StatusCode::SWITCHING_PROTOCOLS);
         let h = r.headers_mut();
@@ -839,8 +845,16 @@ fn body_of(api: &Api, cid: &str, id: &str, s: Streams) -> Response<Body> {
 }
 
 /// Runs a hijacked connection: the client's bytes to the process's stdin, its output back,
-/// until the process ends (or the client goes away).
-async fn pump(api: Api, cid: String, id: String, s: Streams, up: hyper::upgrade::Upgraded) {
+/// until the process ends (or the client goes away, or types the detach keys `escape` watches
+/// for: then the process keeps running with its input open, and its output is drained).
+async fn pump(
+    api: Api,
+    cid: String,
+    id: String,
+    s: Streams,
+    up: hyper::upgrade::Upgraded,
+    escape: Option<super::detach::Escape>,
+) {
     let Streams {
         mut out,
         stdin,
@@ -848,29 +862,38 @@ async fn pump(api: Api, cid: String, id: String, s: Streams, up: hyper::upgrade:
     } = s;
     let io = hyper_util::rt::TokioIo::new(up);
     let (mut rd, mut wr) = tokio::io::split(io);
+    let (detached_tx, detached_rx) = tokio::sync::oneshot::channel::<()>();
     // Input: the client's bytes to the stdin FIFO until it half-closes (or goes away, or
-    // the process ends); then the process's stdin is closed.
+    // the process ends); then the process's stdin is closed. A detach leaves it open.
     let input = stdin.map(|mut w| {
         let (api, cid, id) = (api.clone(), cid.clone(), id.clone());
         let mut done = done.clone();
         tokio::spawn(async move {
-            copy_input(&mut rd, &mut w, ended(&mut done)).await;
+            let end = copy_input(&mut rd, &mut w, escape, ended(&mut done)).await;
+            if end == InputEnd::Detached {
+                let _ = detached_tx.send(());
+                return;
+            }
             drop(w);
             close_stdin(api, cid, id);
         })
     });
-    // Output until the runner closes the channel.
-    let mut client_gone = false;
-    while let Some(b) = out.recv().await {
-        if wr.write_all(&b).await.is_err() {
-            client_gone = true;
-            break;
-        }
-    }
+    // Output until the runner closes the channel (or the client detaches).
+    let end = copy_output(&mut out, &mut wr, detached_rx).await;
+    // The runner drains what comes after this (its sends fail from now on).
     drop(out);
-    if !client_gone {
+    if end != OutputEnd::ClientGone {
         let _ = wr.flush().await;
         let _ = wr.shutdown().await;
+    }
+    if end == OutputEnd::Detached {
+        let meta = api.find_container(&cid).await.map(|c| Meta::of(&c));
+        if let Ok(m) = meta {
+            api.events
+                .container(&cid, &m, "exec_detach", &[("execID", id.clone())]);
+        }
+        tracing::debug!(container = %cid, exec = %id, "docker api: exec detached");
+        return;
     }
     // The input side ends with the process (or with the client).
     ended(&mut done).await;
@@ -879,31 +902,97 @@ async fn pump(api: Api, cid: String, id: String, s: Streams, up: hyper::upgrade:
     }
 }
 
+/// How the output of a hijacked connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum OutputEnd {
+    /// Everything was sent.
+    Done,
+    /// The client went away.
+    ClientGone,
+    /// The client typed the detach keys (the input side said so through `detached`).
+    Detached,
+}
+
+/// Writes `out` to a hijacked connection until it ends, the client goes away, or the input
+/// side reports a detach on `detached` (a sender dropped without a word: no detach). Shared
+/// by exec and attach.
+pub(super) async fn copy_output<W>(
+    out: &mut mpsc::Receiver<Bytes>,
+    wr: &mut W,
+    mut detached: tokio::sync::oneshot::Receiver<()>,
+) -> OutputEnd
+where
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let mut may_detach = true;
+    loop {
+        tokio::select! {
+            b = out.recv() => match b {
+                Some(b) => {
+                    if wr.write_all(&b).await.is_err() {
+                        return OutputEnd::ClientGone;
+                    }
+                }
+                None => return OutputEnd::Done,
+            },
+            r = &mut detached, if may_detach => match r {
+                Ok(()) => return OutputEnd::Detached,
+                Err(_) => may_detach = false,
+            },
+        }
+    }
+}
+
+/// How the input of a hijacked connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum InputEnd {
+    /// The client half-closed or went away, or the input could not be written.
+    Closed,
+    /// The client typed the detach keys: the process keeps running, the attachment ends.
+    Detached,
+    /// The process is gone.
+    Ended,
+}
+
 /// Copies a hijacked connection's input to a process's stdin until the client half-closes
-/// (or goes away, or the input cannot be written), or `ended` completes (the process is gone).
-/// Shared by exec and attach.
+/// (or goes away, or the input cannot be written), types the detach keys `escape` watches
+/// for, or `ended` completes (the process is gone). Shared by exec and attach.
 pub(super) async fn copy_input<R, W>(
     rd: &mut R,
     w: &mut W,
+    mut escape: Option<super::detach::Escape>,
     ended: impl std::future::Future<Output = ()>,
-) where
+) -> InputEnd
+where
     R: tokio::io::AsyncRead + Unpin,
     W: tokio::io::AsyncWrite + Unpin,
 {
     tokio::pin!(ended);
     let mut buf = vec![0u8; 32 * 1024];
+    let mut passed = Vec::new();
     loop {
         tokio::select! {
             r = rd.read(&mut buf) => match r {
-                Ok(0) | Err(_) => return,
+                Ok(0) | Err(_) => return InputEnd::Closed,
                 Ok(n) => {
+                    let (data, detached) = match escape.as_mut() {
+                        Some(e) => {
+                            passed.clear();
+                            let d = e.feed(&buf[..n], &mut passed);
+                            (&passed[..], d)
+                        }
+                        None => (&buf[..n], false),
+                    };
                     tokio::select! {
-                        r = w.write_all(&buf[..n]) => if r.is_err() { return },
-                        _ = &mut ended => return,
+                        r = w.write_all(data) => if r.is_err() { return InputEnd::Closed },
+                        _ = &mut ended => return InputEnd::Ended,
+                    }
+                    if detached {
+                        return InputEnd::Detached;
                     }
                 }
             },
-            _ = &mut ended => return,
+            _ = &mut ended => return InputEnd::Ended,
         }
     }
 }
@@ -935,29 +1024,32 @@ fn close_stdin(api: Api, cid: String, id: String) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn exec_env_replaces_the_containers_and_keeps_the_rest() {
-        let mut c = berth_store::metadata::Container {
+    /// A container record whose spec is `spec`.
+    fn container_with(spec: Value) -> berth_store::metadata::Container {
+        berth_store::metadata::Container {
             id: "x".into(),
             labels: Default::default(),
             image: String::new(),
             runtime_name: String::new(),
             runtime_options: None,
-            spec: None,
+            spec: Some(berth_store::metadata::AnyValue {
+                type_url: String::new(),
+                value: serde_json::to_vec(&spec).unwrap(),
+            }),
             snapshotter: String::new(),
             snapshot_key: String::new(),
             extensions: Default::default(),
             sandbox: String::new(),
             created_at: std::time::SystemTime::UNIX_EPOCH,
             updated_at: std::time::SystemTime::UNIX_EPOCH,
-        };
-        c.spec = Some(berth_store::metadata::AnyValue {
-            type_url: String::new(),
-            value: serde_json::to_vec(&json!({"process": {
-                "args": ["sleep", "1"], "cwd": "/", "env": ["PATH=/bin", "A=1"], "user": {"uid": 0, "gid": 0}
-            }}))
-            .unwrap(),
-        });
+        }
+    }
+
+    #[test]
+    fn exec_env_replaces_the_containers_and_keeps_the_rest() {
+        let c = container_with(json!({"process": {
+            "args": ["sleep", "1"], "cwd": "/", "env": ["PATH=/bin", "A=1"], "user": {"uid": 0, "gid": 0}
+        }}));
         let cfg = ExecConfig {
             cmd: Some(vec!["sh".into(), "-c".into(), "env".into()]),
             env: Some(vec!["A=2".into(), "B=3".into()]),
@@ -966,11 +1058,32 @@ mod tests {
             ..Default::default()
         };
         let p = exec_process(&c, &cfg).unwrap();
+        assert!(p.get("capabilities").is_none());
         assert_eq!(p["args"], json!(["sh", "-c", "env"]));
         assert_eq!(p["env"], json!(["PATH=/bin", "A=2", "B=3"]));
         assert_eq!(p["cwd"], "/tmp");
         assert_eq!(p["terminal"], true);
         assert_eq!(p["user"]["uid"], 0);
+    }
+
+    #[test]
+    fn privileged_exec_gets_every_capability() {
+        let c = container_with(json!({"process": {
+            "args": ["sleep", "1"], "cwd": "/",
+            "capabilities": {"bounding": ["CAP_CHOWN"], "effective": ["CAP_CHOWN"], "permitted": ["CAP_CHOWN"]}
+        }}));
+        let mut cfg = ExecConfig {
+            cmd: Some(vec!["id".into()]),
+            ..Default::default()
+        };
+        let p = exec_process(&c, &cfg).unwrap();
+        assert_eq!(p["capabilities"]["effective"], json!(["CAP_CHOWN"]));
+        cfg.privileged = true;
+        let p = exec_process(&c, &cfg).unwrap();
+        let all = json!(crate::runspec::privileged_caps());
+        for set in ["bounding", "effective", "permitted"] {
+            assert_eq!(p["capabilities"][set], all, "{set}");
+        }
     }
 
     #[test]

@@ -357,6 +357,7 @@ impl Api {
             .await?;
         self.notifier.get(&id).send_modify(|e| e.starts += 1);
         self.volume_events(c, "mount");
+        self.network_events(&id, &self.joined_networks(&id), "connect");
         self.events.container(&id, &meta, "start", &[]);
         super::health::watch(self, &id, &meta);
         self.monitor(id);
@@ -403,12 +404,15 @@ impl Api {
             self.events
                 .container(id, m, "die", &[("exitCode", code.to_string())]);
         }
+        // The task's deletion takes it off its networks (dockerd: die, then disconnect).
+        let networks = self.joined_networks(id);
         let _ = self
             .tasks
             .delete(rq(tpb::DeleteTaskRequest {
                 container_id: id.to_string(),
             }))
             .await;
+        self.network_events(id, &networks, "disconnect");
         self.stdins.exited(id).await;
         self.notifier.get(id).send_modify(|e| {
             e.count += 1;
@@ -457,6 +461,29 @@ impl Api {
             tracing::warn!(container = %id, error = %e.message, "docker api: restart failed");
             let msg = e.message.clone();
             let _ = self.update_meta(id, move |m| m.error = msg).await;
+        }
+    }
+
+    /// The networks (ID, name) container `id`'s task is on, from its attachment.
+    fn joined_networks(&self, id: &str) -> Vec<(String, String)> {
+        self.state
+            .networks()
+            .attachment(NAMESPACE, id)
+            .map(|a| {
+                a.joined
+                    .into_iter()
+                    .map(|j| (j.network.id, j.network.name))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// `connect` or `disconnect` events of container `id` on `networks`, as dockerd emits
+    /// them when a container starts or exits.
+    fn network_events(&self, id: &str, networks: &[(String, String)], action: &str) {
+        for (nid, name) in networks {
+            self.events
+                .network(nid, name, action, &[("container", id.to_string())]);
         }
     }
 

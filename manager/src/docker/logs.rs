@@ -141,6 +141,28 @@ pub fn spawn_follower(f: impl FnOnce() + Send + 'static) {
     }
 }
 
+/// Sends the records written so far, as `o` selects them; then, with `then_follow` (the
+/// container's exits and the count seen), those written later until it exits, from the
+/// size the file had when the old ones were read (no record twice, none lost). Runs on a
+/// thread of its own ([`spawn_follower`]); `logs` and attach's `logs=1` use it.
+pub fn replay(
+    log: PathBuf,
+    o: Options,
+    then_follow: Option<(watch::Receiver<Exits>, u64)>,
+    tx: mpsc::Sender<Bytes>,
+) {
+    let size = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+    for r in existing(&log, &o) {
+        if tx.blocking_send(o.frame(&r)).is_err() {
+            return;
+        }
+    }
+    if let Some((exits, seen)) = then_follow {
+        let o = Options { tail: None, ..o };
+        follow(log, o, Some(size), exits, seen, tx);
+    }
+}
+
 /// Follows the log from byte `start` (None: its current end) and sends each
 /// wanted record's frame to `tx`, until the container has exited after `exits` (then what is
 /// left is drained) or the receiver is gone. Runs on a thread of its own ([`spawn_follower`]).

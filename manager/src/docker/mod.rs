@@ -14,6 +14,7 @@ pub mod changes;
 pub mod commit;
 pub mod containers;
 pub mod create;
+pub mod detach;
 pub mod errors;
 pub mod events;
 pub mod exec;

@@ -363,7 +363,7 @@ pub fn parse_user(user: &str) -> Result<(u32, u32), SpecError> {
 /// on, here those in the bounding set of the process making the spec (a sandbox may have
 /// dropped some from root's; asking for them would fail the runtime's capset). Every one
 /// when the set cannot be read.
-fn privileged_caps() -> Vec<String> {
+pub(crate) fn privileged_caps() -> Vec<String> {
     let bounding = std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
