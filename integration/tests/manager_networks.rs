@@ -776,6 +776,12 @@ fn deleted_tasks_networks_are_released_behind_the_delete_and_after_a_crash() {
     let (w1, w2) = (unique("w1"), unique("w2"));
     web(&d, &w1, "n", Some("127.0.0.1:8652:80"));
     assert_eq!(fetch_on_host(&d, 8652).as_deref(), Some(PAGE));
+    // Published by berth's own nat rules, not the portmap plugin's chains.
+    let nat = d.in_netns(&["iptables-save", "-t", "nat"]).ok().to_string();
+    assert!(
+        nat.contains(&format!("berth ports {w1}")) && !nat.contains("CNI-"),
+        "{nat}"
+    );
     remove(&d, &w1);
     web(&d, &w2, "n", Some("127.0.0.1:8652:80"));
     assert_eq!(fetch_on_host(&d, 8652).as_deref(), Some(PAGE));

@@ -28,6 +28,7 @@ use berth_network::config::{Network, DEFAULT_BRIDGE};
 use berth_network::dns::{Aardvark, DnsEntry};
 use berth_network::files::{self, DnsOptions, HostEntry};
 use berth_network::firewall;
+use berth_network::hostports;
 use berth_network::netns::{self, Netns};
 use berth_network::ports::{self, PortMapping, PortSpec};
 use berth_network::subnet::{self, InUse, Subnet};
@@ -162,6 +163,10 @@ pub struct Attachment {
     /// build while its work dir `<state>/builds/<id>` is there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub build: Option<String>,
+    /// Its published ports are berth's own nat rules ([`hostports`]); false for an
+    /// attachment an older berthd made through the portmap plugin (its DEL runs portmap).
+    #[serde(default)]
+    pub own_ports: bool,
 }
 
 /// One network joined.
@@ -634,6 +639,7 @@ impl Networks {
             dir: cdir.clone(),
             netns: None,
             added: Vec::new(),
+            published: (!ports.is_empty()).then(|| id.to_string()),
             armed: true,
         };
         let ns = Netns::create(&self.netns_dir, &key).map_err(internal)?;
@@ -667,6 +673,7 @@ impl Networks {
                 .collect(),
             dns: plan.dns.clone(),
             build: plan.build.clone(),
+            own_ports: true,
         };
         write_file(&cdir.join("hostname"), &format!("{hostname}\n"))?;
         let (hosts, resolv) = container_files(&attachment);
@@ -722,13 +729,8 @@ impl Networks {
             rt.args.push(("IgnoreUnknown".into(), "1".into()));
             rt.args.push(("IP".into(), ip.to_string()));
         }
-        if let Some(ports) = ports {
-            rt = rt.with_port_mappings(ports);
-        }
         let publishes = ports.is_some();
-        let list = net
-            .conflist(&self.ipam_dir, ports.is_some_and(|p| !p.is_empty()))
-            .map_err(internal)?;
+        let list = net.conflist(&self.ipam_dir, false).map_err(internal)?;
         let result = self
             .cni
             .add(&list, &rt)
@@ -738,6 +740,23 @@ impl Networks {
             .first()
             .map(|ip| ip.to_string())
             .unwrap_or_default();
+        if let Some(ports) = ports.filter(|p| !p.is_empty()) {
+            let published = match ip.parse::<Ipv4Addr>() {
+                Ok(v4) => hostports::publish(id, &net.bridge, v4, ports)
+                    .map_err(|e| NetworkError::FailedPrecondition(e.to_string())),
+                Err(_) => Err(NetworkError::FailedPrecondition(format!(
+                    "network {}: no IPv4 address to publish ports to",
+                    rec.name
+                ))),
+            };
+            if let Err(e) = published {
+                let _ = hostports::unpublish(id);
+                if let Err(d) = self.cni.del(&list, &rt) {
+                    tracing::warn!("undoing a failed attach: {d}");
+                }
+                return Err(e);
+            }
+        }
         let joined = Joined {
             network: rec.clone(),
             ifname: ifname.to_string(),
@@ -858,19 +877,7 @@ impl Networks {
         if let Some(mut a) = self.attachment(&ctx.namespace, id) {
             if let Some(k) = a.joined.iter().position(|j| j.network.name == name) {
                 let j = a.joined.remove(k);
-                let publish = j.publishes && !a.ports.is_empty();
-                let list = j
-                    .network
-                    .network()?
-                    .conflist(&self.ipam_dir, publish)
-                    .map_err(internal)?;
-                let mut rt = RuntimeConf::new(id, &a.netns, &j.ifname);
-                if j.publishes {
-                    rt = rt.with_port_mappings(&a.ports);
-                }
-                self.cni.del(&list, &rt).map_err(|e| {
-                    NetworkError::Internal(format!("network {}: {e}", j.network.name))
-                })?;
+                release::del_join(&self.cni, &self.ipam_dir, &a, &j)?;
                 let mut networks: Vec<&NetworkRecord> =
                     a.joined.iter().map(|j| &j.network).collect();
                 networks.push(&j.network);
@@ -1014,6 +1021,8 @@ struct Undo<'a> {
     dir: PathBuf,
     netns: Option<Netns>,
     added: Vec<Added>,
+    /// The owner of published ports to unpublish.
+    published: Option<String>,
     armed: bool,
 }
 
@@ -1021,6 +1030,11 @@ impl Drop for Undo<'_> {
     fn drop(&mut self) {
         if !self.armed {
             return;
+        }
+        if let Some(owner) = &self.published {
+            if let Err(e) = hostports::unpublish(owner) {
+                tracing::warn!("undoing a failed attach: {e}");
+            }
         }
         for (list, rt) in self.added.iter().rev() {
             if let Err(e) = self.cni.del(list, rt) {

@@ -125,15 +125,15 @@ fn rules(net: &Network) -> Vec<Rule> {
 /// Runs iptables for one network's rules.
 /// The filter and nat tables as `iptables-save` prints them: chains and rules in order.
 #[derive(Debug, Default)]
-struct Saved {
+pub(crate) struct Saved {
     /// (table, chain) for every chain of those tables.
-    chains: HashSet<(String, String)>,
+    pub(crate) chains: HashSet<(String, String)>,
     /// (table, chain, rule spec as printed after `-A CHAIN `).
-    rules: Vec<(String, String, String)>,
+    pub(crate) rules: Vec<(String, String, String)>,
 }
 
 impl Saved {
-    fn parse(text: &str) -> Saved {
+    pub(crate) fn parse(text: &str) -> Saved {
         let mut saved = Saved::default();
         let mut table = String::new();
         for line in text.lines() {
@@ -153,12 +153,12 @@ impl Saved {
         saved
     }
 
-    fn has_chain(&self, table: &str, chain: &str) -> bool {
+    pub(crate) fn has_chain(&self, table: &str, chain: &str) -> bool {
         self.chains
             .contains(&(table.to_string(), chain.to_string()))
     }
 
-    fn has_rule(&self, table: &str, chain: &str, spec: &str) -> bool {
+    pub(crate) fn has_rule(&self, table: &str, chain: &str, spec: &str) -> bool {
         self.rules
             .iter()
             .any(|(t, c, s)| t == table && c == chain && s == spec)
@@ -186,20 +186,20 @@ fn tag(name: &str) -> String {
 /// One `iptables-restore --noflush` input: command lines per table, applied atomically per
 /// table.
 #[derive(Debug, Default)]
-struct Batch {
+pub(crate) struct Batch {
     tables: BTreeMap<String, Vec<String>>,
 }
 
 impl Batch {
-    fn push(&mut self, table: &str, line: String) {
+    pub(crate) fn push(&mut self, table: &str, line: String) {
         self.tables.entry(table.to_string()).or_default().push(line);
     }
 
-    fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.tables.is_empty()
     }
 
-    fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         let mut out = String::new();
         for (table, lines) in &self.tables {
             out.push_str(&format!("*{table}\n"));
@@ -269,7 +269,7 @@ fn restore(network: &str, batch: &Batch) -> Result<(), FirewallError> {
 
 /// Runs `plan` against a fresh save and applies its batch; once more from a new save if
 /// the restore fails (another program changed the tables in between).
-fn apply(network: &str, plan: impl Fn(&Saved) -> Batch) -> Result<(), FirewallError> {
+pub(crate) fn apply(network: &str, plan: impl Fn(&Saved) -> Batch) -> Result<(), FirewallError> {
     let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let first = restore(network, &plan(&save(network)?));
     match first {

@@ -1,7 +1,7 @@
 //! Tearing down a container's attachment off the caller's path.
 //!
-//! The CNI DELs of a detach (the bridge plugin, and portmap when the container published
-//! ports) are a few plugin processes, tens of milliseconds each, and nothing the caller of a
+//! The CNI DELs of a detach (the bridge plugin, and host-local under it) and the removal of
+//! published ports' rules are a few processes, tens of milliseconds, and nothing the caller of a
 //! task delete waits for needs them done: the container is dead, its names already leave the
 //! resolver. So a detach moves the container's attachment directory into the queue
 //! `<state>/networks-releasing/<ns>--<id>/` (one rename: atomic, and it survives a crash) and
@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, Once};
 
 use berth_network::cni::{Cni, RuntimeConf};
+use berth_network::hostports;
 use berth_network::netns;
 
 use super::{internal, Attachment, NetworkError, Result};
@@ -139,36 +140,53 @@ impl Releaser {
     }
 }
 
-/// Undoes what an attach set up: each network's CNI DEL (in reverse order, going on past a
-/// failure) and the network namespace. Returns the first error.
+/// Undoes what an attach set up: each network's CNI DEL and published ports (in reverse
+/// order, going on past a failure) and the network namespace. Returns the first error.
 pub(super) fn teardown(cni: &Cni, ipam_dir: &Path, a: &Attachment) -> Result<()> {
     let mut first_err = None;
     for j in a.joined.iter().rev() {
-        let publish = j.publishes && !a.ports.is_empty();
-        let list = match j
-            .network
-            .network()
-            .and_then(|n| n.conflist(ipam_dir, publish).map_err(internal))
-        {
-            Ok(l) => l,
-            Err(e) => {
-                first_err.get_or_insert(e);
-                continue;
-            }
-        };
-        let mut rt = RuntimeConf::new(&a.container_id, &a.netns, &j.ifname);
-        if j.publishes {
-            rt = rt.with_port_mappings(&a.ports);
-        }
-        if let Err(e) = cni.del(&list, &rt) {
-            first_err.get_or_insert(NetworkError::Internal(format!(
-                "network {}: {e}",
-                j.network.name
-            )));
+        if let Err(e) = del_join(cni, ipam_dir, a, j) {
+            first_err.get_or_insert(e);
         }
     }
     if let Err(e) = netns::remove_path(&a.netns) {
         first_err.get_or_insert(internal(e));
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Leaves network join `j` of attachment `a`: its published ports (berth's rules, or
+/// portmap's DEL for an attachment an older berthd made), then the CNI DEL.
+pub(super) fn del_join(
+    cni: &Cni,
+    ipam_dir: &Path,
+    a: &Attachment,
+    j: &super::Joined,
+) -> Result<()> {
+    let publishing = j.publishes && !a.ports.is_empty();
+    let mut first_err = None;
+    if publishing && a.own_ports {
+        if let Err(e) = hostports::unpublish(&a.container_id) {
+            first_err.get_or_insert(internal(e));
+        }
+    }
+    let portmap = publishing && !a.own_ports;
+    let list = j
+        .network
+        .network()
+        .and_then(|n| n.conflist(ipam_dir, portmap).map_err(internal))?;
+    let mut rt = RuntimeConf::new(&a.container_id, &a.netns, &j.ifname);
+    if portmap {
+        rt = rt.with_port_mappings(&a.ports);
+    }
+    if let Err(e) = cni.del(&list, &rt) {
+        first_err.get_or_insert(NetworkError::Internal(format!(
+            "network {}: {e}",
+            j.network.name
+        )));
     }
     match first_err {
         Some(e) => Err(e),
