@@ -5,7 +5,8 @@
 # `docker-compose up -d` / `down -t 0` of a three-service app (one service built from a
 # Dockerfile, one with a named volume, one client), and the daemons' idle RSS before and
 # after; then a container's data: `docker diff`, `export`, `commit`, `update` and `stats
-# --no-stream` of a container that wrote 8 MB and a few files. Both daemons run in network
+# --no-stream` of a container that wrote 8 MB and a few files; and the clients' own floor
+# (`docker version`, `docker-compose ps` of the downed app) against both. Both daemons run in network
 # namespaces of the bench's own; nothing leaves them.
 #
 #   hack/bench-docker.sh [runs]      (as root; default 10)
@@ -99,6 +100,14 @@ hyperfine --runs "$runs" --export-json "$tmp/down.json" \
   -n "berth compose down" "${up//SOCK/$berth_docker} down -v -t 0" \
   -n "dockerd compose down" "${up//SOCK/$docker_sock} down -v -t 0" >/dev/null
 
+# The clients' own floor: the docker CLI's start-up and one round trip (`version`), and
+# docker-compose's start-up, its project lookup and exit (`ps` of the downed app).
+hyperfine --runs "$runs" --warmup 1 --export-json "$tmp/floor.json" \
+  -n "berth docker version" "$BD version" \
+  -n "dockerd docker version" "$DOCKER version" \
+  -n "berth compose ps (downed)" "${up//SOCK/$berth_docker} ps" \
+  -n "dockerd compose ps (downed)" "${up//SOCK/$docker_sock} ps" >/dev/null
+
 # A container's data, on one container per daemon that wrote 8 MB and a few files.
 work='dd if=/dev/zero of=/big bs=1M count=8 2>/dev/null; mkdir -p /d; touch /d/a /d/b; rm /etc/group; sleep 1000'
 bc=$($BD run -d "$bb" sh -c "$work")
@@ -116,11 +125,14 @@ $BD rm -f "$bc" >/dev/null
 $DOCKER rm -f "$dc" >/dev/null
 
 printf '%-26s %10s\n' "" "median ms"
-jq -s -r '[.[].results[]] | .[] | [.command, (.median*1000)] | @tsv' "$tmp/run.json" "$tmp/up.json" "$tmp/down.json" "$tmp/data.json" |
+jq -s -r '[.[].results[]] | .[] | [.command, (.median*1000)] | @tsv' "$tmp/run.json" "$tmp/up.json" "$tmp/down.json" "$tmp/floor.json" "$tmp/data.json" |
   while IFS=$'\t' read -r n med; do printf '%-26s %10.1f\n' "$n" "$med"; done
 jq -s -r '([.[].results[]] | map({(.command): .median}) | add) as $m |
   "ratios (berth / dockerd): run --rm \(($m["berth run --rm"] / $m["dockerd run --rm"]) * 100 | round / 100), run -d + rm -f \(($m["berth run -d + rm -f"] / $m["dockerd run -d + rm -f"]) * 100 | round / 100), compose up \(($m["berth compose up -d"] / $m["dockerd compose up -d"]) * 100 | round / 100), compose down \(($m["berth compose down"] / $m["dockerd compose down"]) * 100 | round / 100)"' \
   "$tmp/run.json" "$tmp/up.json" "$tmp/down.json"
+jq -s -r '([.[].results[]] | map({(.command): .median}) | add) as $m |
+  "targets: run --rm \($m["dockerd run --rm"] * 150 | round) ms (0.15x), compose up \($m["dockerd compose up -d"] * 300 | round) ms and down \($m["dockerd compose down"] * 300 | round) ms (0.3x); the clients alone: docker version \($m["berth docker version"] * 1000 | round) ms, docker-compose ps \($m["berth compose ps (downed)"] * 1000 | round) ms"' \
+  "$tmp/run.json" "$tmp/up.json" "$tmp/down.json" "$tmp/floor.json"
 jq -r '(.results | map({(.command): .median}) | add) as $m |
   "data ratios (berth / dockerd): " + ([["diff", "export", "commit", "update", "stats --no-stream"][] |
   "\(.) \((($m["berth " + .] / $m["dockerd " + .]) * 100 | round) / 100)"] | join(", "))' "$tmp/data.json"

@@ -5,7 +5,7 @@
 set -euo pipefail
 dir=${1:?usage: hack/mkbundle.sh DIR}
 top=$(cd "$(dirname "$0")/.." && pwd)
-runc_bin=${BERTH_RUNC:-$top/target/release/berth-runc}
+runc_bin=${BERTH_RUNC:-${CARGO_TARGET_DIR:-$top/target}/release/berth-runc}
 if ! "$runc_bin" --version 2>/dev/null | head -n1 | grep -q '^runc version '; then
   echo "mkbundle: $runc_bin is missing or not runc-compatible; using runc's spec" >&2
   runc_bin=$(command -v runc) || { echo "mkbundle: no runc either" >&2; exit 1; }
