@@ -522,7 +522,7 @@ pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Where every cgroup hierarchy (v1 controllers, named ones, the v2 tree) is mounted.
-fn cgroup_mounts() -> Vec<PathBuf> {
+pub(crate) fn cgroup_mounts() -> Vec<PathBuf> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let mut v: Vec<PathBuf> = text
         .lines()
