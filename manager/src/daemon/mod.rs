@@ -149,7 +149,7 @@ async fn serve(config: Config) -> Result<()> {
     };
     let res = router
         .serve_with_incoming_shutdown(
-            ReceiverStream::new(conns::accept(listener, limits, "grpc")),
+            ReceiverStream::new(conns::accept(listener, limits, "grpc", conns::Idle::Close)),
             shutdown,
         )
         .await;
