@@ -267,7 +267,13 @@ impl TarGen<'_> {
                         data.extend((0..len).map(|_| rng.u8(..)));
                     }
                     let real = match rng.u8(..4) {
-                        0 => 1 << 22,
+                        0 => {
+                            // A terabyte, nearly all hole: an empty last block ends the map
+                            // there, as GNU tar ends a file with a trailing hole.
+                            g.sparse[blocks].set_offset(SPARSE_HUGE);
+                            g.sparse[blocks].set_length(0);
+                            SPARSE_HUGE
+                        }
                         1 => off + rng.u64(..1 << 20),
                         _ => off,
                     };
@@ -391,6 +397,35 @@ fn raw(st: &mut State, h: &Header, data: &[u8]) {
     st.out.extend_from_slice(data);
     let pad = (512 - data.len() % 512) % 512;
     st.out.extend(std::iter::repeat_n(0u8, pad));
+}
+
+/// The real size [`sparse_terabyte`] declares (and the generator's huge sparse files).
+pub const SPARSE_HUGE: u64 = 1 << 40;
+
+/// A 3 KB tar holding a GNU sparse file that declares [`SPARSE_HUGE`] bytes: 512 bytes of data
+/// at its start, then a terabyte of hole. Written out whole, it fills any disk.
+pub fn sparse_terabyte() -> Vec<u8> {
+    let mut h = Header::new_gnu();
+    h.as_old_mut().name[..10].copy_from_slice(b"lastlog.db");
+    h.set_mode(0o644);
+    h.set_mtime(1_600_000_000);
+    h.set_entry_type(EntryType::GNUSparse);
+    h.set_size(512);
+    if let Some(g) = h.as_gnu_mut() {
+        g.sparse[0].set_offset(0);
+        g.sparse[0].set_length(512);
+        g.sparse[1].set_offset(SPARSE_HUGE);
+        g.sparse[1].set_length(0);
+        g.set_real_size(SPARSE_HUGE);
+    }
+    h.set_cksum();
+    let mut st = State {
+        names: Vec::new(),
+        out: Vec::new(),
+    };
+    raw(&mut st, &h, &[b's'; 512]);
+    st.out.extend_from_slice(&[0; 1024]);
+    st.out
 }
 
 /// Gzip of `data`.

@@ -648,10 +648,41 @@ fn layer_check(sb: &Sandbox, data: &[u8]) -> Outcome {
     };
     sb.check_outside()
         .map_err(|e| format!("{e} (apply returned {res:?})"))?;
+    // Disk taken is bounded by the uncompressed tar: a block of data per data block, a few
+    // per header (a 4 KiB block for each tiny file or dir); never the size a sparse file or a
+    // header declares.
+    let plain = plain_len(data);
+    let used = disk_usage(&sb.root).map_err(|e| format!("test setup: {e}"))?;
+    if used > 16 * plain + (1 << 20) {
+        return Err(format!(
+            "a {plain}-byte tar took {used} bytes of disk (apply returned {res:?})"
+        ));
+    }
     Ok(match res {
         Ok((s, n)) => format!("ok {} x{n}", s.entries.min(3)),
         Err(e) => label(&e),
     })
+}
+
+/// Bytes of the input once decompressed (the input's own length if it does not decompress).
+fn plain_len(data: &[u8]) -> u64 {
+    berth_layer::decompressed(std::io::Cursor::new(data.to_vec()))
+        .ok()
+        .and_then(|mut r| std::io::copy(&mut r, &mut std::io::sink()).ok())
+        .unwrap_or(0)
+        .max(data.len() as u64)
+}
+
+/// Bytes of disk (st_blocks) a tree takes, without following symlinks.
+fn disk_usage(p: &Path) -> std::io::Result<u64> {
+    let m = fs::symlink_metadata(p)?;
+    let mut n = m.blocks() * 512;
+    if m.is_dir() {
+        for e in fs::read_dir(p)? {
+            n += disk_usage(&e?.path())?;
+        }
+    }
+    Ok(n)
 }
 
 /// Applies the input onto a root, diffs the result against the untouched lower tree, applies
@@ -1179,6 +1210,13 @@ fn write_seeds() {
         "layer_apply",
         "crash-pax-bomb.tar.zst",
         berth_fuzz::tars::bomb(),
+    );
+    // A GNU sparse file declaring a terabyte: refused, naming it (written out as zeros it would
+    // fill the disk).
+    put(
+        "layer_apply",
+        "seed-sparse-terabyte.tar",
+        &berth_fuzz::tars::sparse_terabyte(),
     );
     let mut r = Rng::with_seed(11);
     for i in 0..6 {

@@ -1903,3 +1903,76 @@ fn a_running_steps_network_is_no_orphan_and_a_crash_leaves_none_of_it() {
     let after = network_left(&d);
     assert!(after.is_empty(), "{after:?}");
 }
+
+/// `/berth-build` on every cgroup hierarchy that is there and empty: one no build holds.
+fn empty_build_cgroup_parents() -> Vec<std::path::PathBuf> {
+    let mut v = Vec::new();
+    for h in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        let p = h.path().join("berth-build");
+        let Ok(rd) = std::fs::read_dir(&p) else {
+            continue;
+        };
+        if !rd
+            .flatten()
+            .any(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        {
+            v.push(p);
+        }
+    }
+    v
+}
+
+/// Two builds whose RUNs overlap, the first ending first: the runtime removes the parent
+/// cgroup `/berth-build` only when its own create made it (the first build's), which then
+/// still held the second's, so it was left empty on every hierarchy. berthd removes it when
+/// its last build ends. (A parent that another berthd's running build holds is not empty and
+/// not looked at; an empty one left before this test is removed first.)
+#[test]
+fn overlapping_builds_leave_no_parent_cgroup() {
+    for p in empty_build_cgroup_parents() {
+        let _ = std::fs::remove_dir(p);
+    }
+    let d = daemon("build-cg");
+    let started = |child: &mut std::process::Child, word: &str| {
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        loop {
+            let l = lines.next().expect("build output ended").unwrap();
+            if l.contains(word) {
+                break;
+            }
+        }
+        // The rest of the output, so the build never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop))
+    };
+    let (mut first, _c1) = build_command(
+        &d,
+        "FROM busybox\nRUN echo first-running; sleep 3\n",
+        &["--network", "none", "-t", "berth.test/cg1:1"],
+    );
+    let mut first = first.spawn().unwrap();
+    let r1 = started(&mut first, "first-running");
+    let (mut second, _c2) = build_command(
+        &d,
+        "FROM busybox\nRUN echo second-running; sleep 5\n",
+        &["--network", "none", "-t", "berth.test/cg2:1"],
+    );
+    let mut second = second.spawn().unwrap();
+    let r2 = started(&mut second, "second-running");
+    assert!(
+        first.try_wait().unwrap().is_none(),
+        "the first build ended before the second's RUN started: they did not overlap"
+    );
+    assert!(first.wait().unwrap().success());
+    assert!(
+        second.try_wait().unwrap().is_none(),
+        "the second build ended first"
+    );
+    assert!(second.wait().unwrap().success());
+    let _ = (r1.join(), r2.join());
+    assert_eq!(
+        empty_build_cgroup_parents(),
+        Vec::<std::path::PathBuf>::new(),
+        "empty /berth-build cgroups left"
+    );
+    assert_clean(&d);
+}

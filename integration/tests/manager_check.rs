@@ -403,3 +403,100 @@ fn a_temporary_mount_of_a_killed_berthd_is_removed_at_the_next_start() {
     let out = d.berth(&ns, &["check"]);
     assert_eq!(out.code, 0, "{out:?}");
 }
+
+/// Removes a test's cgroup (every hierarchy) even when the test fails.
+struct BundleCgroup(String);
+
+impl Drop for BundleCgroup {
+    fn drop(&mut self) {
+        berth_integration::runtime::guard::remove_cgroups(&self.0);
+    }
+}
+
+/// A create killed before it saved state.json leaves the runtime's state dir and the cgroup it
+/// recorded (every later create of that id failed "already exists"). berthd's next start has
+/// the runtime delete both, and removes an interrupted build's work dir, before its socket
+/// accepts anyone: the runtime here takes 2 s to delete, so a recovery that ran after the bind
+/// would still be under way when the first client gets in.
+#[test]
+fn runtime_state_of_a_killed_create_is_removed_before_berthd_serves() {
+    let tools = tempfile::tempdir().unwrap();
+    let slow = tools.path().join("slow-delete-runtime");
+    std::fs::write(
+        &slow,
+        format!(
+            "#!/bin/sh\ncase \" $* \" in *\" delete \"*) sleep 2;; esac\nexec {} \"$@\"\n",
+            bins::berth_runc().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&slow, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut d = Berthd::start_with_env(&[("BERTH_RUNTIME", slow.to_str().unwrap())]).unwrap();
+    d.crash();
+
+    // The runtime's create, SIGKILLed by a createRuntime hook once the cgroup exists and the
+    // init is cloned.
+    let ns = unique("chk");
+    let rt_root = d.state().join("runtime").join(&ns);
+    let id = unique("cut");
+    let mut bundle = berth_integration::runtime::Bundle::new().unwrap();
+    bundle.args(&["sleep", "1000"]);
+    bundle.config_mut()["hooks"] = serde_json::json!({
+        "createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", "kill -9 $PPID"]}]
+    });
+    bundle.save().unwrap();
+    let cgroup = bundle.cgroup_path().to_string();
+    let _cg = BundleCgroup(cgroup.clone());
+    let out = Command::new(bins::berth_runc())
+        .arg("--root")
+        .arg(&rt_root)
+        .args(["create", "--bundle"])
+        .arg(bundle.path())
+        .arg(&id)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the create was not killed: {out:?}");
+    let dir = rt_root.join(&id);
+    assert!(
+        dir.join("creating-cgroup.json").is_file() && !dir.join("state.json").exists(),
+        "no cut-short create in {}",
+        dir.display()
+    );
+    let cgroups = berth_integration::runtime::kernel::cgroup_dirs(&cgroup);
+    assert!(!cgroups.is_empty(), "the create made no cgroup");
+    // The runtime's own compiled seccomp filters beside the state dirs: not a container.
+    let cache = rt_root.join("seccomp-cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    std::fs::write(cache.join("f"), "filter").unwrap();
+    // What a berthd killed during a build leaves.
+    let build = d.state().join("builds").join(unique("b"));
+    std::fs::create_dir_all(build.join("ctx")).unwrap();
+
+    d.restart().unwrap();
+    // berthd's socket accepts: recovery is over.
+    assert!(!dir.exists(), "{} still there", dir.display());
+    assert_eq!(
+        berth_integration::runtime::kernel::cgroup_dirs(&cgroup),
+        Vec::<PathBuf>::new(),
+        "the recorded cgroup is left (it was {cgroups:?})"
+    );
+    assert!(!build.exists(), "{} still there", build.display());
+    assert!(cache.join("f").is_file(), "the seccomp cache went too");
+    let log = d.log();
+    assert!(
+        log.contains("removed the runtime state of a create that was cut short"),
+        "{log}"
+    );
+    // The id is free again.
+    let out = Command::new(bins::berth_runc())
+        .arg("--root")
+        .arg(&rt_root)
+        .arg("state")
+        .arg(&id)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does not exist"),
+        "{out:?}"
+    );
+}

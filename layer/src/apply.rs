@@ -9,7 +9,7 @@
 use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
@@ -308,6 +308,31 @@ impl Read for Tracked<'_> {
         self.pos.offset.set(self.pos.offset.get() + n as u64);
         Ok(n)
     }
+}
+
+/// Largest size a GNU sparse file may declare. Its holes take no disk here (they are kept as
+/// holes), but a tiny layer can declare terabytes of them, and whatever later reads or copies
+/// the file without keeping holes (a volume's copy-up, `docker cp`, a diff) would produce that
+/// many zeros. Docker and containerd write the zeros out at pull time. Real sparse files in
+/// layers (GNU tar `--sparse`: lastlog, disk images) stay far below this.
+pub const MAX_SPARSE_FILE_SIZE: u64 = 64 << 30;
+
+/// Refuses a GNU sparse entry whose declared (real) size is over [`MAX_SPARSE_FILE_SIZE`].
+fn check_sparse_size<R: Read>(name: &str, entry: &tar::Entry<'_, R>) -> Result<(), LayerError> {
+    let size = entry.size();
+    if size <= MAX_SPARSE_FILE_SIZE {
+        return Ok(());
+    }
+    let data = entry.header().entry_size().unwrap_or(0);
+    Err(invalid(
+        name,
+        format!(
+            "GNU sparse file declares a size of {size} bytes ({} GiB) with {data} bytes of \
+             data; sparse files over {} GiB are refused",
+            size >> 30,
+            MAX_SPARSE_FILE_SIZE >> 30
+        ),
+    ))
 }
 
 /// Metadata of one entry, read from its header and PAX records.
@@ -649,6 +674,10 @@ impl Applier<'_> {
         entry: &mut tar::Entry<'_, R>,
         m: &Meta,
     ) -> Result<(), LayerError> {
+        let sparse = entry.header().entry_type().is_gnu_sparse();
+        if sparse {
+            check_sparse_size(name, entry)?;
+        }
         // O_EXCL: never write into an existing inode (it may be a hardlink shared with a lower
         // layer's file); O_NOFOLLOW is implied by O_EXCL but stated for the reader.
         let fd = self.replace(name, dir, base, "create file", || {
@@ -666,7 +695,9 @@ impl Applier<'_> {
         let mut file = File::from(fd);
         let want = entry.size();
         let mut got: u64 = 0;
+        let mut written: u64 = 0;
         while got < want {
+            let before = self.pos.offset.get();
             let n = match entry.read(&mut self.buf) {
                 Ok(0) => break,
                 Ok(n) => n,
@@ -678,9 +709,23 @@ impl Applier<'_> {
                     })
                 }
             };
+            got += n as u64;
+            if sparse && self.pos.offset.get() == before {
+                // Bytes that did not come from the stream: a hole of a GNU sparse file (the
+                // tar crate hands them out as zeros, one hole per read). Keep it a hole, as
+                // GNU tar and the tar crate's own unpack do; the length is set at the end.
+                file.seek(SeekFrom::Current(n as i64))
+                    .map_err(|e| LayerError::entry(name, "seek over a sparse file's hole", e))?;
+                continue;
+            }
             file.write_all(&self.buf[..n])
                 .map_err(|e| LayerError::entry(name, "write file", e))?;
-            got += n as u64;
+            written += n as u64;
+        }
+        if sparse && got == want {
+            // A hole at the end: give the file its size.
+            file.set_len(want)
+                .map_err(|e| LayerError::entry(name, "set the sparse file's size", e))?;
         }
         if got != want {
             return Err(LayerError::Corrupt {
@@ -694,7 +739,7 @@ impl Applier<'_> {
                 ),
             });
         }
-        self.stats.bytes += got;
+        self.stats.bytes += written;
         self.meta_fd(name, file.as_fd(), m, Kind::File)?;
         stat::futimens(file.as_fd(), &m.atime, &m.mtime)
             .map_err(|e| LayerError::entry(name, "set times", e))?;

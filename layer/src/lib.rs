@@ -16,7 +16,9 @@ mod resolve;
 
 #[doc(hidden)]
 pub use apply::apply_layer_without_openat2;
-pub use apply::{apply_layer, ApplyOptions, ApplyStats, WhiteoutMode, MAX_ENTRY_METADATA};
+pub use apply::{
+    apply_layer, ApplyOptions, ApplyStats, WhiteoutMode, MAX_ENTRY_METADATA, MAX_SPARSE_FILE_SIZE,
+};
 pub use compression::{compressor, decompressed, detect_compression, Compression, Compressor};
 pub use diff::{diff_overlay_upper, diff_trees, DiffStats};
 pub use error::LayerError;

@@ -160,6 +160,41 @@ impl Layer {
         self
     }
 
+    /// A GNU sparse file (type 'S') of `real_size` bytes whose data is `blocks` (offset, bytes;
+    /// each but the last a multiple of 512 bytes long), the rest holes; the last block must end
+    /// at `real_size` (an empty one there for a trailing hole). Past four blocks the map goes on in
+    /// GNU extension headers, as GNU tar writes it.
+    pub fn sparse(&mut self, path: &str, real_size: u64, blocks: &[(u64, &[u8])]) -> &mut Self {
+        let mut h = self.header(EntryType::GNUSparse, &M::default());
+        h.set_path(path).unwrap();
+        let data: Vec<u8> = blocks.iter().flat_map(|(_, d)| d.iter().copied()).collect();
+        h.set_size(data.len() as u64);
+        let (first, rest) = blocks.split_at(blocks.len().min(4));
+        let g = h.as_gnu_mut().unwrap();
+        for (s, (off, d)) in g.sparse.iter_mut().zip(first) {
+            s.set_offset(*off);
+            s.set_length(d.len() as u64);
+        }
+        g.set_real_size(real_size);
+        g.set_is_extended(!rest.is_empty());
+        h.set_cksum();
+        let mut raw = h.as_bytes().to_vec();
+        let mut chunks = rest.chunks(21).peekable();
+        while let Some(chunk) = chunks.next() {
+            let mut ext = tar::GnuExtSparseHeader::new();
+            for (s, (off, d)) in ext.sparse.iter_mut().zip(chunk) {
+                s.set_offset(*off);
+                s.set_length(d.len() as u64);
+            }
+            ext.set_is_extended(chunks.peek().is_some());
+            raw.extend_from_slice(ext.as_bytes());
+        }
+        raw.extend_from_slice(&data);
+        raw.resize(raw.len().div_ceil(512) * 512, 0);
+        self.b.get_mut().extend_from_slice(&raw);
+        self
+    }
+
     pub fn finish(&mut self) -> Vec<u8> {
         let b = std::mem::replace(&mut self.b, tar::Builder::new(Vec::new()));
         b.into_inner().unwrap()

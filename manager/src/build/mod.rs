@@ -457,6 +457,8 @@ impl Engine {
             // even if no RUN step would run.
             self.networks.get(ns, name).map_err(network_error)?;
         }
+        // Dropped last, once every RUN container of this build is gone.
+        let _active = run::ActiveBuild::enter();
         let id = format!("{:016x}", fastrand::u64(..));
         let work = self.state_dir.join("builds").join(&id);
         std::fs::create_dir_all(&work)
@@ -566,6 +568,7 @@ impl Engine {
     /// snapshots, `extract-build-*` keys in a temporary lease, go with the store's recovery.)
     pub fn recover(&self) {
         self.networks.release_builds();
+        run::remove_cgroup_parent();
         let Ok(rd) = std::fs::read_dir(self.state_dir.join("builds")) else {
             return;
         };

@@ -83,13 +83,63 @@ pub fn spec(r: &RunSpec) -> Value {
         "mounts": mounts,
         "linux": {
             "resources": {"devices": [{"allow": false, "access": "rwm"}]},
-            "cgroupsPath": format!("/berth-build/{}", r.id),
+            "cgroupsPath": format!("/{CGROUP_PARENT}/{}", r.id),
             "namespaces": namespaces,
             "maskedPaths": crate::runspec::MASKED_PATHS,
             "readonlyPaths": crate::runspec::READONLY_PATHS,
             "seccomp": crate::runspec::seccomp::default_profile()
         }
     })
+}
+
+/// The cgroup (on every hierarchy) that holds each RUN step's container cgroup,
+/// `/berth-build/<id>`.
+pub const CGROUP_PARENT: &str = "berth-build";
+
+/// Builds running now. The runtime removes `/berth-build` only when its own create made it,
+/// so overlapping builds left it behind on every hierarchy; the last build to end removes it.
+static ACTIVE_BUILDS: std::sync::Mutex<usize> = std::sync::Mutex::new(0);
+
+/// Counts a running build for its lifetime; when the last one ends, the empty
+/// `/berth-build` parent cgroups go.
+pub struct ActiveBuild(());
+
+impl ActiveBuild {
+    /// A build starts (before any of its RUN steps can create a cgroup).
+    pub fn enter() -> ActiveBuild {
+        *ACTIVE_BUILDS.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        ActiveBuild(())
+    }
+}
+
+impl Drop for ActiveBuild {
+    fn drop(&mut self) {
+        // The lock is held through the removal, so a build that starts meanwhile counts
+        // itself first, or finds no parent and has the runtime make it again.
+        let mut n = ACTIVE_BUILDS.lock().unwrap_or_else(|e| e.into_inner());
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            remove_cgroup_parent();
+        }
+    }
+}
+
+/// Removes `/berth-build` on every cgroup hierarchy where it is empty (rmdir: a cgroup with
+/// children or processes stays, and nothing else is touched). Called when no build runs:
+/// at berthd's start and when the last build ends.
+pub fn remove_cgroup_parent() {
+    for m in crate::check::host::cgroup_mounts() {
+        let dir = m.join(CGROUP_PARENT);
+        match std::fs::remove_dir(&dir) {
+            Ok(()) => tracing::debug!(dir = %dir.display(), "removed the builds' parent cgroup"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            // Still in use (a build of another berthd on this host, or a RUN container that
+            // outlived its build): left.
+            Err(e) => {
+                tracing::debug!(dir = %dir.display(), error = %e, "builds' parent cgroup left")
+            }
+        }
+    }
 }
 
 /// Runs the container (spec `config`, from [`spec`]) to its end; returns its exit code.

@@ -305,6 +305,69 @@ pub fn recover_unfinished_tasks(state: &Path) -> Vec<String> {
     done
 }
 
+/// Crash recovery at berthd's start, after [`recover_unfinished_tasks`]: deletes the runtime's
+/// state dirs that have no `state.json` — a create killed before it saved state (a runtime or
+/// supervisor killed mid-create, or the shim of a task bundle removed just before) — under
+/// `<state>/runtime/<ns>/` (tasks) and `<state>/builds/runtime/` (builds' RUN steps). The
+/// runtime's `delete --force` of such a dir kills what runs in the cgroup the create recorded
+/// (`creating-cgroup.json`) and removes that cgroup with the dir. A dir whose lock is held
+/// belongs to a create still running (a supervisor the previous berthd started) and is left.
+/// Without this, each such dir kept a cgroup and made every later create of that id fail
+/// with "already exists". Returns what was removed, as `root/id: what was done`.
+pub fn recover_unfinished_runtime_state(state: &Path) -> Vec<String> {
+    let mut dirs: Vec<(PathBuf, String)> = children2(&state.join("runtime"))
+        .into_iter()
+        .map(|(ns, id, _)| (state.join("runtime").join(ns), id))
+        .collect();
+    let builds = state.join("builds").join("runtime");
+    for e in std::fs::read_dir(&builds).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            dirs.push((builds.clone(), e.file_name().to_string_lossy().into_owned()));
+        }
+    }
+    let mut done = Vec::new();
+    for (root, id) in dirs {
+        let dir = root.join(&id);
+        if id == RUNTIME_SECCOMP_CACHE || dir.join("state.json").is_file() {
+            continue;
+        }
+        if locked(&dir) {
+            tracing::info!(dir = %dir.display(), "runtime state without state.json is locked: a create still runs, left");
+            continue;
+        }
+        let what = format!("{}/{id}", root.display());
+        match runtime_delete(&root, &id) {
+            Ok(()) if !dir.exists() => {
+                tracing::info!(dir = %dir.display(), "removed the runtime state of a create that was cut short (and its cgroup)");
+                done.push(format!("{what}: the runtime deleted it"));
+            }
+            Ok(()) => {
+                tracing::warn!(dir = %dir.display(), "the runtime's delete left the state of a create that was cut short")
+            }
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "removing the runtime state of a create that was cut short")
+            }
+        }
+    }
+    done
+}
+
+/// The directory berth-runc keeps compiled seccomp filters in, beside the containers' state
+/// dirs under its `--root`: not a container.
+const RUNTIME_SECCOMP_CACHE: &str = "seccomp-cache";
+
+/// Whether another process holds the runtime's lock on a state dir (a create or delete runs).
+fn locked(dir: &Path) -> bool {
+    use nix::fcntl::{Flock, FlockArg};
+    let Ok(f) = std::fs::File::open(dir) else {
+        return false;
+    };
+    match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+        Ok(_unlocked_on_drop) => false,
+        Err((_, e)) => e == nix::errno::Errno::EWOULDBLOCK,
+    }
+}
+
 /// `(first, second, path)` of every directory two levels under `dir`.
 fn children2(dir: &Path) -> Vec<(String, String, PathBuf)> {
     let mut v = Vec::new();
@@ -459,7 +522,7 @@ pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Where every cgroup hierarchy (v1 controllers, named ones, the v2 tree) is mounted.
-fn cgroup_mounts() -> Vec<PathBuf> {
+pub(crate) fn cgroup_mounts() -> Vec<PathBuf> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let mut v: Vec<PathBuf> = text
         .lines()

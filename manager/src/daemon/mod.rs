@@ -66,9 +66,27 @@ async fn serve(config: Config) -> Result<()> {
         Ok(p) => tracing::debug!(path = %p.display(), "init for --init containers"),
         Err(e) => tracing::warn!(root = %config.root.display(), error = %e, "writing berth-init"),
     }
+    // Everything a crash left is put right before the sockets exist, so that no client sees
+    // a half-recovered daemon (a build's dir, a runtime's state, a Docker container's exit not
+    // yet recorded). A client that comes early finds no socket, or a stale one that refuses,
+    // and can retry: clearer than one that is accepted and waits on a daemon still busy, as
+    // dockerd too serves only once its restore is done.
     // Tasks whose create or removal a crash cut short: nothing is in flight yet.
     crate::check::host::recover_unfinished_tasks(&config.state);
+    // Runtime state of creates cut short (no state.json), with the cgroups they recorded.
+    crate::check::host::recover_unfinished_runtime_state(&config.state);
     mounts::clear_stale(&config.state);
+    // The services; making them reconnects to running tasks and removes interrupted builds.
+    let router = services::router(state.clone())?;
+    let docker_api = match &config.docker_address {
+        Some(_) => {
+            let api = crate::docker::Api::new(state.clone());
+            // Containers made through the Docker API come back as dockerd brings them back.
+            api.restore().await;
+            Some(api)
+        }
+        None => None,
+    };
     let gid = config.group.as_deref().map(socket::group_id).transpose()?;
     let nofile = conns::raise_nofile_limit();
     let sockets = if config.docker_address.is_some() {
@@ -82,6 +100,16 @@ async fn serve(config: Config) -> Result<()> {
         nofile,
         sockets,
     );
+    // The Docker socket first: clients (and tests) take the gRPC socket as the sign that
+    // berthd is up.
+    let docker = match (&config.docker_address, docker_api) {
+        (Some(path), Some(api)) => {
+            let l = socket::bind_mode(path, 0o660, gid)?;
+            tracing::info!(address = %path.display(), namespace = crate::docker::NAMESPACE, "Docker API serving");
+            Some((path.clone(), l, api))
+        }
+        _ => None,
+    };
     let listener = match gid {
         Some(gid) => socket::bind_mode(&config.address, 0o660, Some(gid))?,
         None => socket::bind(&config.address)?,
@@ -97,26 +125,13 @@ async fn serve(config: Config) -> Result<()> {
         header_timeout = ?limits.header_timeout,
         "berthd serving"
     );
-    let docker = match &config.docker_address {
-        Some(path) => {
-            let l = socket::bind_mode(path, 0o660, gid)?;
-            tracing::info!(address = %path.display(), namespace = crate::docker::NAMESPACE, "Docker API serving");
-            Some((path.clone(), l))
-        }
-        None => None,
-    };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let docker_task = docker.map(|(path, l)| {
-        let api = crate::docker::Api::new(state.clone());
-        // Containers made through the Docker API come back as dockerd brings them back.
-        let restoring = api.clone();
-        tokio::spawn(async move { restoring.restore().await });
+    let docker_task = docker.map(|(path, l, api)| {
         (
             path,
             tokio::spawn(crate::docker::server::serve(api, l, limits, stop_rx)),
         )
     });
-    let router = services::router(state)?;
     let shutdown = async move {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -134,7 +149,7 @@ async fn serve(config: Config) -> Result<()> {
     };
     let res = router
         .serve_with_incoming_shutdown(
-            ReceiverStream::new(conns::accept(listener, limits, "grpc")),
+            ReceiverStream::new(conns::accept(listener, limits, "grpc", conns::Idle::Close)),
             shutdown,
         )
         .await;

@@ -46,7 +46,8 @@ pub async fn serve(
     mut stop: watch::Receiver<bool>,
 ) {
     let api = Arc::new(api);
-    let mut incoming = crate::daemon::conns::accept(listener, limits, "docker");
+    let mut incoming =
+        crate::daemon::conns::accept(listener, limits, "docker", crate::daemon::conns::Idle::Keep);
     loop {
         tokio::select! {
             r = incoming.recv() => match r {

@@ -44,11 +44,17 @@ use tonic::transport::Server;
 
 use super::state::State;
 
+/// The layers every gRPC request goes through: [`crate::daemon::conns::TrackRequestsLayer`].
+pub type GrpcLayers = tower::layer::util::Stack<
+    crate::daemon::conns::TrackRequestsLayer,
+    tower::layer::util::Identity,
+>;
+
 /// Largest message accepted or sent (a content write chunk is ~1 MiB; ctr sends up to 1 MiB).
 const MAX_MESSAGE: usize = 16 << 20;
 
 /// Every service, mounted on one router.
-pub fn router(state: State) -> Result<Router> {
+pub fn router(state: State) -> Result<Router<GrpcLayers>> {
     let introspection = introspection::IntrospectionService::new(state.root())?;
     macro_rules! svc {
         ($server:ident, $svc:expr) => {
@@ -58,6 +64,7 @@ pub fn router(state: State) -> Result<Router> {
         };
     }
     Ok(Server::builder()
+        .layer(crate::daemon::conns::TrackRequestsLayer)
         .trace_fn(|req| tracing::debug_span!("rpc", path = %req.uri().path()))
         .add_service(svc!(VersionServer, version::VersionService))
         .add_service(svc!(IntrospectionServer, introspection))
