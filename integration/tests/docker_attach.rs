@@ -11,7 +11,6 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use berth_integration::manager::image;
 use berth_integration::manager::tasks::NsDaemon;
 use berth_integration::manager::{until, Berthd};
 use serde_json::Value;
@@ -19,18 +18,7 @@ use serde_json::Value;
 const IMAGE: &str = "berth/attach-test:v1";
 
 fn daemon() -> NsDaemon {
-    let d = NsDaemon {
-        d: Berthd::start_in_netns(&[]).unwrap(),
-        ns: "moby".to_string(),
-    };
-    let img = image::busybox_applets(
-        &format!("docker.io/{IMAGE}"),
-        &["bin/sleep", "bin/echo"],
-        vec![],
-    )
-    .unwrap();
-    d.docker_load(&img);
-    d
+    NsDaemon::docker_with_busybox(IMAGE, &["bin/sleep", "bin/echo"], vec![])
 }
 
 fn running(d: &Berthd, name: &str) -> String {

@@ -9,35 +9,20 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use berth_integration::manager::image;
 use berth_integration::manager::tasks::NsDaemon;
-use berth_integration::manager::Berthd;
+use berth_integration::manager::{until, Berthd};
 
 const IMAGE: &str = "berth/data-test:v1";
 
 fn daemon() -> NsDaemon {
-    let d = NsDaemon {
-        d: Berthd::start_in_netns(&[]).unwrap(),
-        ns: "moby".to_string(),
-    };
-    let img = image::busybox_applets(
-        &format!("docker.io/{IMAGE}"),
+    NsDaemon::docker_with_busybox(
+        IMAGE,
         &["bin/sleep", "bin/echo", "bin/rm", "bin/mkdir", "bin/touch"],
         vec![image::Entry::File("hello", 0o644, b"hi\n".to_vec())],
     )
-    .unwrap();
-    d.docker_load(&img);
-    d
-}
-
-fn until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn inspect(d: &Berthd, name: &str, format: &str) -> String {

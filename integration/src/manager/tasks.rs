@@ -158,6 +158,26 @@ pub struct NsDaemon {
     pub ns: String,
 }
 
+impl NsDaemon {
+    /// berthd in a network namespace of its own for a Docker API test (namespace `moby`),
+    /// with `docker.io/NAME` loaded: busybox with `applets` (`bin/sleep`, ...) and `extra`.
+    pub fn docker_with_busybox(
+        name: &str,
+        applets: &[&'static str],
+        extra: Vec<crate::manager::image::Entry>,
+    ) -> NsDaemon {
+        let d = NsDaemon {
+            d: Berthd::start_in_netns(&[]).expect("berthd starts"),
+            ns: "moby".to_string(),
+        };
+        let img =
+            crate::manager::image::busybox_applets(&format!("docker.io/{name}"), applets, extra)
+                .expect("busybox image");
+        d.docker_load(&img);
+        d
+    }
+}
+
 impl std::ops::Deref for NsDaemon {
     type Target = Berthd;
     fn deref(&self) -> &Berthd {
