@@ -569,7 +569,18 @@ pub async fn kill(api: &Api, req: Req, name: &str) -> Reply {
         api.update_meta(&c.id, |m| m.manually_stopped = true)
             .await?;
     }
+    let mut exits = api.notifier.get(&c.id).subscribe();
+    let seen = exits.borrow().count;
     api.signal(&c, sig).await?;
+    if sig == 9 {
+        // As dockerd: a SIGKILL is answered once the exit is recorded, so a `docker rm`
+        // right after it finds the container stopped (bounded: an unkillable process).
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            exits.wait_for(|e| e.count > seen),
+        )
+        .await;
+    }
     Ok(empty(StatusCode::NO_CONTENT))
 }
 
