@@ -796,4 +796,33 @@ fn deleted_tasks_networks_are_released_behind_the_delete_and_after_a_crash() {
     assert_released(&d, &[&c, &w1, &w2]);
     let check = d.berth(&ns, &["check"]);
     assert_eq!(check.code, 0, "{check:?}");
+
+    // A port rule no container holds is an orphan to berth check, and --repair removes it.
+    let ghost = [
+        "iptables",
+        "-t",
+        "nat",
+        "-A",
+        "POSTROUTING",
+        "-s",
+        "10.213.52.99/32",
+        "-m",
+        "comment",
+        "--comment",
+        "berth ports ghost",
+        "-j",
+        "MASQUERADE",
+    ];
+    d.in_netns(&ghost).ok();
+    let check = d.berth(&ns, &["check"]);
+    assert_eq!(check.code, 1, "{check:?}");
+    assert!(
+        check.stdout.contains("orphan-port-rule ghost:"),
+        "{}",
+        check.stdout
+    );
+    d.berth(&ns, &["check", "--repair"]);
+    let nat = d.in_netns(&["iptables-save", "-t", "nat"]).ok().to_string();
+    assert!(!nat.contains("berth ports ghost"), "{nat}");
+    assert_eq!(d.berth(&ns, &["check"]).code, 0);
 }

@@ -968,6 +968,17 @@ impl Networks {
     }
 }
 
+impl Networks {
+    /// [`Networks::detach`], and the release done before it returns (berthd's start and
+    /// `berth check --repair`, whose callers look at what is left right after).
+    fn detach_now(&self, ns: &str, id: &str) -> Result<()> {
+        self.detach(ns, id)?;
+        let key = Self::netns_name(ns, id);
+        self.releaser.drain(|k, _| k == key);
+        Ok(())
+    }
+}
+
 /// A CNI ADD done: the list and runtime config its DEL needs.
 type Added = (berth_network::cni::NetworkConfigList, RuntimeConf);
 
@@ -1127,7 +1138,7 @@ impl Networks {
                 if a.build.is_none() {
                     continue;
                 }
-                match self.detach(&ns, &a.container_id) {
+                match self.detach_now(&ns, &a.container_id) {
                     Ok(()) => tracing::info!(
                         id = a.container_id,
                         "released the network of an interrupted build step"
@@ -1172,7 +1183,7 @@ impl Networks {
                     None => self.store.container(&ctx, &a.container_id).is_ok(),
                 };
                 if !owned {
-                    let repaired = repair && self.detach(&ns, &a.container_id).is_ok();
+                    let repaired = repair && self.detach_now(&ns, &a.container_id).is_ok();
                     let detail = match &a.build {
                         Some(b) => format!("network attachment of build {b}, which is over"),
                         None => "network attachment of a container that no longer exists".into(),
@@ -1207,6 +1218,36 @@ impl Networks {
                     "no container's attachment names it".into(),
                     repaired,
                 ));
+            }
+        }
+        // Published ports: every owner of a port rule must be an attachment (running or
+        // queued for release). Under the attach lock: an attach publishes before it saves.
+        {
+            let _g = self.guard();
+            let mut owners: std::collections::HashSet<String> = self
+                .releaser
+                .pending()
+                .into_iter()
+                .map(|(_, a)| a.container_id)
+                .collect();
+            for ns in self.namespaces_attached() {
+                for a in self.attachments(&ns).unwrap_or_default() {
+                    owners.insert(a.container_id);
+                }
+            }
+            match hostports::owners() {
+                Ok(found) => {
+                    for owner in found.into_iter().filter(|o| !owners.contains(o)) {
+                        let repaired = repair && hostports::unpublish(&owner).is_ok();
+                        out.push((
+                            "orphan-port-rule",
+                            owner,
+                            "published-port rules of a container no attachment holds".into(),
+                            repaired,
+                        ));
+                    }
+                }
+                Err(e) => tracing::warn!("berth check: reading the published ports: {e}"),
             }
         }
         if let Ok(nets) = std::fs::read_dir(&self.ipam_dir) {

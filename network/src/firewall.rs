@@ -222,7 +222,7 @@ fn err(network: &str, args: &str, reason: String) -> FirewallError {
 }
 
 /// The host's filter and nat tables (one `iptables-save`).
-fn save(network: &str) -> Result<Saved, FirewallError> {
+pub(crate) fn save(network: &str) -> Result<Saved, FirewallError> {
     let out = Command::new("iptables-save")
         .output()
         .map_err(|e| err(network, "(iptables-save)", e.to_string()))?;

@@ -141,6 +141,28 @@ pub fn unpublish(owner: &str) -> Result<(), FirewallError> {
     apply(owner, |saved| unpublish_plan(owner, saved))
 }
 
+/// The owners of the published ports on the host (from one `iptables-save`), for `berth
+/// check` to find rules no container holds.
+pub fn owners() -> Result<Vec<String>, FirewallError> {
+    let saved = crate::firewall::save("(published ports)")?;
+    Ok(owners_in(&saved))
+}
+
+fn owners_in(saved: &Saved) -> Vec<String> {
+    let mut out: Vec<String> = saved
+        .rules
+        .iter()
+        .filter(|(t, _, _)| t == "nat")
+        .filter_map(|(_, _, spec)| {
+            let rest = spec.split("--comment \"berth ports ").nth(1)?;
+            Some(rest.split('"').next()?.to_string())
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,6 +209,7 @@ mod tests {
         saved.push_str("-A BERTH-HOSTPORTS -p tcp -m tcp --dport 9 -m comment --comment \"berth ports c10\" -j DNAT --to-destination 10.5.0.8:9\nCOMMIT\n");
         let saved = Saved::parse(&saved);
         assert!(publish_plan("c1", ip, &maps, &saved).is_empty());
+        assert_eq!(owners_in(&saved), vec!["c1".to_string(), "c10".to_string()]);
         let gone = unpublish_plan("c1", &saved).text();
         assert_eq!(gone.matches("-D ").count(), 6, "{gone}");
         assert!(!gone.contains("c10"), "{gone}");
