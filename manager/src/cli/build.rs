@@ -294,7 +294,12 @@ pub async fn run(env: &Env, a: Args) -> Result<()> {
         }
     }
     if let Some(t) = tty.as_mut() {
-        t.finish(None)?;
+        // No result is a failure: the final frame must not say FINISHED.
+        t.finish(
+            result
+                .is_none()
+                .then_some("the build ended without a result"),
+        )?;
     }
     if let Ok(Err(e)) = sender.join() {
         if result.is_none() {

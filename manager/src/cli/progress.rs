@@ -112,6 +112,8 @@ pub struct Board {
     stages: BTreeMap<String, usize>,
     /// Warnings not printed yet.
     pending: Vec<String>,
+    /// The build failed.
+    failed: bool,
 }
 
 /// `NAME` and `N` of a label `[NAME k/N] ...`.
@@ -173,6 +175,7 @@ impl Board {
     /// whose source is missing does; else the only running one), the others still running
     /// were cancelled.
     pub fn fail(&mut self, message: &str, now: Duration) {
+        self.failed = true;
         let named = message
             .strip_prefix("step ")
             .and_then(|m| m.rsplit_once(" (Dockerfile line"))
@@ -227,15 +230,11 @@ impl Board {
     pub fn frame(&self, now: Duration, width: usize, height: usize, last: bool) -> Vec<String> {
         let width = if width == 0 { DEFAULT_WIDTH } else { width };
         let (finished, known) = self.counts();
-        let failed = self
-            .steps
-            .iter()
-            .any(|s| matches!(s.state, State::Error(_)));
         let mut header = format!(
             "[+] Building {} ({finished}/{known})",
             secs(now.as_secs_f64())
         );
-        if last && !failed {
+        if last && !self.failed {
             header.push_str(" FINISHED");
         }
         let mut lines = vec![cut(&header, width)];
@@ -580,6 +579,13 @@ mod tests {
         let mut b = board(&[ev(Kind::Start, "[stage-0 2/2] RUN x")]);
         b.fail("berthd went away", S);
         assert_eq!(b.steps[0].state, State::Error(0.0));
+        // A failure that names no step still says no FINISHED.
+        let mut b = board(&[done("[stage-0 1/1] FROM busybox", 0.1)]);
+        b.fail("the build ended without a result", S);
+        assert_eq!(
+            plain(&b.frame(S, 80, 0, true))[0],
+            "[+] Building 1.0s (1/1)"
+        );
     }
 
     #[test]
