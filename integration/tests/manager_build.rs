@@ -875,6 +875,127 @@ fn independent_stages_build_in_parallel() {
     assert_clean(&d);
 }
 
+/// The terminal's text after the last `[+] Building` header (the final frame and what follows
+/// it), escape sequences and carriage returns removed, as lines.
+fn final_frame(tty: &str) -> Vec<String> {
+    let at = tty.rfind("[+] Building").unwrap_or(0);
+    let mut text = String::new();
+    let mut chars = tty[at..].chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            // CSI: ESC [ params final-byte.
+            '\x1b' => {
+                if chars.peek() == Some(&'[') {
+                    chars.next();
+                    for c in chars.by_ref() {
+                        if ('@'..='~').contains(&c) {
+                            break;
+                        }
+                    }
+                }
+            }
+            '\r' => {}
+            c => text.push(c),
+        }
+    }
+    text.lines().map(str::to_string).collect()
+}
+
+/// `berth build --progress tty` on a terminal: a `[+] Building` header repainted in place
+/// (cursor up), a running RUN's output shown under it, and a final frame with each step's
+/// state (done with its time, CACHED on a rebuild, ERROR for a failing step, whose output
+/// then follows in full); `--progress plain` on the same terminal writes no escape codes.
+#[test]
+fn tty_progress_repaints_steps_in_place() {
+    let d = daemon("build-tty");
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            "FROM busybox\nCOPY f /f\nRUN echo making it; sleep 1; echo made > /m\n",
+        ),
+        ("f", "x"),
+    ]);
+    let c = ctx.path().to_str().unwrap();
+    let (code, tty, err) = d.berth_on_tty(
+        &d.ns,
+        &["build", "--progress", "tty", "-t", "berth.test/tty:1", c],
+    );
+    assert_eq!(code, 0, "{tty}{err}");
+    // A repaint moves the cursor up over the frame before.
+    assert!(
+        tty.contains("\x1b[2A") || tty.contains("\x1b[3A") || tty.contains("\x1b[4A"),
+        "{tty:?}"
+    );
+    assert!(tty.contains("=> => # making it"), "{tty:?}");
+    let last = final_frame(&tty);
+    assert_eq!(
+        last[0].split(' ').next_back(),
+        Some("FINISHED"),
+        "{last:#?}"
+    );
+    assert!(last[0].contains("(3/3)"), "{last:#?}");
+    let step = |lines: &[String], what: &str| -> String {
+        lines
+            .iter()
+            .find(|l| l.contains(what))
+            .cloned()
+            .unwrap_or_else(|| panic!("no {what} in {lines:#?}"))
+    };
+    for s in ["FROM", "COPY f /f", "RUN echo making it"] {
+        let l = step(&last, s);
+        // Done: no state word, its time at the end.
+        assert!(l.starts_with(" => [stage-0 "), "{l:?}");
+        assert!(l.trim_end().ends_with('s'), "{l:?}");
+    }
+    // The tail collapsed when the step was done.
+    assert!(!last.iter().any(|l| l.contains("=> => #")), "{last:#?}");
+    assert!(
+        last.iter().any(|l| l.starts_with("writing image sha256:")),
+        "{last:#?}"
+    );
+    assert!(
+        last.contains(&"naming to berth.test/tty:1 done".to_string()),
+        "{last:#?}"
+    );
+
+    // Again: the steps after FROM come from the cache.
+    let (code, tty, err) = d.berth_on_tty(&d.ns, &["build", "--progress", "tty", c]);
+    assert_eq!(code, 0, "{tty}{err}");
+    let last = final_frame(&tty);
+    assert!(step(&last, "COPY f /f").starts_with(" => CACHED [stage-0 2/3]"));
+    assert!(step(&last, "RUN echo making it").starts_with(" => CACHED [stage-0 3/3]"));
+
+    // A failing step: ERROR, and its output in full after the final frame.
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM busybox\nRUN echo one; echo two; echo three; echo four; echo five; \
+         echo six; echo seven; exit 3\n",
+    )
+    .unwrap();
+    let (code, tty, _) = d.berth_on_tty(&d.ns, &["build", "--progress", "tty", c]);
+    assert_ne!(code, 0, "{tty}");
+    let last = final_frame(&tty);
+    assert!(step(&last, "RUN echo one").starts_with(" => ERROR [stage-0 2/2]"));
+    let report = last.join("\n");
+    assert!(
+        report.contains("------\n > [stage-0 2/2] RUN echo one;")
+            && report.contains(":\none\ntwo\nthree\nfour\nfive\nsix\nseven\n------\n"),
+        "{report}"
+    );
+    assert!(report.contains("failed to solve:"), "{report}");
+
+    // Plain on the same terminal: the lines as they come, no escape codes.
+    std::fs::write(ctx.path().join("Dockerfile"), "FROM busybox\nCOPY f /f\n").unwrap();
+    let (code, tty, err) = d.berth_on_tty(&d.ns, &["build", "--progress", "plain", c]);
+    assert_eq!(code, 0, "{tty}{err}");
+    assert!(!tty.contains('\x1b'), "{tty:?}");
+    assert!(
+        tty.contains("[stage-0 2/2] COPY f /f\r\n  CACHED"),
+        "{tty:?}"
+    );
+    assert_clean(&d);
+}
+
 /// `RUN --mount=type=cache`: the directory outlives builds (also `--no-cache` ones), is made
 /// with its mode and owner (or seeded from a stage), is not part of the image, and `berth
 /// builder prune` drops it.

@@ -91,7 +91,8 @@ fn read_outputs(out_base: &Path) -> (String, String) {
     (read("out"), read("err"))
 }
 
-fn describe_command(cmd: &Command) -> String {
+/// `cmd` as a shell command line, each word quoted as needed.
+pub fn describe_command(cmd: &Command) -> String {
     let mut parts = vec![shell_quote(&cmd.get_program().to_string_lossy())];
     parts.extend(cmd.get_args().map(|a| shell_quote(&a.to_string_lossy())));
     parts.join(" ")

@@ -343,6 +343,18 @@ impl Berthd {
         out
     }
 
+    /// Runs `berth --address <socket> -n <ns> <args>` on a terminal of script(1)'s, with no
+    /// input: exit code, the terminal's output (stdout and stderr together), script's stderr.
+    /// A CLI still running after 30 s is killed and the test fails.
+    pub fn berth_on_tty(&self, ns: &str, args: &[&str]) -> (i32, String, String) {
+        let cmd = self.berth_command(Some(ns), args);
+        let line = format!(
+            "env -u BERTH_ADDRESS -u BERTH_NAMESPACE {}",
+            crate::containerd::command::describe_command(&cmd)
+        );
+        self.script(&line, Stdio::null())
+    }
+
     fn script(&self, cmd: &str, stdin: Stdio) -> (i32, String, String) {
         let child = Command::new("script")
             .args(["-qec", cmd, "/dev/null"])

@@ -19,12 +19,33 @@ use super::Env;
 /// How progress is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Progress {
-    /// `plain` (berth has one progress format so far).
+    /// `tty` when stderr is a terminal, else `plain` (as docker does).
     Auto,
     /// One line per step event, RUN output as it comes.
     Plain,
-    /// Same as plain.
+    /// Steps with their states and timers, repainted in place; `plain` (with a note) when
+    /// stderr is no terminal.
     Tty,
+}
+
+/// How progress is shown, once the terminal is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shown {
+    Nothing,
+    Plain,
+    Tty,
+}
+
+/// What `--progress` and `-q` show with stderr a terminal or not. `tty` on no terminal falls
+/// back to plain rather than failing as BuildKit does: the build is worth more than its
+/// display, and a script that asked for it still gets readable output.
+fn shown(progress: Progress, quiet: bool, terminal: bool) -> Shown {
+    match progress {
+        _ if quiet => Shown::Nothing,
+        Progress::Plain => Shown::Plain,
+        Progress::Auto | Progress::Tty if terminal => Shown::Tty,
+        Progress::Auto | Progress::Tty => Shown::Plain,
+    }
 }
 
 /// `berth build`.
@@ -224,38 +245,61 @@ pub async fn run(env: &Env, a: Args) -> Result<()> {
         .into_inner();
     let quiet = a.quiet;
     let mut err = std::io::stderr();
-    let color = err.is_terminal() && a.progress != Progress::Plain;
+    let shown = shown(a.progress, quiet, err.is_terminal());
+    if a.progress == Progress::Tty && shown == Shown::Plain {
+        tracing::info!("stderr is not a terminal: showing plain progress");
+    }
+    let mut tty = (shown == Shown::Tty).then(super::progress::Tty::stderr);
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut result = None;
-    while let Some(msg) = replies.next().await {
+    loop {
+        let msg = tokio::select! {
+            m = replies.next() => m,
+            _ = tick.tick(), if tty.is_some() => {
+                if let Some(t) = tty.as_mut() {
+                    t.tick()?;
+                }
+                continue;
+            }
+        };
+        let Some(msg) = msg else { break };
         let msg = match msg {
             Ok(m) => m,
             Err(s) => {
+                if let Some(t) = tty.as_mut() {
+                    t.finish(Some(s.message()))?;
+                }
                 let _ = sender.join();
                 bail!("failed to solve: {}", s.message());
             }
         };
         match msg.part {
             Some(pb::build_response::Part::Event(e)) => {
-                if quiet {
-                    continue;
-                }
                 use pb::build_event::Kind;
-                let step = if color {
-                    format!("\x1b[1m{}\x1b[0m", e.step)
-                } else {
-                    e.step.clone()
-                };
-                match Kind::try_from(e.kind).unwrap_or(Kind::Warning) {
-                    Kind::Start => writeln!(err, "{step}")?,
-                    Kind::Cached => writeln!(err, "{step}\n  CACHED")?,
-                    Kind::Output => err.write_all(&e.data)?,
-                    Kind::Done => writeln!(err, "  DONE {:.1}s", e.elapsed)?,
-                    Kind::Warning => writeln!(err, "{}", e.message)?,
+                match (shown, &mut tty) {
+                    (Shown::Tty, Some(t)) => t.event(&e)?,
+                    (Shown::Plain, _) => match Kind::try_from(e.kind).unwrap_or(Kind::Warning) {
+                        Kind::Start => writeln!(err, "{}", e.step)?,
+                        Kind::Cached => writeln!(err, "{}\n  CACHED", e.step)?,
+                        Kind::Output => err.write_all(&e.data)?,
+                        Kind::Done => writeln!(err, "  DONE {:.1}s", e.elapsed)?,
+                        Kind::Warning => writeln!(err, "{}", e.message)?,
+                    },
+                    _ => {}
                 }
             }
             Some(pb::build_response::Part::Result(r)) => result = Some(r),
             None => {}
         }
+    }
+    if let Some(t) = tty.as_mut() {
+        // No result is a failure: the final frame must not say FINISHED.
+        t.finish(
+            result
+                .is_none()
+                .then_some("the build ended without a result"),
+        )?;
     }
     if let Ok(Err(e)) = sender.join() {
         if result.is_none() {
@@ -293,4 +337,22 @@ pub async fn prune(env: &Env) -> Result<()> {
 pub enum BuilderCmd {
     /// Drop the namespace's build cache (GC reclaims its layers and snapshots).
     Prune,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_modes_follow_the_terminal() {
+        assert_eq!(shown(Progress::Auto, false, true), Shown::Tty);
+        assert_eq!(shown(Progress::Auto, false, false), Shown::Plain);
+        assert_eq!(shown(Progress::Tty, false, true), Shown::Tty);
+        // No terminal: plain, with no escape codes, rather than an error.
+        assert_eq!(shown(Progress::Tty, false, false), Shown::Plain);
+        assert_eq!(shown(Progress::Plain, false, true), Shown::Plain);
+        for p in [Progress::Auto, Progress::Plain, Progress::Tty] {
+            assert_eq!(shown(p, true, true), Shown::Nothing);
+        }
+    }
 }

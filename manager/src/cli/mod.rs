@@ -12,6 +12,7 @@ pub mod mounts;
 pub mod namespaces;
 pub mod networks;
 pub mod output;
+pub mod progress;
 pub mod run;
 pub mod snapshots;
 pub mod stdio;
