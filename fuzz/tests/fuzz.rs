@@ -1236,3 +1236,124 @@ fn write_seeds() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Dockerfiles: parse, group into stages and plan (what berthd does with a build's
+// Dockerfile before anything runs). Property: an answer (a plan or an error naming a line),
+// never a panic or a hang.
+
+/// Lines a generated Dockerfile is made of: every instruction, the directives, heredocs,
+/// continuations, expansions and what Docker refuses.
+const DOCKERFILE_LINES: &[&str] = &[
+    "# syntax=docker/dockerfile:1",
+    "# escape=`",
+    "# escape=\\",
+    "ARG BASE=busybox",
+    "ARG V",
+    "FROM ${BASE:-busybox} AS build",
+    "FROM --platform=$BUILDPLATFORM scratch",
+    "FROM build",
+    "FROM busybox AS a",
+    "FROM a AS a",
+    "RUN echo ${V:+set} ${V:-unset} $V",
+    "RUN [\"sh\", \"-c\", \"echo hi\"]",
+    "RUN --mount=type=cache,target=/c --network=none true",
+    "RUN --mount=type=bind,from=a,source=/x,target=/y cat /y",
+    "RUN <<EOF\necho one\necho two\nEOF",
+    "COPY <<EOF /f\ncontent\nEOF",
+    "RUN echo a \\\n  b \\\n  c",
+    "COPY --from=a --chown=1:1 --chmod=755 /src /dst",
+    "COPY --link . /app",
+    "ADD https://example.com/x.tar.gz /x",
+    "ADD --checksum=sha256:00 x /y",
+    "ENV A=1 B=\"two words\" C=${A}",
+    "ENV K V",
+    "LABEL a=b \"c d\"=e",
+    "EXPOSE 80/tcp 53/udp ${PORT}",
+    "VOLUME [\"/data\"]",
+    "USER 1000:1000",
+    "WORKDIR /app/${DIR}",
+    "SHELL [\"/bin/sh\", \"-ec\"]",
+    "CMD [\"run\"]",
+    "ENTRYPOINT exec app",
+    "HEALTHCHECK --interval=5s --retries=3 CMD true",
+    "HEALTHCHECK NONE",
+    "STOPSIGNAL SIGTERM",
+    "ONBUILD RUN echo child",
+    "ONBUILD ONBUILD RUN x",
+    "MAINTAINER someone",
+    "BOGUS instruction",
+    "RUN",
+    "COPY",
+    "FROM",
+    "ENV",
+    "ARG =x",
+    "EXPOSE 99999",
+    "# a comment",
+    "",
+    "  ",
+];
+
+fn gen_dockerfile(rng: &mut Rng, corpus: &Corpus) -> Vec<u8> {
+    let mut text = if rng.bool() {
+        String::from_utf8_lossy(corpus.pick(rng)).into_owned()
+    } else {
+        String::new()
+    };
+    for _ in 0..1 + rng.usize(..12) {
+        text.push_str(DOCKERFILE_LINES[rng.usize(..DOCKERFILE_LINES.len())]);
+        text.push('\n');
+    }
+    text.into_bytes()
+}
+
+fn dockerfile_check(data: &[u8]) -> Outcome {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return Ok("not utf-8".into());
+    };
+    let stages = match berth_build::parse_dockerfile(text) {
+        Ok(s) => s,
+        Err(e) => return Ok(format!("parse error: {}", label(&e))),
+    };
+    let opts = berth_build::plan::BuildOptions {
+        build_args: BTreeMap::from([("V".to_string(), "x".to_string())]),
+        ..Default::default()
+    };
+    match berth_build::plan::plan(&stages, &opts, &berth_build::plan::NoImages) {
+        Ok(p) => Ok(format!("planned {} stage(s)", p.stages.len().min(4))),
+        Err(e) => Ok(format!("plan error: {}", label(&e))),
+    }
+}
+
+#[test]
+fn dockerfile() {
+    fuzz(
+        &Target {
+            name: "dockerfile",
+            dict: &[
+                b"\n",
+                b"\\\n",
+                b"${",
+                b"}",
+                b":-",
+                b":+",
+                b"<<EOF\n",
+                b"EOF\n",
+                b"\"",
+                b"[",
+                b"]",
+                b"--from=",
+                b"--mount=",
+                b"AS ",
+                b"FROM ",
+                b"RUN ",
+                b"ARG ",
+                b"`",
+            ],
+            json: false,
+            generate: 0.5,
+        },
+        gen_dockerfile,
+        dockerfile_check,
+    );
+}
