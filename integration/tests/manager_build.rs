@@ -2097,3 +2097,31 @@ fn overlapping_builds_leave_no_parent_cgroup() {
     );
     assert_clean(&d);
 }
+
+/// An image whose /etc/resolv.conf is a symlink to a missing file (systemd's stub, say): a
+/// RUN on the bridge gets its resolver file where the link leads, and the image keeps the
+/// link and gains nothing of what was made for the mount.
+#[test]
+fn a_resolv_conf_symlinked_to_a_missing_file_works_on_the_bridge() {
+    let d = daemon("build-rclink");
+    let ctx = context(&[]);
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM busybox\n\
+         RUN --network=none ln -sf ../run/missing/stub-resolv.conf /etc/resolv.conf\n\
+         RUN grep -c nameserver /etc/resolv.conf > /seen\n",
+    )
+    .unwrap();
+    let tag = "berth.test/net:rclink";
+    build(&d, ctx.path(), &["-t", tag]).ok();
+    assert_ne!(run(&d, tag, "cat /seen").trim(), "0");
+    assert_eq!(
+        run(&d, tag, "readlink /etc/resolv.conf"),
+        "../run/missing/stub-resolv.conf\n"
+    );
+    let paths = layer_paths(&d, tag);
+    assert!(
+        !paths.iter().any(|p| p.starts_with("run/missing")),
+        "{paths:?}"
+    );
+}

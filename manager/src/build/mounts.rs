@@ -443,6 +443,20 @@ impl<'e> Build<'e> {
         target: &str,
         dir: bool,
     ) -> Result<(), BuildError> {
+        self.stub_in(p, root, target, dir, 0)
+    }
+
+    /// [`Self::stub`], `links` symlinks deep: a component that is a symlink to a missing
+    /// path (an image's /etc/resolv.conf pointing at systemd's stub, say) is made where the
+    /// link leads, inside the rootfs, as runc makes a mount point behind a symlink.
+    fn stub_in(
+        &self,
+        p: &mut Prepared<'_>,
+        root: &OwnedFd,
+        target: &str,
+        dir: bool,
+        links: usize,
+    ) -> Result<(), BuildError> {
         let comps: Vec<&str> = target.split('/').filter(|c| !c.is_empty()).collect();
         let mut first_missing = None;
         for i in 1..=comps.len() {
@@ -455,6 +469,21 @@ impl<'e> Build<'e> {
             ) {
                 Ok(_) => {}
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                    if let Some(link) = dangling_link(root, &prefix) {
+                        if links >= 40 {
+                            return Err(failed(
+                                &format!("mount target {target}"),
+                                std::io::Error::from_raw_os_error(libc::ELOOP),
+                            ));
+                        }
+                        let parent = comps[..i - 1].join("/");
+                        let mut next = resolve_link(&parent, &link);
+                        for c in &comps[i..] {
+                            next.push('/');
+                            next.push_str(c);
+                        }
+                        return self.stub_in(p, root, &next, dir, links + 1);
+                    }
                     first_missing = Some(format!("/{prefix}"));
                     break;
                 }
@@ -495,6 +524,52 @@ impl<'e> Build<'e> {
         p.stubs.push((first, target.to_string()));
         made.map_err(|e| failed(&format!("creating the mount point {target}"), e))
     }
+}
+
+/// The target of `path` (relative to the rootfs) when it is itself a symlink.
+fn dangling_link(root: &OwnedFd, path: &str) -> Option<String> {
+    let fd = fsops::openat2(
+        root.as_raw_fd(),
+        Path::new(path),
+        libc::O_PATH | libc::O_NOFOLLOW,
+        fsops::IN_ROOT,
+    )
+    .ok()?;
+    let mut buf = vec![0u8; libc::PATH_MAX as usize];
+    // SAFETY: an O_PATH fd of ours, an empty path (the fd itself), a buffer of its length.
+    let n = unsafe {
+        libc::readlinkat(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        return None;
+    }
+    buf.truncate(n as usize);
+    String::from_utf8(buf).ok()
+}
+
+/// Where symlink `link` found in directory `parent` leads, as a path from the rootfs (`..`
+/// stops at its top, as the kernel's RESOLVE_IN_ROOT does).
+fn resolve_link(parent: &str, link: &str) -> String {
+    let mut out: Vec<&str> = if link.starts_with('/') {
+        Vec::new()
+    } else {
+        parent.split('/').filter(|c| !c.is_empty()).collect()
+    };
+    for c in link.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            c => out.push(c),
+        }
+    }
+    out.join("/")
 }
 
 impl Prepared<'_> {
@@ -708,4 +783,24 @@ pub(super) fn prune(base: &Path) -> u64 {
         }
     }
     n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::resolve_link;
+
+    #[test]
+    fn links_resolve_inside_the_rootfs() {
+        assert_eq!(
+            resolve_link("etc", "../run/systemd/resolve/stub-resolv.conf"),
+            "run/systemd/resolve/stub-resolv.conf"
+        );
+        assert_eq!(resolve_link("etc", "/run/x"), "run/x");
+        assert_eq!(
+            resolve_link("a/b", "../../../../../x"),
+            "x",
+            "no way above the top"
+        );
+        assert_eq!(resolve_link("a", "./b/./c"), "a/b/c");
+    }
 }
