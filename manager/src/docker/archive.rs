@@ -98,6 +98,280 @@ pub(super) fn rootfs(api: &Api, c: &berth_store::metadata::Container) -> Result<
     })
 }
 
+/// A bind mount of the container's spec (a volume's data dir or a host path), or another
+/// mount (tmpfs, proc, ...), as a copy of a stopped container maps paths onto it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SpecMount {
+    /// The destination's components below the root (cleaned).
+    dest: Vec<String>,
+    /// The host path (binds).
+    source: PathBuf,
+    /// A bind (its source has the content); else a mount with no content while stopped.
+    bind: bool,
+    /// Mounted read-only.
+    ro: bool,
+}
+
+fn spec_mounts(spec: &serde_json::Value) -> Vec<SpecMount> {
+    spec["mounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| {
+            let dest = wanted(m["destination"].as_str()?).parts;
+            let opts: Vec<&str> = m["options"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|o| o.as_str())
+                .collect();
+            let bind = m["type"].as_str() == Some("bind")
+                || opts.iter().any(|o| *o == "bind" || *o == "rbind");
+            if dest.is_empty() {
+                return None;
+            }
+            Some(SpecMount {
+                dest,
+                source: PathBuf::from(m["source"].as_str().unwrap_or("")),
+                bind,
+                ro: opts.contains(&"ro"),
+            })
+        })
+        .collect()
+}
+
+/// The mount (of those `pick` keeps) whose destination is the longest prefix of `parts`: the
+/// one a path lands in.
+fn mount_of<'a>(
+    mounts: &'a [SpecMount],
+    parts: &[String],
+    pick: impl Fn(&SpecMount) -> bool,
+) -> Option<&'a SpecMount> {
+    mounts
+        .iter()
+        .filter(|m| pick(m) && parts.starts_with(&m.dest))
+        .max_by_key(|m| m.dest.len())
+}
+
+/// The container's filesystem as a copy sees it.
+///
+/// - Running (or paused): its own root, `/proc/<pid>/root`, with its volumes, binds and tmpfs
+///   mounted as its processes see them. The pid is pinned with a pidfd while the root is
+///   opened, and the root must be the task's rootfs (same device and inode), so a pid reused
+///   by another process can never lend its root; otherwise the stopped view is used.
+/// - Otherwise: the rootfs (the task's bundle rootfs or the snapshot mounted for the request),
+///   and a path under a bind or volume of the spec (longest destination prefix) is resolved in
+///   that mount's source instead, with `RESOLVE_IN_ROOT` at the source (so `..` and symlinks
+///   in the volume stay in the volume) and the source itself opened with
+///   `RESOLVE_NO_SYMLINKS`. A tmpfs has no content while stopped: as with dockerd, the path
+///   lands in the rootfs under it. Copying out a directory that holds a mount point gives the
+///   directory under the nested mount, not the mount's content (not merged).
+pub(super) struct View {
+    root: OwnedFd,
+    /// What `readlink /proc/self/fd/N` of a file under `root` starts with.
+    root_prefix: PathBuf,
+    live: bool,
+    mounts: Vec<SpecMount>,
+    readonly_root: bool,
+    _fs: Option<Rootfs>,
+}
+
+/// Where one path of a request is resolved: a root and the path below it, and the container
+/// path of that root (for the link targets reported).
+struct Located {
+    root: OwnedFd,
+    rel: Wanted,
+    root_prefix: PathBuf,
+    dest: String,
+}
+
+/// `pidfd_open(pid)`: the process, pinned; `None` if it is gone.
+fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+    // SAFETY: a plain syscall; the fd returned is ours.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: a new fd we own.
+    Some(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
+}
+
+/// True while the pidfd's process has not exited.
+fn pidfd_alive(pidfd: &OwnedFd) -> bool {
+    // SAFETY: signal 0 only checks; null info is allowed.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            0,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    r == 0
+}
+
+fn fstat(fd: &OwnedFd) -> io::Result<libc::stat> {
+    lstatat(fd, &cstr(b"")?)
+}
+
+/// The running container's root through `/proc/<pid>/root`, if `pid` is still its init.
+fn live_root(state: &Path, id: &str, pid: u32) -> Option<OwnedFd> {
+    let pidfd = pidfd_open(pid)?;
+    let root = crate::build::fsops::open_root(Path::new(&format!("/proc/{pid}/root"))).ok()?;
+    if !pidfd_alive(&pidfd) {
+        return None;
+    }
+    // The pidfd's process was alive after the root was opened: the root is its root. It is
+    // the container's if it is the task's rootfs.
+    let bundle = crate::tasks::bundle::Bundle::new(state, NAMESPACE, id)
+        .dir
+        .join("rootfs");
+    let want = crate::build::fsops::open_root(&bundle).ok()?;
+    let (a, b) = (fstat(&root).ok()?, fstat(&want).ok()?);
+    if (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino) {
+        tracing::debug!(container = %id, pid, "docker cp: the pid's root is not the container's");
+        return None;
+    }
+    Some(root)
+}
+
+impl View {
+    /// Runs in a blocking thread. `pid`: the task's init while it runs, else 0.
+    pub(super) fn open(
+        api: &Api,
+        c: &berth_store::metadata::Container,
+        pid: u32,
+    ) -> Result<View, ApiError> {
+        let spec: serde_json::Value = c
+            .spec
+            .as_ref()
+            .and_then(|s| serde_json::from_slice(&s.value).ok())
+            .unwrap_or_default();
+        let mounts = spec_mounts(&spec);
+        let readonly_root = spec["root"]["readonly"].as_bool().unwrap_or(false);
+        if pid > 0 {
+            if let Some(root) = live_root(api.state.state_dir(), &c.id, pid) {
+                return Ok(View {
+                    root,
+                    root_prefix: PathBuf::from("/"),
+                    live: true,
+                    mounts,
+                    readonly_root,
+                    _fs: None,
+                });
+            }
+        }
+        let fs = rootfs(api, c)?;
+        let root = crate::build::fsops::open_root(&fs.path)
+            .map_err(|e| ApiError::internal(format!("opening the rootfs: {e}")))?;
+        Ok(View {
+            root,
+            root_prefix: fs.path.clone(),
+            live: false,
+            mounts,
+            readonly_root,
+            _fs: Some(fs),
+        })
+    }
+
+    /// The container's root, as a path (`/proc/self/fd/N`) for reading its files.
+    fn root_path(&self) -> PathBuf {
+        crate::build::fsops::fd_path(&self.root)
+    }
+
+    /// A PUT into `w` is refused as dockerd refuses it: into a read-only bind or volume, or
+    /// into the rootfs of a container whose rootfs is read-only (a path in a mount that is
+    /// not a bind counts as the rootfs when stopped: dockerd does not reach a tmpfs then).
+    fn check_writable(&self, w: &Wanted) -> Result<(), ApiError> {
+        let live = self.live;
+        match mount_of(&self.mounts, &w.parts, |m| live || m.bind) {
+            Some(m) if m.ro => Err(ApiError::internal("mounted volume is marked read-only")),
+            None if self.readonly_root => {
+                Err(ApiError::internal("container rootfs is marked read-only"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Where `w` is resolved. `path`/`name`: the request's, for errors.
+    fn locate(&self, w: &Wanted, path: &str, name: &str) -> Result<Located, ApiError> {
+        let whole = |root: &OwnedFd, root_prefix: PathBuf| -> Result<Located, ApiError> {
+            Ok(Located {
+                root: root
+                    .try_clone()
+                    .map_err(|e| ApiError::internal(format!("duplicating an fd: {e}")))?,
+                rel: w.clone(),
+                root_prefix,
+                dest: String::new(),
+            })
+        };
+        if self.live {
+            return whole(&self.root, self.root_prefix.clone());
+        }
+        let Some(m) = mount_of(&self.mounts, &w.parts, |m| m.bind) else {
+            return whole(&self.root, self.root_prefix.clone());
+        };
+        let dest = format!("/{}", m.dest.join("/"));
+        let rest = &w.parts[m.dest.len()..];
+        let no_links = |p: &Path, flags| {
+            openat2(libc::AT_FDCWD, p, flags, libc::RESOLVE_NO_SYMLINKS).map_err(|e| {
+                match e.raw_os_error() {
+                    Some(libc::ELOOP) => ApiError::bad_request(format!(
+                        "the source {} of the mount at {dest} in container {name} is a \
+                         symlink or under one, which a copy does not follow while the \
+                         container is stopped",
+                        m.source.display()
+                    )),
+                    _ => io_error(e, path, name),
+                }
+            })
+        };
+        let src = no_links(&m.source, libc::O_PATH)?;
+        let st = fstat(&src).map_err(|e| io_error(e, path, name))?;
+        let prefix_of =
+            |fd: &OwnedFd| std::fs::read_link(crate::build::fsops::fd_path(fd)).unwrap_or_default();
+        if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+            let root = no_links(&m.source, libc::O_DIRECTORY | libc::O_RDONLY)?;
+            let root_prefix = prefix_of(&root);
+            return Ok(Located {
+                root,
+                rel: Wanted {
+                    parts: rest.to_vec(),
+                    // The mount's root is a directory, never a link.
+                    follow_last: w.follow_last || rest.is_empty(),
+                    base: w.base.clone(),
+                },
+                root_prefix,
+                dest,
+            });
+        }
+        // A file bound onto a file: only the file itself is there.
+        if !rest.is_empty() || w.follow_last {
+            return Err(io_error(
+                io::Error::from_raw_os_error(libc::ENOTDIR),
+                path,
+                name,
+            ));
+        }
+        let (Some(parent), Some(file)) = (m.source.parent(), m.source.file_name()) else {
+            return Err(not_found(path, name));
+        };
+        let root = no_links(parent, libc::O_DIRECTORY | libc::O_RDONLY)?;
+        let root_prefix = prefix_of(&root);
+        Ok(Located {
+            root,
+            rel: Wanted {
+                parts: vec![file.to_string_lossy().into_owned()],
+                follow_last: false,
+                base: w.base.clone(),
+            },
+            root_prefix,
+            dest: format!("/{}", m.dest[..m.dest.len() - 1].join("/")),
+        })
+    }
+}
+
 /// A requested path, cleaned as Go's filepath.Clean does (`..` lexically, in the root), with
 /// whether its last component is to be followed (a trailing `/` or `/.`) and the name its tar
 /// entries get.
@@ -220,7 +494,8 @@ fn go_mode(mode: u32) -> u64 {
 }
 
 /// The container path a symlink resolves to (inside the root), as dockerd reports it.
-fn link_target(root_path: &Path, root: &OwnedFd, t: &Target, w: &Wanted) -> String {
+fn link_target(l: &Located, t: &Target) -> String {
+    let (root, w) = (&l.root, &l.rel);
     let raw = {
         let mut buf = vec![0u8; libc::PATH_MAX as usize];
         // SAFETY: valid C string and buffer of the size given.
@@ -256,14 +531,20 @@ fn link_target(root_path: &Path, root: &OwnedFd, t: &Target, w: &Wanted) -> Stri
     .ok()
     .and_then(|fd| std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok())
     .and_then(|p| {
-        p.strip_prefix(root_path)
+        p.strip_prefix(&l.root_prefix)
             .ok()
-            .map(|r| format!("/{}", r.display()))
+            .map(|r| container_path(&l.dest, &r.to_string_lossy()))
     });
-    resolved.unwrap_or_else(|| {
-        let w = wanted(&joined);
-        format!("/{}", w.parts.join("/"))
-    })
+    resolved.unwrap_or_else(|| container_path(&l.dest, &wanted(&joined).parts.join("/")))
+}
+
+/// `rel` below the mount at `dest` (empty: the root), as an absolute container path.
+fn container_path(dest: &str, rel: &str) -> String {
+    match (dest.trim_end_matches('/'), rel.trim_matches('/')) {
+        ("", r) => format!("/{r}"),
+        (d, "") => d.to_string(),
+        (d, r) => format!("{d}/{r}"),
+    }
 }
 
 fn stat_json(t: &Target, base: &str, link: String) -> serde_json::Value {
@@ -449,6 +730,16 @@ pub(super) fn add<W: Write>(
     Ok(())
 }
 
+/// The pid of the container's init while it runs (or is paused), else 0.
+async fn live_pid(api: &Api, c: &berth_store::metadata::Container) -> u32 {
+    let st = api.run_state(c).await;
+    if st.running() {
+        st.pid
+    } else {
+        0
+    }
+}
+
 /// GET (the tar) and HEAD (only the stat).
 async fn get(api: &Api, req: Req, name: &str, head_only: bool) -> Reply {
     let path = req.q("path").unwrap_or("").to_string();
@@ -456,18 +747,18 @@ async fn get(api: &Api, req: Req, name: &str, head_only: bool) -> Reply {
         return Err(ApiError::bad_request("Path cannot be empty"));
     }
     let c = api.find_container(name).await?;
+    let pid = live_pid(api, &c).await;
     let (stat_tx, stat_rx) = oneshot::channel::<Result<String, ApiError>>();
     let (tx, rx) = mpsc::channel::<Chunk>(8);
     let (api2, name2) = (api.clone(), name.to_string());
     tokio::task::spawn_blocking(move || {
         let w = wanted(&path);
         let opened = (|| {
-            let fs = rootfs(&api2, &c)?;
-            let root = crate::build::fsops::open_root(&fs.path)
-                .map_err(|e| ApiError::internal(format!("opening the rootfs: {e}")))?;
-            let t = resolve(&root, &w).map_err(|e| io_error(e, &path, &name2))?;
+            let fs = View::open(&api2, &c, pid)?;
+            let l = fs.locate(&w, &path, &name2)?;
+            let t = resolve(&l.root, &l.rel).map_err(|e| io_error(e, &path, &name2))?;
             let link = if t.st.st_mode & libc::S_IFMT == libc::S_IFLNK {
-                link_target(&fs.path, &root, &t, &w)
+                link_target(&l, &t)
             } else {
                 String::new()
             };
@@ -635,6 +926,7 @@ async fn put(api: &Api, req: Req, name: &str) -> Reply {
     let copy_uidgid = req.q_bool("copyUIDGID")?;
     let no_overwrite = req.q_bool("noOverwriteDirNonDir")?;
     let c = api.find_container(name).await?;
+    let pid = live_pid(api, &c).await;
     let spool_dir = api.state.state_dir().join("docker-cp");
     let mut body = req.body_reader();
     let (api2, name2) = (api.clone(), name.to_string());
@@ -659,14 +951,15 @@ async fn put(api: &Api, req: Req, name: &str) -> Reply {
             .map_err(|e| ApiError::internal(format!("creating {}: {e}", spool.path.display())))?;
         io::copy(&mut body, &mut f)
             .map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?;
-        let fs = rootfs(&api2, &c)?;
-        let root = crate::build::fsops::open_root(&fs.path)
-            .map_err(|e| ApiError::internal(format!("opening the rootfs: {e}")))?;
+        let fs = View::open(&api2, &c, pid)?;
         let w = wanted(&path);
-        let dest = open_dir_in(&root, &w.parts.join("/")).map_err(|e| match e.raw_os_error() {
-            Some(libc::ENOTDIR) => ApiError::bad_request("extraction point is not a directory"),
-            _ => io_error(e, &path, &name2),
-        })?;
+        fs.check_writable(&w)?;
+        let l = fs.locate(&w, &path, &name2)?;
+        let dest =
+            open_dir_in(&l.root, &l.rel.parts.join("/")).map_err(|e| match e.raw_os_error() {
+                Some(libc::ENOTDIR) => ApiError::bad_request("extraction point is not a directory"),
+                _ => io_error(e, &path, &name2),
+            })?;
         check_tar(&mut f, &dest, no_overwrite)?;
         // `docker cp -a`: everything is owned by the container's user, as dockerd does.
         let (mut f, _owned) = if copy_uidgid {
@@ -677,7 +970,7 @@ async fn put(api: &Api, req: Req, name: &str) -> Reply {
             let (uid, gid) = if user.is_empty() {
                 (0, 0)
             } else {
-                crate::build::fsops::resolve_user(&fs.path, &user, false)
+                crate::build::fsops::resolve_user(&fs.root_path(), &user, false)
                     .map_err(ApiError::bad_request)?
             };
             let owned = Spool {
@@ -765,6 +1058,12 @@ mod tests {
         // The link itself is archived as a link.
         let t = resolve(&r, &wanted("/evil")).unwrap();
         assert_eq!(t.st.st_mode & libc::S_IFMT, libc::S_IFLNK);
-        assert_eq!(link_target(&root, &r, &t, &wanted("/evil")), "/");
+        let l = Located {
+            root: r.try_clone().unwrap(),
+            rel: wanted("/evil"),
+            root_prefix: root.clone(),
+            dest: String::new(),
+        };
+        assert_eq!(link_target(&l, &t), "/");
     }
 }
