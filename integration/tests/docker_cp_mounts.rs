@@ -55,6 +55,23 @@ impl Drop for HostPaths {
     }
 }
 
+impl HostPaths {
+    fn untouched(&self) {
+        for p in &self.0 {
+            assert!(!p.exists(), "{} was written on the host", p.display());
+        }
+    }
+}
+
+/// A temp dir with `host/` (files the test copies) and `bind/` (a bind's source) in it.
+fn dirs() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let t = tempfile::tempdir().unwrap();
+    let (host, bind) = (t.path().join("host"), t.path().join("bind"));
+    std::fs::create_dir(&host).unwrap();
+    std::fs::create_dir(&bind).unwrap();
+    (t, host, bind)
+}
+
 fn s(p: &Path) -> String {
     p.to_str().unwrap().to_string()
 }
@@ -91,11 +108,7 @@ fn via_volume(d: &Berthd, vol: &str, path: &str) -> String {
 #[test]
 fn cp_reaches_volumes_binds_and_tmpfs_running_and_stopped() {
     let d = daemon();
-    let t = tempfile::tempdir().unwrap();
-    let host = t.path().join("host");
-    std::fs::create_dir(&host).unwrap();
-    let bind = t.path().join("bind");
-    std::fs::create_dir(&bind).unwrap();
+    let (_t, host, bind) = dirs();
     d.docker(&["volume", "create", "data"]).ok();
     d.docker(&[
         "run",
@@ -195,11 +208,7 @@ fn cp_reaches_volumes_binds_and_tmpfs_running_and_stopped() {
 #[test]
 fn cp_refuses_read_only_mounts_and_rootfs() {
     let d = daemon();
-    let t = tempfile::tempdir().unwrap();
-    let host = t.path().join("host");
-    std::fs::create_dir(&host).unwrap();
-    let bind = t.path().join("bind");
-    std::fs::create_dir(&bind).unwrap();
+    let (_t, host, bind) = dirs();
     std::fs::write(bind.join("kept"), b"kept\n").unwrap();
     d.docker(&["volume", "create", "rodata"]).ok();
     d.docker(&[
@@ -282,11 +291,7 @@ fn cp_refuses_read_only_mounts_and_rootfs() {
 #[test]
 fn cp_symlinks_and_dotdot_never_leave_the_mount_or_the_container() {
     let d = daemon();
-    let t = tempfile::tempdir().unwrap();
-    let host = t.path().join("host");
-    std::fs::create_dir(&host).unwrap();
-    let bind = t.path().join("bind");
-    std::fs::create_dir(&bind).unwrap();
+    let (t, host, bind) = dirs();
     let tag = tag();
     let guard = HostPaths(vec![
         Path::new("/tmp").join(format!("pwned-{tag}")),
@@ -330,9 +335,7 @@ fn cp_symlinks_and_dotdot_never_leave_the_mount_or_the_container() {
         .ok();
     d.docker(&["cp", &f, &format!("a1:/vol/../../../tmp/pwned3-{tag}")])
         .ok();
-    for p in &guard.0 {
-        assert!(!p.exists(), "{} was written on the host", p.display());
-    }
+    guard.untouched();
     let inside = d.docker(&[
         "exec",
         "a1",
@@ -356,9 +359,7 @@ fn cp_symlinks_and_dotdot_never_leave_the_mount_or_the_container() {
         .ok();
     d.docker(&["cp", &f, &format!("a1:/bind/up/pwned2-{tag}")])
         .ok();
-    for p in &guard.0 {
-        assert!(!p.exists(), "{} was written on the host", p.display());
-    }
+    guard.untouched();
     assert_eq!(via_volume(&d, "evil", &format!("pwned-{tag}")), "payload\n");
     assert_eq!(
         std::fs::read(bind.join(format!("pwned2-{tag}"))).unwrap(),
@@ -376,9 +377,7 @@ fn cp_symlinks_and_dotdot_never_leave_the_mount_or_the_container() {
     assert_eq!(cp_out(&d, &host, "a1:/bind/../etc/shadow"), SHADOW);
     d.docker(&["cp", &f, &format!("a1:/vol/../../tmp/pwned-{tag}")])
         .ok();
-    for p in &guard.0 {
-        assert!(!p.exists(), "{} was written on the host", p.display());
-    }
+    guard.untouched();
     d.docker(&["rm", "-f", "a1"]).ok();
 }
 
@@ -436,9 +435,7 @@ fn cp_never_follows_a_bind_source_symlink_of_a_stopped_container() {
     let out = d.docker(&["cp", &f, &format!("l1:/src/tmp/pwned-{tag}")]);
     assert_ne!(out.code, 0);
     assert!(out.stderr.contains("symlink"), "{}", out.stderr);
-    for p in &guard.0 {
-        assert!(!p.exists(), "{} was written on the host", p.display());
-    }
+    guard.untouched();
     let out = d.docker(&["cp", "l1:/src/etc/passwd", &s(&host.join("p"))]);
     assert_ne!(out.code, 0);
     assert!(!host.join("p").exists());

@@ -3,20 +3,33 @@
 //! `PUT /containers/{id}/archive?path=&noOverwriteDirNonDir=` (a tar extracted into a
 //! directory).
 //!
-//! The work is done on the container's rootfs as berthd sees it: the task's bundle rootfs while
-//! it has a task, else its snapshot mounted for the request. Every path is resolved inside that
-//! rootfs without ever following a symlink out of it (the CVE-2018-15664 class): directories
-//! with `openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)`, so that `..` and absolute symlinks
-//! stay in the container; the last component is never followed (a symlink is archived as a
-//! symlink, as dockerd does); the tree is walked with `*at` calls and `O_NOFOLLOW`; extraction
-//! is the layer crate's confined apply, rooted at the destination directory's fd.
+//! The work is done in the container's filesystem as its processes see it (see [`View`]):
+//! while it runs (or is paused), through its own root, `/proc/<pid>/root`, so its volumes,
+//! binds and tmpfs are reached and their read-only flags are the kernel's; when it does not
+//! run, on its rootfs (the task's bundle rootfs, else its snapshot mounted for the request),
+//! with a path under one of the spec's binds or volumes resolved in that mount's source.
+//! Every path is resolved inside its root without ever following a symlink out of it (the
+//! CVE-2018-15664 class): directories with `openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)`,
+//! so that `..` and absolute symlinks stay in the container (for a stopped container's volume
+//! or bind: in that volume or bind, where dockerd would follow them into the container's
+//! rootfs); the last component is never followed (a symlink is archived as a symlink, as
+//! dockerd does); the tree is walked with `*at` calls and `O_NOFOLLOW`; extraction is the
+//! layer crate's confined apply, rooted at the destination directory's fd.
 //!
-//! Not covered: volumes, binds and tmpfs mounted into the container (they are mounted in the
-//! container's mount namespace, not on the bundle rootfs berthd sees): a copy reaches the
-//! directory under them in the container's own filesystem. With `copyUIDGID` (`docker cp -a`)
-//! the entries are owned by the container's user (resolved in its /etc/passwd). Hard links inside a copied tree are archived as separate files. A container
-//! started while its stopped snapshot is mounted for a copy would mount the same snapshot
-//! twice; copies are short, and that race is not guarded against.
+//! A PUT into a read-only bind or volume is refused with dockerd's 500 "mounted volume is
+//! marked read-only", one into a read-only rootfs with "container rootfs is marked
+//! read-only", before anything is written. With `copyUIDGID` (`docker cp -a`) the entries are
+//! owned by the container's user (resolved in its /etc/passwd); Docker API containers have no
+//! user namespace (`UsernsMode` other than host is refused), so ids are written as they are.
+//!
+//! Not covered: a stopped container's tmpfs has no content (the copy lands in the rootfs under
+//! it, as with dockerd 20.10); a stopped container's directory that holds a mount point is
+//! copied out with the directory under the nested mount, and a tar extracted above a mount
+//! point writes the rootfs under it (mounts are mapped by the requested path alone, not
+//! merged); a bind or volume whose source is reached through a symlink is refused while the
+//! container is stopped. Hard links inside a copied tree are archived as separate files. A
+//! container started while its stopped snapshot is mounted for a copy would mount the same
+//! snapshot twice; copies are short, and that race is not guarded against.
 
 use std::ffi::{CStr, CString, OsStr};
 use std::fs::File;
@@ -1065,5 +1078,150 @@ mod tests {
             dest: String::new(),
         };
         assert_eq!(link_target(&l, &t), "/");
+    }
+
+    fn stopped_view(root: &Path, mounts: serde_json::Value, readonly_root: bool) -> View {
+        View {
+            root: crate::build::fsops::open_root(root).unwrap(),
+            root_prefix: root.to_path_buf(),
+            live: false,
+            mounts: spec_mounts(&json!({ "mounts": mounts })),
+            readonly_root,
+            _fs: None,
+        }
+    }
+
+    fn read_at(v: &View, path: &str) -> Result<String, ApiError> {
+        let w = wanted(path);
+        let l = v.locate(&w, path, "c")?;
+        let t = resolve(&l.root, &l.rel).map_err(|e| io_error(e, path, "c"))?;
+        let fd = openat2(
+            t.dir.as_raw_fd(),
+            Path::new(if t.name.to_bytes().is_empty() {
+                "."
+            } else {
+                std::str::from_utf8(t.name.to_bytes()).unwrap()
+            }),
+            libc::O_RDONLY | libc::O_NOFOLLOW,
+            0,
+        )
+        .map_err(|e| io_error(e, path, "c"))?;
+        let mut s = String::new();
+        File::from(fd).read_to_string(&mut s).unwrap();
+        Ok(s)
+    }
+
+    #[test]
+    fn spec_mounts_and_the_longest_prefix() {
+        let m = spec_mounts(&json!({"mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/data/", "type": "bind", "source": "/v/a", "options": ["rbind", "ro"]},
+            {"destination": "/data/sub", "source": "/v/b", "options": ["rbind", "rw"]},
+            {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid"]},
+            {"destination": "/", "type": "bind", "source": "/"},
+        ]}));
+        assert_eq!(m.len(), 4, "a mount on / is no mount a path maps onto");
+        assert!(m[1].bind && m[1].ro && m[2].bind && !m[2].ro && !m[3].bind);
+        let parts = |p: &str| wanted(p).parts;
+        let pick = |p: &str| mount_of(&m, &parts(p), |m| m.bind).map(|m| m.source.clone());
+        assert_eq!(pick("/data/x"), Some(PathBuf::from("/v/a")));
+        assert_eq!(pick("/data/sub/x"), Some(PathBuf::from("/v/b")));
+        assert_eq!(pick("/data/subway"), Some(PathBuf::from("/v/a")));
+        assert_eq!(pick("/database"), None);
+        assert_eq!(pick("/tmp/x"), None);
+        assert_eq!(pick("/data/../etc"), None);
+    }
+
+    #[test]
+    fn a_stopped_containers_volume_keeps_its_links_and_dotdot_inside() {
+        let d = tempfile::tempdir().unwrap();
+        let (root, vol) = (d.path().join("root"), d.path().join("vol"));
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::create_dir_all(root.join("data")).unwrap();
+        std::fs::write(root.join("etc/passwd"), b"rootfs").unwrap();
+        std::fs::write(root.join("data/under"), b"under the mount").unwrap();
+        std::fs::create_dir_all(vol.join("etc")).unwrap();
+        std::fs::write(vol.join("etc/passwd"), b"volume").unwrap();
+        std::fs::write(vol.join("f"), b"in the volume").unwrap();
+        std::os::unix::fs::symlink("/", vol.join("root")).unwrap();
+        std::os::unix::fs::symlink("../../..", vol.join("up")).unwrap();
+        let v = stopped_view(
+            &root,
+            json!([{"destination": "/data", "type": "bind", "source": vol, "options": ["rbind"]}]),
+            false,
+        );
+        assert_eq!(read_at(&v, "/data/f").unwrap(), "in the volume");
+        assert_eq!(read_at(&v, "/data/root/etc/passwd").unwrap(), "volume");
+        assert_eq!(read_at(&v, "/data/up/etc/passwd").unwrap(), "volume");
+        assert_eq!(read_at(&v, "/data/../etc/passwd").unwrap(), "rootfs");
+        assert_eq!(read_at(&v, "/data/../../../etc/passwd").unwrap(), "rootfs");
+        assert!(read_at(&v, "/data/under").is_err());
+        // A link in the volume is reported by its container path.
+        let w = wanted("/data/up");
+        let l = v.locate(&w, "/data/up", "c").unwrap();
+        let t = resolve(&l.root, &l.rel).unwrap();
+        assert_eq!(link_target(&l, &t), "/data");
+        assert_eq!(container_path("/data", "etc"), "/data/etc");
+        assert_eq!(container_path("", "etc"), "/etc");
+        assert_eq!(container_path("/data", ""), "/data");
+    }
+
+    #[test]
+    fn a_stopped_containers_bind_source_under_a_symlink_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("root");
+        std::fs::create_dir_all(root.join("data")).unwrap();
+        std::fs::create_dir_all(d.path().join("real")).unwrap();
+        std::os::unix::fs::symlink(d.path().join("real"), d.path().join("link")).unwrap();
+        std::os::unix::fs::symlink("/", d.path().join("slash")).unwrap();
+        for src in ["link", "slash", "link/x"] {
+            let v = stopped_view(
+                &root,
+                json!([{"destination": "/data", "type": "bind",
+                        "source": d.path().join(src), "options": ["rbind"]}]),
+                false,
+            );
+            let e = read_at(&v, "/data/etc/passwd").unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{src}: {}", e.message);
+            assert!(e.message.contains("symlink"), "{src}: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn a_file_bind_is_the_file_alone() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("root");
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::write(d.path().join("cfg"), b"bound file").unwrap();
+        let v = stopped_view(
+            &root,
+            json!([{"destination": "/etc/cfg", "type": "bind",
+                    "source": d.path().join("cfg"), "options": ["rbind", "ro"]}]),
+            true,
+        );
+        assert_eq!(read_at(&v, "/etc/cfg").unwrap(), "bound file");
+        let e = read_at(&v, "/etc/cfg/x").unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST, "{}", e.message);
+        // Writes: refused in the read-only bind and the read-only rootfs.
+        let e = v.check_writable(&wanted("/etc/cfg")).unwrap_err();
+        assert_eq!(e.message, "mounted volume is marked read-only");
+        let e = v.check_writable(&wanted("/etc")).unwrap_err();
+        assert_eq!(e.message, "container rootfs is marked read-only");
+    }
+
+    #[test]
+    fn a_pid_whose_root_is_not_the_tasks_rootfs_is_not_used() {
+        let d = tempfile::tempdir().unwrap();
+        let bundle = crate::tasks::bundle::Bundle::new(d.path(), NAMESPACE, "c1").dir;
+        std::fs::create_dir_all(&bundle).unwrap();
+        // Our own process stands for the container's init: its root is /.
+        let me = std::process::id();
+        std::os::unix::fs::symlink("/", bundle.join("rootfs")).unwrap();
+        assert!(live_root(d.path(), "c1", me).is_some());
+        std::fs::remove_file(bundle.join("rootfs")).unwrap();
+        std::fs::create_dir(bundle.join("rootfs")).unwrap();
+        assert!(live_root(d.path(), "c1", me).is_none());
+        // No task at all.
+        assert!(live_root(d.path(), "c2", me).is_none());
     }
 }
