@@ -159,6 +159,12 @@ fn cp_reaches_volumes_binds_and_tmpfs_running_and_stopped() {
     d.docker(&["exec", "c1", "sh", "-c", "echo tmp > /tmp/t/w"])
         .ok();
     assert_eq!(cp_out(&d, &host, "c1:/tmp/t/w"), b"tmp\n");
+    // The container's /proc and /sys come out as their directories alone.
+    for p in ["proc", "sys"] {
+        let out = host.join(p);
+        d.docker(&["cp", &format!("c1:/{p}"), &s(&out)]).ok();
+        assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0, "/{p}");
+    }
     // `cp -a` into the volume of a container running as user 1000: owned by it.
     d.docker(&[
         "run",

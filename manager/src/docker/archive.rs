@@ -633,8 +633,31 @@ fn header(st: &libc::stat, kind: tar::EntryType) -> tar::Header {
     h
 }
 
+/// True for the kernel's file systems a running container has mounted (/proc, /sys, cgroups,
+/// /dev/pts, ...): a copy through its root archives their directory alone, as a copy of the
+/// rootfs would find it (their files are views of the kernel, some as large as its memory).
+fn is_kernel_fs(d: &OwnedFd) -> bool {
+    use nix::sys::statfs as sf;
+    let Ok(st) = sf::fstatfs(d) else {
+        return false;
+    };
+    [
+        sf::PROC_SUPER_MAGIC,
+        sf::SYSFS_MAGIC,
+        sf::CGROUP_SUPER_MAGIC,
+        sf::CGROUP2_SUPER_MAGIC,
+        sf::DEVPTS_SUPER_MAGIC,
+        sf::SECURITYFS_MAGIC,
+        sf::DEBUGFS_MAGIC,
+        sf::TRACEFS_MAGIC,
+        sf::BPF_FS_MAGIC,
+        sf::SELINUX_MAGIC,
+    ]
+    .contains(&st.filesystem_type())
+}
+
 /// Adds `name` of `dir` (with lstat `st`) to the archive as `tar_name`, never following a
-/// symlink; directories recursively.
+/// symlink; directories recursively, except the kernel's file systems ([`is_kernel_fs`]).
 pub(super) fn add<W: Write>(
     b: &mut tar::Builder<W>,
     dir: &OwnedFd,
@@ -669,6 +692,9 @@ pub(super) fn add<W: Write>(
             };
             let mut h = header(st, tar::EntryType::Directory);
             b.append_data(&mut h, format!("{tar_name}/"), io::empty())?;
+            if is_kernel_fs(&d) {
+                return Ok(());
+            }
             let mut names: Vec<Vec<u8>> = Vec::new();
             {
                 let mut it = nix::dir::Dir::from_fd(d.try_clone()?).map_err(io::Error::from)?;
@@ -1223,5 +1249,23 @@ mod tests {
         assert!(live_root(d.path(), "c1", me).is_none());
         // No task at all.
         assert!(live_root(d.path(), "c2", me).is_none());
+    }
+
+    #[test]
+    fn the_kernels_file_systems_are_archived_as_their_directory_alone() {
+        let r = crate::build::fsops::open_root(Path::new("/")).unwrap();
+        for p in ["/proc", "/sys"] {
+            let t = resolve(&r, &wanted(p)).unwrap();
+            let mut b = tar::Builder::new(Vec::new());
+            add(&mut b, &t.dir, &t.name, &t.st, "x").unwrap();
+            let data = b.into_inner().unwrap();
+            let mut a = tar::Archive::new(&data[..]);
+            let names: Vec<String> = a
+                .entries()
+                .unwrap()
+                .map(|e| e.unwrap().path().unwrap().display().to_string())
+                .collect();
+            assert_eq!(names, ["x/"], "{p}");
+        }
     }
 }
