@@ -413,7 +413,7 @@ mod tests {
         let cfg = json!({"Entrypoint": ["/bin/ep"], "Cmd": ["x"], "Env": ["PATH=/bin", "A=1"], "WorkingDir": "/w", "User": "5"});
         let s = spec(
             "ns",
-            &args(&["--env", "A=2", "--memory", "1000", "img", "c1", "y", "-z"]),
+            &args(&["--env", "A=2", "--memory", "64m", "img", "c1", "y", "-z"]),
             &cfg,
         )
         .unwrap();
@@ -421,7 +421,7 @@ mod tests {
         assert_eq!(s["process"]["env"], json!(["PATH=/bin", "A=2"]));
         assert_eq!(s["process"]["cwd"], "/w");
         assert_eq!(s["process"]["user"]["uid"], 5);
-        assert_eq!(s["linux"]["resources"]["memory"]["limit"], 1000);
+        assert_eq!(s["linux"]["resources"]["memory"]["limit"], 64 << 20);
         assert_eq!(s["linux"]["cgroupsPath"], "/ns/c1");
         let s = spec("ns", &args(&["img", "c1"]), &cfg).unwrap();
         assert_eq!(s["process"]["args"], json!(["/bin/ep", "x"]));

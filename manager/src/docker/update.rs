@@ -15,6 +15,7 @@ use super::errors::ApiError;
 use super::lifecycle::{rq, task_error, Meta};
 use super::server::{json as json_reply, Reply, Req};
 use super::{blocking, Api};
+use crate::runspec;
 
 /// The fields of Docker's UpdateConfig berthd applies; any other non-zero one is refused.
 const FIELDS: &[&str] = &[
@@ -30,9 +31,6 @@ const FIELDS: &[&str] = &[
     "PidsLimit",
     "RestartPolicy",
 ];
-
-/// The smallest memory limit dockerd accepts.
-const MIN_MEMORY: i64 = 6 * 1024 * 1024;
 
 /// What an update changes: HostConfig fields to store, and the OCI `LinuxResources` to apply.
 #[derive(Debug, Default, PartialEq)]
@@ -72,7 +70,7 @@ pub fn plan(body: &Value, host: &Value) -> Result<Plan, ApiError> {
             "Memory: {memory} is not a number of bytes"
         )));
     }
-    if memory > 0 && memory < MIN_MEMORY {
+    if memory > 0 && memory < runspec::MIN_MEMORY {
         return Err(ApiError::bad_request("Minimum memory limit allowed is 6MB"));
     }
     let cur_memory = host["Memory"].as_i64().unwrap_or(0);
@@ -143,14 +141,15 @@ pub fn plan(body: &Value, host: &Value) -> Result<Plan, ApiError> {
         ));
     }
     if nano > 0 {
-        let online = std::thread::available_parallelism().map_or(1, |n| n.get()) as i64;
-        if nano > online * 1_000_000_000 {
-            return Err(ApiError::bad_request(format!(
-                "Range of CPUs is from 0.01 to {online}.00, as there are only {online} CPUs available"
-            )));
-        }
+        // Below 0.01 CPU the quota would be under the kernel's 1 ms (or 0: no limit at all).
+        runspec::cpu_quota(nano as f64 / 1e9).map_err(ApiError::bad_request)?;
         p.host.insert("NanoCpus".into(), json!(nano));
-        set(&mut p.resources, "cpu", "period", json!(100_000));
+        set(
+            &mut p.resources,
+            "cpu",
+            "period",
+            json!(runspec::CPU_PERIOD),
+        );
         set(&mut p.resources, "cpu", "quota", json!(nano / 10_000));
     }
     if period > 0 {
@@ -355,6 +354,12 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.status, StatusCode::CONFLICT);
+        // Under 0.01 CPU the quota is under the kernel's 1 ms (found by the fuzz target).
+        let e = plan(&json!({"NanoCpus": 5_000_000}), &json!({})).unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert!(e.message.contains("Range of CPUs"), "{}", e.message);
+        let p = plan(&json!({"NanoCpus": 10_000_000}), &json!({})).unwrap();
+        assert_eq!(p.resources["cpu"]["quota"], 1000);
         let e = plan(&json!({"CpuShares": 1}), &json!({})).unwrap_err();
         assert!(e.message.contains("CpuShares"), "{}", e.message);
         let e = plan(&json!({"RestartPolicy": {"Name": "sometimes"}}), &json!({})).unwrap_err();

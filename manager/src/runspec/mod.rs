@@ -270,6 +270,25 @@ pub struct RunOptions {
     pub init: bool,
 }
 
+/// The smallest memory limit dockerd accepts, in bytes.
+pub const MIN_MEMORY: i64 = 6 * 1024 * 1024;
+
+/// The CFS period a CPU limit is a quota of (100 ms, as Docker's `--cpus`).
+pub const CPU_PERIOD: u64 = 100_000;
+
+/// The CFS quota per [`CPU_PERIOD`] of `cpus` CPUs, within dockerd's range: at least 0.01
+/// CPU (the kernel refuses a quota under 1 ms, and the runtime takes a quota of 0 for no
+/// limit at all), at most the CPUs online (far above, the kernel refuses the quota).
+pub fn cpu_quota(cpus: f64) -> std::result::Result<i64, String> {
+    let online = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus.is_nan() || !(0.01..=online as f64).contains(&cpus) {
+        return Err(format!(
+            "Range of CPUs is from 0.01 to {online}.00, as there are only {online} CPUs available"
+        ));
+    }
+    Ok((cpus * CPU_PERIOD as f64) as i64)
+}
+
 /// `512`, `64m`, `1g`, `100k`: bytes with an optional 1024-based unit.
 pub fn parse_size(s: &str) -> std::result::Result<i64, String> {
     let t = s.trim().to_ascii_lowercase();
@@ -515,6 +534,14 @@ pub fn spec(ns: &str, id: &str, o: &RunOptions, image: &Value) -> Result<Value, 
                 format!("{m}: must be a positive number of bytes"),
             );
         }
+        // dockerd's least limit (`docker update` keeps to it too): under it the container is
+        // OOM-killed as it starts.
+        if m < MIN_MEMORY {
+            return bad(
+                Field::Memory,
+                format!("{m}: Minimum memory limit allowed is 6MB"),
+            );
+        }
         resources["memory"] = json!({"limit": m});
     }
     if let Some(s) = o.memory_swap.filter(|s| *s != 0) {
@@ -533,7 +560,11 @@ pub fn spec(ns: &str, id: &str, o: &RunOptions, image: &Value) -> Result<Value, 
         if c.is_nan() || c <= 0.0 {
             return bad(Field::Cpus, format!("{c}: must be positive"));
         }
-        resources["cpu"] = json!({"period": 100000u64, "quota": (c * 100000.0) as i64});
+        let quota = cpu_quota(c).map_err(|e| SpecError {
+            field: Field::Cpus,
+            message: format!("{c}: {e}"),
+        })?;
+        resources["cpu"] = json!({"period": CPU_PERIOD, "quota": quota});
     }
     if let Some(s) = o.cpu_shares.filter(|s| *s != 0) {
         if !(2..=262_144).contains(&s) {
@@ -678,7 +709,7 @@ mod tests {
         let cfg = json!({"Entrypoint": ["/bin/ep"], "Cmd": ["x"], "Env": ["PATH=/bin", "A=1"], "WorkingDir": "/w", "User": "5"});
         let o = RunOptions {
             env: vec!["A=2".into()],
-            memory: Some(1000),
+            memory: Some(64 << 20),
             cmd: vec!["y".into(), "-z".into()],
             ..Default::default()
         };
@@ -687,7 +718,7 @@ mod tests {
         assert_eq!(s["process"]["env"], json!(["PATH=/bin", "A=2"]));
         assert_eq!(s["process"]["cwd"], "/w");
         assert_eq!(s["process"]["user"]["uid"], 5);
-        assert_eq!(s["linux"]["resources"]["memory"]["limit"], 1000);
+        assert_eq!(s["linux"]["resources"]["memory"]["limit"], 64 << 20);
         assert_eq!(s["linux"]["cgroupsPath"], "/ns/c1");
         assert_eq!(s["hostname"], "c1");
         // A given entrypoint drops the image's cmd.
@@ -826,5 +857,36 @@ mod tests {
                 .field,
             Field::Command
         );
+    }
+
+    #[test]
+    fn cpus_and_memory_stay_in_the_range_the_kernel_takes() {
+        // Found by the docker_create fuzz target: 1e-9 CPU made a quota of 0 (no limit at
+        // all) and 0.005 CPU one of 500 us, which the kernel refuses when the task starts.
+        for c in [1e-9, 0.005, 0.0099, 1e12, f64::INFINITY] {
+            let o = RunOptions {
+                cpus: Some(c),
+                ..Default::default()
+            };
+            let e = spec("ns", "c", &o, &json!({"Cmd": ["x"]})).unwrap_err();
+            assert_eq!(e.field, Field::Cpus, "{c}");
+            assert!(e.message.contains("Range of CPUs is from 0.01"), "{c}: {e}");
+        }
+        // Found by the same target: a memory limit of 1 byte was taken (dockerd and berthd's
+        // own update refuse under 6 MB).
+        let o = RunOptions {
+            memory: Some(1),
+            ..Default::default()
+        };
+        let e = spec("ns", "c", &o, &json!({"Cmd": ["x"]})).unwrap_err();
+        assert_eq!(e.field, Field::Memory);
+        assert!(e.message.contains("6MB"), "{e}");
+        let o = RunOptions {
+            cpus: Some(0.01),
+            ..Default::default()
+        };
+        let s = spec("ns", "c", &o, &json!({"Cmd": ["x"]})).unwrap();
+        assert_eq!(s["linux"]["resources"]["cpu"]["quota"], 1000);
+        assert_eq!(cpu_quota(0.5), Ok(50_000));
     }
 }
