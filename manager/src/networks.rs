@@ -84,6 +84,33 @@ pub fn status(e: NetworkError) -> tonic::Status {
     }
 }
 
+/// The bridge network `id` (its CNI name `b-<12 of id>`) on `subnet` (empty: the first default
+/// candidate that no subnet in `used` overlaps) with `gateway` (empty: the subnet's first
+/// address): what a create asks for, checked without touching anything.
+pub fn plan_network(id: &str, subnet: &str, gateway: &str, used: &[InUse]) -> Result<Network> {
+    let subnet: Subnet = if subnet.is_empty() {
+        subnet::pick_default(used).map_err(internal)?
+    } else {
+        let s: Subnet = subnet
+            .parse()
+            .map_err(|e| NetworkError::InvalidArgument(format!("--subnet: {e}")))?;
+        subnet::check_free(s, used)
+            .map_err(|e| NetworkError::InvalidArgument(format!("--subnet: {e}")))?;
+        s
+    };
+    let short: String = id.chars().take(12).collect();
+    let mut net = Network::new(&format!("b-{short}"), id, subnet)
+        .map_err(|e| NetworkError::InvalidArgument(e.to_string()))?;
+    if !gateway.is_empty() {
+        net.gateway = gateway.parse().map_err(|_| {
+            NetworkError::InvalidArgument(format!("--gateway {gateway:?} is not an IPv4 address"))
+        })?;
+        net.validate()
+            .map_err(|e| NetworkError::InvalidArgument(format!("--gateway: {e}")))?;
+    }
+    Ok(net)
+}
+
 fn internal(e: impl std::fmt::Display) -> NetworkError {
     NetworkError::Internal(e.to_string())
 }
@@ -378,28 +405,8 @@ impl Networks {
         crate::identifiers::validate(name)
             .map_err(|e| NetworkError::InvalidArgument(format!("network name: {e}")))?;
         let used = self.subnets_in_use(false)?;
-        let subnet: Subnet = if subnet.is_empty() {
-            subnet::pick_default(&used).map_err(internal)?
-        } else {
-            let s: Subnet = subnet
-                .parse()
-                .map_err(|e| NetworkError::InvalidArgument(format!("--subnet: {e}")))?;
-            subnet::check_free(s, &used)
-                .map_err(|e| NetworkError::InvalidArgument(format!("--subnet: {e}")))?;
-            s
-        };
         let id = new_id();
-        let mut net = Network::new(&format!("b-{}", &id[..12]), &id, subnet)
-            .map_err(|e| NetworkError::InvalidArgument(e.to_string()))?;
-        if !gateway.is_empty() {
-            net.gateway = gateway.parse().map_err(|_| {
-                NetworkError::InvalidArgument(format!(
-                    "--gateway {gateway:?} is not an IPv4 address"
-                ))
-            })?;
-            net.validate()
-                .map_err(|e| NetworkError::InvalidArgument(format!("--gateway: {e}")))?;
-        }
+        let mut net = plan_network(&id, subnet, gateway, &used)?;
         net.internal = is_internal;
         let rec = NetworkRecord {
             name: name.to_string(),

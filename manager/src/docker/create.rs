@@ -339,14 +339,8 @@ impl Drop for Made<'_> {
 }
 
 /// The networks part: `runspec::net` flags from NetworkMode, PortBindings, the endpoints'
-/// aliases, ExtraHosts and Dns.
-fn net_flags(
-    name: &str,
-    short: &str,
-    host: &Value,
-    endpoints: &Value,
-    config: &Value,
-) -> Result<runspec::net::NetFlags, ApiError> {
+/// aliases, ExtraHosts and Dns (the container's own names are added by [`Plan::net_flags`]).
+fn net_flags(host: &Value, endpoints: &Value) -> Result<runspec::net::NetFlags, ApiError> {
     let mode = match host["NetworkMode"].as_str().unwrap_or("") {
         "" | "default" => "bridge".to_string(),
         m => m.to_string(),
@@ -374,12 +368,6 @@ fn net_flags(
             }
         }
     }
-    // On user-defined networks the container answers to its name and short ID, as with
-    // dockerd (docker-compose looks for the short ID to know the endpoint is set up).
-    if !matches!(mode.as_str(), "bridge" | "none" | "host") && !mode.starts_with("container:") {
-        aliases.insert(0, short.to_string());
-        aliases.insert(0, name.to_string());
-    }
     aliases.dedup();
     let mut publish = Vec::new();
     if let Some(pb) = host["PortBindings"].as_object() {
@@ -404,7 +392,6 @@ fn net_flags(
             }
         }
     }
-    let _ = config;
     Ok(runspec::net::NetFlags {
         net: nets,
         publish,
@@ -417,24 +404,57 @@ fn net_flags(
     })
 }
 
-/// `POST /containers/create?name=`.
-pub async fn create(api: &Api, req: Req) -> Reply {
-    let name_q = req
-        .q("name")
-        .unwrap_or("")
-        .trim_start_matches('/')
-        .to_string();
-    if !name_q.is_empty() && !valid_name(&name_q) {
+/// What a create request asks for, checked and translated before anything is looked up:
+/// [`plan`] makes it from the query and the parsed body (pure, so the fuzz target calls it as
+/// berthd does), [`Plan::spec`] and [`Plan::attach`] turn it into the OCI spec, the network
+/// labels and the mounts once the image's config is known.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The name asked for (valid by Docker's rule), without the leading `/`; `None`: berthd
+    /// picks one.
+    pub name: Option<String>,
+    /// The Config part: the body without HostConfig and NetworkingConfig.
+    pub config: Value,
+    /// HostConfig (null when not sent).
+    pub host: Value,
+    /// NetworkingConfig.EndpointsConfig.
+    pub endpoints: Value,
+    /// Config.Image, not empty.
+    pub image: String,
+    /// The run options for `runspec::spec`.
+    pub opts: RunOptions,
+    /// HostConfig.Binds, as `-v` values.
+    pub binds: Vec<String>,
+    /// HostConfig.Mounts, as `--mount` values.
+    pub mounts: Vec<String>,
+    /// HostConfig.Tmpfs, as `--tmpfs` values.
+    pub tmpfs: Vec<String>,
+    /// The network flags, without the container's own names (see [`Plan::net_flags`]).
+    pub net: runspec::net::NetFlags,
+}
+
+/// Checks the query of `POST /containers/create`: the name (returned without its leading
+/// `/`; empty: none asked for) and the platform.
+pub fn check_query(name: &str, platform: Option<&str>) -> Result<String, ApiError> {
+    let name = name.trim_start_matches('/');
+    if !name.is_empty() && !valid_name(name) {
         return Err(ApiError::bad_request(format!(
-            "Invalid container name ({name_q}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
+            "Invalid container name ({name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
         )));
     }
-    if let Some(p) = req.q("platform").filter(|p| !p.is_empty()) {
+    if let Some(p) = platform.filter(|p| !p.is_empty()) {
         if !p.starts_with("linux") {
             return Err(ApiError::unsupported(format!("platform {p:?}")));
         }
     }
-    let body: Value = req.json().await?;
+    Ok(name.to_string())
+}
+
+/// Checks a create request (the `name` and `platform` query parameters and the parsed body)
+/// and translates it into run options, mount flags and network flags, without looking
+/// anything up: every answer is a [`Plan`] or a 4xx naming what was wrong.
+pub fn plan(name: &str, platform: Option<&str>, body: &Value) -> Result<Plan, ApiError> {
+    let name = check_query(name, platform)?;
     let Some(top) = body.as_object() else {
         return Err(ApiError::bad_request(
             "the request body is not a JSON object",
@@ -460,7 +480,7 @@ pub async fn create(api: &Api, req: Req) -> Reply {
     defaults_only(&host)?;
     let config = Value::Object(config);
     super::health::validate(&config["Healthcheck"])?;
-    let image_name = config["Image"]
+    let image = config["Image"]
         .as_str()
         .filter(|s| !s.is_empty())
         .ok_or_else(|| ApiError::bad_request("Config.Image is required"))?
@@ -541,54 +561,115 @@ pub async fn create(api: &Api, req: Req) -> Reply {
             None => k.clone(),
         })
         .collect();
+    Ok(Plan {
+        name: (!name.is_empty()).then_some(name),
+        net: net_flags(&host, &endpoints)?,
+        config,
+        host,
+        endpoints,
+        image,
+        opts,
+        binds,
+        mounts,
+        tmpfs,
+    })
+}
+
+impl Plan {
+    /// The network flags of the container named `name` with short ID `short`: on
+    /// user-defined networks it answers to both, as with dockerd (docker-compose looks for the
+    /// short ID to know the endpoint is set up).
+    pub fn net_flags(&self, name: &str, short: &str) -> runspec::net::NetFlags {
+        let mut flags = self.net.clone();
+        let mode = flags.net.first().map(String::as_str).unwrap_or("bridge");
+        if !matches!(mode, "bridge" | "none" | "host") && !mode.starts_with("container:") {
+            flags.network_alias.insert(0, short.to_string());
+            flags.network_alias.insert(0, name.to_string());
+            flags.network_alias.dedup();
+        }
+        flags
+    }
+
+    /// The OCI spec of container `id` from `image_cfg` (the image config's `config`): runspec's,
+    /// with the host name and terminal size asked for.
+    pub fn spec(&self, id: &str, image_cfg: &Value) -> Result<Value, ApiError> {
+        let (config, host) = (&self.config, &self.host);
+        let mut spec = runspec::spec(super::NAMESPACE, id, &self.opts, image_cfg).map_err(|e| {
+            ApiError::bad_request(format!("invalid {}: {}", e.field.docker(), e.message))
+        })?;
+        spec["hostname"] = json!(config["Hostname"]
+            .as_str()
+            .filter(|h| !h.is_empty())
+            .map(str::to_string)
+            .unwrap_or_else(|| id.chars().take(12).collect()));
+        if self.opts.tty {
+            spec["process"]["consoleSize"] = json!({
+                "height": host["ConsoleSize"][0].as_u64().filter(|h| *h > 0).unwrap_or(24),
+                "width": host["ConsoleSize"][1].as_u64().filter(|w| *w > 0).unwrap_or(80),
+            });
+        }
+        Ok(spec)
+    }
+
+    /// Applies `flags` (with a `container:` network already naming the container by ID) to
+    /// `spec`, returning the record's network labels, and plans the mounts (the image's
+    /// VOLUMEs included).
+    pub fn attach(
+        &self,
+        flags: &runspec::net::NetFlags,
+        image_cfg: &Value,
+        spec: &mut Value,
+    ) -> Result<(HashMap<String, String>, Vec<MountReq>), ApiError> {
+        let labels = runspec::net::apply(flags, image_cfg, spec).map_err(|e| {
+            ApiError::bad_request(format!("{e:#}").replace("--net ", "network mode "))
+        })?;
+        let reqs = runspec::mounts::plan(&self.binds, &self.mounts, &self.tmpfs, image_cfg)
+            .map_err(|e| ApiError::bad_request(format!("invalid mount config: {e:#}")))?;
+        Ok((labels, reqs))
+    }
+}
+
+/// `POST /containers/create?name=`.
+pub async fn create(api: &Api, req: Req) -> Reply {
+    // The query is checked before the body is read, the body before anything is looked up.
+    let name_q = check_query(req.q("name").unwrap_or(""), req.q("platform"))?;
+    let platform = req.q("platform").map(str::to_string);
+    let body: Value = req.json().await?;
+    let plan = plan(&name_q, platform.as_deref(), &body)?;
+    let (config, host, endpoints, opts) = (&plan.config, &plan.host, &plan.endpoints, &plan.opts);
+    let image_name = plan.image.clone();
     // One create at a time: the name check and the record must not race.
     let _guard = api.create_lock.lock().await;
     let existing = api.containers().await?;
     let taken = |n: &str| existing.iter().any(|c| Meta::of(c).name == n);
-    let name = if name_q.is_empty() {
-        generate_name(&taken)
-    } else {
-        if let Some(c) = existing.iter().find(|c| Meta::of(c).name == name_q) {
-            return Err(ApiError::conflict(format!(
-                "Conflict. The container name \"/{name_q}\" is already in use by container \"{}\". You have to remove (or rename) that container to be able to reuse that name.",
-                c.id
-            )));
+    let name = match plan.name.clone() {
+        None => generate_name(&taken),
+        Some(name_q) => {
+            if let Some(c) = existing.iter().find(|c| Meta::of(c).name == name_q) {
+                return Err(ApiError::conflict(format!(
+                    "Conflict. The container name \"/{name_q}\" is already in use by container \"{}\". You have to remove (or rename) that container to be able to reuse that name.",
+                    c.id
+                )));
+            }
+            name_q
         }
-        name_q
     };
     let id = new_id();
-    let flags = net_flags(&name, &id[..12], &host, &endpoints, &config)?;
+    let mut flags = plan.net_flags(&name, &id[..12]);
     let (store, ctx) = (api.state.store().clone(), api.ctx());
     let (img, _) = {
         let (s, c, n) = (store.clone(), ctx.clone(), image_name.clone());
         blocking(move || images::find(&s, &c, &n)).await?
     };
     let image_cfg = img.config["config"].clone();
-    let mut spec = runspec::spec(super::NAMESPACE, &id, &opts, &image_cfg).map_err(|e| {
-        ApiError::bad_request(format!("invalid {}: {}", e.field.docker(), e.message))
-    })?;
-    spec["hostname"] = json!(config["Hostname"]
-        .as_str()
-        .filter(|h| !h.is_empty())
-        .map(str::to_string)
-        .unwrap_or_else(|| id[..12].to_string()));
-    if opts.tty {
-        spec["process"]["consoleSize"] = json!({
-            "height": host["ConsoleSize"][0].as_u64().filter(|h| *h > 0).unwrap_or(24),
-            "width": host["ConsoleSize"][1].as_u64().filter(|w| *w > 0).unwrap_or(80),
-        });
-    }
-    let mut flags = flags;
+    let mut spec = plan.spec(&id, &image_cfg)?;
     if let Some(m) = flags.net.first().cloned() {
         if let Some(other) = m.strip_prefix("container:") {
             let c = api.find_container(other).await?;
             flags.net = vec![format!("container:{}", c.id)];
         }
     }
-    let mut labels: HashMap<String, String> = runspec::net::apply(&flags, &image_cfg, &mut spec)
-        .map_err(|e| ApiError::bad_request(format!("{e:#}").replace("--net ", "network mode ")))?;
-    let reqs = runspec::mounts::plan(&binds, &mounts, &tmpfs, &image_cfg)
-        .map_err(|e| ApiError::bad_request(format!("invalid mount config: {e:#}")))?;
+    let (mut labels, reqs) = plan.attach(&flags, &image_cfg, &mut spec)?;
     let user_labels: BTreeMap<String, String> = config["Labels"]
         .as_object()
         .into_iter()
@@ -847,6 +928,54 @@ mod tests {
     }
 
     #[test]
+    fn a_plan_checks_the_query_and_body_before_any_lookup() {
+        let bad = |name: &str, platform: Option<&str>, body: Value| {
+            let e = plan(name, platform, &body).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{}", e.message);
+            e.message
+        };
+        let ok = json!({"Image": "busybox"});
+        assert!(bad("-x", None, ok.clone()).contains("Invalid container name (-x)"));
+        assert!(bad("", Some("windows"), ok.clone()).contains("platform \"windows\""));
+        assert!(bad("", None, json!([1])).contains("not a JSON object"));
+        assert!(bad("", None, json!({"Image": ""})).contains("Config.Image is required"));
+        assert!(bad("", None, json!({"Image": "x", "HostConfig": 1})).contains("HostConfig"));
+        assert!(bad("", None, json!({"Image": "x", "Dns": ["x"]})).contains("Config.Dns"));
+        let e = plan(
+            "",
+            None,
+            &json!({"Image": "x", "HostConfig": {"AutoRemove": true, "RestartPolicy": {"Name": "always"}}}),
+        )
+        .unwrap_err();
+        assert_eq!(e.status, StatusCode::CONFLICT);
+        let p = plan(
+            "/web",
+            Some("linux/amd64"),
+            &json!({"Image": "busybox", "Cmd": ["sh"], "Tty": true,
+                    "HostConfig": {"Binds": ["data:/data"], "Memory": 67108864, "ConsoleSize": [40, 120]}}),
+        )
+        .unwrap();
+        assert_eq!(p.name.as_deref(), Some("web"));
+        assert_eq!(p.image, "busybox");
+        assert_eq!(p.opts.memory, Some(67108864));
+        let mut spec = p.spec("0123456789abcdef", &json!({})).unwrap();
+        assert_eq!(spec["hostname"], "0123456789ab");
+        assert_eq!(
+            spec["process"]["consoleSize"],
+            json!({"height": 40, "width": 120})
+        );
+        let (_, reqs) = p
+            .attach(&p.net_flags("web", "0123456789ab"), &json!({}), &mut spec)
+            .unwrap();
+        assert_eq!(reqs.len(), 1);
+        assert_eq!(reqs[0].dst(), "/data");
+        // What runspec refuses is named with the Docker field.
+        let p = plan("", None, &json!({"Image": "x", "Env": ["NOVALUE"]})).unwrap();
+        let e = p.spec("c", &json!({"Cmd": ["x"]})).unwrap_err();
+        assert!(e.message.contains("invalid Env"), "{}", e.message);
+    }
+
+    #[test]
     fn mounts_become_mount_flags() {
         let f = mount_flag(&json!({"Type": "volume", "Source": "vol", "Target": "/d", "ReadOnly": true, "VolumeOptions": {"NoCopy": true}})).unwrap();
         assert_eq!(f, "type=volume,source=vol,target=/d,readonly,volume-nocopy");
@@ -858,7 +987,10 @@ mod tests {
     fn port_bindings_and_endpoints_become_network_flags() {
         let host = json!({"NetworkMode": "app_default", "PortBindings": {"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": "8080"}], "53/udp": [{"HostIp": "", "HostPort": ""}]}, "ExtraHosts": ["db:10.0.0.2"]});
         let eps = json!({"app_default": {"Aliases": ["web"]}});
-        let f = net_flags("app_web_1", "0123456789ab", &host, &eps, &json!({})).unwrap();
+        let body = json!({"Image": "web", "HostConfig": host, "NetworkingConfig": {"EndpointsConfig": eps}});
+        let f = plan("app_web_1", None, &body)
+            .unwrap()
+            .net_flags("app_web_1", "0123456789ab");
         assert_eq!(f.net, vec!["app_default".to_string()]);
         assert!(
             f.publish.contains(&"127.0.0.1:8080:80/tcp".to_string()),
@@ -879,7 +1011,9 @@ mod tests {
             ]
         );
         assert_eq!(f.add_host, vec!["db:10.0.0.2".to_string()]);
-        let f = net_flags("x", "0123456789ab", &json!({}), &json!(null), &json!({})).unwrap();
+        let f = plan("", None, &json!({"Image": "web"}))
+            .unwrap()
+            .net_flags("x", "0123456789ab");
         assert_eq!(f.net, vec!["bridge".to_string()]);
         assert!(f.network_alias.is_empty());
     }

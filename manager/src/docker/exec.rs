@@ -51,10 +51,11 @@ const RAW_STREAM: &str = "application/vnd.docker.raw-stream";
 /// The OCI process type of an exec's spec.
 const PROCESS_TYPE: &str = "types.containerd.io/opencontainers/runtime-spec/1/Process";
 
-/// What `POST /containers/{id}/exec` asks for.
+/// What `POST /containers/{id}/exec` asks for (the body, as [`super::server::parse_body`]
+/// reads it); [`ExecConfig::check`] says whether berthd can run it.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
-struct ExecConfig {
+pub struct ExecConfig {
     attach_stdin: bool,
     attach_stdout: bool,
     attach_stderr: bool,
@@ -65,6 +66,36 @@ struct ExecConfig {
     privileged: bool,
     user: String,
     working_dir: String,
+}
+
+impl ExecConfig {
+    /// The command asked for (empty: none).
+    pub fn cmd(&self) -> &[String] {
+        self.cmd.as_deref().unwrap_or_default()
+    }
+
+    /// Checks what does not depend on the container: detach keys, a command, an absolute
+    /// working directory, `KEY[=VALUE]` environment entries (400 naming the bad one).
+    pub fn check(&self) -> Result<(), ApiError> {
+        super::detach::DetachKeys::for_exec(&self.detach_keys)?;
+        if self.cmd().is_empty() {
+            return Err(ApiError::bad_request("No exec command specified"));
+        }
+        if !self.working_dir.is_empty() && !self.working_dir.starts_with('/') {
+            return Err(ApiError::bad_request(format!(
+                "the working directory '{}' is invalid, it needs to be an absolute path",
+                self.working_dir
+            )));
+        }
+        for e in self.env.iter().flatten() {
+            if e.is_empty() || e.starts_with('=') {
+                return Err(ApiError::bad_request(format!(
+                    "invalid environment variable: {e:?}"
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// One exec instance.
@@ -140,24 +171,7 @@ fn new_id() -> String {
 /// `POST /containers/{id}/exec`.
 pub async fn create(api: &Api, req: Req, name: &str) -> Reply {
     let cfg: ExecConfig = req.json().await?;
-    super::detach::DetachKeys::for_exec(&cfg.detach_keys)?;
-    let cmd = cfg.cmd.clone().unwrap_or_default();
-    if cmd.is_empty() {
-        return Err(ApiError::bad_request("No exec command specified"));
-    }
-    if !cfg.working_dir.is_empty() && !cfg.working_dir.starts_with('/') {
-        return Err(ApiError::bad_request(format!(
-            "the working directory '{}' is invalid, it needs to be an absolute path",
-            cfg.working_dir
-        )));
-    }
-    for e in cfg.env.iter().flatten() {
-        if e.is_empty() || e.starts_with('=') {
-            return Err(ApiError::bad_request(format!(
-                "invalid environment variable: {e:?}"
-            )));
-        }
-    }
+    cfg.check()?;
     let c = api.find_container(name).await?;
     check_running(api, &c).await?;
     let id = register(api, &c, cfg, false);

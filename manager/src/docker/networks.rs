@@ -244,10 +244,10 @@ struct IpamConfig {
     aux: Option<BTreeMap<String, String>>,
 }
 
-/// The body of `POST /networks/create`.
+/// The body of `POST /networks/create`; [`CreateRequest::check`] says what berthd makes of it.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
-struct CreateRequest {
+pub struct CreateRequest {
     #[serde(rename = "Name")]
     name: String,
     #[serde(rename = "CheckDuplicate")]
@@ -279,7 +279,7 @@ struct CreateRequest {
 impl CreateRequest {
     /// Refuses, naming it, every option berthd's networks do not implement; returns the
     /// subnet and gateway asked for.
-    fn check(&self) -> Result<(String, String), ApiError> {
+    pub fn check(&self) -> Result<(String, String), ApiError> {
         if self.name.is_empty() {
             return Err(ApiError::bad_request("a network needs a name (Name)"));
         }

@@ -177,14 +177,7 @@ impl Req {
 
     /// The body as JSON of type `T` (at most [`MAX_JSON_BODY`] bytes; malformed: 400).
     pub async fn json<T: DeserializeOwned>(self) -> Result<T, ApiError> {
-        let data = read_limited(self.body).await?;
-        if data.iter().all(u8::is_ascii_whitespace) {
-            return Err(ApiError::bad_request(
-                "request body is empty; JSON expected",
-            ));
-        }
-        serde_json::from_slice(&data)
-            .map_err(|e| ApiError::bad_request(format!("malformed JSON in the request body: {e}")))
+        parse_body(&read_limited(self.body).await?)
     }
 
     /// The body as a blocking reader for a `spawn_blocking` consumer (an image archive),
@@ -217,13 +210,32 @@ impl Req {
     }
 }
 
+/// A JSON request body as berthd reads it: at most [`MAX_JSON_BODY`] bytes (more: 413), not
+/// blank, and well-formed JSON of type `T` (else 400). Pure, so the fuzz targets call it too.
+pub fn parse_body<T: DeserializeOwned>(data: &[u8]) -> Result<T, ApiError> {
+    if data.len() > MAX_JSON_BODY {
+        return Err(too_large());
+    }
+    if data.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request(
+            "request body is empty; JSON expected",
+        ));
+    }
+    serde_json::from_slice(data)
+        .map_err(|e| ApiError::bad_request(format!("malformed JSON in the request body: {e}")))
+}
+
+fn too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("request body larger than {MAX_JSON_BODY} bytes"),
+    )
+}
+
 async fn read_limited(body: Incoming) -> Result<Bytes, ApiError> {
     match Limited::new(body, MAX_JSON_BODY).collect().await {
         Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body larger than {MAX_JSON_BODY} bytes"),
-        )),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
         Err(e) => Err(ApiError::bad_request(format!(
             "reading the request body: {e}"
         ))),
@@ -609,6 +621,22 @@ mod tests {
         assert!(e.message.contains("too new"), "{}", e.message);
         let e = split_version("/v1.11/info").unwrap_err();
         assert!(e.message.contains("too old"), "{}", e.message);
+    }
+
+    #[test]
+    fn bodies_are_bounded_blank_or_malformed_json_refused() {
+        let v: serde_json::Value = parse_body(br#" {"a": 1} "#).unwrap();
+        assert_eq!(v["a"], 1);
+        let e = parse_body::<serde_json::Value>(b" \n").unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert!(e.message.contains("empty"), "{}", e.message);
+        let e = parse_body::<serde_json::Value>(b"{nope").unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert!(e.message.contains("malformed JSON"), "{}", e.message);
+        let big = format!("\"{}\"", "x".repeat(MAX_JSON_BODY));
+        let e = parse_body::<serde_json::Value>(big.as_bytes()).unwrap_err();
+        assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(e.message.contains("larger than"), "{}", e.message);
     }
 
     #[test]

@@ -84,10 +84,10 @@ pub async fn inspect(api: &Api, _req: Req, name: &str) -> Reply {
     Ok(server::json(StatusCode::OK, &v))
 }
 
-/// The body of `POST /volumes/create`.
+/// The body of `POST /volumes/create`; [`CreateRequest::check`] refuses what berthd does not do.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
-struct CreateRequest {
+pub struct CreateRequest {
     #[serde(rename = "Name")]
     name: String,
     #[serde(rename = "Driver")]
@@ -100,20 +100,28 @@ struct CreateRequest {
     cluster: Option<Value>,
 }
 
+impl CreateRequest {
+    /// Refuses, naming it, a driver other than `local` and cluster volumes.
+    pub fn check(&self) -> Result<(), ApiError> {
+        if !(self.driver.is_empty() || self.driver == berth_store::volumes::DRIVER) {
+            return Err(ApiError::unsupported(format!(
+                "volume driver {:?} (only \"local\")",
+                self.driver
+            )));
+        }
+        if self.cluster.as_ref().is_some_and(|c| !c.is_null()) {
+            return Err(ApiError::unsupported("cluster volumes (ClusterVolumeSpec)"));
+        }
+        Ok(())
+    }
+}
+
 /// `POST /volumes/create` (201 with the volume). As dockerd: no name makes an anonymous one
 /// (a random name); an existing volume with the same driver and options is answered as is,
 /// one with other options is a 409.
 pub async fn create(api: &Api, req: Req) -> Reply {
     let r: CreateRequest = req.json().await?;
-    if !(r.driver.is_empty() || r.driver == berth_store::volumes::DRIVER) {
-        return Err(ApiError::unsupported(format!(
-            "volume driver {:?} (only \"local\")",
-            r.driver
-        )));
-    }
-    if r.cluster.as_ref().is_some_and(|c| !c.is_null()) {
-        return Err(ApiError::unsupported("cluster volumes (ClusterVolumeSpec)"));
-    }
+    r.check()?;
     let name = if r.name.is_empty() {
         berth_store::Digest::of(&fastrand::u64(..).to_le_bytes())
             .hex()
