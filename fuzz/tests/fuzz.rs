@@ -1357,3 +1357,1008 @@ fn dockerfile() {
         dockerfile_check,
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Docker Engine API request bodies: what berthd's Docker front reads from a client's body,
+// through the same functions the handlers call (`server::parse_body`, then each endpoint's
+// pure check) before anything is looked up. Properties: an answer, never a panic; an error
+// is a 4xx (bad input is never a 500) with a message; a plan keeps the invariants below.
+
+use berth_manager::docker::errors::ApiError;
+
+/// The outcome of an error answer: its status and label, or a failure if it is not a 4xx
+/// with a message.
+fn api_error(what: &str, e: &ApiError) -> Outcome {
+    if !e.status.is_client_error() {
+        return Err(format!(
+            "{what}: bad input answered {} ({})",
+            e.status, e.message
+        ));
+    }
+    if e.message.trim().is_empty() {
+        return Err(format!("{what}: a {} without a message", e.status));
+    }
+    Ok(format!(
+        "{what} {} {}",
+        e.status.as_u16(),
+        label(&e.message)
+    ))
+}
+
+/// Names the create query may carry (with Docker's leading slash too), and names Docker's
+/// rule refuses.
+const CREATE_NAMES: &[&str] = &["", "web", "/web", "app_web_1", "w.1-x"];
+const BAD_NAMES: &[&str] = &["a", "-x", "a/b", "é1", "/"];
+
+/// Image configs the spec is made against: none, busybox's, one with ports and volumes.
+fn image_configs() -> [Value; 3] {
+    [
+        json!({}),
+        json!({"Cmd": ["sh"], "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]}),
+        json!({"Entrypoint": ["/docker-entrypoint.sh"], "Cmd": ["nginx", "-g", "daemon off;"],
+               "Env": ["PATH=/bin", "NGINX_VERSION=1.25"], "ExposedPorts": {"80/tcp": {}},
+               "Volumes": {"/data": {}, "/var/cache/nginx/": {}}, "WorkingDir": "/srv",
+               "User": "101:101", "StopSignal": "SIGQUIT"}),
+    ]
+}
+
+/// What berthd's create does with `data` as the body of `POST /containers/create`, up to
+/// (not including) the store: parse, plan, spec, networks and mounts.
+fn docker_create_check(data: &[u8], images: &[Value]) -> Outcome {
+    use berth_manager::docker::{create, server};
+    let body: Value = match server::parse_body(data) {
+        Ok(v) => v,
+        Err(e) => return api_error("body", &e),
+    };
+    let h = hash(data);
+    // The query, from the input's hash: now and then a bad name or platform.
+    let name = match h % 64 {
+        0..=3 => BAD_NAMES[(h / 64 % BAD_NAMES.len() as u64) as usize],
+        _ => CREATE_NAMES[(h / 64 % CREATE_NAMES.len() as u64) as usize],
+    };
+    let platform = match h / 4096 % 32 {
+        0 => Some("windows"),
+        1..=8 => Some("linux/amd64"),
+        _ => None,
+    };
+    let p = match create::plan(name, platform, &body) {
+        Ok(p) => p,
+        Err(e) => return api_error("plan", &e),
+    };
+    if p.image.is_empty() {
+        return Err("a plan without an image".into());
+    }
+    if let Some(n) = &p.name {
+        if !create::valid_name(n) {
+            return Err(format!("a plan named {n:?}, which Docker's rule refuses"));
+        }
+    }
+    let policy = p.host["RestartPolicy"]["Name"].as_str().unwrap_or("");
+    if !matches!(
+        policy,
+        "" | "no" | "always" | "unless-stopped" | "on-failure"
+    ) {
+        return Err(format!("a plan with restart policy {policy:?}"));
+    }
+    if p.host["AutoRemove"] == json!(true) && !matches!(policy, "" | "no") {
+        return Err("a plan with AutoRemove and a restart policy".into());
+    }
+    let id = format!("{:016x}", h).repeat(4);
+    let mut flags = p.net_flags(p.name.as_deref().unwrap_or("brave_turing"), &id[..12]);
+    let user_net = flags.net.first().is_some_and(|m| {
+        !matches!(m.as_str(), "bridge" | "none" | "host") && !m.starts_with("container:")
+    });
+    if user_net && flags.network_alias.get(1).map(String::as_str) != Some(&id[..12]) {
+        return Err(format!(
+            "on network {:?} the aliases {:?} lack the short ID",
+            flags.net, flags.network_alias
+        ));
+    }
+    let image_cfg = &images[(h / 131_072 % images.len() as u64) as usize];
+    let mut spec = match p.spec(&id, image_cfg) {
+        Ok(s) => s,
+        Err(e) => return api_error("spec", &e),
+    };
+    spec_invariants(&spec, &p)?;
+    // create() resolves `container:NAME` to the container's ID before attaching.
+    if let Some(m) = flags.net.first().cloned() {
+        if m.starts_with("container:") {
+            flags.net = vec![format!("container:{id}")];
+        }
+    }
+    let (_labels, reqs) = match p.attach(&flags, image_cfg, &mut spec) {
+        Ok(x) => x,
+        Err(e) => return api_error("attach", &e),
+    };
+    let mut seen = std::collections::HashSet::new();
+    for r in &reqs {
+        let dst = r.dst();
+        if !dst.starts_with('/') {
+            return Err(format!("mount destination {dst:?} is not absolute"));
+        }
+        if !seen.insert(dst.trim_end_matches('/').to_string()) {
+            return Err(format!("two mounts at {dst:?}"));
+        }
+    }
+    serde_json::to_vec(&spec).map_err(|e| format!("the spec does not serialise: {e}"))?;
+    Ok(format!(
+        "ok mounts={} nets={} tty={} priv={}",
+        reqs.len().min(3),
+        flags.net.len().min(2),
+        p.opts.tty,
+        p.opts.privileged
+    ))
+}
+
+/// What a spec made from a request must hold whatever the request said.
+fn spec_invariants(spec: &Value, p: &berth_manager::docker::create::Plan) -> Result<(), String> {
+    let proc_ = &spec["process"];
+    let args = proc_["args"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    if args.is_empty() || !args.iter().all(Value::is_string) {
+        return Err(format!("process args {:?}", proc_["args"]));
+    }
+    for e in proc_["env"].as_array().into_iter().flatten() {
+        let e = e.as_str().unwrap_or("");
+        if e.split_once('=').is_none_or(|(k, _)| k.is_empty()) {
+            return Err(format!("environment entry {e:?} is not KEY=VALUE"));
+        }
+    }
+    if spec["hostname"].as_str().is_none_or(str::is_empty) {
+        return Err("an empty host name".into());
+    }
+    let r = &spec["linux"]["resources"];
+    let limit = r["memory"]["limit"].as_i64();
+    // dockerd's least memory limit, which `docker update` keeps to as well.
+    if limit.is_some_and(|m| m < 6 << 20) {
+        return Err(format!("memory limit {limit:?}"));
+    }
+    if let Some(s) = r["memory"]["swap"].as_i64() {
+        if s != -1 && limit.is_none_or(|m| s < m) {
+            return Err(format!("swap {s} with memory limit {limit:?}"));
+        }
+    }
+    if r["pids"]["limit"].as_i64().is_some_and(|n| n <= 0) {
+        return Err(format!("pids limit {}", r["pids"]["limit"]));
+    }
+    if let Some(s) = r["cpu"]["shares"].as_u64() {
+        if !(2..=262_144).contains(&s) {
+            return Err(format!("cpu shares {s}"));
+        }
+    }
+    if r["cpu"]["quota"].as_i64().is_some_and(|q| q <= 0) {
+        return Err(format!("cpu quota {}", r["cpu"]["quota"]));
+    }
+    for l in proc_["rlimits"].as_array().into_iter().flatten() {
+        if l["soft"].as_u64() > l["hard"].as_u64() {
+            return Err(format!("rlimit {l} has soft above hard"));
+        }
+    }
+    if p.opts.privileged && !spec["linux"]["seccomp"].is_null() {
+        return Err("a privileged container with a seccomp profile".into());
+    }
+    Ok(())
+}
+
+/// One of `list`, cloned.
+fn one(rng: &mut Rng, list: &[Value]) -> Value {
+    list[rng.usize(..list.len())].clone()
+}
+
+/// An object with each of `fields` present with chance `p`: its first (plausible) value, or
+/// with chance `hostile` another of its values or (1 in 8 of those) a random JSON value. Few
+/// hostile fields a body, so that most bodies get past the checks into the translation.
+fn fill(
+    rng: &mut Rng,
+    fields: &[(&str, Vec<Value>)],
+    p: f64,
+    hostile: f64,
+) -> serde_json::Map<String, Value> {
+    let mut m = serde_json::Map::new();
+    for (k, vals) in fields {
+        if rng.f64() < p {
+            let v = if rng.f64() >= hostile {
+                vals[0].clone()
+            } else if rng.u8(..8) == 0 {
+                json::value(rng, 2)
+            } else {
+                one(rng, vals)
+            };
+            m.insert((*k).to_string(), v);
+        }
+    }
+    m
+}
+
+/// A create body with the fields `docker run`/`docker create` (Config, HostConfig,
+/// NetworkingConfig) and docker-compose send, each present at random with a plausible or a
+/// hostile value; now and then a random JSON value in place of one.
+fn gen_docker_create(rng: &mut Rng, corpus: &Corpus) -> Vec<u8> {
+    if rng.u8(..4) == 0 {
+        let mut d = corpus.pick(rng).to_vec();
+        for _ in 0..1 + rng.usize(..4) {
+            if let Some(m) = json::mutate(rng, &d) {
+                d = m;
+            }
+        }
+        return d;
+    }
+    let config: Vec<(&str, Vec<Value>)> = vec![
+        (
+            "Image",
+            vec![
+                json!("busybox"),
+                json!("nginx:1.25"),
+                json!(""),
+                json!("sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"),
+                json!(7),
+            ],
+        ),
+        (
+            "Cmd",
+            vec![
+                json!(null),
+                json!(["sh", "-c", "echo hi"]),
+                json!([]),
+                json!("top"),
+                json!([1]),
+                json!({"a": 1}),
+            ],
+        ),
+        (
+            "Entrypoint",
+            vec![
+                json!(null),
+                json!(["/bin/sh"]),
+                json!([""]),
+                json!([]),
+                json!("x"),
+                json!(false),
+            ],
+        ),
+        (
+            "Env",
+            vec![
+                json!(["A=1", "B=two words"]),
+                json!(["NOEQUALS"]),
+                json!(["=x"]),
+                json!(["PATH="]),
+                json!([null]),
+                json!("A=1"),
+            ],
+        ),
+        (
+            "User",
+            vec![
+                json!(""),
+                json!("1000:1000"),
+                json!("root"),
+                json!("4294967296"),
+                json!("a:b:c"),
+                json!(":"),
+            ],
+        ),
+        (
+            "WorkingDir",
+            vec![
+                json!("/w"),
+                json!("rel"),
+                json!(""),
+                json!("/../.."),
+                json!(1),
+            ],
+        ),
+        (
+            "Hostname",
+            vec![
+                json!(""),
+                json!("h1"),
+                json!("-bad-"),
+                json!("x".repeat(300)),
+                json!(1),
+            ],
+        ),
+        (
+            "Labels",
+            vec![
+                json!({"com.docker.compose.project": "app", "a": "b"}),
+                json!({"n": 1}),
+                json!([]),
+            ],
+        ),
+        ("Tty", vec![json!(true), json!(false), json!("yes")]),
+        ("OpenStdin", vec![json!(true), json!(false)]),
+        ("StdinOnce", vec![json!(true)]),
+        ("AttachStdout", vec![json!(true)]),
+        (
+            "ExposedPorts",
+            vec![
+                json!({"80/tcp": {}}),
+                json!({"53/udp": {}, "99999/tcp": {}}),
+                json!({"x": {}}),
+                json!(["80"]),
+            ],
+        ),
+        (
+            "Volumes",
+            vec![json!({"/data": {}}), json!({"rel": {}}), json!({"/": {}})],
+        ),
+        (
+            "StopSignal",
+            vec![json!("SIGTERM"), json!("9"), json!("SIGNOPE")],
+        ),
+        ("StopTimeout", vec![json!(10), json!(-1), json!(null)]),
+        (
+            "Healthcheck",
+            vec![
+                json!({"Test": ["CMD-SHELL", "curl -f localhost"], "Interval": 5_000_000_000u64, "Timeout": 1_000_000_000u64, "Retries": 3}),
+                json!({"Test": ["NONE"]}),
+                json!({"Test": ["CMD"]}),
+                json!({"Interval": 5}),
+                json!({"Interval": -1}),
+                json!({"Timeout": "1s"}),
+                json!({"StartPeriod": i64::MAX}),
+                json!("curl"),
+            ],
+        ),
+        ("Shell", vec![json!(["/bin/bash", "-c"])]),
+        ("Domainname", vec![json!(""), json!("example.com")]),
+        ("NetworkDisabled", vec![json!(false), json!(true)]),
+        ("MacAddress", vec![json!(""), json!("02:42:ac:11:00:02")]),
+    ];
+    let host: Vec<(&str, Vec<Value>)> = vec![
+        (
+            "Binds",
+            vec![
+                json!(["data:/data"]),
+                json!(["/srv/www:/usr/share/nginx/html:ro"]),
+                json!(["/a:/b:z,rw,rshared"]),
+                json!(["a"]),
+                json!([":/x"]),
+                json!(["/x:rel"]),
+                json!(["v:/d", "w:/d/"]),
+                json!(["/h:/c:bogus"]),
+                json!("x:/y"),
+            ],
+        ),
+        (
+            "Mounts",
+            vec![
+                json!([{"Type": "volume", "Source": "v", "Target": "/v", "VolumeOptions": {"NoCopy": true, "Labels": {"a": "b"}}}]),
+                json!([{"Type": "bind", "Source": "/srv", "Target": "/s", "ReadOnly": true, "BindOptions": {"Propagation": "rslave"}}]),
+                json!([{"Type": "tmpfs", "Target": "/t", "TmpfsOptions": {"SizeBytes": 1048576, "Mode": 1023}}]),
+                json!([{"Type": "npipe", "Target": "/p"}]),
+                json!([{"Type": "bind", "Source": "rel", "Target": "/x"}]),
+                json!([{"Target": ""}]),
+                json!([{"Type": "volume", "Target": "/x", "Consistency": "cached"}]),
+                json!([{"Type": "volume", "Source": "a,b=c", "Target": "/y"}]),
+                json!([7]),
+            ],
+        ),
+        (
+            "Tmpfs",
+            vec![
+                json!({"/run": "size=64m"}),
+                json!({"/t": ""}),
+                json!({"rel": "x"}),
+                json!({"/t": "a b"}),
+                json!({"/t": 1}),
+            ],
+        ),
+        (
+            "PortBindings",
+            vec![
+                json!({"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": "8080"}]}),
+                json!({"53/udp": [{"HostIp": "", "HostPort": ""}]}),
+                json!({"80/tcp": []}),
+                json!({"80/tcp": null}),
+                json!({"8000-8010/tcp": [{"HostPort": "9000-9010"}]}),
+                json!({"80/tcp": [{"HostIp": "::1", "HostPort": "8080"}]}),
+                json!({"80/sctp": [{}]}),
+                json!({"0/tcp": [{"HostPort": "70000"}]}),
+                json!({"x": [{"HostIp": "not-an-ip", "HostPort": "1"}]}),
+                json!({"80/tcp": [{"HostPort": 8080}]}),
+                json!({"80": "8080"}),
+            ],
+        ),
+        ("PublishAllPorts", vec![json!(true)]),
+        (
+            "NetworkMode",
+            vec![
+                json!("default"),
+                json!("bridge"),
+                json!("host"),
+                json!("none"),
+                json!("app_default"),
+                json!("container:web"),
+                json!("container:"),
+                json!("-bad"),
+                json!(1),
+            ],
+        ),
+        (
+            "RestartPolicy",
+            vec![
+                json!({"Name": "always", "MaximumRetryCount": 0}),
+                json!({"Name": "on-failure", "MaximumRetryCount": 3}),
+                json!({"Name": "no", "MaximumRetryCount": 2}),
+                json!({"Name": "sometimes"}),
+                json!({"Name": "unless-stopped"}),
+                json!({"MaximumRetryCount": -1}),
+                json!("always"),
+            ],
+        ),
+        ("AutoRemove", vec![json!(false), json!(true)]),
+        (
+            "Memory",
+            vec![
+                json!(67108864),
+                json!(-1),
+                json!(1),
+                json!(i64::MAX),
+                json!(u64::MAX),
+                json!(1.5),
+                json!("64m"),
+            ],
+        ),
+        (
+            "MemorySwap",
+            vec![
+                json!(0),
+                json!(-1),
+                json!(134217728),
+                json!(1),
+                json!(-2),
+                json!(i64::MIN),
+            ],
+        ),
+        (
+            "NanoCpus",
+            vec![
+                json!(500_000_000),
+                json!(-1),
+                json!(1),
+                json!(i64::MAX),
+                json!(i64::MIN),
+            ],
+        ),
+        (
+            "CpuShares",
+            vec![
+                json!(512),
+                json!(1),
+                json!(-5),
+                json!(262_145),
+                json!(i64::MAX),
+            ],
+        ),
+        (
+            "CpusetCpus",
+            vec![
+                json!("0-1"),
+                json!("0,2"),
+                json!("1-"),
+                json!("a"),
+                json!(""),
+                json!(3),
+            ],
+        ),
+        (
+            "PidsLimit",
+            vec![json!(100), json!(-1), json!(0), json!(-2), json!(null)],
+        ),
+        (
+            "CapAdd",
+            vec![
+                json!(["NET_ADMIN"]),
+                json!(["CAP_SYS_ADMIN"]),
+                json!(["ALL"]),
+                json!(["NOPE"]),
+                json!([""]),
+            ],
+        ),
+        (
+            "CapDrop",
+            vec![
+                json!(["MKNOD"]),
+                json!(["ALL"]),
+                json!(["cap_chown"]),
+                json!(["x"]),
+            ],
+        ),
+        ("ReadonlyRootfs", vec![json!(true)]),
+        (
+            "SecurityOpt",
+            vec![
+                json!(["no-new-privileges"]),
+                json!(["seccomp=unconfined"]),
+                json!(["no-new-privileges:false"]),
+                json!(["apparmor=x"]),
+                json!(["label:disable"]),
+            ],
+        ),
+        (
+            "ExtraHosts",
+            vec![
+                json!(["db:127.0.0.2"]),
+                json!(["host.docker.internal:host-gateway"]),
+                json!(["nocolon"]),
+                json!(["a:not-ip"]),
+                json!([":"]),
+            ],
+        ),
+        (
+            "Dns",
+            vec![
+                json!(["127.0.0.53"]),
+                json!(["x"]),
+                json!([]),
+                json!(["::1"]),
+            ],
+        ),
+        (
+            "Ulimits",
+            vec![
+                json!([{"Name": "nofile", "Soft": 1024, "Hard": 2048}]),
+                json!([{"Name": "nofile", "Soft": 4096, "Hard": 1}]),
+                json!([{"Name": "bogus", "Soft": 1, "Hard": 1}]),
+                json!([{"Name": "nproc", "Soft": -1, "Hard": u64::MAX}]),
+                json!([{}]),
+            ],
+        ),
+        (
+            "LogConfig",
+            vec![
+                json!({"Type": "", "Config": {}}),
+                json!({"Type": "json-file", "Config": {"max-size": "1m"}}),
+                json!({"Type": "syslog"}),
+            ],
+        ),
+        (
+            "ConsoleSize",
+            vec![
+                json!([0, 0]),
+                json!([40, 120]),
+                json!([u64::MAX, 1]),
+                json!([1]),
+            ],
+        ),
+        ("Privileged", vec![json!(true), json!(false), json!(1)]),
+        ("Init", vec![json!(true), json!(null), json!("true")]),
+        ("IpcMode", vec![json!(""), json!("private"), json!("host")]),
+        ("PidMode", vec![json!(""), json!("host")]),
+        ("UTSMode", vec![json!(""), json!("host")]),
+        (
+            "CgroupnsMode",
+            vec![json!("private"), json!("host"), json!("x")],
+        ),
+        (
+            "UsernsMode",
+            vec![json!(""), json!("host"), json!("keep-id")],
+        ),
+        ("MemorySwappiness", vec![json!(null), json!(-1), json!(60)]),
+        ("OomKillDisable", vec![json!(false), json!(true)]),
+        (
+            "Devices",
+            vec![
+                json!([]),
+                json!([{"PathOnHost": "/dev/fuse", "PathInContainer": "/dev/fuse", "CgroupPermissions": "rwm"}]),
+            ],
+        ),
+        ("ShmSize", vec![json!(0), json!(67108864)]),
+        ("VolumesFrom", vec![json!(null), json!(["other"])]),
+        ("Links", vec![json!(null), json!(["db:db"])]),
+        ("ContainerIDFile", vec![json!("")]),
+    ];
+    let hostile = rng.f64() * 0.25;
+    let mut body = fill(rng, &config, 0.3, hostile);
+    if rng.u8(..8) != 0 {
+        body.insert(
+            "Image".into(),
+            one(rng, &[json!("busybox"), json!("nginx:1.25")]),
+        );
+    }
+    let hc = fill(rng, &host, 0.2, hostile);
+    match rng.u8(..6) {
+        0 => {}
+        1 => {
+            body.insert(
+                "HostConfig".into(),
+                one(rng, &[json!(null), json!([]), json!("x")]),
+            );
+        }
+        _ => {
+            body.insert("HostConfig".into(), Value::Object(hc));
+        }
+    }
+    if rng.bool() {
+        let net = one(
+            rng,
+            &[
+                json!("app_default"),
+                json!("bridge"),
+                json!("default"),
+                json!("other"),
+            ],
+        );
+        let ep = one(
+            rng,
+            &[
+                json!({"Aliases": ["web", "www"]}),
+                json!({"Aliases": ["web"], "IPAMConfig": {}, "Links": null, "MacAddress": ""}),
+                json!({"IPAMConfig": {"IPv4Address": "172.20.0.5"}}),
+                json!({"Aliases": "web"}),
+                json!({"Aliases": [1]}),
+                json!({"Links": ["db"]}),
+                json!(null),
+            ],
+        );
+        let mut eps = serde_json::Map::new();
+        eps.insert(net.as_str().unwrap_or("x").to_string(), ep);
+        body.insert("NetworkingConfig".into(), json!({"EndpointsConfig": eps}));
+    }
+    if rng.u8(..10) == 0 {
+        body.insert(
+            json::STRINGS[rng.usize(..json::STRINGS.len())].into(),
+            json::value(rng, 2),
+        );
+    }
+    let v = Value::Object(body);
+    if rng.bool() {
+        serde_json::to_vec(&v).unwrap_or_default()
+    } else {
+        serde_json::to_vec_pretty(&v).unwrap_or_default()
+    }
+}
+
+const DOCKER_DICT: &[&[u8]] = &[
+    b"{",
+    b"}",
+    b"[",
+    b"]",
+    b"\"",
+    b":",
+    b",",
+    b"null",
+    b"true",
+    b"-1",
+    b"9223372036854775807",
+    b"18446744073709551616",
+    b"1e999",
+    b"\\u0000",
+    b"\"HostConfig\":",
+    b"\"NetworkingConfig\":",
+    b"\"EndpointsConfig\":",
+    b"\"Image\":",
+    b"\"Binds\":",
+    b"\"Mounts\":",
+    b"\"PortBindings\":",
+    b"\"NetworkMode\":",
+    b"\"Memory\":",
+    b"\"RestartPolicy\":",
+    b"container:",
+    b"/tcp",
+    b"/udp",
+];
+
+#[test]
+fn docker_create() {
+    let images = image_configs();
+    fuzz(
+        &Target {
+            name: "docker_create",
+            dict: DOCKER_DICT,
+            json: true,
+            generate: 0.5,
+        },
+        gen_docker_create,
+        |data| docker_create_check(data, &images),
+    );
+}
+
+/// Current HostConfigs an update is checked against.
+fn update_hosts() -> [Value; 4] {
+    [
+        json!({}),
+        json!({"Memory": 67108864, "MemorySwap": 134217728}),
+        json!({"NanoCpus": 500_000_000, "AutoRemove": true}),
+        json!({"CpuQuota": 50000, "CpuPeriod": 100000, "RestartPolicy": {"Name": "always"}}),
+    ]
+}
+
+/// `data` as the body of each other endpoint whose body berthd checks: exec create, network
+/// create, volume create and container update (each through the handler's own check).
+fn docker_bodies_check(data: &[u8], hosts: &[Value]) -> Outcome {
+    use berth_manager::docker::{exec, networks, server, update, volumes};
+    let mut what = Vec::new();
+    // exec create
+    match server::parse_body::<exec::ExecConfig>(data).and_then(|c| c.check().map(|()| c)) {
+        Ok(c) => {
+            if c.cmd().is_empty() {
+                return Err("an exec without a command passed".into());
+            }
+            what.push("exec ok".to_string());
+        }
+        Err(e) => what.push(api_error("exec", &e)?),
+    }
+    // network create
+    let net = server::parse_body::<networks::CreateRequest>(data)
+        .and_then(|r| r.check())
+        .and_then(|(subnet, gateway)| {
+            let id = format!("{:016x}", hash(data)).repeat(4);
+            berth_manager::networks::plan_network(&id, &subnet, &gateway, &[])
+                .map_err(ApiError::from)
+        });
+    match net {
+        Ok(n) => {
+            n.validate()
+                .map_err(|e| format!("a planned network does not validate: {e}"))?;
+            what.push("network ok".to_string());
+        }
+        Err(e) => what.push(api_error("network", &e)?),
+    }
+    // volume create
+    match server::parse_body::<volumes::CreateRequest>(data).and_then(|r| r.check()) {
+        Ok(()) => what.push("volume ok".to_string()),
+        Err(e) => what.push(api_error("volume", &e)?),
+    }
+    // container update
+    let host = &hosts[(hash(data) % hosts.len() as u64) as usize];
+    match server::parse_body::<Value>(data).and_then(|b| update::plan(&b, host)) {
+        Ok(p) => {
+            let r = &p.resources;
+            let mem = r.get("memory");
+            let limit = mem.and_then(|m| m["limit"].as_i64());
+            if limit.is_some_and(|m| m < 6 << 20) {
+                return Err(format!("update to a memory limit of {limit:?}"));
+            }
+            if let Some(s) = mem.and_then(|m| m["swap"].as_i64()) {
+                let lim = limit.or(host["Memory"].as_i64());
+                if s != -1 && lim.is_none_or(|m| s < m) {
+                    return Err(format!("update to swap {s} with memory {lim:?}"));
+                }
+            }
+            let cpu = r.get("cpu");
+            if let Some(s) = cpu.and_then(|c| c["shares"].as_i64()) {
+                if !(2..=262_144).contains(&s) {
+                    return Err(format!("update to cpu shares {s}"));
+                }
+            }
+            if let Some(q) = cpu.and_then(|c| c["quota"].as_i64()) {
+                if q == 0 || (0..1000).contains(&q) {
+                    return Err(format!("update to cpu quota {q}"));
+                }
+            }
+            if r.get("pids")
+                .and_then(|p| p["limit"].as_i64())
+                .is_some_and(|n| n == 0 || n < -1)
+            {
+                return Err(format!("update to pids {:?}", r.get("pids")));
+            }
+            what.push(format!("update ok {}", r.len()));
+        }
+        Err(e) => what.push(api_error("update", &e)?),
+    }
+    Ok(what.join("; "))
+}
+
+/// A body for one of exec create, network create, volume create or update, with the fields
+/// the docker CLI and compose send, plausible or hostile.
+fn gen_docker_bodies(rng: &mut Rng, corpus: &Corpus) -> Vec<u8> {
+    if rng.u8(..4) == 0 {
+        let mut d = corpus.pick(rng).to_vec();
+        for _ in 0..1 + rng.usize(..3) {
+            if let Some(m) = json::mutate(rng, &d) {
+                d = m;
+            }
+        }
+        return d;
+    }
+    let kind = rng.u8(..4);
+    let fields: Vec<(&str, Vec<Value>)> = match kind {
+        0 => vec![
+            ("AttachStdin", vec![json!(true), json!(false)]),
+            ("AttachStdout", vec![json!(true)]),
+            ("AttachStderr", vec![json!(true)]),
+            ("Tty", vec![json!(true), json!("no")]),
+            (
+                "DetachKeys",
+                vec![
+                    json!(""),
+                    json!("ctrl-p,ctrl-q"),
+                    json!("ctrl-"),
+                    json!("ctrl-@,a"),
+                    json!("x,,y"),
+                    json!("ctrl-é"),
+                ],
+            ),
+            (
+                "Cmd",
+                vec![
+                    json!(["sh", "-c", "echo hi"]),
+                    json!([]),
+                    json!(null),
+                    json!([""]),
+                    json!("ls"),
+                ],
+            ),
+            (
+                "Env",
+                vec![
+                    json!(["A=1"]),
+                    json!([""]),
+                    json!(["=x"]),
+                    json!(["A"]),
+                    json!(null),
+                ],
+            ),
+            ("Privileged", vec![json!(true)]),
+            ("User", vec![json!("1000"), json!("")]),
+            ("WorkingDir", vec![json!("/w"), json!("rel"), json!("")]),
+        ],
+        1 => vec![
+            (
+                "Name",
+                vec![
+                    json!("app_default"),
+                    json!(""),
+                    json!("-x"),
+                    json!("a/b"),
+                    json!("x".repeat(300)),
+                    json!("bridge"),
+                ],
+            ),
+            ("CheckDuplicate", vec![json!(true)]),
+            (
+                "Driver",
+                vec![
+                    json!("bridge"),
+                    json!(""),
+                    json!("overlay"),
+                    json!("macvlan"),
+                ],
+            ),
+            ("Scope", vec![json!("local"), json!("swarm")]),
+            ("Internal", vec![json!(true)]),
+            ("Attachable", vec![json!(true)]),
+            ("Ingress", vec![json!(false), json!(true)]),
+            ("EnableIPv6", vec![json!(false), json!(true)]),
+            (
+                "IPAM",
+                vec![
+                    json!({"Driver": "default", "Config": [{"Subnet": "172.30.0.0/16", "Gateway": "172.30.0.1"}]}),
+                    json!({"Config": [{"Subnet": "10.1.2.0/24"}]}),
+                    json!({"Config": [{"Subnet": "10.1.2.3/32"}]}),
+                    json!({"Config": [{"Subnet": "10.1.2.0/31"}]}),
+                    json!({"Config": [{"Subnet": "0.0.0.0/0"}]}),
+                    json!({"Config": [{"Subnet": "10.0.0.0/8", "Gateway": "11.0.0.1"}]}),
+                    json!({"Config": [{"Subnet": "10.0.0.0/8", "Gateway": "10.0.0.0"}]}),
+                    json!({"Config": [{"Subnet": "10.0.0.0/8", "Gateway": "10.255.255.255"}]}),
+                    json!({"Config": [{"Subnet": "fd00::/64"}]}),
+                    json!({"Config": [{"Subnet": "10.0.0.0/33"}]}),
+                    json!({"Config": [{"Subnet": "300.0.0.0/8"}]}),
+                    json!({"Config": [{"Gateway": "10.0.0.1"}]}),
+                    json!({"Config": [{"Subnet": "10.0.0.0/24", "IPRange": "10.0.0.0/25"}]}),
+                    json!({"Config": [{}, {}]}),
+                    json!({"Driver": "dhcp"}),
+                    json!({"Options": {"a": "b"}}),
+                ],
+            ),
+            (
+                "Options",
+                vec![json!({}), json!({"com.docker.network.bridge.name": "br0"})],
+            ),
+            (
+                "Labels",
+                vec![
+                    json!({"com.docker.compose.network": "default"}),
+                    json!({"a": 1}),
+                ],
+            ),
+            ("ConfigFrom", vec![json!(null), json!({"Network": "x"})]),
+        ],
+        2 => vec![
+            (
+                "Name",
+                vec![
+                    json!("data"),
+                    json!(""),
+                    json!("a/b"),
+                    json!(".."),
+                    json!("x".repeat(300)),
+                ],
+            ),
+            ("Driver", vec![json!("local"), json!(""), json!("nfs")]),
+            (
+                "DriverOpts",
+                vec![
+                    json!({}),
+                    json!({"type": "tmpfs", "device": "tmpfs", "o": "size=1m"}),
+                    json!({"a": 1}),
+                ],
+            ),
+            ("Labels", vec![json!({"com.docker.compose.volume": "data"})]),
+            ("ClusterVolumeSpec", vec![json!(null), json!({})]),
+        ],
+        _ => vec![
+            (
+                "Memory",
+                vec![
+                    json!(67108864),
+                    json!(1),
+                    json!(-1),
+                    json!(i64::MAX),
+                    json!(0),
+                ],
+            ),
+            (
+                "MemorySwap",
+                vec![
+                    json!(0),
+                    json!(-1),
+                    json!(134217728),
+                    json!(-2),
+                    json!(1),
+                    json!(i64::MIN),
+                ],
+            ),
+            (
+                "MemoryReservation",
+                vec![json!(33554432), json!(-1), json!(i64::MAX)],
+            ),
+            (
+                "NanoCpus",
+                vec![json!(500_000_000), json!(-1), json!(i64::MAX), json!(1)],
+            ),
+            ("CpuShares", vec![json!(512), json!(1), json!(-1)]),
+            (
+                "CpuPeriod",
+                vec![json!(100000), json!(999), json!(i64::MAX)],
+            ),
+            (
+                "CpuQuota",
+                vec![json!(50000), json!(-1), json!(999), json!(i64::MIN)],
+            ),
+            ("CpusetCpus", vec![json!("0-1"), json!("x"), json!(1)]),
+            ("CpusetMems", vec![json!("0"), json!("-")]),
+            (
+                "PidsLimit",
+                vec![json!(100), json!(0), json!(-1), json!(-2)],
+            ),
+            (
+                "RestartPolicy",
+                vec![
+                    json!({"Name": "on-failure", "MaximumRetryCount": 3}),
+                    json!({"Name": "always", "MaximumRetryCount": 1}),
+                    json!({"Name": "no"}),
+                    json!({"Name": "x"}),
+                    json!({"MaximumRetryCount": -1}),
+                ],
+            ),
+            ("BlkioWeight", vec![json!(0), json!(500)]),
+            ("KernelMemory", vec![json!(0), json!(1)]),
+        ],
+    };
+    let hostile = rng.f64() * 0.5;
+    let mut m = fill(rng, &fields, 0.4, hostile);
+    // What exec and network create need, nearly always there.
+    if kind < 2 && rng.u8(..10) != 0 {
+        let (k, vals) = &fields[if kind == 0 { 5 } else { 0 }];
+        m.entry(k.to_string()).or_insert_with(|| vals[0].clone());
+    }
+    serde_json::to_vec(&Value::Object(m)).unwrap_or_default()
+}
+
+#[test]
+fn docker_bodies() {
+    let hosts = update_hosts();
+    fuzz(
+        &Target {
+            name: "docker_bodies",
+            dict: DOCKER_DICT,
+            json: true,
+            generate: 0.5,
+        },
+        gen_docker_bodies,
+        |data| docker_bodies_check(data, &hosts),
+    );
+}
