@@ -484,6 +484,29 @@ fn bad_input_gets_dockers_codes_and_messages() {
         "{}",
         out.stderr
     );
+    // Under 0.01 CPU the quota would be 0 (no limit at all) or under the kernel's 1 ms, and
+    // under 6 MB of memory the container is killed as it starts: refused by create and update
+    // alike, as dockerd does (found by the docker_create fuzz target), and nothing is made.
+    let before = d.docker(&["ps", "-aq"]).ok().to_string();
+    for (args, says) in [
+        (
+            vec!["update", "--cpus", "0.001", "bad"],
+            "Range of CPUs is from 0.01",
+        ),
+        (
+            vec!["create", "--cpus", "0.001", IMAGE],
+            "Range of CPUs is from 0.01",
+        ),
+        (
+            vec!["create", "-m", "1k", IMAGE],
+            "Minimum memory limit allowed is 6MB",
+        ),
+    ] {
+        let out = d.docker(&args);
+        assert_ne!(out.code, 0, "{args:?}");
+        assert!(out.stderr.contains(says), "{args:?}: {}", out.stderr);
+    }
+    assert_eq!(d.docker(&["ps", "-aq"]).ok().to_string(), before);
     let out = d.docker(&["update", "--restart", "sometimes", "bad"]);
     assert_ne!(out.code, 0);
     let (code, _, body) = d.docker_http(
