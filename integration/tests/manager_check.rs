@@ -413,6 +413,74 @@ impl Drop for BundleCgroup {
     }
 }
 
+/// Runs the runtime's create of `id` under `rt_root` and SIGKILLs it (a createRuntime hook)
+/// once the cgroup exists and the init is cloned: the state dir has `creating-cgroup.json` and
+/// no `state.json`. Returns the dir, the bundle's cgroup path and the bundle.
+fn a_cut_short_create(
+    rt_root: &Path,
+    id: &str,
+) -> (PathBuf, String, berth_integration::runtime::Bundle) {
+    let mut bundle = berth_integration::runtime::Bundle::new().unwrap();
+    bundle.args(&["sleep", "1000"]);
+    bundle.config_mut()["hooks"] = serde_json::json!({
+        "createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", "kill -9 $PPID"]}]
+    });
+    bundle.save().unwrap();
+    let cgroup = bundle.cgroup_path().to_string();
+    let out = Command::new(bins::berth_runc())
+        .arg("--root")
+        .arg(rt_root)
+        .args(["create", "--bundle"])
+        .arg(bundle.path())
+        .arg(id)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the create was not killed: {out:?}");
+    let dir = rt_root.join(id);
+    assert!(
+        dir.join("creating-cgroup.json").is_file() && !dir.join("state.json").exists(),
+        "no cut-short create in {}",
+        dir.display()
+    );
+    (dir, cgroup, bundle)
+}
+
+/// A create cut short while berthd runs (a runtime killed mid-create) is reported by the check
+/// once it is older than the grace period, and `--repair` has the runtime delete its state dir
+/// and the cgroup it recorded.
+#[test]
+fn a_create_cut_short_while_berthd_runs_is_reported_and_repaired() {
+    let ns = unique("chk");
+    let (d, _img) = daemon(&ns);
+    let _g = Cleanup::new(&d, &ns);
+    let id = unique("cut");
+    let rt_root = d.state().join("runtime").join(&ns);
+    let (dir, cgroup, _bundle) = a_cut_short_create(&rt_root, &id);
+    let _cg = BundleCgroup(cgroup.clone());
+    assert!(
+        !berth_integration::runtime::kernel::cgroup_dirs(&cgroup).is_empty(),
+        "the create made no cgroup"
+    );
+    // Young: a create may still be under way.
+    let out = d.berth(&ns, &["check"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    age(&dir);
+    let out = d.berth(&ns, &["check"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    let line = format!("unfinished-runtime-state {ns}/{id}: ");
+    assert!(out.stdout.lines().any(|l| l.starts_with(&line)), "{out:?}");
+    let out = d.berth(&ns, &["check", "--repair"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("re-check clean"), "{out:?}");
+    assert!(!dir.exists(), "{} still there", dir.display());
+    assert_eq!(
+        berth_integration::runtime::kernel::cgroup_dirs(&cgroup),
+        Vec::<PathBuf>::new(),
+        "the recorded cgroup is left"
+    );
+    assert_eq!(d.berth(&ns, &["check"]).code, 0);
+}
+
 /// A create killed before it saved state.json leaves the runtime's state dir and the cgroup it
 /// recorded (every later create of that id failed "already exists"). berthd's next start has
 /// the runtime delete both, and removes an interrupted build's work dir, before its socket
@@ -439,29 +507,8 @@ fn runtime_state_of_a_killed_create_is_removed_before_berthd_serves() {
     let ns = unique("chk");
     let rt_root = d.state().join("runtime").join(&ns);
     let id = unique("cut");
-    let mut bundle = berth_integration::runtime::Bundle::new().unwrap();
-    bundle.args(&["sleep", "1000"]);
-    bundle.config_mut()["hooks"] = serde_json::json!({
-        "createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", "kill -9 $PPID"]}]
-    });
-    bundle.save().unwrap();
-    let cgroup = bundle.cgroup_path().to_string();
+    let (dir, cgroup, _bundle) = a_cut_short_create(&rt_root, &id);
     let _cg = BundleCgroup(cgroup.clone());
-    let out = Command::new(bins::berth_runc())
-        .arg("--root")
-        .arg(&rt_root)
-        .args(["create", "--bundle"])
-        .arg(bundle.path())
-        .arg(&id)
-        .output()
-        .unwrap();
-    assert!(!out.status.success(), "the create was not killed: {out:?}");
-    let dir = rt_root.join(&id);
-    assert!(
-        dir.join("creating-cgroup.json").is_file() && !dir.join("state.json").exists(),
-        "no cut-short create in {}",
-        dir.display()
-    );
     let cgroups = berth_integration::runtime::kernel::cgroup_dirs(&cgroup);
     assert!(!cgroups.is_empty(), "the create made no cgroup");
     // The runtime's own compiled seccomp filters beside the state dirs: not a container.

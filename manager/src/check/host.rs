@@ -162,6 +162,36 @@ pub(super) fn check(
         );
     }
 
+    // The runtime's state of creates cut short (no state.json): berthd removes them when it
+    // starts; one found while it runs is a create killed since (a runtime or supervisor killed
+    // mid-create). Each keeps the cgroup it recorded and blocks that id.
+    for (root, id) in unfinished_runtime_state(state) {
+        let dir = root.join(&id);
+        if young(&dir, grace) {
+            continue;
+        }
+        let mut detail = format!(
+            "{} has no state.json: a create that was cut short",
+            dir.display()
+        );
+        let mut repaired = false;
+        if repair {
+            match runtime_delete(&root, &id) {
+                Ok(()) if !dir.exists() => {
+                    detail.push_str("; the runtime deleted it and the cgroup it recorded");
+                    repaired = true;
+                }
+                Ok(()) => detail.push_str("; the runtime's delete left it"),
+                Err(e) => detail.push_str(&format!("; not removed: {e}")),
+            }
+        }
+        let what = match root.strip_prefix(&runtime) {
+            Ok(ns) => format!("{}/{id}", ns.display()),
+            Err(_) => format!("build/{id}"),
+        };
+        add("unfinished-runtime-state", what, detail, repaired);
+    }
+
     // Mounts under the state dir (read again: repairs above unmounted some).
     let netns = state.join("netns");
     let tmpmounts = state.join("tmpmounts");
@@ -315,26 +345,9 @@ pub fn recover_unfinished_tasks(state: &Path) -> Vec<String> {
 /// Without this, each such dir kept a cgroup and made every later create of that id fail
 /// with "already exists". Returns what was removed, as `root/id: what was done`.
 pub fn recover_unfinished_runtime_state(state: &Path) -> Vec<String> {
-    let mut dirs: Vec<(PathBuf, String)> = children2(&state.join("runtime"))
-        .into_iter()
-        .map(|(ns, id, _)| (state.join("runtime").join(ns), id))
-        .collect();
-    let builds = state.join("builds").join("runtime");
-    for e in std::fs::read_dir(&builds).into_iter().flatten().flatten() {
-        if e.file_type().is_ok_and(|t| t.is_dir()) {
-            dirs.push((builds.clone(), e.file_name().to_string_lossy().into_owned()));
-        }
-    }
     let mut done = Vec::new();
-    for (root, id) in dirs {
+    for (root, id) in unfinished_runtime_state(state) {
         let dir = root.join(&id);
-        if id == RUNTIME_SECCOMP_CACHE || dir.join("state.json").is_file() {
-            continue;
-        }
-        if locked(&dir) {
-            tracing::info!(dir = %dir.display(), "runtime state without state.json is locked: a create still runs, left");
-            continue;
-        }
         let what = format!("{}/{id}", root.display());
         match runtime_delete(&root, &id) {
             Ok(()) if !dir.exists() => {
@@ -350,6 +363,33 @@ pub fn recover_unfinished_runtime_state(state: &Path) -> Vec<String> {
         }
     }
     done
+}
+
+/// The runtime's state dirs without `state.json` and not locked — creates cut short — under
+/// `<state>/runtime/<ns>/` and `<state>/builds/runtime/`, as (the runtime's root, id).
+fn unfinished_runtime_state(state: &Path) -> Vec<(PathBuf, String)> {
+    let mut dirs: Vec<(PathBuf, String)> = children2(&state.join("runtime"))
+        .into_iter()
+        .map(|(ns, id, _)| (state.join("runtime").join(ns), id))
+        .collect();
+    let builds = state.join("builds").join("runtime");
+    for e in std::fs::read_dir(&builds).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            dirs.push((builds.clone(), e.file_name().to_string_lossy().into_owned()));
+        }
+    }
+    dirs.retain(|(root, id)| {
+        let dir = root.join(id);
+        if id == RUNTIME_SECCOMP_CACHE || dir.join("state.json").is_file() {
+            return false;
+        }
+        if locked(&dir) {
+            tracing::info!(dir = %dir.display(), "runtime state without state.json is locked: a create still runs, left");
+            return false;
+        }
+        true
+    });
+    dirs
 }
 
 /// The directory berth-runc keeps compiled seccomp filters in, beside the containers' state
