@@ -18,8 +18,10 @@ use super::errors::ApiError;
 use super::server::{self, line, Chunk, Filters, Reply, Req};
 use super::{images, Api, NAMESPACE};
 
-/// Events kept for `since` (dockerd keeps 256).
-pub const RING: usize = 1024;
+/// Events kept for `since`: 256, as dockerd. Each holds its actor's attributes (a compose
+/// container's carry a dozen labels), about 1.5 KB; 1,024 of them were most of what berthd's
+/// RSS grew over a long client session (`hack/bench-rss.sh`).
+pub const RING: usize = 256;
 
 /// One event.
 #[derive(Debug, Clone, PartialEq, Eq)]
