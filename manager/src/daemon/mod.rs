@@ -30,11 +30,13 @@ use config::Config;
 /// Runs the daemon until SIGTERM or SIGINT: opens the stores, binds the socket, serves, then
 /// stops accepting, lets in-flight requests finish and removes the socket.
 pub fn run(config: Config) -> Result<()> {
-    // Few malloc arenas: blocking threads come and go, and each arena they leave behind keeps
-    // its freed pages, which is most of an idle daemon's RSS after an import.
+    // One malloc arena: blocking threads come and go, and each arena they leave behind keeps
+    // its freed pages, which is most of an idle daemon's RSS after an import. With two, the
+    // second one's fragments held 2-3 MB after a long client session (`hack/bench-rss.sh`);
+    // the blocking threads are few and mostly wait on the disk, so they rarely contend.
     // SAFETY: mallopt only sets allocator tunables; called before any other thread exists.
     unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_ARENA_MAX, 1);
     }
     // One thread for all async work; the store's blocking calls run on a small pool that shrinks
     // back to nothing when idle. This keeps idle RSS small.
@@ -126,6 +128,7 @@ async fn serve(config: Config) -> Result<()> {
         "berthd serving"
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let trimmer = tokio::spawn(conns::trim_when_quiet());
     let docker_task = docker.map(|(path, l, api)| {
         (
             path,
@@ -162,6 +165,7 @@ async fn serve(config: Config) -> Result<()> {
             tracing::warn!(error = %e, "removing the Docker API socket");
         }
     }
+    trimmer.abort();
     res.context("serving gRPC")?;
     tracing::info!("berthd stopped");
     Ok(())
