@@ -374,59 +374,143 @@ pub fn read_in_root(root: &Path, path: &str) -> Option<String> {
 
 /// Resolves `user[:group]` (names or ids) against the rootfs' /etc/passwd and /etc/group, as
 /// Docker does: a name must exist; a uid alone gets its passwd group (else gid = uid for
-/// COPY --chown, 0 for RUN as Docker). Returns (uid, gid, additional gids).
+/// COPY --chown, 0 for RUN as Docker). Returns (uid, gid).
 pub fn resolve_user(
     root: &Path,
     spec: &str,
     default_gid_is_uid: bool,
 ) -> Result<(u32, u32), String> {
-    let (user, group) = match spec.split_once(':') {
-        Some((u, g)) => (u, Some(g)),
+    let (passwd, group) = user_files(root);
+    exec_user(&passwd, &group, spec, &[], default_gid_is_uid).map(|u| (u.uid, u.gid))
+}
+
+/// A process's identity as a container's own files give it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecUser {
+    /// The user id.
+    pub uid: u32,
+    /// The primary group id.
+    pub gid: u32,
+    /// Supplementary groups: those listing the user in /etc/group (when no group was given),
+    /// then `group_add`'s; sorted, without repeats.
+    pub additional_gids: Vec<u32>,
+    /// The passwd entry's home directory (`/` when the user has no entry).
+    pub home: String,
+}
+
+/// Resolves what a container runs as (`docker run -u`, the image's `USER`, `--group-add`)
+/// against its rootfs, as dockerd does with runc's libcontainer/user at start: [`exec_user`]
+/// over the rootfs' /etc/passwd and /etc/group, read with `openat2(RESOLVE_IN_ROOT)` so that
+/// a symlink there never leads to the host's files.
+pub fn resolve_exec_user(
+    root: &Path,
+    spec: &str,
+    group_add: &[String],
+) -> Result<ExecUser, String> {
+    let (passwd, group) = user_files(root);
+    exec_user(&passwd, &group, spec, group_add, false)
+}
+
+fn user_files(root: &Path) -> (String, String) {
+    (
+        read_in_root(root, "/etc/passwd").unwrap_or_default(),
+        read_in_root(root, "/etc/group").unwrap_or_default(),
+    )
+}
+
+/// libcontainer's `GetExecUser` and `GetAdditionalGroups` over the text of /etc/passwd and
+/// /etc/group: an empty user is uid 0; a name must have a passwd entry, a uid need not (its
+/// gid is then 0, or the uid with `default_gid_is_uid`); an explicit group (name or gid) is the
+/// primary group and leaves out the supplementary ones; a `group_add` entry is a group name or
+/// gid, a name that is not in /etc/group being an error.
+pub fn exec_user(
+    passwd: &str,
+    group: &str,
+    spec: &str,
+    group_add: &[String],
+    default_gid_is_uid: bool,
+) -> Result<ExecUser, String> {
+    let (user, grp) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g).filter(|g| !g.is_empty())),
         None => (spec, None),
     };
-    let passwd = read_in_root(root, "/etc/passwd").unwrap_or_default();
-    let groups = read_in_root(root, "/etc/group").unwrap_or_default();
-    let entry = |line: &str| -> Option<(String, u32, u32)> {
-        let f: Vec<&str> = line.split(':').collect();
-        if f.len() < 4 {
-            return None;
+    let user = if user.is_empty() { "0" } else { user };
+    // name, uid, gid, home
+    let entries: Vec<(&str, u32, u32, &str)> = passwd
+        .lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split(':').collect();
+            if f.len() < 4 {
+                return None;
+            }
+            let home = f.get(5).copied().unwrap_or("");
+            Some((f[0], f[2].parse().ok()?, f[3].parse().ok()?, home))
+        })
+        .collect();
+    // name, gid, members
+    let groups: Vec<(&str, u32, Vec<&str>)> = group
+        .lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split(':').collect();
+            if f.len() < 3 {
+                return None;
+            }
+            let members = f
+                .get(3)
+                .map(|m| m.split(',').filter(|m| !m.is_empty()).collect())
+                .unwrap_or_default();
+            Some((f[0], f[2].parse().ok()?, members))
+        })
+        .collect();
+    let matched = match user.parse::<u32>() {
+        Ok(uid) => entries.iter().find(|e| e.1 == uid),
+        Err(_) => entries.iter().find(|e| e.0 == user),
+    };
+    let (uid, pw_gid, name, home) = match (matched, user.parse::<u32>()) {
+        (Some(&(n, u, g, h)), _) => (u, Some(g), Some(n), h.to_string()),
+        (None, Ok(uid)) => (uid, None, None, "/".to_string()),
+        (None, Err(_)) => {
+            return Err(format!(
+                "unable to find user {user}: no matching entries in passwd file"
+            ))
         }
-        Some((f[0].to_string(), f[2].parse().ok()?, f[3].parse().ok()?))
     };
-    let (uid, pw_gid) = if let Ok(uid) = user.parse::<u32>() {
-        let gid = passwd
-            .lines()
-            .filter_map(entry)
-            .find(|(_, u, _)| *u == uid)
-            .map(|(_, _, g)| g);
-        (uid, gid)
-    } else {
-        let (_, u, g) = passwd
-            .lines()
-            .filter_map(entry)
-            .find(|(n, _, _)| n == user)
-            .ok_or_else(|| {
-                format!("unable to find user {user}: no matching entries in passwd file")
-            })?;
-        (u, Some(g))
-    };
-    let gid = match group {
-        None => pw_gid.unwrap_or(if default_gid_is_uid { uid } else { 0 }),
+    let mut additional = Vec::new();
+    let gid = match grp {
+        None => {
+            if let Some(n) = name {
+                additional.extend(groups.iter().filter(|g| g.2.contains(&n)).map(|g| g.1));
+            }
+            pw_gid.unwrap_or(if default_gid_is_uid { uid } else { 0 })
+        }
         Some(g) => match g.parse::<u32>() {
             Ok(g) => g,
             Err(_) => groups
-                .lines()
-                .filter_map(|l| {
-                    let f: Vec<&str> = l.split(':').collect();
-                    (f.len() >= 3 && f[0] == g).then(|| f[2].parse::<u32>().ok())?
-                })
-                .next()
+                .iter()
+                .find(|e| e.0 == g)
+                .map(|e| e.1)
                 .ok_or_else(|| {
                     format!("unable to find group {g}: no matching entries in group file")
                 })?,
         },
     };
-    Ok((uid, gid))
+    for g in group_add {
+        let gid = match groups.iter().find(|e| e.0 == g || e.1.to_string() == *g) {
+            Some(e) => e.1,
+            None => g
+                .parse::<u32>()
+                .map_err(|_| format!("Unable to find group {g}"))?,
+        };
+        additional.push(gid);
+    }
+    additional.sort_unstable();
+    additional.dedup();
+    Ok(ExecUser {
+        uid,
+        gid,
+        additional_gids: additional,
+        home,
+    })
 }
 
 /// A digest of the files under `path` (a source of COPY/ADD): names, kinds, modes, owners,
@@ -514,6 +598,81 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const PASSWD: &str =
+        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1001:App:/home/app:/bin/sh\nbad line\n";
+    const GROUP: &str =
+        "root:x:0:\nwheel:x:10:root,app\napp:x:1001:\naudio:x:29:app\nstaff:x:50:\n";
+
+    fn user(spec: &str, add: &[&str]) -> Result<ExecUser, String> {
+        let add: Vec<String> = add.iter().map(|s| s.to_string()).collect();
+        exec_user(PASSWD, GROUP, spec, &add, false)
+    }
+
+    #[test]
+    fn users_resolve_as_libcontainer_does() {
+        let u = user("app", &[]).unwrap();
+        assert_eq!((u.uid, u.gid, u.home.as_str()), (1000, 1001, "/home/app"));
+        assert_eq!(u.additional_gids, [10, 29]);
+        // An empty user is root, with root's groups.
+        let r = user("", &[]).unwrap();
+        assert_eq!((r.uid, r.gid, r.additional_gids), (0, 0, vec![10]));
+        assert_eq!(r.home, "/root");
+        // A uid finds its entry; one without an entry is gid 0, home /, no groups.
+        assert_eq!(user("1000", &[]).unwrap(), u);
+        let n = user("4242", &[]).unwrap();
+        assert_eq!((n.uid, n.gid, n.home.as_str()), (4242, 0, "/"));
+        assert!(n.additional_gids.is_empty());
+        // An explicit group (name or gid) is the primary one and drops the supplementary.
+        let g = user("app:staff", &[]).unwrap();
+        assert_eq!((g.uid, g.gid), (1000, 50));
+        assert!(g.additional_gids.is_empty());
+        assert_eq!(user("app:77", &[]).unwrap().gid, 77);
+        assert_eq!(user("4242:audio", &[]).unwrap().gid, 29);
+        // "app:" is "app".
+        assert_eq!(user("app:", &[]).unwrap(), u);
+        // --group-add: names or gids, with or without entries, no repeats.
+        let a = user("app", &["staff", "10", "5000"]).unwrap();
+        assert_eq!(a.additional_gids, [10, 29, 50, 5000]);
+        assert_eq!(user("app:staff", &["audio"]).unwrap().additional_gids, [29]);
+        // COPY --chown's default group for a uid without an entry.
+        assert_eq!(exec_user("", "", "7", &[], true).unwrap().gid, 7);
+    }
+
+    #[test]
+    fn unknown_users_and_groups_are_named() {
+        assert_eq!(
+            user("nobody", &[]).unwrap_err(),
+            "unable to find user nobody: no matching entries in passwd file"
+        );
+        assert_eq!(
+            exec_user("", "", "app", &[], false).unwrap_err(),
+            "unable to find user app: no matching entries in passwd file"
+        );
+        assert_eq!(
+            user("app:nogroup", &[]).unwrap_err(),
+            "unable to find group nogroup: no matching entries in group file"
+        );
+        assert_eq!(
+            user("app", &["video"]).unwrap_err(),
+            "Unable to find group video"
+        );
+    }
+
+    #[test]
+    fn user_files_are_read_inside_the_root() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("root");
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        let host = d.path().join("host-passwd");
+        std::fs::write(&host, "hostonly:x:4321:4321::/h:/bin/sh\n").unwrap();
+        // Relative and absolute links out of the root both stay inside it.
+        let rel = format!("../..{}", host.display());
+        std::os::unix::fs::symlink(&rel, root.join("etc/passwd")).unwrap();
+        std::os::unix::fs::symlink(&host, root.join("etc/group")).unwrap();
+        let e = resolve_exec_user(&root, "hostonly", &[]).unwrap_err();
+        assert!(e.contains("unable to find user hostonly"), "{e}");
+    }
 
     #[test]
     fn globs_match_like_go() {
