@@ -15,6 +15,12 @@ fn daemon(ns: &str) -> Daemon {
     for a in ["bin/echo", "bin/sleep", "bin/true", "bin/env"] {
         entries.push(Entry::Symlink(a, "busybox"));
     }
+    entries.push(Entry::Dir("etc", 0o755));
+    entries.push(Entry::File(
+        "etc/passwd",
+        0o644,
+        b"root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n".to_vec(),
+    ));
     let img = Image::new(
         IMAGE,
         vec![
@@ -112,6 +118,22 @@ fn berth_run_rm_prints_output_and_returns_the_exit_code() {
         "{out:?}"
     );
     d.berth(&ns, &["containers", "rm", &kept]).ok();
+    // --user NAME: berthd resolves it in the container's /etc/passwd (HOME too).
+    let out = d.berth(
+        &ns,
+        &[
+            "run",
+            "--rm",
+            "--user",
+            "app",
+            IMAGE,
+            &unique("c"),
+            "sh",
+            "-c",
+            "busybox id -u; busybox id -g; echo $HOME",
+        ],
+    );
+    assert_eq!(out.ok(), "1000\n1000\n/home/app\n");
     assert_clean(&d, &ns);
 }
 
@@ -269,7 +291,12 @@ fn berth_run_bad_input_is_refused_and_cleaned() {
             "true",
         ],
     );
-    assert!(out.err().contains("--user"), "{out:?}");
+    assert!(
+        out.err()
+            .contains("unable to find user nobody: no matching entries in passwd file"),
+        "{out:?}"
+    );
+    assert_clean(&d, &ns);
     let out = d.berth(
         &ns,
         &[

@@ -43,9 +43,13 @@ pub struct Args {
     /// Working directory.
     #[arg(long)]
     pub cwd: Option<String>,
-    /// UID[:GID] to run as.
+    /// USER[:GROUP] to run as, names or ids (berthd resolves names against the container's
+    /// /etc/passwd and /etc/group when it starts it, as Docker does).
     #[arg(long, short = 'u')]
     pub user: Option<String>,
+    /// More supplementary groups (names or gids), as Docker's `--group-add`.
+    #[arg(long)]
+    pub group_add: Vec<String>,
     /// Mounts, Docker's syntax: `type=volume|bind|tmpfs,source=…,target=…[,readonly]…`
     /// (or SRC:DST[:ro], a bind).
     #[arg(long)]
@@ -112,6 +116,7 @@ pub fn spec(ns: &str, a: &Args, cfg: &Value) -> Result<Value> {
         env: a.env.clone(),
         cwd: a.cwd.clone(),
         user: a.user.clone(),
+        group_add: a.group_add.clone(),
         tty: a.tty,
         memory: a.memory,
         cpus: a.cpus,
@@ -432,8 +437,8 @@ mod tests {
     #[test]
     fn bad_flags_are_refused_by_name() {
         let cfg = json!({"Cmd": ["x"]});
-        let e = spec("ns", &args(&["--user", "bob", "img", "c"]), &cfg).unwrap_err();
-        assert!(format!("{e:#}").contains("--user"), "{e:#}");
+        let e = spec("ns", &args(&["--group-add", "a,b", "img", "c"]), &cfg).unwrap_err();
+        assert!(format!("{e:#}").contains("--group-add"), "{e:#}");
         let e = spec("ns", &args(&["--mount", "rel:/x", "img", "c"]), &cfg).unwrap_err();
         assert!(format!("{e:#}").contains("--mount"), "{e:#}");
         let e = spec("ns", &args(&["img", "c"]), &json!({})).unwrap_err();

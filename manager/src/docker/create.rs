@@ -80,6 +80,8 @@ const HOST_FIELDS: &[&str] = &[
     "ConsoleSize",
     "Privileged",
     "Init",
+    // Resolved with the user at start (`crate::tasks::user`).
+    "GroupAdd",
     // Defaults that ask for what berthd does anyway.
     "IpcMode",
     "PidMode",
@@ -526,6 +528,7 @@ pub fn plan(name: &str, platform: Option<&str>, body: &Value) -> Result<Plan, Ap
         env: strs(&config["Env"], "Env")?,
         cwd: config["WorkingDir"].as_str().map(str::to_string),
         user: config["User"].as_str().map(str::to_string),
+        group_add: strs(&host["GroupAdd"], "HostConfig.GroupAdd")?,
         tty: config["Tty"].as_bool().unwrap_or(false),
         memory: int(&host["Memory"], "HostConfig.Memory")?,
         memory_swap: int(&host["MemorySwap"], "HostConfig.MemorySwap")?,

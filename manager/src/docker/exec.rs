@@ -454,14 +454,62 @@ struct Streams {
 
 /// The process an exec runs: the container's own process with the exec's command, terminal,
 /// environment, directory and user.
-fn exec_process(c: &berth_store::metadata::Container, cfg: &ExecConfig) -> Result<Value, ApiError> {
-    let spec: Value = c
-        .spec
+/// The container record's spec (null when it has none).
+fn record_spec(c: &berth_store::metadata::Container) -> Result<Value, ApiError> {
+    Ok(c.spec
         .as_ref()
         .map(|s| serde_json::from_slice(&s.value))
         .transpose()
         .map_err(|e| ApiError::internal(format!("the container's spec is not JSON: {e}")))?
-        .unwrap_or(Value::Null);
+        .unwrap_or(Value::Null))
+}
+
+/// Who an exec runs as, as dockerd decides: `-u` resolved against the container's files (with
+/// its `--group-add`), else the container's own process user as its start resolved it (the
+/// task's config.json in `bundle`; `None` when that cannot be read: the record's user stays).
+fn exec_user(
+    bundle: &Path,
+    asked: &str,
+    group_add: &[String],
+) -> Result<Option<crate::build::fsops::ExecUser>, String> {
+    if !asked.is_empty() {
+        return crate::build::fsops::resolve_exec_user(&bundle.join("rootfs"), asked, group_add)
+            .map(Some);
+    }
+    let Some(cfg) = std::fs::read(bundle.join("config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+    else {
+        return Ok(None);
+    };
+    let p = &cfg["process"];
+    let id = |v: &Value| v.as_u64().and_then(|n| u32::try_from(n).ok());
+    let (Some(uid), Some(gid)) = (id(&p["user"]["uid"]), id(&p["user"]["gid"])) else {
+        return Ok(None);
+    };
+    let home = p["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .find_map(|e| e.strip_prefix("HOME="))
+        .unwrap_or("/")
+        .to_string();
+    Ok(Some(crate::build::fsops::ExecUser {
+        uid,
+        gid,
+        additional_gids: p["user"]["additionalGids"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(id)
+            .collect(),
+        home,
+    }))
+}
+
+fn exec_process(c: &berth_store::metadata::Container, cfg: &ExecConfig) -> Result<Value, ApiError> {
+    let spec = record_spec(c)?;
     let mut p = spec
         .get("process")
         .cloned()
@@ -640,18 +688,17 @@ async fn prepare_and_start(
     cfg: &ExecConfig,
 ) -> Result<Streams, ApiError> {
     let mut process = exec_process(c, cfg)?;
-    if !cfg.user.is_empty() {
-        let rootfs = crate::tasks::bundle::Bundle::new(api.state.state_dir(), NAMESPACE, &c.id)
-            .dir
-            .join("rootfs");
-        let user = cfg.user.clone();
-        let (uid, gid) = tokio::task::spawn_blocking(move || {
-            crate::build::fsops::resolve_user(&rootfs, &user, false)
-        })
+    let bundle = crate::tasks::bundle::Bundle::new(api.state.state_dir(), NAMESPACE, &c.id).dir;
+    let (user, group_add) = (
+        cfg.user.clone(),
+        crate::tasks::user::group_add(&record_spec(c)?),
+    );
+    let resolved = tokio::task::spawn_blocking(move || exec_user(&bundle, &user, &group_add))
         .await
         .map_err(|e| ApiError::internal(format!("task failed: {e}")))?
         .map_err(ApiError::bad_request)?;
-        process["user"] = json!({"uid": uid, "gid": gid});
+    if let Some(u) = resolved {
+        crate::tasks::user::set_user(&mut process, &u);
     }
     let fifos = Fifos::new(api.state.state_dir(), id)?;
     let path = |p: &Option<PathBuf>| {

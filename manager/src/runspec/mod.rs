@@ -13,6 +13,8 @@ pub mod seccomp;
 
 use serde_json::{json, Value};
 
+use crate::tasks::user::{ANNOTATION_GROUP_ADD, ANNOTATION_USER};
+
 /// Docker's default capabilities.
 pub const CAPS: &[&str] = &[
     "CAP_CHOWN",
@@ -134,8 +136,8 @@ pub enum Field {
     Command,
     /// An environment entry.
     Env,
-    /// The user.
-    User,
+    /// Supplementary groups to add.
+    GroupAdd,
     /// The memory limit.
     Memory,
     /// The memory+swap limit.
@@ -164,7 +166,7 @@ impl Field {
         match self {
             Field::Command => "command",
             Field::Env => "--env",
-            Field::User => "--user",
+            Field::GroupAdd => "--group-add",
             Field::Memory => "--memory",
             Field::MemorySwap => "--memory-swap",
             Field::Cpus => "--cpus",
@@ -183,7 +185,7 @@ impl Field {
         match self {
             Field::Command => "Cmd",
             Field::Env => "Env",
-            Field::User => "User",
+            Field::GroupAdd => "HostConfig.GroupAdd",
             Field::Memory => "HostConfig.Memory",
             Field::MemorySwap => "HostConfig.MemorySwap",
             Field::Cpus => "HostConfig.NanoCpus",
@@ -237,8 +239,11 @@ pub struct RunOptions {
     pub env: Vec<String>,
     /// Working directory.
     pub cwd: Option<String>,
-    /// `UID[:GID]`.
+    /// `USER[:GROUP]`, names or ids, resolved against the container's own files when its
+    /// task is made (`crate::tasks::user`); `None` or empty: the image's, else root.
     pub user: Option<String>,
+    /// Docker's `--group-add`: more supplementary groups (names or gids).
+    pub group_add: Vec<String>,
     /// A terminal.
     pub tty: bool,
     /// Memory limit, bytes.
@@ -353,29 +358,39 @@ fn capabilities(add: &[String], drop: &[String]) -> Result<Vec<String>, SpecErro
     Ok(caps)
 }
 
-/// Parses `UID[:GID]` (numeric: a name would need the image's /etc/passwd).
-pub fn parse_user(user: &str) -> Result<(u32, u32), SpecError> {
-    let numeric = || {
-        bad(
-            Field::User,
-            format!("{user:?}: only a numeric UID[:GID] is supported"),
-        )
-    };
+/// The ids a spec carries before berthd resolves the user at task create: `UID[:GID]` as
+/// given (a uid alone: gid = uid), else nobody's 65534, never root, for whatever would run it
+/// without resolving (the user as asked is in `tasks::user::ANNOTATION_USER`).
+fn placeholder_ids(user: &str) -> (u32, u32) {
+    const NOBODY: u32 = 65534;
     let (u, g) = match user.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (user, None),
     };
-    let Ok(uid) = u.parse::<u32>() else {
-        return numeric();
+    let uid = if u.is_empty() {
+        Ok(0)
+    } else {
+        u.parse::<u32>()
     };
-    let gid = match g {
-        Some(g) => match g.parse::<u32>() {
-            Ok(g) => g,
-            Err(_) => return numeric(),
-        },
-        None => uid,
-    };
-    Ok((uid, gid))
+    match (uid, g.map(str::parse::<u32>)) {
+        (Ok(uid), None) => (uid, uid),
+        (Ok(uid), Some(Ok(gid))) => (uid, gid),
+        _ => (NOBODY, NOBODY),
+    }
+}
+
+/// A group of `--group-add`: a name or a gid, not empty, no comma (the annotation's separator)
+/// nor colon (/etc/group's).
+fn check_group_add(groups: &[String]) -> Result<(), SpecError> {
+    for g in groups {
+        if g.is_empty() || g.contains([',', ':']) || g.chars().any(char::is_whitespace) {
+            return bad(
+                Field::GroupAdd,
+                format!("{g:?}: a group is a name or a numeric gid"),
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The capabilities of a privileged container: as Docker's, every one the engine may hand
@@ -523,8 +538,9 @@ pub fn spec(ns: &str, id: &str, o: &RunOptions, image: &Value) -> Result<Value, 
         .clone()
         .filter(|u| !u.is_empty())
         .or_else(|| nonempty("User"))
-        .unwrap_or_else(|| "0".into());
-    let (uid, gid) = parse_user(&user)?;
+        .unwrap_or_default();
+    let (uid, gid) = placeholder_ids(&user);
+    check_group_add(&o.group_add)?;
     // Every device is denied but those the runtime allows by default; privileged allows all.
     let mut resources = json!({"devices": [{"allow": o.privileged, "access": "rwm"}]});
     if let Some(m) = o.memory.filter(|m| *m != 0) {
@@ -691,8 +707,12 @@ pub fn spec(ns: &str, id: &str, o: &RunOptions, image: &Value) -> Result<Value, 
     if let Some(p) = seccomp {
         spec["linux"]["seccomp"] = p;
     }
+    spec["annotations"] = json!({ANNOTATION_USER: user});
+    if !o.group_add.is_empty() {
+        spec["annotations"][ANNOTATION_GROUP_ADD] = json!(o.group_add.join(","));
+    }
     if o.init {
-        spec["annotations"] = json!({ANNOTATION_INIT: INIT_PATH});
+        spec["annotations"][ANNOTATION_INIT] = json!(INIT_PATH);
     }
     if o.privileged {
         privileged(&mut spec);
@@ -728,6 +748,27 @@ mod tests {
         };
         let s = spec("ns", "c1", &o, &cfg).unwrap();
         assert_eq!(s["process"]["args"], json!(["/bin/other"]));
+    }
+
+    #[test]
+    fn the_user_as_asked_goes_to_berthd_in_the_annotations() {
+        let cfg = json!({"Cmd": ["id"], "User": "app"});
+        let s = spec("ns", "c", &RunOptions::default(), &cfg).unwrap();
+        assert_eq!(s["annotations"][ANNOTATION_USER], "app");
+        // Never root before berthd resolves the name.
+        assert_eq!(s["process"]["user"], json!({"uid": 65534, "gid": 65534}));
+        let o = RunOptions {
+            user: Some("7:staff".into()),
+            group_add: vec!["audio".into(), "50".into()],
+            ..Default::default()
+        };
+        let s = spec("ns", "c", &o, &cfg).unwrap();
+        assert_eq!(s["annotations"][ANNOTATION_USER], "7:staff");
+        assert_eq!(s["annotations"][ANNOTATION_GROUP_ADD], "audio,50");
+        let s = spec("ns", "c", &RunOptions::default(), &json!({"Cmd": ["id"]})).unwrap();
+        assert_eq!(s["annotations"][ANNOTATION_USER], "");
+        assert_eq!(s["process"]["user"], json!({"uid": 0, "gid": 0}));
+        assert!(s["annotations"][ANNOTATION_GROUP_ADD].is_null());
     }
 
     #[test]
@@ -804,7 +845,7 @@ mod tests {
         assert_eq!(s["process"]["args"], json!([INIT_PATH, "--", "/ep", "x"]));
         assert_eq!(s["annotations"][ANNOTATION_INIT], INIT_PATH);
         let plain = spec("ns", "c", &RunOptions::default(), &cfg).unwrap();
-        assert!(plain["annotations"].is_null());
+        assert!(plain["annotations"][ANNOTATION_INIT].is_null());
     }
 
     #[test]
@@ -825,10 +866,10 @@ mod tests {
         let with = |o: RunOptions| spec("ns", "c", &o, &cfg).unwrap_err().field;
         assert_eq!(
             with(RunOptions {
-                user: Some("bob".into()),
+                group_add: vec!["a,b".into()],
                 ..Default::default()
             }),
-            Field::User
+            Field::GroupAdd
         );
         assert_eq!(
             with(RunOptions {

@@ -205,6 +205,7 @@ pub fn create(t: CreateTask<'_>) -> Result<TaskInfo> {
     }
     super::volumes::check_sources(&spec)?;
     super::volumes::copy_up(&spec, &rootfs)?;
+    super::user::apply(&mut spec, &rootfs)?;
     // The terminal flag on the wire wins over the spec's.
     if spec["process"].is_object() {
         spec["process"]["terminal"] = serde_json::Value::Bool(t.terminal);

@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod mounts;
 pub mod runtime;
 pub mod shim;
+pub mod user;
 pub mod volumes;
 
 use std::path::{Path, PathBuf};
