@@ -501,14 +501,35 @@ pub async fn start(api: &Api, req: Req, name: &str) -> Reply {
     if st.running() {
         return Ok(empty(StatusCode::NOT_MODIFIED));
     }
-    api.start_task(&c).await.inspect_err(|e| {
+    if let Err(e) = api.start_task(&c).await {
+        // As moby's containerStart: the error is kept, the exit code is 128 unless one was
+        // set, and an AutoRemove container goes.
         let msg = e.message.clone();
-        let (api, id) = (api.clone(), c.id.clone());
-        tokio::spawn(async move {
-            let _ = api.update_meta(&id, move |m| m.error = msg).await;
-        });
-    })?;
+        let _ = api
+            .update_meta(&c.id, move |m| {
+                m.error = msg;
+                if m.exit_code == 0 {
+                    m.exit_code = start_failure_code(&m.error);
+                }
+            })
+            .await;
+        if Meta::of(&c).host_config["AutoRemove"].as_bool() == Some(true) {
+            let _ = api.remove_container(&c.id, true).await;
+        }
+        return Err(e);
+    }
     Ok(empty(StatusCode::NO_CONTENT))
+}
+
+/// moby's exit code for a start that failed (`translateContainerdStartErr`, then 128).
+fn start_failure_code(msg: &str) -> i64 {
+    if msg.contains("executable file not found") || msg.contains("no such file or directory") {
+        127
+    } else if msg.contains("permission denied") {
+        126
+    } else {
+        128
+    }
 }
 
 fn timeout_q(req: &Req) -> Result<Option<i64>, ApiError> {

@@ -725,6 +725,10 @@ impl Api {
 
 fn start_error(id: &str, s: tonic::Status) -> ApiError {
     let msg = s.message().to_string();
+    // moby resolves the user when it makes the spec at start: a 500 with libcontainer's words.
+    if s.code() == tonic::Code::InvalidArgument && crate::tasks::user::is_unknown(&msg) {
+        return ApiError::internal(msg);
+    }
     // moby: a missing executable is a 400 with the runtime's words.
     if msg.contains("executable file not found") || msg.contains("no such file or directory") {
         return ApiError::bad_request(format!(
