@@ -497,9 +497,9 @@ pub fn exec_user(
     for g in group_add {
         let gid = match groups.iter().find(|e| e.0 == g || e.1.to_string() == *g) {
             Some(e) => e.1,
-            None => g
-                .parse::<u32>()
-                .map_err(|_| format!("Unable to find group {g}"))?,
+            None => g.parse::<u32>().map_err(|_| {
+                format!("Unable to find group {g}: no matching entries in group file")
+            })?,
         };
         additional.push(gid);
     }
@@ -655,7 +655,7 @@ mod tests {
         );
         assert_eq!(
             user("app", &["video"]).unwrap_err(),
-            "Unable to find group video"
+            "Unable to find group video: no matching entries in group file"
         );
     }
 

@@ -16,18 +16,16 @@ use crate::build::fsops::{self, ExecUser};
 
 /// The user as asked (`NAME`, `UID`, `NAME:GROUP`, ...; empty: root).
 pub const ANNOTATION_USER: &str = "berth.io/user";
-/// `--group-add`'s groups (names or gids), comma-separated.
+/// `--group-add`'s groups (names or gids), a JSON array of strings.
 pub const ANNOTATION_GROUP_ADD: &str = "berth.io/group-add";
 
-/// The groups of `spec`'s [`ANNOTATION_GROUP_ADD`].
+/// The groups of `spec`'s [`ANNOTATION_GROUP_ADD`] (none when it is missing or not a JSON
+/// array of strings).
 pub fn group_add(spec: &Value) -> Vec<String> {
     spec["annotations"][ANNOTATION_GROUP_ADD]
         .as_str()
-        .unwrap_or("")
-        .split(',')
-        .filter(|g| !g.is_empty())
-        .map(str::to_string)
-        .collect()
+        .and_then(|s| serde_json::from_str(s).ok())
+        .unwrap_or_default()
 }
 
 /// Sets `process`'s user to `u`, and HOME to its home when the environment has no HOME.
@@ -96,7 +94,7 @@ mod tests {
         let d = rootfs();
         let mut spec = json!({
             "process": {"user": {"uid": 65534, "gid": 65534}, "env": ["PATH=/bin"]},
-            "annotations": {ANNOTATION_USER: "app", ANNOTATION_GROUP_ADD: "5,wheel"}
+            "annotations": {ANNOTATION_USER: "app", ANNOTATION_GROUP_ADD: r#"["5","wheel"]"#}
         });
         apply(&mut spec, d.path()).unwrap();
         assert_eq!(
