@@ -151,6 +151,9 @@ services:
       - "127.0.0.1:18490:80"
   store:
     image: {BASE}
+    user: root
+    group_add:
+      - "777"
     volumes:
       - data:/data
     command: sh -c "echo stored > /data/f; sleep 1000"
@@ -198,6 +201,16 @@ volumes:
         );
         assert_eq!(got, "stored\n");
     }
+    // The service's user (a name) and group_add, which its exec inherits.
+    let ids = ok(
+        compose(
+            &d,
+            app,
+            &["exec", "-T", "store", "sh", "-c", "id -u; id -G"],
+        ),
+        "compose exec id",
+    );
+    assert_eq!(ids, "0\n0 777\n");
     // Scale the client, restart everything.
     ok(
         compose(&d, app, &["up", "-d", "--scale", "client=2"]),

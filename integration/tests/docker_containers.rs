@@ -330,8 +330,18 @@ fn bad_input_gets_dockers_codes_and_messages() {
         assert!(out.stderr.contains(field), "{flag:?}: {}", out.stderr);
         assert!(out.stderr.contains("not supported"), "{}", out.stderr);
     }
-    let out = d.docker(&["create", "--user", "nobody", IMAGE, "true"]);
-    assert!(out.stderr.contains("User"), "{}", out.stderr);
+    // A user name is taken at create and resolved at start, as by dockerd (docker_user.rs).
+    d.docker(&[
+        "create", "--name", "named", "--user", "nobody", IMAGE, "true",
+    ])
+    .ok();
+    let out = d.docker(&["start", "named"]);
+    assert!(
+        out.stderr.contains("unable to find user nobody"),
+        "{}",
+        out.stderr
+    );
+    d.docker(&["rm", "named"]).ok();
     let out = d.docker(&["create", "--name", "-bad", IMAGE, "true"]);
     assert!(
         out.stderr.contains("Invalid container name"),

@@ -195,33 +195,33 @@ fn an_image_user_runs_exec_inherits_and_each_start_resolves_again() {
     d.docker(&["rm", "-f", "u1"]).ok();
 }
 
+/// `docker run ARGS` fails as it does when dockerd cannot start the container: 125, with
+/// `msg` in what the CLI prints.
+#[track_caller]
+fn run_fails(d: &Berthd, args: &[&str], msg: &str) {
+    let mut a = vec!["run"];
+    a.extend_from_slice(args);
+    let out = d.docker(&a);
+    assert_eq!(out.code, 125, "{}", out.stderr);
+    assert!(out.stderr.contains(msg), "{}", out.stderr);
+}
+
 #[test]
 fn a_missing_user_fails_at_start_as_dockerd_and_leaves_nothing() {
     let d = daemon();
+    let nosuch = "unable to find user nosuch: no matching entries in passwd file";
     // create takes the name; start fails with libcontainer's words.
     d.docker(&["create", "--name", "m1", "-u", "nosuch", IMAGE, "true"])
         .ok();
     let out = d.docker(&["start", "m1"]);
     assert_ne!(out.code, 0);
-    assert!(
-        out.stderr
-            .contains("unable to find user nosuch: no matching entries in passwd file"),
-        "{}",
-        out.stderr
-    );
+    assert!(out.stderr.contains(nosuch), "{}", out.stderr);
     let id = inspect(&d, "m1", "{{.Id}}");
-    let (status, _, body) = d.docker_http(
-        "POST",
-        &format!("/v1.41/containers/{id}/start"),
-        "application/json",
-        b"",
-    );
+    let start = format!("/v1.41/containers/{id}/start");
+    let (status, _, body) = d.docker_http("POST", &start, "application/json", b"");
     assert_eq!(status, 500, "{body}");
     let msg: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(
-        msg["message"],
-        "unable to find user nosuch: no matching entries in passwd file"
-    );
+    assert_eq!(msg["message"], nosuch);
     // dockerd's state after a failed start: created, exit code 128, the error kept.
     assert_eq!(
         inspect(
@@ -229,7 +229,7 @@ fn a_missing_user_fails_at_start_as_dockerd_and_leaves_nothing() {
             "m1",
             "{{.State.Status}} {{.State.ExitCode}} {{.State.Error}}"
         ),
-        "created 128 unable to find user nosuch: no matching entries in passwd file"
+        format!("created 128 {nosuch}")
     );
     // No task bundle, no rootfs mounted, no network namespace left for it.
     assert!(!d.state().join("tasks/moby").join(&id).exists());
@@ -244,43 +244,35 @@ fn a_missing_user_fails_at_start_as_dockerd_and_leaves_nothing() {
         .map(|r| r.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();
     assert!(netns.is_empty(), "{netns:?}");
-    // docker run: the CLI's 125; --rm removes the container.
-    let out = d.docker(&["run", "--name", "m2", "-u", "app:nogroup", IMAGE, "true"]);
-    assert_eq!(out.code, 125, "{}", out.stderr);
-    assert!(
-        out.stderr
-            .contains("unable to find group nogroup: no matching entries in group file"),
-        "{}",
-        out.stderr
+    // docker run: the CLI's 125; --rm removes the container. Any group-add string is taken
+    // at create; one the container's /etc/group does not have fails at start.
+    let group = |g: &str| format!("Unable to find group {g}: no matching entries in group file");
+    run_fails(
+        &d,
+        &["--name", "m2", "-u", "app:nogroup", IMAGE, "true"],
+        "unable to find group nogroup: no matching entries in group file",
     );
-    let out = d.docker(&[
-        "run",
-        "--rm",
-        "--name",
-        "m3",
-        "--group-add",
-        "video",
-        IMAGE,
-        "true",
-    ]);
-    assert_eq!(out.code, 125, "{}", out.stderr);
-    assert!(
-        out.stderr.contains("Unable to find group video"),
-        "{}",
-        out.stderr
+    run_fails(
+        &d,
+        &[
+            "--rm",
+            "--name",
+            "m3",
+            "--group-add",
+            "video",
+            IMAGE,
+            "true",
+        ],
+        &group("video"),
+    );
+    run_fails(
+        &d,
+        &["--rm", "--group-add", "a,b", IMAGE, "true"],
+        &group("a,b"),
     );
     let names = d.docker(&["ps", "-a", "--format", "{{.Names}}"]);
     let names: BTreeSet<&str> = names.ok().lines().collect();
     assert_eq!(names, BTreeSet::from(["m1", "m2"]));
-    // Any group-add string is taken at create; one no /etc/group has fails at start.
-    let out = d.docker(&["run", "--rm", "--group-add", "a,b", IMAGE, "true"]);
-    assert_eq!(out.code, 125, "{}", out.stderr);
-    assert!(
-        out.stderr
-            .contains("Unable to find group a,b: no matching entries in group file"),
-        "{}",
-        out.stderr
-    );
     d.docker(&["rm", "m1", "m2"]).ok();
 }
 
@@ -288,18 +280,16 @@ fn a_missing_user_fails_at_start_as_dockerd_and_leaves_nothing() {
 fn a_passwd_symlinked_out_of_the_rootfs_is_read_inside_it() {
     // The host side: files that would resolve these names if they were read.
     let host = tempfile::tempdir().unwrap();
-    std::fs::write(
-        host.path().join("passwd"),
-        "hostonly:x:4321:4321::/h:/bin/sh\n",
-    )
-    .unwrap();
-    std::fs::write(host.path().join("group"), "hostgroup:x:4322:\n").unwrap();
-    let rel: &'static str = Box::leak(
-        format!("../../../../../../../..{}/passwd", host.path().display()).into_boxed_str(),
-    );
-    let abs: &'static str = Box::leak(format!("{}/group", host.path().display()).into_boxed_str());
+    let (passwd, group) = (host.path().join("passwd"), host.path().join("group"));
+    std::fs::write(&passwd, "hostonly:x:4321:4321::/h:/bin/sh\n").unwrap();
+    std::fs::write(&group, "hostgroup:x:4322:\n").unwrap();
+    // A relative link climbing out of the rootfs, and an absolute one.
+    let rel = format!("../../../../../../../..{}", passwd.display());
+    let rel: &'static str = Box::leak(rel.into_boxed_str());
+    let abs: &'static str = Box::leak(group.display().to_string().into_boxed_str());
+    let evil = "berth/user-evil:v1";
     let d = NsDaemon::docker_with_busybox(
-        "berth/user-evil:v1",
+        evil,
         APPLETS,
         vec![
             Entry::Dir("etc", 0o755),
@@ -307,39 +297,24 @@ fn a_passwd_symlinked_out_of_the_rootfs_is_read_inside_it() {
             Entry::Symlink("etc/group", abs),
         ],
     );
-    let out = d.docker(&["run", "--rm", "-u", "hostonly", "berth/user-evil:v1", "id"]);
-    assert_eq!(out.code, 125, "{}", out.stderr);
-    assert!(
-        out.stderr.contains("unable to find user hostonly"),
-        "{}",
-        out.stderr
+    run_fails(
+        &d,
+        &["--rm", "-u", "hostonly", evil, "id"],
+        "unable to find user hostonly",
     );
-    let out = d.docker(&[
-        "run",
-        "--rm",
-        "-u",
-        "0:hostgroup",
-        "berth/user-evil:v1",
-        "id",
-    ]);
-    assert_eq!(out.code, 125, "{}", out.stderr);
-    assert!(
-        out.stderr.contains("unable to find group hostgroup"),
-        "{}",
-        out.stderr
+    run_fails(
+        &d,
+        &["--rm", "-u", "0:hostgroup", evil, "id"],
+        "unable to find group hostgroup",
     );
-    // Nor does exec -u.
-    d.docker(&[
-        "run",
-        "-d",
-        "--name",
-        "ev",
-        "berth/user-evil:v1",
-        "sleep",
-        "1000",
-    ])
-    .ok();
+    // Nor does exec -u: as dockerd, the error comes on the output stream, exit code 126.
+    d.docker(&["run", "-d", "--name", "ev", evil, "sleep", "1000"])
+        .ok();
     let out = d.docker(&["exec", "-u", "hostonly", "ev", "id"]);
-    assert_ne!(out.code, 0);
+    assert_eq!(out.code, 126, "{out:?}");
+    assert!(
+        out.stdout.contains("unable to find user hostonly"),
+        "{out:?}"
+    );
     d.docker(&["rm", "-f", "ev"]).ok();
 }
