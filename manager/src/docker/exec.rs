@@ -452,8 +452,6 @@ struct Streams {
     done: watch::Receiver<bool>,
 }
 
-/// The process an exec runs: the container's own process with the exec's command, terminal,
-/// environment, directory and user.
 /// The container record's spec (null when it has none).
 fn record_spec(c: &berth_store::metadata::Container) -> Result<Value, ApiError> {
     Ok(c.spec
@@ -508,6 +506,8 @@ fn exec_user(
     }))
 }
 
+/// The process an exec runs: the container's own process with the exec's command, terminal,
+/// environment, directory and user.
 fn exec_process(c: &berth_store::metadata::Container, cfg: &ExecConfig) -> Result<Value, ApiError> {
     let spec = record_spec(c)?;
     let mut p = spec
