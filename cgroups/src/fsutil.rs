@@ -109,38 +109,49 @@ pub(crate) fn keyed(pairs: &[(&str, u64)], key: &str) -> Option<u64> {
 /// Creates `dir` and any missing ancestors below `mount` (never `mount` itself or anything
 /// outside it), appending each directory actually created to `created`, parents first.
 /// An existing directory is fine and is not recorded.
+///
+/// A parent may vanish between its mkdir and the child's: another runtime's delete removes
+/// a shared parent (`/<namespace>`, `/berth-build`) it made once it is empty, which it is
+/// until our child exists. That is retried a few times rather than failing the create.
 pub(crate) fn mkdir_tracked(mount: &Path, dir: &Path, created: &mut Vec<PathBuf>) -> Result<()> {
+    mkdir_tracked_with(mount, dir, created, &mut |d| fs::create_dir(d))
+}
+
+/// How often a mkdir whose parent vanished is tried again.
+const PARENT_RACES: usize = 5;
+
+fn mkdir_tracked_with(
+    mount: &Path,
+    dir: &Path,
+    created: &mut Vec<PathBuf>,
+    mkdir: &mut dyn FnMut(&Path) -> io::Result<()>,
+) -> Result<()> {
     if dir == mount || !dir.starts_with(mount) {
         return Ok(());
     }
-    match fs::create_dir(dir) {
-        Ok(()) => {
-            created.push(dir.to_path_buf());
-            Ok(())
-        }
-        Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
-        Err(e) if e.kind() == ErrorKind::NotFound => {
-            let parent = dir.parent().ok_or_else(|| Error::Create {
-                path: dir.to_path_buf(),
-                source: e,
-            })?;
-            mkdir_tracked(mount, parent, created)?;
-            match fs::create_dir(dir) {
-                Ok(()) => {
-                    created.push(dir.to_path_buf());
-                    Ok(())
-                }
-                Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
-                Err(source) => Err(Error::Create {
+    let mut races = 0;
+    loop {
+        match mkdir(dir) {
+            Ok(()) => {
+                created.push(dir.to_path_buf());
+                return Ok(());
+            }
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound && races < PARENT_RACES => {
+                races += 1;
+                let parent = dir.parent().ok_or_else(|| Error::Create {
+                    path: dir.to_path_buf(),
+                    source: e,
+                })?;
+                mkdir_tracked_with(mount, parent, created, mkdir)?;
+            }
+            Err(source) => {
+                return Err(Error::Create {
                     path: dir.to_path_buf(),
                     source,
-                }),
+                })
             }
         }
-        Err(source) => Err(Error::Create {
-            path: dir.to_path_buf(),
-            source,
-        }),
     }
 }
 
@@ -288,4 +299,49 @@ pub(crate) fn remove_descendants(dir: &Path, deadline: Instant) -> Result<()> {
 
 fn is_busy(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EBUSY) | Some(libc::ENOTEMPTY))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The parent made for a child is removed (another runtime's delete of the empty shared
+    /// parent) just before the child's mkdir, twice: the create still succeeds.
+    #[test]
+    fn a_parent_removed_under_the_mkdir_is_made_again() {
+        let mount = tempfile::tempdir().unwrap();
+        let parent = mount.path().join("berth-build");
+        let child = parent.join("step");
+        let mut removals = 2;
+        let mut mkdir = |d: &Path| {
+            if d == child && removals > 0 && parent.is_dir() {
+                removals -= 1;
+                fs::remove_dir(&parent).unwrap();
+            }
+            fs::create_dir(d)
+        };
+        let mut created = Vec::new();
+        mkdir_tracked_with(mount.path(), &child, &mut created, &mut mkdir).unwrap();
+        assert!(child.is_dir());
+        assert_eq!(removals, 0);
+        assert_eq!(created.last(), Some(&child));
+    }
+
+    /// A parent that keeps vanishing is an error naming the child, not an endless loop.
+    #[test]
+    fn a_parent_that_keeps_vanishing_is_an_error() {
+        let mount = tempfile::tempdir().unwrap();
+        let parent = mount.path().join("ns");
+        let child = parent.join("c");
+        let mut mkdir = |d: &Path| {
+            if d == child && parent.is_dir() {
+                fs::remove_dir(&parent).unwrap();
+            }
+            fs::create_dir(d)
+        };
+        let err = mkdir_tracked_with(mount.path(), &child, &mut Vec::new(), &mut mkdir)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&child.display().to_string()), "{err}");
+    }
 }
