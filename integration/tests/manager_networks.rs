@@ -630,6 +630,55 @@ fn a_missing_resolver_is_named_and_nothing_is_left() {
     out.ok();
 }
 
+/// iptables-restore that fails every time (the first failure is retried from a fresh save,
+/// as when another program changed the tables in between): the run fails naming it and its
+/// error, and nothing of the container's network is left.
+#[test]
+fn a_failing_iptables_restore_is_named_and_nothing_is_left() {
+    let ns = unique("bipt");
+    let tools = tempfile::tempdir().unwrap();
+    let calls = tools.path().join("calls");
+    let fake = tools.path().join("iptables-restore");
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\ncat >/dev/null\necho call >> {}\n\
+             echo 'iptables-restore: line 3 failed' >&2\nexit 1\n",
+            calls.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        tools.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let d = daemon_with(&ns, &[("PATH", &path)]);
+    d.berth(
+        &ns,
+        &["network", "create", "--subnet", "10.213.52.0/24", "n"],
+    )
+    .ok();
+    let c = unique("c");
+    let out = d.berth(&ns, &["run", "-d", "--net", "n", IMAGE, &c, "sleep", "100"]);
+    let err = out.err();
+    assert!(
+        err.contains("iptables-restore") && err.contains("line 3 failed"),
+        "{err}"
+    );
+    let tried = std::fs::read_to_string(&calls).unwrap_or_default();
+    assert_eq!(tried.lines().count(), 2, "iptables-restore runs: {tried:?}");
+    let _ = d.berth(&ns, &["containers", "rm", &c]);
+    assert_released(&d, &[&c]);
+    // None of the network's rules went in, so its removal has none to take out.
+    d.berth(&ns, &["network", "rm", "n"]).ok();
+    let ls = d.berth(&ns, &["network", "ls"]);
+    assert!(!ls.ok().contains("10.213.52.0/24"), "{}", ls.stdout);
+    let tried = std::fs::read_to_string(&calls).unwrap_or_default();
+    assert_eq!(tried.lines().count(), 2, "iptables-restore runs: {tried:?}");
+}
+
 #[test]
 fn connect_and_disconnect_a_running_container() {
     let ns = unique("bconn");
