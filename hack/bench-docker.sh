@@ -49,30 +49,7 @@ containerd_idle=${containerd_pid:+$(rss_kb "$containerd_pid")}
 $DOCKER load -i "$busybox_archive" >/dev/null
 
 app=$tmp/app
-mkdir -p "$app/web"
-cat >"$app/web/Dockerfile" <<EOF
-FROM $bb
-RUN echo hello > /index
-CMD ["sh", "-c", "while true; do cat /index | nc -l -p 80; done"]
-EOF
-cat >"$app/docker-compose.yml" <<EOF
-version: "3.8"
-services:
-  web:
-    build: ./web
-    image: benchapp-web:latest
-    ports: ["127.0.0.1:18500:80"]
-  store:
-    image: $bb
-    volumes: ["data:/data"]
-    command: sleep 1000
-  client:
-    image: $bb
-    depends_on: [web]
-    command: sleep 1000
-volumes:
-  data:
-EOF
+bench_compose_app "$app" "$bb" benchapp 18500
 compose() { # SOCKET ARGS...
   local sock=$1; shift
   (cd "$app" && DOCKER_HOST="unix://$sock" COMPOSE_DOCKER_CLI_BUILD=0 DOCKER_BUILDKIT=0 \

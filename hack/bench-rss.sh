@@ -67,30 +67,8 @@ bb=docker.io/berth/busybox:rss
 bench_busybox_image "$bb"
 
 app=$tmp/app
-mkdir -p "$app/web" "$tmp/ctx"
-cat >"$app/web/Dockerfile" <<EOF
-FROM $bb
-RUN echo hello > /index
-CMD ["sh", "-c", "while true; do cat /index | nc -l -p 80; done"]
-EOF
-cat >"$app/docker-compose.yml" <<EOF
-version: "3.8"
-services:
-  web:
-    build: ./web
-    image: rssapp-web:latest
-    ports: ["127.0.0.1:18600:80"]
-  store:
-    image: $bb
-    volumes: ["data:/data"]
-    command: sleep 1000
-  client:
-    image: $bb
-    depends_on: [web]
-    command: sh -c "sleep 1000"
-volumes:
-  data:
-EOF
+bench_compose_app "$app" "$bb" rssapp 18600
+mkdir -p "$tmp/ctx"
 cat >"$tmp/ctx/Dockerfile" <<EOF
 FROM $bb AS first
 RUN echo built > /built

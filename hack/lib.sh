@@ -10,6 +10,7 @@
 #   bench_cgroup_ns NS          cgroups /<NS> this script may create: emptied and removed at exit
 #   bench_big_image             the ~200 MB, 6-layer OCI archive: archive, archive_mb, image
 #   bench_busybox_image REF     a busybox-static OCI archive: busybox_archive
+#   bench_compose_app DIR REF PROJECT PORT  the three-service compose app on image REF in DIR
 #   start_berthd                berthd on $tmp/berth/{root,state}: berthd_pid, berth_sock
 #                               (bench_berthd_netns=1: in a netns of its own, $berthd_netns)
 #   start_containerd            containerd, private config, CRI off: containerd_pid, containerd_sock
@@ -185,6 +186,36 @@ bench_busybox_image() { # NAME:TAG
   busybox_archive=$tmp/busybox.tar
   oci_finish "$layout" "$name" "${name##*:}" \
     '{"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],"Cmd":["sh"]}' "$busybox_archive"
+}
+
+# The three-service compose app of the Docker benchmarks, in DIR: `web` built from a
+# Dockerfile (image PROJECT-web, port 80 published on 127.0.0.1:PORT), `store` with a named
+# volume, `client` depending on web; all on image REF.
+bench_compose_app() { # DIR REF PROJECT PORT
+  mkdir -p "$1/web"
+  cat >"$1/web/Dockerfile" <<EOF
+FROM $2
+RUN echo hello > /index
+CMD ["sh", "-c", "while true; do cat /index | nc -l -p 80; done"]
+EOF
+  cat >"$1/docker-compose.yml" <<EOF
+version: "3.8"
+services:
+  web:
+    build: ./web
+    image: $3-web:latest
+    ports: ["127.0.0.1:$4:80"]
+  store:
+    image: $2
+    volumes: ["data:/data"]
+    command: sleep 1000
+  client:
+    image: $2
+    depends_on: [web]
+    command: sleep 1000
+volumes:
+  data:
+EOF
 }
 
 # ---- the daemons ----
