@@ -1,4 +1,5 @@
-//! The container process as configured: rlimits, user and groups, cwd, env, umask, and the
+//! The container process as configured: rlimits, user and groups, cwd, env (and HOME from the
+//! container's passwd, as runc sets it), umask, and the
 //! file descriptors it inherits. Every test also passes against runc
 //! (`BERTH_RUNC=/usr/bin/runc`).
 
@@ -136,6 +137,32 @@ fn env_is_the_configured_list() -> Result<()> {
         .filter(|l| l.starts_with("CARGO") || l.starts_with("RUST") || l.starts_with("BERTH"))
         .collect();
     assert!(leaked.is_empty(), "host environment leaked: {leaked:?}");
+    Ok(())
+}
+
+/// As runc: a process whose environment has no HOME gets its uid's home from the container's
+/// own /etc/passwd, `/` for a uid it does not list; a configured HOME is kept.
+#[test]
+fn home_comes_from_the_containers_passwd_unless_configured() -> Result<()> {
+    let rt = Runtime::new()?;
+    for (uid, env, want) in [
+        (0, None, "/root"),
+        (1000, None, "/home/app"),
+        (4321, None, "/"),
+        (1000, Some("HOME=/here"), "/here"),
+    ] {
+        let mut bundle = Bundle::with_own_rootfs()?;
+        fs::write(
+            bundle.rootfs().join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n",
+        )?;
+        bundle.user(uid, uid, &[], None).sh("echo \"$HOME\"");
+        if let Some(e) = env {
+            bundle.env(e);
+        }
+        let out = run(&rt, &bundle, "home")?.ok();
+        assert_eq!(out.stdout, format!("{want}\n"), "uid {uid}, env {env:?}");
+    }
     Ok(())
 }
 

@@ -11,6 +11,55 @@ use crate::capabilities::{self, CapMasks};
 use crate::seccomp::Filter;
 use crate::{rlimits, sched, sys};
 
+/// The process's environment with HOME added as runc adds it: when `env` has no HOME, the
+/// home directory of `uid` in the container's `/etc/passwd` (read after pivot_root, so the
+/// container's own), or `/` when it lists no such uid or cannot be read. Software run by
+/// containerd and Kubernetes relies on it (`~` in scripts, tools that write a config there).
+pub fn with_home(mut env: Vec<String>, uid: u32) -> Vec<String> {
+    if env.iter().any(|e| e.starts_with("HOME=")) {
+        return env;
+    }
+    let passwd = read_passwd();
+    let home = passwd
+        .as_deref()
+        .and_then(|p| home_of(p, uid))
+        .filter(|h| !h.is_empty())
+        .unwrap_or("/");
+    env.push(format!("HOME={home}"));
+    env
+}
+
+/// The biggest /etc/passwd read (a larger one is not looked at: `/` is used).
+const PASSWD_MAX: u64 = 4 << 20;
+
+/// Reads `/etc/passwd` when it is a regular file of sane size: a FIFO or device put there by
+/// an image must not block or flood the init (opened non-blocking, checked with fstat).
+fn read_passwd() -> Option<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY)
+        .open("/etc/passwd")
+        .ok()?;
+    let meta = f.metadata().ok()?;
+    if !meta.is_file() || meta.len() > PASSWD_MAX {
+        return None;
+    }
+    let mut text = String::new();
+    f.take(PASSWD_MAX).read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
+/// The home directory of the first passwd entry (`name:pw:uid:gid:gecos:home:shell`) with
+/// this uid.
+pub fn home_of(passwd: &str, uid: u32) -> Option<&str> {
+    passwd.lines().find_map(|line| {
+        let f: Vec<&str> = line.split(':').collect();
+        (f.len() >= 7 && f[2].parse::<u32>().ok() == Some(uid)).then(|| f[5])
+    })
+}
+
 /// Keep (or stop keeping) capabilities across the uid change.
 pub fn set_keepcaps(on: bool) -> Result<(), String> {
     let rc = unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, on as libc::c_ulong, 0, 0, 0) };
@@ -99,4 +148,29 @@ pub fn become_process(
             .map_err(|e| format!("setting no_new_privs: errno {e}"))?;
     }
     Ok(no_new_privs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn home_of_finds_the_first_entry_of_the_uid() {
+        let passwd = "root:x:0:0:root:/root:/bin/sh\n\
+                      # a comment\n\
+                      short:x:5\n\
+                      app:x:1000:1000::/home/app:/bin/sh\n\
+                      again:x:1000:1000::/elsewhere:/bin/sh\n";
+        assert_eq!(home_of(passwd, 0), Some("/root"));
+        assert_eq!(home_of(passwd, 1000), Some("/home/app"));
+        assert_eq!(home_of(passwd, 5), None);
+        assert_eq!(home_of(passwd, 42), None);
+        assert_eq!(home_of("", 0), None);
+    }
+
+    #[test]
+    fn a_configured_home_is_kept() {
+        let env = vec!["PATH=/bin".to_string(), "HOME=/here".to_string()];
+        assert_eq!(with_home(env.clone(), 0), env);
+    }
 }

@@ -227,7 +227,10 @@ fn init(a: &InitArgs<'_>) -> Result<Infallible, Failure> {
     if let Some(linux) = cfg.spec.linux().as_ref() {
         sched::apply_linux(linux)?;
     }
-    let env: Vec<String> = process.env().clone().unwrap_or_default();
+    let env = identity::with_home(
+        process.env().clone().unwrap_or_default(),
+        process.user().uid(),
+    );
     let args: &[String] = process.args().as_deref().unwrap_or(&[]);
     let no_new_privs = identity::become_process(process, in_userns, a.seccomp, notify)?;
     // Whether the filter is still to be loaded, right before execve.

@@ -423,7 +423,10 @@ fn exec_child(
     if let Some(linux) = linux {
         crate::sched::apply_linux(linux)?;
     }
-    let env: Vec<String> = process.env().clone().unwrap_or_default();
+    let env = identity::with_home(
+        process.env().clone().unwrap_or_default(),
+        process.user().uid(),
+    );
     let args: &[String] = process.args().as_deref().unwrap_or(&[]);
     let in_userns = joins
         .iter()
