@@ -65,7 +65,7 @@ fn exec_runs_a_process_file_inside_the_container() -> Result<()> {
     let mut spec = process(&[
         "sh",
         "-c",
-        "hostname; echo pid=$$; tr '\\0' ' ' < /proc/1/cmdline; echo; id -u; pwd; echo $FOO; exit 4",
+        "hostname; echo pid=$$; tr '\\0' ' ' < /proc/1/cmdline; echo; id -u; pwd; echo $FOO; echo $HOME; exit 4",
     ]);
     spec["user"] = json!({ "uid": 1000, "gid": 1000 });
     spec["cwd"] = json!("/tmp");
@@ -93,7 +93,8 @@ fn exec_runs_a_process_file_inside_the_container() -> Result<()> {
     );
     assert_eq!(
         &lines[3..],
-        ["1000", "/tmp", "from-process-file"],
+        // HOME: uid 1000 has no passwd entry, so `/`, as runc sets it.
+        ["1000", "/tmp", "from-process-file", "/"],
         "{}",
         out.stdout
     );
