@@ -11,16 +11,17 @@
 use std::path::{Path, PathBuf};
 
 use berth_integration::manager::image;
+use berth_integration::manager::tasks::NsDaemon;
 use berth_integration::manager::Berthd;
 
 const IMAGE: &str = "berth/cp-mounts:v1";
 /// The container's /etc/shadow (the host's must never be read instead).
 const SHADOW: &[u8] = b"root:container-shadow:0:0:99999:7:::\n";
 
-fn daemon() -> Berthd {
-    let d = Berthd::start_in_netns(&[]).unwrap();
-    let img = image::busybox_applets(
-        &format!("docker.io/{IMAGE}"),
+/// berthd in its own netns with the test image loaded; its containers go on drop.
+fn daemon() -> NsDaemon {
+    NsDaemon::docker_with_busybox(
+        IMAGE,
         &["bin/sleep", "bin/stat", "bin/ln", "bin/mkdir", "bin/echo"],
         vec![
             image::Entry::Dir("etc", 0o755),
@@ -34,9 +35,6 @@ fn daemon() -> Berthd {
             image::Entry::Dir("bind", 0o755),
         ],
     )
-    .unwrap();
-    d.docker_load(&img);
-    d
 }
 
 /// A unique tag for paths a failed confinement could create on the host.
