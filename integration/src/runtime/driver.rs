@@ -185,21 +185,26 @@ impl Runtime {
         };
         cmd.stdin(stdin).stdout(stdout).stderr(stderr);
         if !io.extra_fds.is_empty() {
-            let fds = io.extra_fds.clone();
+            let mut fds = io.extra_fds.clone();
             use std::os::unix::process::CommandExt;
-            // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and exec.
+            // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and exec, and no
+            // allocation: the copies overwrite the moved vector in place.
             unsafe {
                 cmd.pre_exec(move || {
-                    for (i, fd) in fds.iter().enumerate() {
-                        let target = 3 + i as i32;
-                        if *fd == target {
-                            let flags = libc::fcntl(target, libc::F_GETFD);
-                            if flags < 0
-                                || libc::fcntl(target, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0
-                            {
-                                return Err(std::io::Error::last_os_error());
-                            }
-                        } else if libc::dup2(*fd, target) < 0 {
+                    // Copy every source above all the targets first: dup2'ing in place would
+                    // clobber a source that sits on an earlier target (b opened as fd 3 while
+                    // another test thread briefly held it, a as fd 7).
+                    let above = 3 + fds.len() as i32;
+                    for fd in fds.iter_mut() {
+                        let copy = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, above);
+                        if copy < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                        *fd = copy;
+                    }
+                    for (i, copy) in fds.iter().enumerate() {
+                        // dup2 onto the target clears its close-on-exec flag.
+                        if libc::dup2(*copy, 3 + i as i32) < 0 {
                             return Err(std::io::Error::last_os_error());
                         }
                     }
