@@ -3,14 +3,36 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
+/// Held for writing while a test writes its copy of the init, and for reading while one
+/// spawns: a fork in another thread while the file is open for writing would carry that fd
+/// into the child until its exec, and exec'ing the file then fails with ETXTBSY.
+static SPAWN: RwLock<()> = RwLock::new(());
+
 fn binary(dir: &tempfile::TempDir) -> PathBuf {
+    let _writing = SPAWN.write().unwrap_or_else(|e| e.into_inner());
     let p = dir.path().join("berth-init");
     std::fs::write(&p, berth_init::BINARY).unwrap();
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
     p
+}
+
+fn spawn(cmd: &mut Command) -> Child {
+    let _spawning = SPAWN.read().unwrap_or_else(|e| e.into_inner());
+    cmd.spawn().unwrap()
+}
+
+fn output(cmd: &mut Command) -> Output {
+    spawn(cmd.stdout(Stdio::piped()).stderr(Stdio::piped()))
+        .wait_with_output()
+        .unwrap()
+}
+
+fn status(cmd: &mut Command) -> std::process::ExitStatus {
+    spawn(cmd).wait().unwrap()
 }
 
 fn u16_at(b: &[u8], o: usize) -> usize {
@@ -39,15 +61,9 @@ fn it_is_static_elf_with_no_interpreter() {
 fn exit_codes_pass_through() {
     let dir = tempfile::tempdir().unwrap();
     let init = binary(&dir);
-    let st = Command::new(&init)
-        .args(["--", "sh", "-c", "exit 7"])
-        .status()
-        .unwrap();
+    let st = status(Command::new(&init).args(["--", "sh", "-c", "exit 7"]));
     assert_eq!(st.code(), Some(7));
-    let st = Command::new(&init)
-        .args(["sh", "-c", "kill -KILL $$"])
-        .status()
-        .unwrap();
+    let st = status(Command::new(&init).args(["sh", "-c", "kill -KILL $$"]));
     assert_eq!(st.code(), Some(137));
 }
 
@@ -55,14 +71,11 @@ fn exit_codes_pass_through() {
 fn a_missing_command_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let init = binary(&dir);
-    let out = Command::new(&init)
-        .args(["--", "/no/such/cmd"])
-        .output()
-        .unwrap();
+    let out = output(Command::new(&init).args(["--", "/no/such/cmd"]));
     assert_eq!(out.status.code(), Some(127));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/no/such/cmd"), "{err}");
-    let out = Command::new(&init).arg("--").output().unwrap();
+    let out = output(Command::new(&init).arg("--"));
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no command"));
 }
@@ -71,11 +84,11 @@ fn a_missing_command_is_named() {
 fn signals_reach_the_child() {
     let dir = tempfile::tempdir().unwrap();
     let init = binary(&dir);
-    let mut child = Command::new(&init)
-        .args(["--", "sleep", "100"])
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn(
+        Command::new(&init)
+            .args(["--", "sleep", "100"])
+            .stdin(Stdio::null()),
+    );
     let pid = child.id();
     // Wait until the init has its child, so the signal is not taken before the spawn.
     let children = format!("/proc/{pid}/task/{pid}/children");
@@ -91,10 +104,7 @@ fn signals_reach_the_child() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let st = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
+    let st = status(Command::new("kill").args(["-TERM", &pid.to_string()]));
     assert!(st.success());
     // sleep dies of the forwarded SIGTERM: 128 + 15.
     assert_eq!(child.wait().unwrap().code(), Some(143));
