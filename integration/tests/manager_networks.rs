@@ -144,6 +144,24 @@ fn fetch_on_host(d: &Daemon, port: u16) -> Option<String> {
     page_of(&d.in_netns(&["sh", "-c", &cmd]).stdout)
 }
 
+/// host-local's address lease files, over every network.
+fn leases(d: &Daemon) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(d.root().join("networks/ipam"))
+        .map(|r| {
+            r.flatten()
+                .flat_map(|net| {
+                    std::fs::read_dir(net.path())
+                        .into_iter()
+                        .flatten()
+                        .flatten()
+                })
+                .filter(|f| f.file_name().to_string_lossy().starts_with("10."))
+                .map(|f| f.path())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// What a clean netns holds once every container is gone: no veth, no rule naming `ids`.
 #[track_caller]
 fn assert_released(d: &Daemon, ids: &[&str]) {
@@ -433,22 +451,7 @@ fn twenty_concurrent_containers_get_distinct_addresses_and_release_them() {
     ips.sort();
     ips.dedup();
     assert_eq!(ips.len(), 20, "{n}");
-    let leases = |d: &Daemon| -> usize {
-        std::fs::read_dir(d.root().join("networks/ipam"))
-            .map(|r| {
-                r.flatten()
-                    .flat_map(|net| {
-                        std::fs::read_dir(net.path())
-                            .into_iter()
-                            .flatten()
-                            .flatten()
-                    })
-                    .filter(|f| f.file_name().to_string_lossy().starts_with("10."))
-                    .count()
-            })
-            .unwrap_or(0)
-    };
-    assert_eq!(leases(&d), 20);
+    assert_eq!(leases(&d).len(), 20);
     std::thread::scope(|s| {
         for id in &ids {
             let d = &d;
@@ -456,7 +459,11 @@ fn twenty_concurrent_containers_get_distinct_addresses_and_release_them() {
         }
     });
     d.networks_released();
-    assert_eq!(leases(&d), 0, "addresses still leased");
+    assert_eq!(
+        leases(&d),
+        Vec::<std::path::PathBuf>::new(),
+        "addresses still leased"
+    );
     let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
     assert_released(&d, &refs);
 }
@@ -874,4 +881,111 @@ fn deleted_tasks_networks_are_released_behind_the_delete_and_after_a_crash() {
     let nat = d.in_netns(&["iptables-save", "-t", "nat"]).ok().to_string();
     assert!(!nat.contains("berth ports ghost"), "{nat}");
     assert_eq!(d.berth(&ns, &["check"]).code, 0);
+}
+
+/// A CNI DEL that fails behind a task delete is tried again: once it passes the release
+/// completes; one that keeps failing is given up after three tries, and what it left (the
+/// address lease) is what `berth check` reports and `--repair` removes.
+#[test]
+fn a_failing_release_is_retried_and_then_left_to_berth_check() {
+    let ns = unique("bdel");
+    // The real plugins, but the bridge plugin's DEL fails while a `fail` file exists (and
+    // removes it when it says `once`).
+    let plugins = tempfile::tempdir().unwrap();
+    for p in ["host-local", "portmap"] {
+        std::os::unix::fs::symlink(format!("/usr/lib/cni/{p}"), plugins.path().join(p)).unwrap();
+    }
+    let (fail, calls) = (plugins.path().join("fail"), plugins.path().join("calls"));
+    let bridge = plugins.path().join("bridge");
+    std::fs::write(
+        &bridge,
+        format!(
+            "#!/bin/sh\n\
+             if [ \"$CNI_COMMAND\" = DEL ]; then\n\
+               echo del >> {calls}\n\
+               if [ -e {fail} ]; then\n\
+                 grep -q once {fail} && rm -f {fail}\n\
+                 echo '{{\"cniVersion\":\"1.0.0\",\"code\":11,\"msg\":\"injected DEL failure\"}}'\n\
+                 exit 1\n\
+               fi\n\
+             fi\n\
+             exec /usr/lib/cni/bridge\n",
+            calls = calls.display(),
+            fail = fail.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&bridge, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = plugins.path().display().to_string();
+    let d = daemon_with(&ns, &[("BERTH_CNI_PATH", &path)]);
+    d.berth(
+        &ns,
+        &["network", "create", "--subnet", "10.213.53.0/24", "n"],
+    )
+    .ok();
+    let dels = || {
+        std::fs::read_to_string(&calls)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+
+    // The first DEL fails, the retry a second later passes: nothing is left.
+    std::fs::write(&fail, "once").unwrap();
+    let c = unique("c");
+    d.berth(
+        &ns,
+        &["run", "-d", "--net", "n", IMAGE, &c, "sleep", "1000"],
+    )
+    .ok();
+    assert_eq!(leases(&d).len(), 1);
+    remove(&d, &c);
+    d.networks_released();
+    assert_eq!(dels(), 2, "DEL runs");
+    assert_eq!(leases(&d), Vec::<std::path::PathBuf>::new());
+    assert_released(&d, &[&c]);
+    assert_eq!(d.berth(&ns, &["check"]).code, 0);
+
+    // Every DEL fails: three tries (about 5 s), then the queue lets go of it. The namespace
+    // and its veth went with the first try; the lease host-local keeps is left.
+    std::fs::write(&fail, "always").unwrap();
+    let c2 = unique("c2");
+    d.berth(
+        &ns,
+        &["run", "-d", "--net", "n", IMAGE, &c2, "sleep", "1000"],
+    )
+    .ok();
+    remove(&d, &c2);
+    d.networks_released();
+    assert_eq!(dels(), 2 + 3, "DEL runs");
+    assert_released(&d, &[&c2]);
+    let left = leases(&d);
+    assert_eq!(left.len(), 1, "{left:?}");
+    // berth check leaves files younger than a minute alone (an attach may be writing them):
+    // age the lease as if that minute had passed.
+    let old = std::fs::File::options().write(true).open(&left[0]).unwrap();
+    old.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(120))
+        .unwrap();
+    let check = d.berth(&ns, &["check"]);
+    assert_eq!(check.code, 1, "{check:?}");
+    let ip = left[0].file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        check.stdout.contains("orphan-address-lease") && check.stdout.contains(&ip),
+        "{}",
+        check.stdout
+    );
+    d.berth(&ns, &["check", "--repair"]);
+    assert_eq!(leases(&d), Vec::<std::path::PathBuf>::new());
+    assert_eq!(d.berth(&ns, &["check"]).code, 0);
+    // The address is free again: a new container gets one.
+    std::fs::remove_file(&fail).unwrap();
+    let c3 = unique("c3");
+    d.berth(
+        &ns,
+        &["run", "-d", "--net", "n", IMAGE, &c3, "sleep", "1000"],
+    )
+    .ok();
+    assert!(address_of(&d, "n", &c3).starts_with("10.213.53."));
+    remove(&d, &c3);
+    assert_released(&d, &[&c3]);
 }

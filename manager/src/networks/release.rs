@@ -12,16 +12,43 @@
 //! - removing a network a queued attachment joined;
 //! - berthd's start (a crash leaves the queue as it was).
 //!
+//! A teardown that fails in the worker stays queued and is tried again after
+//! [`RETRY_DELAYS`] (CNI DEL is idempotent: the spec has plugins succeed on what is already
+//! gone, and the plugins' cache keeps the ADD result for them). One that still fails is
+//! logged and dropped; `berth check` then reports what it left (an address lease, a rule) and
+//! `--repair` removes it. A drain on a caller's path tries once and drops the entry either
+//! way, so an attach never races a stale release of the same container.
+//!
 //! `berth check` counts queued attachments as owners of their namespace and leases.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, Once};
+use std::time::{Duration, Instant};
 
 use berth_network::cni::{Cni, RuntimeConf};
 use berth_network::hostports;
 use berth_network::netns;
 
 use super::{internal, Attachment, NetworkError, Result};
+
+/// How long the worker waits before each new try of a teardown that failed; one more failure
+/// than there are delays and it gives up.
+const RETRY_DELAYS: [Duration; 2] = [Duration::from_secs(1), Duration::from_secs(4)];
+
+/// A queued release whose teardown failed: how often, and when to try again.
+struct Retry {
+    failures: usize,
+    due: Instant,
+}
+
+/// Who runs a release: the worker may keep a failed one queued for a retry; a caller draining
+/// the queue must have it gone when the drain returns.
+#[derive(Clone, Copy, PartialEq)]
+enum By {
+    Worker,
+    Caller,
+}
 
 /// The queue of attachments to tear down and its worker.
 pub(super) struct Releaser {
@@ -34,6 +61,8 @@ pub(super) struct Releaser {
     queued: Mutex<bool>,
     wake: Condvar,
     worker: Once,
+    /// Failed releases still queued, by key. Lost with berthd, whose start drains them anyway.
+    retries: Mutex<HashMap<String, Retry>>,
 }
 
 impl Releaser {
@@ -46,6 +75,7 @@ impl Releaser {
             queued: Mutex::new(false),
             wake: Condvar::new(),
             worker: Once::new(),
+            retries: Mutex::new(HashMap::new()),
         })
     }
 
@@ -56,7 +86,7 @@ impl Releaser {
         let dst = self.dir.join(key);
         if dst.exists() {
             // Cannot happen (an attach drains its key first); never overwrite one.
-            self.release(key);
+            self.release(key, By::Caller);
         }
         std::fs::rename(cdir, &dst)?;
         self.worker.call_once(|| {
@@ -75,15 +105,44 @@ impl Releaser {
 
     fn run(self: Arc<Self>) {
         loop {
-            {
-                let mut q = self.queued.lock().unwrap_or_else(|e| e.into_inner());
-                while !*q {
-                    q = self.wake.wait(q).unwrap_or_else(|e| e.into_inner());
-                }
-                *q = false;
-            }
-            self.drain(|_, _| true);
+            self.wait_for_work();
+            let now = Instant::now();
+            self.drain_by(By::Worker, |key, _| self.due(key, now));
         }
+    }
+
+    /// Returns once something was queued or a retry is due.
+    fn wait_for_work(&self) {
+        let mut q = self.queued.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if *q {
+                *q = false;
+                return;
+            }
+            let next = self.lock_retries().values().map(|r| r.due).min();
+            q = match next {
+                None => self.wake.wait(q).unwrap_or_else(|e| e.into_inner()),
+                Some(due) => {
+                    let now = Instant::now();
+                    if due <= now {
+                        return;
+                    }
+                    match self.wake.wait_timeout(q, due - now) {
+                        Ok((q, _)) => q,
+                        Err(e) => e.into_inner().0,
+                    }
+                }
+            };
+        }
+    }
+
+    /// Whether queued release `key` is not waiting out a retry delay at `now`.
+    fn due(&self, key: &str, now: Instant) -> bool {
+        self.lock_retries().get(key).is_none_or(|r| r.due <= now)
+    }
+
+    fn lock_retries(&self) -> std::sync::MutexGuard<'_, HashMap<String, Retry>> {
+        self.retries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The queued attachments, by key.
@@ -101,8 +160,13 @@ impl Releaser {
             .collect()
     }
 
-    /// Releases now every queued attachment `pick` selects (by key and attachment).
+    /// Releases now every queued attachment `pick` selects (by key and attachment); when it
+    /// returns they are gone from the queue, released or (on a failure) given up.
     pub(super) fn drain(&self, pick: impl Fn(&str, &Attachment) -> bool) {
+        self.drain_by(By::Caller, pick)
+    }
+
+    fn drain_by(&self, by: By, pick: impl Fn(&str, &Attachment) -> bool) {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return;
         };
@@ -113,26 +177,58 @@ impl Releaser {
                 .and_then(|t| serde_json::from_slice::<Attachment>(&t).ok());
             // An entry without a readable attachment is debris of a crash mid-release.
             if a.as_ref().is_none_or(|a| pick(&key, a)) {
-                self.release(&key);
+                self.release(&key, by);
             }
         }
     }
 
-    /// Releases queued attachment `key` if it is still queued.
-    fn release(&self, key: &str) {
+    /// Releases queued attachment `key` if it is still queued. A failure run `by` the worker
+    /// keeps it queued for a retry while [`RETRY_DELAYS`] last.
+    fn release(&self, key: &str, by: By) {
         let _busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
         let item = self.dir.join(key);
         if !item.exists() {
+            self.lock_retries().remove(key);
             return;
         }
         let a = std::fs::read(item.join("attachment.json"))
             .ok()
             .and_then(|t| serde_json::from_slice::<Attachment>(&t).ok());
-        if let Some(a) = a {
-            match teardown(&self.cni, &self.ipam_dir, &a) {
+        let done = a.map_or(Ok(()), |a| teardown(&self.cni, &self.ipam_dir, &a));
+        {
+            let mut retries = self.lock_retries();
+            match done {
                 Ok(()) => tracing::debug!(key, "released a container's networks"),
-                Err(e) => tracing::warn!(key, "releasing a container's networks: {e}"),
+                Err(e) => {
+                    let failures = retries.get(key).map_or(0, |r| r.failures);
+                    match RETRY_DELAYS.get(failures).filter(|_| by == By::Worker) {
+                        Some(delay) => {
+                            tracing::warn!(
+                                key,
+                                "releasing a container's networks (try {}): {e}; trying again \
+                                 in {delay:?}",
+                                failures + 1
+                            );
+                            let due = Instant::now() + *delay;
+                            retries.insert(
+                                key.to_string(),
+                                Retry {
+                                    failures: failures + 1,
+                                    due,
+                                },
+                            );
+                            return;
+                        }
+                        None => tracing::error!(
+                            key,
+                            "releasing a container's networks (try {}): {e}; giving up, \
+                             `berth check` reports what is left",
+                            failures + 1
+                        ),
+                    }
+                }
             }
+            retries.remove(key);
         }
         if let Err(e) = std::fs::remove_dir_all(&item) {
             tracing::warn!(key, "removing {}: {e}", item.display());
