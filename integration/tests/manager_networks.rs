@@ -783,6 +783,26 @@ fn release_queue(d: &Daemon) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// A CNI plugin dir with the real host-local and portmap and a `bridge` that runs shell
+/// `before` and then the real one.
+fn plugins_with_bridge(before: &str) -> tempfile::TempDir {
+    plugins_with_bridge_in(tempfile::tempdir().unwrap(), before)
+}
+
+fn plugins_with_bridge_in(dir: tempfile::TempDir, before: &str) -> tempfile::TempDir {
+    for p in ["host-local", "portmap"] {
+        std::os::unix::fs::symlink(format!("/usr/lib/cni/{p}"), dir.path().join(p)).unwrap();
+    }
+    let bridge = dir.path().join("bridge");
+    std::fs::write(
+        &bridge,
+        format!("#!/bin/sh\n{before}\nexec /usr/lib/cni/bridge\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&bridge, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    dir
+}
+
 /// A deleted task's networks are released behind the delete (its CNI DELs do not hold it
 /// up); what is still queued goes first when the same container starts again, when another
 /// container publishes ports, and at berthd's next start after a crash.
@@ -790,17 +810,7 @@ fn release_queue(d: &Daemon) -> Vec<String> {
 fn deleted_tasks_networks_are_released_behind_the_delete_and_after_a_crash() {
     let ns = unique("brel");
     // The real plugins, but the bridge plugin's DEL takes 3 s.
-    let plugins = tempfile::tempdir().unwrap();
-    for p in ["host-local", "portmap"] {
-        std::os::unix::fs::symlink(format!("/usr/lib/cni/{p}"), plugins.path().join(p)).unwrap();
-    }
-    let bridge = plugins.path().join("bridge");
-    std::fs::write(
-        &bridge,
-        "#!/bin/sh\n[ \"$CNI_COMMAND\" = DEL ] && sleep 3\nexec /usr/lib/cni/bridge\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&bridge, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let plugins = plugins_with_bridge("[ \"$CNI_COMMAND\" = DEL ] && sleep 3");
     let path = plugins.path().display().to_string();
     let mut d = daemon_with(&ns, &[("BERTH_CNI_PATH", &path)]);
     d.berth(
@@ -892,30 +902,22 @@ fn a_failing_release_is_retried_and_then_left_to_berth_check() {
     // The real plugins, but the bridge plugin's DEL fails while a `fail` file exists (and
     // removes it when it says `once`).
     let plugins = tempfile::tempdir().unwrap();
-    for p in ["host-local", "portmap"] {
-        std::os::unix::fs::symlink(format!("/usr/lib/cni/{p}"), plugins.path().join(p)).unwrap();
-    }
     let (fail, calls) = (plugins.path().join("fail"), plugins.path().join("calls"));
-    let bridge = plugins.path().join("bridge");
-    std::fs::write(
-        &bridge,
-        format!(
-            "#!/bin/sh\n\
-             if [ \"$CNI_COMMAND\" = DEL ]; then\n\
+    let plugins = plugins_with_bridge_in(
+        plugins,
+        &format!(
+            "if [ \"$CNI_COMMAND\" = DEL ]; then\n\
                echo del >> {calls}\n\
                if [ -e {fail} ]; then\n\
                  grep -q once {fail} && rm -f {fail}\n\
                  echo '{{\"cniVersion\":\"1.0.0\",\"code\":11,\"msg\":\"injected DEL failure\"}}'\n\
                  exit 1\n\
                fi\n\
-             fi\n\
-             exec /usr/lib/cni/bridge\n",
+             fi",
             calls = calls.display(),
             fail = fail.display()
         ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&bridge, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    );
     let path = plugins.path().display().to_string();
     let d = daemon_with(&ns, &[("BERTH_CNI_PATH", &path)]);
     d.berth(
