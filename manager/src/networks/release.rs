@@ -108,6 +108,9 @@ impl Releaser {
             self.wait_for_work();
             let now = Instant::now();
             self.drain_by(By::Worker, |key, _| self.due(key, now));
+            // A retry whose entry went some other way must not keep the worker awake.
+            self.lock_retries()
+                .retain(|key, _| self.dir.join(key).exists());
         }
     }
 
