@@ -71,10 +71,12 @@ fn stdin_reaches_the_container() {
 #[test]
 fn default_seccomp_profile_is_loaded_only_when_asked() {
     let c = Containerd::start().unwrap();
-    let on = c.run(
+    let on = c.run_expecting(
         &["--rm", "--seccomp"],
         "seccomp-on",
         &["grep", "^Seccomp:", "/proc/self/status"],
+        0,
+        "Seccomp:\t2\n",
     );
     assert_eq!(
         c.ok(&on, "seccomp-on")
@@ -83,10 +85,12 @@ fn default_seccomp_profile_is_loaded_only_when_asked() {
         ["Seccomp:", "2"],
         "with --seccomp the process must run in filter mode"
     );
-    let off = c.run(
+    let off = c.run_expecting(
         &["--rm"],
         "seccomp-off",
         &["grep", "^Seccomp:", "/proc/self/status"],
+        0,
+        "Seccomp:\t0\n",
     );
     assert_eq!(
         c.ok(&off, "seccomp-off")
@@ -250,10 +254,12 @@ fn net_host_shares_the_host_network_namespace() {
     let c = Containerd::start().unwrap();
     let host = std::fs::read_link("/proc/self/ns/net").unwrap();
     let host = host.to_string_lossy();
-    let shared = c.run(
+    let shared = c.run_expecting(
         &["--rm", "--net-host"],
         "net-host",
         &["readlink", "/proc/self/ns/net"],
+        0,
+        &format!("{host}\n"),
     );
     assert_eq!(c.ok(&shared, "net-host").trim(), host, "--net-host");
     let own = c.run(&["--rm"], "net-own", &["readlink", "/proc/self/ns/net"]);

@@ -15,7 +15,7 @@ fn default_cgroup(c: &Containerd, id: &str) -> String {
 fn run_rm_prints_hello_and_exits_zero() {
     let c = Containerd::start().unwrap();
     let id = "hello";
-    let out = c.run(&["--rm"], id, &["echo", "hello"]);
+    let out = c.run_expecting(&["--rm"], id, &["echo", "hello"], 0, "hello\n");
     let stdout = c.ok(&out, id);
     assert_eq!(stdout, "hello\n", "{}", c.diagnose(&out, id));
     let left = c.leftovers(id, &default_cgroup(&c, id));
@@ -26,7 +26,13 @@ fn run_rm_prints_hello_and_exits_zero() {
 fn run_rm_returns_the_exit_code() {
     let c = Containerd::start().unwrap();
     let id = "exit3";
-    let out = c.run(&["--rm"], id, &["sh", "-c", "echo before; exit 3"]);
+    let out = c.run_expecting(
+        &["--rm"],
+        id,
+        &["sh", "-c", "echo before; exit 3"],
+        3,
+        "before\n",
+    );
     assert_eq!(out.code, 3, "{}", c.diagnose(&out, id));
     assert_eq!(out.stdout, "before\n", "{}", c.diagnose(&out, id));
     let left = c.leftovers(id, &default_cgroup(&c, id));
@@ -37,7 +43,7 @@ fn run_rm_returns_the_exit_code() {
 fn run_passes_env_cwd_and_args() {
     let c = Containerd::start().unwrap();
     let id = "envcwd";
-    let out = c.run(
+    let out = c.run_expecting(
         &["--rm", "--env", "GREETING=hi there", "--cwd", "/tmp"],
         id,
         &[
@@ -47,6 +53,8 @@ fn run_passes_env_cwd_and_args() {
             "a b",
             "c",
         ],
+        0,
+        "hi there\n/tmp\n0\na b|c\n",
     );
     let stdout = c.ok(&out, id);
     assert_eq!(
@@ -140,7 +148,7 @@ fn missing_executable_fails_and_leaves_nothing() {
     let left = c.leftovers(id, &default_cgroup(&c, id));
     assert!(left.is_empty(), "after a failed create: {left:#?}");
     // containerd itself still works: the same id can be reused for a good run.
-    let again = c.run(&["--rm"], id, &["echo", "ok"]);
+    let again = c.run_expecting(&["--rm"], id, &["echo", "ok"], 0, "ok\n");
     assert_eq!(c.ok(&again, id), "ok\n");
 }
 
@@ -182,7 +190,9 @@ fn concurrent_runs_in_one_namespace() {
                 let c = &c;
                 s.spawn(move || {
                     let id = format!("par{i}");
-                    let out = c.run(&["--rm"], &id, &["sh", "-c", &format!("echo run {i}")]);
+                    let cmd = format!("echo run {i}");
+                    let want = format!("run {i}\n");
+                    let out = c.run_expecting(&["--rm"], &id, &["sh", "-c", &cmd], 0, &want);
                     (id, out)
                 })
             })
@@ -207,7 +217,7 @@ fn concurrent_runs_in_one_namespace() {
     // And many in a row reuse nothing stale.
     for i in 0..8 {
         let id = format!("seq{i}");
-        let out = c.run(&["--rm"], &id, &["echo", &id]);
+        let out = c.run_expecting(&["--rm"], &id, &["echo", &id], 0, &format!("{id}\n"));
         assert_eq!(c.ok(&out, &id), format!("{id}\n"));
     }
 }
