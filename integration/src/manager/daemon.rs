@@ -676,6 +676,16 @@ impl Berthd {
 
 impl Drop for Berthd {
     fn drop(&mut self) {
+        // Let queued network releases finish first: a CNI plugin berthd started would outlive
+        // it and write its IPAM lock and cache back into the dir as it is being removed.
+        let queue = self.state().join("networks-releasing");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.child.is_some()
+            && std::fs::read_dir(&queue).is_ok_and(|mut r| r.next().is_some())
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         self.stop_with(Signal::SIGTERM);
         self.kill_left_containers();
         // The names resolver outlives berthd by design (running containers keep their
